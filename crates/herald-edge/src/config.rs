@@ -1,0 +1,125 @@
+//! Edge settings. Every field has a documented default (see `Default`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// A namespace: the channels `name:*`, stored in topic `{prefix}{name}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamespaceConfig {
+    pub name: String,
+    /// Partitions of the topic when herald creates it.
+    pub partitions: i32,
+}
+
+impl std::str::FromStr for NamespaceConfig {
+    type Err = String;
+
+    /// `name` or `name=partitions`, e.g. `chat=8`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, parts) = match s.split_once('=') {
+            Some((n, p)) => (
+                n,
+                p.parse::<i32>()
+                    .map_err(|e| format!("namespace `{s}`: bad partition count: {e}"))?,
+            ),
+            None => (s, 8),
+        };
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        {
+            return Err(format!(
+                "namespace `{name}` must be lowercase ASCII letters, digits, `_` or `-`"
+            ));
+        }
+        if parts < 1 {
+            return Err(format!("namespace `{name}`: partitions must be at least 1"));
+        }
+        Ok(NamespaceConfig {
+            name: name.to_owned(),
+            partitions: parts,
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct EdgeConfig {
+    /// Where to listen. Default 127.0.0.1:8080; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Configured namespaces. Default: `chat` with 8 partitions.
+    pub namespaces: Vec<NamespaceConfig>,
+    /// Outbound queue of a connection, in messages. Default 1024.
+    pub queue_messages: usize,
+    /// Outbound queue of a connection, in bytes. Default 4 MiB.
+    pub queue_bytes: usize,
+    /// Largest `data` of a publish, in bytes of JSON. Default 64 KiB.
+    pub max_message_bytes: usize,
+    /// Largest WebSocket message accepted, in bytes. Default 1 MiB.
+    pub max_frame_bytes: usize,
+    /// Subscriptions per connection. Default 256.
+    pub max_subscriptions: usize,
+    /// Publishes of one connection waiting for Kafka at once. Default 256.
+    pub max_inflight_publishes: usize,
+    /// WebSocket ping interval. Default 20 s.
+    pub heartbeat: Duration,
+    /// Close a connection that sent nothing (not even a pong) for this long.
+    /// Default 60 s.
+    pub idle_timeout: Duration,
+    /// How long a publish id is remembered for dedup. Default 10 min.
+    pub dedup_window: Duration,
+    /// Most ids remembered. Default 1,000,000.
+    pub dedup_capacity: u64,
+    /// Messages per partition kept in memory for fast resume. Default 10,000.
+    pub recent_messages: usize,
+    /// Bytes per partition kept in memory for fast resume. Default 8 MiB.
+    pub recent_bytes: usize,
+    /// On shutdown, how long in-flight publishes and connections get to finish.
+    /// Default 10 s.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            namespaces: vec![NamespaceConfig {
+                name: "chat".into(),
+                partitions: 8,
+            }],
+            queue_messages: 1024,
+            queue_bytes: 4 << 20,
+            max_message_bytes: 64 << 10,
+            max_frame_bytes: 1 << 20,
+            max_subscriptions: 256,
+            max_inflight_publishes: 256,
+            heartbeat: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
+            dedup_window: Duration::from_secs(600),
+            dedup_capacity: 1_000_000,
+            recent_messages: 10_000,
+            recent_bytes: 8 << 20,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_namespaces() {
+        assert_eq!(
+            "chat=3".parse::<NamespaceConfig>().unwrap(),
+            NamespaceConfig {
+                name: "chat".into(),
+                partitions: 3
+            }
+        );
+        assert_eq!("user".parse::<NamespaceConfig>().unwrap().partitions, 8);
+        assert!("Chat".parse::<NamespaceConfig>().is_err());
+        assert!("chat=0".parse::<NamespaceConfig>().is_err());
+        assert!("chat=x".parse::<NamespaceConfig>().is_err());
+    }
+}

@@ -1,0 +1,521 @@
+//! One WebSocket connection: a single task selecting over the socket, the
+//! outbound queue, the heartbeat and shutdown (mini-redis's Handler shape).
+//! Subscriptions (which may replay history) and publishes (which wait for
+//! Kafka) run as their own tasks and answer through the outbound queue.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use herald_hub::{Claim, Dedup, DedupOutcome, HubError, Outbound, Outbox};
+use herald_log::LogError;
+use herald_proto::envelope::{self, Envelope, HEADER_ID, HEADER_VERSION};
+use herald_proto::frame::{decode_client, ClientFrame};
+use herald_proto::{codes, Channel, Position, ServerFrame};
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinHandle;
+use tracing::{debug, info_span, Instrument};
+use uuid::Uuid;
+use warp::ws::{Message, WebSocket};
+
+use crate::server::Ctx;
+
+struct Subscription {
+    topic: String,
+    /// The subscribe task while it is still catching up.
+    task: Option<JoinHandle<()>>,
+    /// Highest seq the client acknowledged (cumulative).
+    acked: i64,
+}
+
+/// Sent by subscribe tasks back to the connection loop.
+enum Event {
+    SubscribeFailed { channel: String },
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn error_frame(code: &'static str, reason: impl Into<String>, channel: Option<&str>) -> Outbound {
+    metrics::counter!("herald_edge_errors_total", "code" => code).increment(1);
+    Outbound::Frame(
+        ServerFrame::Error {
+            code,
+            reason: reason.into(),
+            id: None,
+            channel: channel.map(str::to_owned),
+        }
+        .to_json(),
+    )
+}
+
+fn nack(id: Uuid, channel: &str, code: &'static str, reason: impl Into<String>) -> Outbound {
+    metrics::counter!("herald_publish_nacks_total", "code" => code).increment(1);
+    Outbound::Frame(
+        ServerFrame::PublishNack {
+            id,
+            channel: channel.to_owned(),
+            code,
+            reason: reason.into(),
+        }
+        .to_json(),
+    )
+}
+
+/// Runs one connection to its end.
+pub async fn run(socket: WebSocket, ctx: Arc<Ctx>, remote: Option<SocketAddr>) {
+    let id = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
+    let span = info_span!("conn", id, remote = ?remote);
+    let live = ctx.live.clone();
+    metrics::gauge!("herald_edge_connections").increment(1.0);
+    metrics::counter!("herald_edge_connections_total").increment(1);
+    let (conn, rx, events) = Conn::new(id, ctx);
+    serve(conn, rx, events, socket).instrument(span).await;
+    metrics::gauge!("herald_edge_connections").decrement(1.0);
+    drop(live);
+}
+
+struct Conn {
+    id: u64,
+    ctx: Arc<Ctx>,
+    outbox: Outbox,
+    subs: HashMap<String, Subscription>,
+    publish_permits: Arc<Semaphore>,
+    events: mpsc::UnboundedSender<Event>,
+}
+
+impl Conn {
+    fn new(id: u64, ctx: Arc<Ctx>) -> Parts {
+        let (outbox, rx) = Outbox::new(id, ctx.cfg.queue_messages, ctx.cfg.queue_bytes);
+        let (events, events_rx) = mpsc::unbounded_channel();
+        let permits = Arc::new(Semaphore::new(ctx.cfg.max_inflight_publishes));
+        (
+            Conn {
+                id,
+                ctx,
+                outbox,
+                subs: HashMap::new(),
+                publish_permits: permits,
+                events,
+            },
+            rx,
+            events_rx,
+        )
+    }
+}
+
+type Parts = (
+    Conn,
+    herald_hub::OutboxReceiver,
+    mpsc::UnboundedReceiver<Event>,
+);
+
+async fn serve(
+    mut conn: Conn,
+    mut rx: herald_hub::OutboxReceiver,
+    mut events: mpsc::UnboundedReceiver<Event>,
+    socket: WebSocket,
+) {
+    {
+        let (mut sink, mut stream) = socket.split();
+        let mut shutdown = conn.ctx.shutdown.subscribe();
+        let mut heartbeat = tokio::time::interval(conn.ctx.cfg.heartbeat);
+        heartbeat.tick().await;
+        let mut last_seen = Instant::now();
+        let overflow = rx.overflow_watch();
+        debug!("Connected");
+
+        let close: Option<(u16, &'static str)> = loop {
+            tokio::select! {
+                biased;
+                _ = overflow.overflowed() => break Some((codes::CLOSE_SLOW_CONSUMER, "slow consumer: resume with since")),
+                _ = async { let _ = shutdown.wait_for(|s| *s).await; } => {
+                    break Some((codes::CLOSE_GOING_AWAY, "server shutting down"));
+                }
+                item = rx.recv() => {
+                    let Some(item) = item else { break None };
+                    if sink.send(Message::text(item.text())).await.is_err() {
+                        break None;
+                    }
+                    metrics::counter!("herald_edge_frames_out_total").increment(1);
+                }
+                Some(ev) = events.recv() => match ev {
+                    Event::SubscribeFailed { channel } => {
+                        conn.subs.remove(&channel);
+                    }
+                },
+                msg = stream.next() => {
+                    let msg = match msg {
+                        None => break None,
+                        Some(Err(e)) => {
+                            // Protocol violations (bad UTF-8, oversized
+                            // frames, bad framing) end the connection; the
+                            // WebSocket layer has already answered with a close.
+                            debug!(%e, "WebSocket error");
+                            metrics::counter!("herald_edge_protocol_errors_total").increment(1);
+                            break None;
+                        }
+                        Some(Ok(m)) => m,
+                    };
+                    last_seen = Instant::now();
+                    if msg.is_text() {
+                        metrics::counter!("herald_edge_frames_in_total").increment(1);
+                        let text = msg.to_str().unwrap_or_default();
+                        conn.on_text(text).await;
+                    } else if msg.is_binary() {
+                        metrics::counter!("herald_edge_frames_in_total").increment(1);
+                        conn.reply(error_frame(
+                            codes::BINARY_UNSUPPORTED,
+                            "binary frames are not supported; send JSON text frames",
+                            None,
+                        ));
+                    } else if msg.is_close() {
+                        break None;
+                    }
+                    // Pings are answered by the WebSocket layer; pongs only
+                    // count as liveness.
+                }
+                _ = heartbeat.tick() => {
+                    if last_seen.elapsed() > conn.ctx.cfg.idle_timeout {
+                        break Some((codes::CLOSE_IDLE_TIMEOUT, "idle timeout"));
+                    }
+                    if sink.send(Message::ping(Vec::new())).await.is_err() {
+                        break None;
+                    }
+                }
+            }
+        };
+
+        // Stop subscriptions first so nothing new is queued.
+        conn.unsubscribe_all();
+        if let Some((code, reason)) = close {
+            debug!(code, reason, "Closing");
+            if code == codes::CLOSE_GOING_AWAY {
+                // Let in-flight publishes get their answer before closing.
+                conn.drain_publishes(&mut rx, &mut sink).await;
+            }
+            let _ = sink.send(Message::close_with(code, reason)).await;
+        }
+        let _ = sink.close().await;
+        debug!("Disconnected");
+    }
+}
+
+impl Conn {
+    /// Queues a reply without waiting (see the crate invariants).
+    fn reply(&self, item: Outbound) {
+        let _ = self.outbox.try_push(item);
+    }
+
+    async fn drain_publishes(
+        &mut self,
+        rx: &mut herald_hub::OutboxReceiver,
+        sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    ) {
+        let total = self.ctx.cfg.max_inflight_publishes as u32;
+        let all = self.publish_permits.clone().acquire_many_owned(total);
+        tokio::pin!(all);
+        let deadline = tokio::time::sleep(self.ctx.cfg.shutdown_grace);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut all => break,
+                _ = &mut deadline => break,
+                item = rx.recv() => {
+                    let Some(item) = item else { break };
+                    if sink.send(Message::text(item.text())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        // Flush what the finished publishes queued.
+        while rx.queued() > 0 {
+            match rx.recv().await {
+                Some(item) => {
+                    if sink.send(Message::text(item.text())).await.is_err() {
+                        return;
+                    }
+                }
+                None => break,
+            }
+        }
+    }
+
+    fn unsubscribe_all(&mut self) {
+        for (channel, sub) in self.subs.drain() {
+            if let Some(t) = &sub.task {
+                t.abort();
+            }
+            self.ctx.hub.unsubscribe(&self.outbox, &sub.topic, &channel);
+        }
+    }
+
+    fn resolve(&self, name: &str) -> Result<(Channel, String), (&'static str, String)> {
+        let channel = Channel::parse(name).map_err(|e| (codes::BAD_CHANNEL, e.to_string()))?;
+        let topic = self
+            .ctx
+            .topics
+            .get(channel.namespace())
+            .cloned()
+            .ok_or_else(|| {
+                (
+                    codes::UNKNOWN_NAMESPACE,
+                    format!("namespace `{}` is not configured", channel.namespace()),
+                )
+            })?;
+        Ok((channel, topic))
+    }
+
+    async fn on_text(&mut self, text: &str) {
+        let frame = match decode_client(text) {
+            Ok(f) => f,
+            Err(e) => {
+                metrics::counter!("herald_edge_errors_total", "code" => e.code).increment(1);
+                self.reply(Outbound::Frame(ServerFrame::error(&e).to_json()));
+                return;
+            }
+        };
+        match frame {
+            ClientFrame::Ping => self.reply(Outbound::Frame(ServerFrame::Pong.to_json())),
+            ClientFrame::Subscribe { channel, since } => self.subscribe(channel, since),
+            ClientFrame::Unsubscribe { channel } => self.unsubscribe(channel),
+            ClientFrame::Ack { channel, seq } => match self.subs.get_mut(&channel) {
+                Some(sub) => {
+                    sub.acked = sub.acked.max(seq);
+                    metrics::counter!("herald_edge_client_acks_total").increment(1);
+                }
+                None => self.reply(error_frame(
+                    codes::NOT_SUBSCRIBED,
+                    "ack for a channel this connection does not subscribe to",
+                    Some(&channel),
+                )),
+            },
+            ClientFrame::Publish { channel, id, data } => self.publish(channel, id, data).await,
+        }
+    }
+
+    fn subscribe(&mut self, name: String, since: Option<Position>) {
+        let (channel, topic) = match self.resolve(&name) {
+            Ok(x) => x,
+            Err((code, reason)) => return self.reply(error_frame(code, reason, Some(&name))),
+        };
+        if self.subs.contains_key(&name) {
+            return self.reply(error_frame(
+                codes::ALREADY_SUBSCRIBED,
+                "already subscribed to this channel",
+                Some(&name),
+            ));
+        }
+        if self.subs.len() >= self.ctx.cfg.max_subscriptions {
+            return self.reply(error_frame(
+                codes::TOO_MANY_SUBSCRIPTIONS,
+                format!(
+                    "at most {} subscriptions per connection",
+                    self.ctx.cfg.max_subscriptions
+                ),
+                Some(&name),
+            ));
+        }
+        let hub = self.ctx.hub.clone();
+        let outbox = self.outbox.clone();
+        let events = self.events.clone();
+        let t = topic.clone();
+        let task = tokio::spawn(async move {
+            let res = hub
+                .subscribe(&outbox, &t, channel.as_str(), since.as_ref())
+                .await;
+            match res {
+                Ok(out) => {
+                    debug!(channel = %channel, recovered = out.recovered, caught_up = out.caught_up, "Subscribed");
+                }
+                Err(HubError::SlowConsumer) | Err(HubError::Closed) => {}
+                Err(e) => {
+                    tracing::warn!(channel = %channel, %e, "Subscribe failed");
+                    let _ = outbox.try_push(error_frame(
+                        codes::UNAVAILABLE,
+                        format!("subscribe failed: {e}; retry"),
+                        Some(channel.as_str()),
+                    ));
+                    // The hub registered nothing; forget the subscription.
+                    let _ = events.send(Event::SubscribeFailed {
+                        channel: channel.as_str().to_owned(),
+                    });
+                }
+            }
+        });
+        self.subs.insert(
+            name,
+            Subscription {
+                topic,
+                task: Some(task),
+                acked: -1,
+            },
+        );
+    }
+
+    fn unsubscribe(&mut self, name: String) {
+        match self.subs.remove(&name) {
+            Some(sub) => {
+                if let Some(t) = &sub.task {
+                    t.abort();
+                }
+                self.ctx.hub.unsubscribe(&self.outbox, &sub.topic, &name);
+                self.reply(Outbound::Frame(
+                    ServerFrame::Unsubscribed { channel: name }.to_json(),
+                ));
+            }
+            None => self.reply(error_frame(
+                codes::NOT_SUBSCRIBED,
+                "not subscribed to this channel",
+                Some(&name),
+            )),
+        }
+    }
+
+    async fn publish(&mut self, name: String, id: Uuid, data: Box<RawValue>) {
+        let started = Instant::now();
+        let (channel, topic) = match self.resolve(&name) {
+            Ok(x) => x,
+            Err((code, reason)) => return self.reply(nack(id, &name, code, reason)),
+        };
+        if data.get().len() > self.ctx.cfg.max_message_bytes {
+            return self.reply(nack(
+                id,
+                &name,
+                codes::TOO_LARGE,
+                format!(
+                    "data is {} bytes; the limit is {}",
+                    data.get().len(),
+                    self.ctx.cfg.max_message_bytes
+                ),
+            ));
+        }
+        if self.ctx.shutting_down.load(Ordering::SeqCst) {
+            return self.reply(nack(
+                id,
+                &name,
+                codes::SHUTTING_DOWN,
+                "server is shutting down; reconnect and retry with the same id",
+            ));
+        }
+        // Bounded in-flight publishes per connection: waiting here stops
+        // reading from this client, which is the backpressure it gets.
+        let permit = match self.publish_permits.clone().acquire_owned().await {
+            Ok(p) => p,
+            Err(_) => return,
+        };
+        let ctx = self.ctx.clone();
+        let outbox = self.outbox.clone();
+        match ctx.dedup.claim(channel.as_str(), id) {
+            Claim::Seen(rx) => {
+                tokio::spawn(async move {
+                    let outcome = Dedup::wait(rx).await;
+                    let reply = match outcome {
+                        DedupOutcome::Appended(seq) => {
+                            metrics::counter!("herald_publish_duplicates_total").increment(1);
+                            Outbound::Frame(
+                                ServerFrame::PublishAck {
+                                    id,
+                                    channel: channel.as_str().to_owned(),
+                                    seq,
+                                    duplicate: true,
+                                }
+                                .to_json(),
+                            )
+                        }
+                        DedupOutcome::Failed(code, reason) => nack(id, channel.as_str(), code, reason),
+                    };
+                    let _ = outbox.try_push(reply);
+                    drop(permit);
+                });
+            }
+            Claim::First(slot) => {
+                let env = Envelope {
+                    v: envelope::ENVELOPE_VERSION,
+                    id,
+                    channel: channel.as_str().to_owned(),
+                    publisher: Some(format!("conn:{}", self.id)),
+                    ts: now_ms(),
+                    content_type: envelope::CONTENT_TYPE_JSON.to_owned(),
+                    data,
+                };
+                let partition = match ctx.hub.partition_of(&topic, channel.as_str()) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let o = DedupOutcome::Failed(codes::INTERNAL, e.to_string());
+                        ctx.dedup.complete(channel.as_str(), id, &slot, o);
+                        return self.reply(nack(id, &name, codes::INTERNAL, e.to_string()));
+                    }
+                };
+                let idstr = id.to_string();
+                // Enqueued here, in the connection's order; confirmed below.
+                let pending = ctx.kafka.publish(
+                    &topic,
+                    partition,
+                    channel.as_str().as_bytes(),
+                    env.to_json().as_bytes(),
+                    &[
+                        (HEADER_ID, idstr.as_bytes()),
+                        (HEADER_VERSION, envelope::ENVELOPE_VERSION.to_string().as_bytes()),
+                    ],
+                );
+                tokio::spawn(async move {
+                    let result = match pending {
+                        Ok(p) => p.await,
+                        Err(e) => Err(e),
+                    };
+                    let reply = match result {
+                        Ok(seq) => {
+                            ctx.dedup.complete(channel.as_str(), id, &slot, DedupOutcome::Appended(seq));
+                            metrics::counter!("herald_publish_acks_total").increment(1);
+                            metrics::histogram!("herald_publish_latency_seconds")
+                                .record(started.elapsed().as_secs_f64());
+                            Outbound::Frame(
+                                ServerFrame::PublishAck {
+                                    id,
+                                    channel: channel.as_str().to_owned(),
+                                    seq,
+                                    duplicate: false,
+                                }
+                                .to_json(),
+                            )
+                        }
+                        Err(e) => {
+                            let code = publish_error_code(&e);
+                            let reason = format!("not stored: {e}");
+                            metrics::counter!("herald_log_errors_total", "op" => "publish").increment(1);
+                            ctx.dedup.complete(
+                                channel.as_str(),
+                                id,
+                                &slot,
+                                DedupOutcome::Failed(code, reason.clone()),
+                            );
+                            nack(id, channel.as_str(), code, reason)
+                        }
+                    };
+                    let _ = outbox.try_push(reply);
+                    drop(permit);
+                });
+            }
+        }
+    }
+}
+
+fn publish_error_code(e: &LogError) -> &'static str {
+    if e.is_too_large() {
+        codes::TOO_LARGE
+    } else if e.is_retriable() {
+        codes::UNAVAILABLE
+    } else {
+        codes::INTERNAL
+    }
+}

@@ -1,0 +1,24 @@
+//! herald's edge server: the warp application a client connects to.
+//!
+//! # Layout
+//! - [`config`]: [`EdgeConfig`], listen address, namespaces, per-connection limits.
+//! - [`server`]: [`Edge`]: start-up (topics, epochs, hub, tail), the routes
+//!   (`/ws`, `/healthz`, `/readyz`, `/metrics`) and graceful shutdown.
+//! - [`conn`]: one task per WebSocket connection: decode frames, subscribe,
+//!   publish with dedup, write the outbound queue, heartbeats, idle timeout.
+//!
+//! # Invariants
+//! - A `publish_ack` is sent only after Kafka confirmed the record
+//!   (idempotent producer, `acks=all`); every other outcome is a `publish_nack`.
+//! - Bad client input gets an `error` frame and the connection keeps working;
+//!   nothing a client sends can panic the server or touch other connections.
+//! - The connection task never waits on its own outbound queue (it is the one
+//!   draining it): its replies are queued with `try_push`, so a client that
+//!   stops reading is closed as a slow consumer instead of deadlocking.
+
+pub mod config;
+pub mod conn;
+pub mod server;
+
+pub use config::{EdgeConfig, NamespaceConfig};
+pub use server::{Edge, EdgeError};

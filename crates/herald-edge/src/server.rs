@@ -1,0 +1,223 @@
+//! Start-up, routes and graceful shutdown.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herald_hub::{Dedup, Hub, HubConfig};
+use herald_log::{Kafka, LogConfig, LogError};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+use warp::http::StatusCode;
+use warp::{Filter, Reply};
+
+use crate::config::EdgeConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+/// Shared state of one edge node.
+pub struct Ctx {
+    pub cfg: EdgeConfig,
+    pub kafka: Arc<Kafka>,
+    pub hub: Arc<Hub>,
+    pub dedup: Dedup,
+    /// namespace → Kafka topic.
+    pub topics: HashMap<String, String>,
+    /// Set first on shutdown: `/readyz` fails and new upgrades are refused.
+    pub shutting_down: AtomicBool,
+    /// Flipped to true to tell every connection to finish and close.
+    pub shutdown: watch::Sender<bool>,
+    pub next_conn: AtomicU64,
+    /// One clone per live connection; shutdown waits for the count to drop.
+    pub live: Arc<()>,
+}
+
+/// A started edge node, bound to its address and ready to serve.
+pub struct Edge {
+    ctx: Arc<Ctx>,
+    listener: TcpListener,
+    metrics: PrometheusHandle,
+}
+
+impl Edge {
+    /// Connects to Kafka, makes sure every namespace's topic exists (recording
+    /// its epoch), starts the tail and binds the listener.
+    pub async fn start(
+        cfg: EdgeConfig,
+        log_cfg: LogConfig,
+        metrics: PrometheusHandle,
+    ) -> Result<Edge, EdgeError> {
+        if cfg.namespaces.is_empty() {
+            return Err(EdgeError::Config("at least one namespace is needed".into()));
+        }
+        let kafka = Kafka::connect(log_cfg)?;
+        kafka.ping().await?;
+        let hub = Hub::new(
+            kafka.clone(),
+            HubConfig {
+                recent_messages: cfg.recent_messages,
+                recent_bytes: cfg.recent_bytes,
+                ..HubConfig::default()
+            },
+        );
+        let mut topics = HashMap::new();
+        for ns in &cfg.namespaces {
+            let topic = kafka.config().topic_for(&ns.name);
+            let info = kafka.ensure_topic(&topic, ns.partitions, &[]).await?;
+            info!(
+                namespace = %ns.name,
+                topic = %info.name,
+                partitions = info.partitions,
+                epoch = %info.epoch,
+                created = info.created,
+                "Namespace ready"
+            );
+            hub.register_topic(&info.name, &info.epoch, info.partitions);
+            topics.insert(ns.name.clone(), info.name);
+        }
+        kafka.start_tail(hub.clone())?;
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| EdgeError::Bind {
+                addr: cfg.listen,
+                source,
+            })?;
+        let dedup = Dedup::new(cfg.dedup_window, cfg.dedup_capacity);
+        let (shutdown, _) = watch::channel(false);
+        Ok(Edge {
+            ctx: Arc::new(Ctx {
+                cfg,
+                kafka,
+                hub,
+                dedup,
+                topics,
+                shutting_down: AtomicBool::new(false),
+                shutdown,
+                next_conn: AtomicU64::new(1),
+                live: Arc::new(()),
+            }),
+            listener,
+            metrics,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then shuts down gracefully: readiness
+    /// fails, connections finish their in-flight publishes and close with
+    /// 1001, the producer is flushed.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let ctx = self.ctx.clone();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = warp::serve(routes(ctx.clone(), self.metrics))
+            .incoming(self.listener)
+            .graceful(async move {
+                let _ = stop_rx.await;
+            })
+            .run();
+        let server = tokio::spawn(server);
+
+        shutdown.await;
+        info!("Shutting down: refusing new connections, closing live ones");
+        ctx.shutting_down.store(true, Ordering::SeqCst);
+        ctx.shutdown.send_replace(true);
+        let _ = stop_tx.send(());
+
+        let deadline = Instant::now() + ctx.cfg.shutdown_grace;
+        while Arc::strong_count(&ctx.live) > 1 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = Arc::strong_count(&ctx.live) - 1;
+        if left > 0 {
+            warn!(connections = left, "Shutdown grace over with connections still open");
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if let Err(e) = ctx.kafka.flush(remaining.max(Duration::from_millis(100))) {
+            warn!(%e, "Producer flush incomplete at shutdown");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
+        info!("Shutdown complete");
+    }
+}
+
+fn with_ctx(ctx: Arc<Ctx>) -> impl Filter<Extract = (Arc<Ctx>,), Error = Infallible> + Clone {
+    warp::any().map(move || ctx.clone())
+}
+
+fn routes(
+    ctx: Arc<Ctx>,
+    metrics: PrometheusHandle,
+) -> impl Filter<Extract = (impl Reply,), Error = warp::Rejection> + Clone {
+    let ws = warp::path("ws")
+        .and(warp::path::end())
+        .and(warp::ws())
+        .and(with_ctx(ctx.clone()))
+        .and(warp::addr::remote())
+        .map(|ws: warp::ws::Ws, ctx: Arc<Ctx>, remote: Option<SocketAddr>| {
+            if ctx.shutting_down.load(Ordering::SeqCst) {
+                return warp::reply::with_status("shutting down", StatusCode::SERVICE_UNAVAILABLE)
+                    .into_response();
+            }
+            let max = ctx.cfg.max_frame_bytes;
+            ws.max_frame_size(max)
+                .max_message_size(max)
+                .on_upgrade(move |socket| crate::conn::run(socket, ctx, remote))
+                .into_response()
+        });
+
+    let healthz = warp::path("healthz")
+        .and(warp::path::end())
+        .map(|| "ok");
+
+    let readyz = warp::path("readyz")
+        .and(warp::path::end())
+        .and(with_ctx(ctx))
+        .then(|ctx: Arc<Ctx>| async move {
+            if ctx.shutting_down.load(Ordering::SeqCst) {
+                return warp::reply::with_status(
+                    "shutting down".to_string(),
+                    StatusCode::SERVICE_UNAVAILABLE,
+                );
+            }
+            match tokio::time::timeout(Duration::from_secs(3), ctx.kafka.ping()).await {
+                Ok(Ok(())) => warp::reply::with_status("ready".to_string(), StatusCode::OK),
+                Ok(Err(e)) => warp::reply::with_status(
+                    format!("kafka unreachable: {e}"),
+                    StatusCode::SERVICE_UNAVAILABLE,
+                ),
+                Err(_) => warp::reply::with_status(
+                    "kafka unreachable: timed out".to_string(),
+                    StatusCode::SERVICE_UNAVAILABLE,
+                ),
+            }
+        });
+
+    let metrics = warp::path("metrics").and(warp::path::end()).map(move || {
+        warp::reply::with_header(
+            metrics.render(),
+            "content-type",
+            "text/plain; version=0.0.4",
+        )
+    });
+
+    warp::get().and(ws.or(healthz).or(readyz).or(metrics))
+}

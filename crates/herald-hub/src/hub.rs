@@ -1,0 +1,515 @@
+//! The subscription index, live dispatch and the resume hand-off.
+//!
+//! One [`Partition`] per Kafka topic-partition that a local subscriber needs.
+//! It holds, under one mutex:
+//! - `next_offset`: every record below it has been dispatched live;
+//! - `recent`: the newest messages of the partition (bounded by count and
+//!   bytes), complete from offset `recent_from` up to `next_offset`;
+//! - `subs`: channel → subscribers, each with the last `seq` it was handed.
+//!
+//! Resume (`since = s`): while `s + 1 < next_offset`, copy what is missing from
+//! `recent` (when it reaches back to `s + 1`) or read it from Kafka, then look
+//! again; once nothing is missing, register under the same lock that live
+//! dispatch takes. So no message is skipped at the hand-off, and none is
+//! handed twice (a subscriber's `last_seq` filters anything already sent).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use herald_log::{LogRead, Record, RecordSink};
+use herald_proto::{partition::partition_for_key, Envelope, Position, ServerFrame};
+use tokio::sync::OnceCell;
+use tracing::{debug, warn};
+
+use crate::outbox::{Outbound, Outbox};
+use crate::HubError;
+
+/// Tuning of the hub.
+#[derive(Clone, Debug)]
+pub struct HubConfig {
+    /// Messages kept per partition for fast resume.
+    pub recent_messages: usize,
+    /// Bytes of serialised messages kept per partition for fast resume.
+    pub recent_bytes: usize,
+    /// Records per Kafka read during a catch-up.
+    pub catchup_batch: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            recent_messages: 10_000,
+            recent_bytes: 8 << 20,
+            catchup_batch: 1_000,
+        }
+    }
+}
+
+/// One message ready for the wire.
+#[derive(Debug)]
+pub struct Delivery {
+    pub channel: Arc<str>,
+    pub seq: i64,
+    /// The serialised `message` frame.
+    pub text: Arc<str>,
+}
+
+impl Delivery {
+    /// Builds the `message` frame for a record, or `None` (and a metric) when
+    /// the record is not a herald envelope, e.g. written by a foreign producer.
+    pub fn from_record(r: &Record, epoch: &str) -> Option<Delivery> {
+        let value = r.value.as_deref()?;
+        match Envelope::decode(value, r.key.as_deref()) {
+            Ok(env) => {
+                let channel: Arc<str> = Arc::from(env.channel.as_str());
+                let text = ServerFrame::Message(env.into_message(r.offset, epoch)).to_json();
+                Some(Delivery {
+                    channel,
+                    seq: r.offset,
+                    text: Arc::from(text),
+                })
+            }
+            Err(e) => {
+                metrics::counter!("herald_hub_malformed_records_total").increment(1);
+                debug!(topic = %r.topic, partition = r.partition, offset = r.offset, %e, "Skipping record that is not a herald envelope");
+                None
+            }
+        }
+    }
+}
+
+struct Sub {
+    outbox: Outbox,
+    /// Last seq handed to this subscriber on this channel.
+    last_seq: i64,
+}
+
+struct PartState {
+    next_offset: i64,
+    recent: VecDeque<Arc<Delivery>>,
+    recent_from: i64,
+    recent_bytes: usize,
+    subs: HashMap<Arc<str>, Vec<Sub>>,
+}
+
+struct Partition {
+    topic: Arc<str>,
+    partition: i32,
+    epoch: Arc<str>,
+    started: OnceCell<()>,
+    state: Mutex<PartState>,
+}
+
+impl Partition {
+    fn lock(&self) -> MutexGuard<'_, PartState> {
+        // A panic while holding this lock would be a bug; keep serving.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[derive(Clone)]
+struct TopicMeta {
+    epoch: Arc<str>,
+    partitions: i32,
+}
+
+enum Step {
+    Live,
+    FromCache(Vec<Arc<Delivery>>, i64),
+    FromLog(i64),
+}
+
+/// What a subscribe did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscribeOutcome {
+    pub position: Position,
+    pub recovered: bool,
+    /// Messages handed over from history before going live.
+    pub caught_up: u64,
+}
+
+/// The fan-out hub of one node.
+pub struct Hub {
+    log: Arc<dyn LogRead>,
+    cfg: HubConfig,
+    topics: RwLock<HashMap<String, TopicMeta>>,
+    parts: Mutex<HashMap<(Arc<str>, i32), Arc<Partition>>>,
+}
+
+impl Hub {
+    pub fn new(log: Arc<dyn LogRead>, cfg: HubConfig) -> Arc<Hub> {
+        Arc::new(Hub {
+            log,
+            cfg,
+            topics: RwLock::new(HashMap::new()),
+            parts: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Makes a topic known: its epoch and partition count.
+    pub fn register_topic(&self, topic: &str, epoch: &str, partitions: i32) {
+        self.topics
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                topic.to_owned(),
+                TopicMeta {
+                    epoch: Arc::from(epoch),
+                    partitions,
+                },
+            );
+    }
+
+    fn topic(&self, topic: &str) -> Result<TopicMeta, HubError> {
+        self.topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(topic)
+            .cloned()
+            .ok_or_else(|| HubError::UnknownTopic(topic.to_owned()))
+    }
+
+    /// The partition `channel` lives in.
+    pub fn partition_of(&self, topic: &str, channel: &str) -> Result<i32, HubError> {
+        Ok(partition_for_key(
+            channel.as_bytes(),
+            self.topic(topic)?.partitions,
+        ))
+    }
+
+    /// The epoch of a topic.
+    pub fn epoch(&self, topic: &str) -> Result<Arc<str>, HubError> {
+        Ok(self.topic(topic)?.epoch)
+    }
+
+    fn part(&self, topic: &str, partition: i32) -> Result<Arc<Partition>, HubError> {
+        let meta = self.topic(topic)?;
+        let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = parts.get(&(Arc::from(topic), partition)) {
+            return Ok(p.clone());
+        }
+        let t: Arc<str> = Arc::from(topic);
+        let p = Arc::new(Partition {
+            topic: t.clone(),
+            partition,
+            epoch: meta.epoch,
+            started: OnceCell::new(),
+            state: Mutex::new(PartState {
+                next_offset: 0,
+                recent: VecDeque::new(),
+                recent_from: 0,
+                recent_bytes: 0,
+                subs: HashMap::new(),
+            }),
+        });
+        parts.insert((t, partition), p.clone());
+        Ok(p)
+    }
+
+    /// The partition, tailed from the current high watermark on first use.
+    async fn started(&self, topic: &str, partition: i32) -> Result<Arc<Partition>, HubError> {
+        let p = self.part(topic, partition)?;
+        p.started
+            .get_or_try_init(|| async {
+                let wm = self.log.watermarks(topic, partition).await?;
+                {
+                    let mut st = p.lock();
+                    st.next_offset = wm.high;
+                    st.recent_from = wm.high;
+                }
+                self.log.follow(topic, partition, wm.high)?;
+                Ok::<(), HubError>(())
+            })
+            .await?;
+        Ok(p)
+    }
+
+    /// Subscribes `outbox` to `channel` of `topic`, sending the `subscribed`
+    /// reply, then (when resuming) every message after `since`, then live
+    /// messages. Returns once the subscription is live.
+    pub async fn subscribe(
+        &self,
+        outbox: &Outbox,
+        topic: &str,
+        channel: &str,
+        since: Option<&Position>,
+    ) -> Result<SubscribeOutcome, HubError> {
+        let partition = self.partition_of(topic, channel)?;
+        let part = self.started(topic, partition).await?;
+        let chan: Arc<str> = Arc::from(channel);
+        let epoch = part.epoch.to_string();
+
+        let start = match since {
+            Some(pos) if pos.epoch == epoch => self.check_position(&part, pos.seq).await?,
+            _ => None,
+        };
+        let Some(mut s) = start else {
+            // Live from now. The reply and the registration happen under the
+            // lock so the position is exactly where live delivery starts.
+            let mut st = part.lock();
+            let position = Position {
+                seq: st.next_offset - 1,
+                epoch,
+            };
+            let reply = ServerFrame::Subscribed {
+                channel: channel.to_owned(),
+                position: position.clone(),
+                recovered: false,
+            };
+            if !outbox.try_push(Outbound::Frame(reply.to_json())) {
+                return Err(HubError::SlowConsumer);
+            }
+            st.subs.entry(chan).or_default().push(Sub {
+                outbox: outbox.clone(),
+                last_seq: position.seq,
+            });
+            drop(st);
+            if since.is_some() {
+                metrics::counter!("herald_hub_resume_total", "outcome" => "not_recovered")
+                    .increment(1);
+            }
+            metrics::gauge!("herald_hub_subscriptions").increment(1.0);
+            return Ok(SubscribeOutcome {
+                position,
+                recovered: false,
+                caught_up: 0,
+            });
+        };
+
+        let position = Position {
+            seq: part.lock().next_offset - 1,
+            epoch,
+        };
+        let reply = ServerFrame::Subscribed {
+            channel: channel.to_owned(),
+            position: position.clone(),
+            recovered: true,
+        };
+        if !outbox.push(Outbound::Frame(reply.to_json())).await {
+            return Err(HubError::Closed);
+        }
+
+        let mut caught_up = 0u64;
+        loop {
+            // Decide under the lock; anything that waits happens after it.
+            let step = {
+                let mut st = part.lock();
+                let upto = st.next_offset;
+                if s + 1 >= upto {
+                    st.subs.entry(chan.clone()).or_default().push(Sub {
+                        outbox: outbox.clone(),
+                        last_seq: s,
+                    });
+                    Step::Live
+                } else if st.recent_from <= s + 1 {
+                    let pending: Vec<Arc<Delivery>> = st
+                        .recent
+                        .iter()
+                        .filter(|d| d.seq > s && *d.channel == *channel)
+                        .cloned()
+                        .collect();
+                    if pending.len() < outbox.capacity() {
+                        // Hand over the rest and go live in one step.
+                        let n = pending.len() as u64;
+                        for d in pending {
+                            if !outbox.try_push(Outbound::Message(d)) {
+                                return Err(HubError::SlowConsumer);
+                            }
+                        }
+                        st.subs.entry(chan.clone()).or_default().push(Sub {
+                            outbox: outbox.clone(),
+                            last_seq: upto - 1,
+                        });
+                        caught_up += n;
+                        metrics::counter!("herald_hub_catchup_messages_total", "source" => "cache")
+                            .increment(n);
+                        Step::Live
+                    } else {
+                        Step::FromCache(pending, upto)
+                    }
+                } else {
+                    Step::FromLog(upto)
+                }
+            };
+            match step {
+                Step::Live => break,
+                Step::FromCache(pending, upto) => {
+                    let n = pending.len() as u64;
+                    for d in pending {
+                        if !outbox.push(Outbound::Message(d)).await {
+                            return Err(HubError::Closed);
+                        }
+                    }
+                    caught_up += n;
+                    metrics::counter!("herald_hub_catchup_messages_total", "source" => "cache")
+                        .increment(n);
+                    s = upto - 1;
+                }
+                Step::FromLog(upto) => {
+                    caught_up += self.catch_up_from_log(outbox, &part, channel, s + 1, upto).await?;
+                    s = upto - 1;
+                }
+            }
+        }
+        metrics::counter!("herald_hub_resume_total", "outcome" => "recovered").increment(1);
+        metrics::gauge!("herald_hub_subscriptions").increment(1.0);
+        Ok(SubscribeOutcome {
+            position,
+            recovered: true,
+            caught_up,
+        })
+    }
+
+    /// Hands `channel`'s messages in `[from, upto)` from Kafka to `outbox`.
+    async fn catch_up_from_log(
+        &self,
+        outbox: &Outbox,
+        part: &Partition,
+        channel: &str,
+        mut from: i64,
+        upto: i64,
+    ) -> Result<u64, HubError> {
+        let mut total = 0u64;
+        while from < upto {
+            let batch = self
+                .log
+                .read_range(&part.topic, part.partition, from, upto, self.cfg.catchup_batch)
+                .await?;
+            let mut n = 0u64;
+            for r in &batch.records {
+                if r.key.as_deref() != Some(channel.as_bytes()) {
+                    continue;
+                }
+                if let Some(d) = Delivery::from_record(r, &part.epoch) {
+                    if !outbox.push(Outbound::Message(Arc::new(d))).await {
+                        return Err(HubError::Closed);
+                    }
+                    n += 1;
+                }
+            }
+            total += n;
+            metrics::counter!("herald_hub_catchup_messages_total", "source" => "log").increment(n);
+            if batch.next <= from {
+                return Err(HubError::Log(herald_log::LogError::Other(format!(
+                    "range read made no progress at {}/{}@{from}",
+                    part.topic, part.partition
+                ))));
+            }
+            from = batch.next;
+        }
+        Ok(total)
+    }
+
+    /// `Some(seq)` when resuming from `seq` loses nothing: it is inside the
+    /// retained log (`low - 1 <= seq < high`).
+    async fn check_position(&self, part: &Partition, seq: i64) -> Result<Option<i64>, HubError> {
+        if seq < -1 {
+            return Ok(None);
+        }
+        {
+            let st = part.lock();
+            if seq + 1 >= st.recent_from && seq < st.next_offset {
+                return Ok(Some(seq));
+            }
+        }
+        let wm = self.log.watermarks(&part.topic, part.partition).await?;
+        Ok((seq + 1 >= wm.low && seq < wm.high).then_some(seq))
+    }
+
+    /// Removes `outbox`'s subscription to `channel`. True if there was one.
+    pub fn unsubscribe(&self, outbox: &Outbox, topic: &str, channel: &str) -> bool {
+        let Ok(partition) = self.partition_of(topic, channel) else {
+            return false;
+        };
+        let Some(part) = self
+            .parts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(Arc::from(topic), partition))
+            .cloned()
+        else {
+            return false;
+        };
+        let mut st = part.lock();
+        let Some(list) = st.subs.get_mut(channel) else {
+            return false;
+        };
+        let before = list.len();
+        list.retain(|s| s.outbox.id() != outbox.id());
+        let removed = before - list.len();
+        if list.is_empty() {
+            st.subs.remove(channel);
+        }
+        if removed > 0 {
+            metrics::gauge!("herald_hub_subscriptions").decrement(removed as f64);
+        }
+        removed > 0
+    }
+
+    /// Live dispatch of one tailed record.
+    fn dispatch(&self, r: Record) {
+        let part = {
+            let parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+            match parts.get(&(r.topic.clone(), r.partition)) {
+                Some(p) => p.clone(),
+                None => {
+                    warn!(topic = %r.topic, partition = r.partition, "Record for a partition the hub does not follow");
+                    return;
+                }
+            }
+        };
+        let delivery = Delivery::from_record(&r, &part.epoch).map(Arc::new);
+        let mut st = part.lock();
+        if r.offset < st.next_offset {
+            // Already dispatched (a re-fetch after a broker reconnect).
+            return;
+        }
+        st.next_offset = r.offset + 1;
+        let Some(d) = delivery else {
+            return;
+        };
+        st.recent_bytes += d.text.len();
+        st.recent.push_back(d.clone());
+        while st.recent.len() > self.cfg.recent_messages
+            || (st.recent_bytes > self.cfg.recent_bytes && st.recent.len() > 1)
+        {
+            if let Some(old) = st.recent.pop_front() {
+                st.recent_bytes -= old.text.len();
+                st.recent_from = old.seq + 1;
+            }
+        }
+        let mut delivered = 0u64;
+        let mut dropped = 0usize;
+        if let Some(list) = st.subs.get_mut(&d.channel) {
+            list.retain_mut(|sub| {
+                if d.seq <= sub.last_seq {
+                    return true;
+                }
+                if sub.outbox.try_push(Outbound::Message(d.clone())) {
+                    sub.last_seq = d.seq;
+                    delivered += 1;
+                    true
+                } else {
+                    // Slow consumer (or gone): its connection closes and the
+                    // client resumes from its position.
+                    dropped += 1;
+                    false
+                }
+            });
+            if list.is_empty() {
+                st.subs.remove(&d.channel);
+            }
+        }
+        drop(st);
+        metrics::counter!("herald_hub_deliveries_total").increment(delivered);
+        if dropped > 0 {
+            metrics::gauge!("herald_hub_subscriptions").decrement(dropped as f64);
+        }
+    }
+}
+
+impl RecordSink for Hub {
+    fn on_record(&self, record: Record) {
+        self.dispatch(record);
+    }
+}

@@ -1,0 +1,45 @@
+//! herald's fan-out: who is subscribed to what, per-connection bounded queues,
+//! the resume hand-off from history to live delivery, and publish dedup.
+//!
+//! The hub does no socket I/O and does not know rdkafka: it reads the log
+//! through [`herald_log::LogRead`] and is fed live records as a
+//! [`herald_log::RecordSink`].
+//!
+//! # Layout
+//! - [`outbox`]: [`Outbox`], one bounded outbound queue per connection (by
+//!   messages and bytes); overflowing it marks the connection a slow consumer.
+//! - [`hub`]: [`Hub`], the subscription index per partition, the recent-message
+//!   ring per partition, live dispatch and [`Hub::subscribe`] with resume.
+//! - [`dedup`]: [`Dedup`], the publish dedup window (moka), which also makes
+//!   concurrent retries of one id wait for the first instead of appending twice.
+//!
+//! # Invariants
+//! - Per channel, a subscriber is handed messages in strictly increasing `seq`,
+//!   with no gap from its starting position: the catch-up loop only joins live
+//!   delivery under the partition lock, when nothing between its position and
+//!   the tail's position is left unsent.
+//! - Each live message is serialised once; every subscriber gets the same
+//!   `Arc<str>`.
+//! - Live dispatch never waits on a connection: a full queue is a slow
+//!   consumer, disconnected, never a stalled partition.
+
+pub mod dedup;
+pub mod hub;
+pub mod outbox;
+
+pub use dedup::{Claim, Dedup, DedupOutcome};
+pub use hub::{Delivery, Hub, HubConfig, SubscribeOutcome};
+pub use outbox::{Outbound, Outbox, OutboxReceiver, OverflowWatch};
+
+/// Errors of the hub.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error(transparent)]
+    Log(#[from] herald_log::LogError),
+    #[error("topic `{0}` is not registered with the hub")]
+    UnknownTopic(String),
+    #[error("the connection's outbound queue overflowed")]
+    SlowConsumer,
+    #[error("the connection is gone")]
+    Closed,
+}

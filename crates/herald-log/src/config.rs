@@ -1,0 +1,53 @@
+//! Kafka client settings.
+
+use std::time::Duration;
+
+/// How herald talks to Kafka. Defaults suit the dev broker on 127.0.0.1:9092.
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// Prefix of every topic herald creates (`{prefix}{namespace}`,
+    /// `{prefix}meta`). Lets several herald installations, or test runs,
+    /// share one cluster.
+    pub topic_prefix: String,
+    /// `fetch.wait.max.ms` of the tail and range readers. Kafka's default is
+    /// 500; the dev broker (Tansu) sleeps out the whole wait even when data is
+    /// there, so the dev config uses 5-10 ms to keep delivery latency low.
+    pub fetch_wait_max_ms: u32,
+    /// How long Kafka has to confirm a publish (`message.timeout.ms`) before
+    /// it is nacked as `unavailable`.
+    pub publish_timeout: Duration,
+    /// Metadata, watermark and range-read deadline.
+    pub request_timeout: Duration,
+    /// Replication factor of topics herald creates; -1 = broker default.
+    pub replication: i32,
+    /// Extra librdkafka settings applied to every client (security, tuning).
+    pub overrides: Vec<(String, String)>,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            brokers: "127.0.0.1:9092".into(),
+            topic_prefix: "herald.".into(),
+            fetch_wait_max_ms: 10,
+            publish_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+            replication: -1,
+            overrides: Vec::new(),
+        }
+    }
+}
+
+impl LogConfig {
+    /// The Kafka topic of a namespace.
+    pub fn topic_for(&self, namespace: &str) -> String {
+        format!("{}{}", self.topic_prefix, namespace)
+    }
+
+    /// The compacted topic holding topic epochs.
+    pub fn meta_topic(&self) -> String {
+        format!("{}meta", self.topic_prefix)
+    }
+}

@@ -1,0 +1,556 @@
+//! [`Kafka`]: producer, admin, lookups, range readers and the partition tail.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn};
+
+use crate::epoch::{new_epoch, EpochRecord};
+use crate::{BoxFuture, LogConfig, LogError, LogRead, RangeBatch, Record, RecordSink, Watermarks};
+
+/// Range readers kept idle for reuse; creating a librdkafka consumer costs a
+/// few threads and a connection.
+const IDLE_READERS: usize = 4;
+/// Range reads running at once (a reconnect storm queues here, not in librdkafka).
+const CONCURRENT_READS: usize = 16;
+
+/// A topic herald uses, as found (or created) at start.
+#[derive(Clone, Debug)]
+pub struct TopicInfo {
+    pub name: String,
+    pub partitions: i32,
+    pub epoch: String,
+    /// True when this call created the topic.
+    pub created: bool,
+}
+
+/// The Kafka client of one herald node.
+pub struct Kafka {
+    cfg: LogConfig,
+    producer: FutureProducer,
+    admin: AdminClient<DefaultClientContext>,
+    /// Metadata and watermark lookups (blocking calls, run on the blocking pool).
+    lookup: Arc<BaseConsumer>,
+    /// Idle range readers.
+    readers: Mutex<Vec<StreamConsumer>>,
+    read_permits: Semaphore,
+    tail: OnceLock<Tail>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Kafka {
+    fn base_config(cfg: &LogConfig) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &cfg.brokers)
+            .set("socket.keepalive.enable", "true")
+            .set("log_level", "4");
+        for (k, v) in &cfg.overrides {
+            c.set(k, v);
+        }
+        c
+    }
+
+    fn consumer_config(cfg: &LogConfig, eof: bool) -> ClientConfig {
+        let mut c = Self::base_config(cfg);
+        // No group: readers assign partitions themselves and commit nothing.
+        c.set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", if eof { "true" } else { "false" })
+            .set("auto.offset.reset", "earliest")
+            .set("allow.auto.create.topics", "false")
+            .set("fetch.wait.max.ms", cfg.fetch_wait_max_ms.to_string())
+            .set("fetch.min.bytes", "1")
+            .set("fetch.queue.backoff.ms", "5")
+            .set("queued.max.messages.kbytes", "16384");
+        c
+    }
+
+    /// Creates the clients. Does not wait for the broker: use [`Kafka::ping`].
+    pub fn connect(cfg: LogConfig) -> Result<Arc<Self>, LogError> {
+        let mut p = Self::base_config(&cfg);
+        // The durability contract: nothing is acked until every in-sync
+        // replica has it, and retries never duplicate or reorder.
+        p.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("max.in.flight.requests.per.connection", "5")
+            .set(
+                "message.timeout.ms",
+                cfg.publish_timeout.as_millis().to_string(),
+            )
+            .set("linger.ms", "1")
+            // Only used if a partition were not given; herald always gives one.
+            .set("partitioner", "murmur2_random");
+        let producer: FutureProducer = p.create()?;
+        let admin: AdminClient<DefaultClientContext> = Self::base_config(&cfg).create()?;
+        let lookup: BaseConsumer = Self::consumer_config(&cfg, false).create()?;
+        Ok(Arc::new(Kafka {
+            cfg,
+            producer,
+            admin,
+            lookup: Arc::new(lookup),
+            readers: Mutex::new(Vec::new()),
+            read_permits: Semaphore::new(CONCURRENT_READS),
+            tail: OnceLock::new(),
+        }))
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.cfg
+    }
+
+    async fn blocking<T, F>(&self, what: &'static str, f: F) -> Result<T, LogError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&BaseConsumer) -> Result<T, KafkaError> + Send + 'static,
+    {
+        let lookup = self.lookup.clone();
+        tokio::task::spawn_blocking(move || f(&lookup))
+            .await
+            .map_err(|e| LogError::Task(format!("{what}: {e}")))?
+            .map_err(LogError::from)
+    }
+
+    /// Asks the broker for cluster metadata: the readiness probe.
+    pub async fn ping(&self) -> Result<(), LogError> {
+        let t = self.cfg.request_timeout.min(Duration::from_secs(3));
+        self.blocking("metadata", move |c| c.fetch_metadata(None, t).map(|_| ()))
+            .await
+    }
+
+    /// The partition count of `topic`, or `None` if it does not exist.
+    pub async fn partition_count(&self, topic: &str) -> Result<Option<i32>, LogError> {
+        let t = self.cfg.request_timeout;
+        let name = topic.to_owned();
+        self.blocking("metadata", move |c| {
+            let md = c.fetch_metadata(Some(&name), t)?;
+            Ok(md
+                .topics()
+                .iter()
+                .find(|tp| tp.name() == name && tp.error().is_none())
+                .map(|tp| tp.partitions().len() as i32)
+                .filter(|n| *n > 0))
+        })
+        .await
+    }
+
+    /// Makes sure `topic` exists (creating it with `partitions` if missing) and
+    /// returns its real partition count and epoch. `config` is applied only
+    /// when the topic is created.
+    pub async fn ensure_topic(
+        &self,
+        topic: &str,
+        partitions: i32,
+        config: &[(&str, &str)],
+    ) -> Result<TopicInfo, LogError> {
+        let (count, created) = self.create_if_missing(topic, partitions, config).await?;
+        if count != partitions {
+            warn!(
+                topic,
+                configured = partitions,
+                actual = count,
+                "Topic has a different partition count than configured; using the topic's"
+            );
+        }
+        let epoch = self.epoch_for(topic, count, created).await?;
+        Ok(TopicInfo {
+            name: topic.to_owned(),
+            partitions: count,
+            epoch,
+            created,
+        })
+    }
+
+    async fn create_if_missing(
+        &self,
+        topic: &str,
+        partitions: i32,
+        config: &[(&str, &str)],
+    ) -> Result<(i32, bool), LogError> {
+        if let Some(n) = self.partition_count(topic).await? {
+            return Ok((n, false));
+        }
+        let mut nt = NewTopic::new(topic, partitions, TopicReplication::Fixed(self.cfg.replication));
+        for (k, v) in config {
+            nt = nt.set(k, v);
+        }
+        let opts = AdminOptions::new().operation_timeout(Some(self.cfg.request_timeout));
+        let results = self.admin.create_topics([&nt], &opts).await?;
+        let mut created = false;
+        for r in results {
+            match r {
+                Ok(_) => created = true,
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => {
+                    return Err(LogError::Other(format!("creating topic {name}: {code}")))
+                }
+            }
+        }
+        if created {
+            info!(topic, partitions, "Created topic");
+        }
+        // Metadata can lag creation by a moment.
+        let deadline = Instant::now() + self.cfg.request_timeout;
+        loop {
+            if let Some(n) = self.partition_count(topic).await? {
+                return Ok((n, created));
+            }
+            if Instant::now() > deadline {
+                return Err(LogError::Timeout(
+                    self.cfg.request_timeout,
+                    "a created topic to appear in metadata",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Reads every epoch record in the meta topic: topic → newest epoch.
+    async fn read_epochs(&self) -> Result<HashMap<String, String>, LogError> {
+        let meta = self.cfg.meta_topic();
+        let wm = self.watermarks_now(&meta, 0).await?;
+        let mut out = HashMap::new();
+        let mut from = wm.low;
+        while from < wm.high {
+            let batch = self.range(&meta, 0, from, wm.high, 1000).await?;
+            for r in &batch.records {
+                let (Some(k), Some(v)) = (&r.key, &r.value) else {
+                    continue;
+                };
+                match serde_json::from_slice::<EpochRecord>(v) {
+                    Ok(e) => {
+                        out.insert(String::from_utf8_lossy(k).into_owned(), e.epoch);
+                    }
+                    Err(e) => warn!(offset = r.offset, %e, "Skipping malformed epoch record"),
+                }
+            }
+            if batch.next <= from {
+                break;
+            }
+            from = batch.next;
+        }
+        Ok(out)
+    }
+
+    async fn epoch_for(&self, topic: &str, partitions: i32, created: bool) -> Result<String, LogError> {
+        let meta = self.cfg.meta_topic();
+        self.create_if_missing(&meta, 1, &[("cleanup.policy", "compact")])
+            .await?;
+        if !created {
+            if let Some(e) = self.read_epochs().await?.remove(topic) {
+                return Ok(e);
+            }
+        }
+        let rec = EpochRecord {
+            epoch: new_epoch(),
+            partitions,
+            recorded_at_ms: now_ms(),
+        };
+        let value = serde_json::to_vec(&rec).map_err(|e| LogError::Other(e.to_string()))?;
+        self.publish(&meta, 0, topic.as_bytes(), &value, &[])?.await?;
+        // Another node may have recorded one at the same moment: the newest wins.
+        let epochs = self.read_epochs().await?;
+        let epoch = epochs.get(topic).cloned().unwrap_or(rec.epoch);
+        info!(topic, epoch, "Recorded topic epoch");
+        Ok(epoch)
+    }
+
+    /// Enqueues a record for `partition` of `topic`. Records enqueued in order
+    /// are appended in order. The returned future resolves to the record's
+    /// offset once Kafka acknowledged it with `acks=all`.
+    pub fn publish(
+        &self,
+        topic: &str,
+        partition: i32,
+        key: &[u8],
+        value: &[u8],
+        headers: &[(&str, &[u8])],
+    ) -> Result<PendingPublish, LogError> {
+        let mut h = OwnedHeaders::new_with_capacity(headers.len());
+        for (k, v) in headers {
+            h = h.insert(Header {
+                key: k,
+                value: Some(*v),
+            });
+        }
+        let rec = FutureRecord::to(topic)
+            .partition(partition)
+            .key(key)
+            .payload(value)
+            .headers(h);
+        match self.producer.send_result(rec) {
+            Ok(f) => Ok(PendingPublish { inner: f }),
+            Err((e, _)) => Err(LogError::Kafka(e)),
+        }
+    }
+
+    /// Waits up to `timeout` for every enqueued publish to be confirmed.
+    pub fn flush(&self, timeout: Duration) -> Result<(), LogError> {
+        self.producer.flush(timeout).map_err(LogError::from)
+    }
+
+    async fn watermarks_now(&self, topic: &str, partition: i32) -> Result<Watermarks, LogError> {
+        let t = self.cfg.request_timeout;
+        let name = topic.to_owned();
+        let (low, high) = self
+            .blocking("watermarks", move |c| c.fetch_watermarks(&name, partition, t))
+            .await?;
+        Ok(Watermarks { low, high })
+    }
+
+    /// The first offset whose timestamp is at or after `ts_ms`, or `None` if
+    /// every record is older.
+    pub async fn offset_for_time(
+        &self,
+        topic: &str,
+        partition: i32,
+        ts_ms: i64,
+    ) -> Result<Option<i64>, LogError> {
+        let wm = self.watermarks_now(topic, partition).await?;
+        if wm.high <= wm.low {
+            return Ok(None);
+        }
+        // Tansu 0.6 answers a time past the last record with offset 0 instead
+        // of -1 (BROKER.md), so rule that case out with the last record first.
+        let last = self.range(topic, partition, wm.high - 1, wm.high, 1).await?;
+        if let Some(r) = last.records.last() {
+            if r.timestamp_ms.is_some_and(|t| t < ts_ms) {
+                return Ok(None);
+            }
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Offset(ts_ms))?;
+        let t = self.cfg.request_timeout;
+        let res = self
+            .blocking("offsets_for_times", move |c| c.offsets_for_times(tpl, t))
+            .await?;
+        let off = res
+            .elements()
+            .first()
+            .map(|e| e.offset())
+            .unwrap_or(Offset::End);
+        Ok(match off {
+            Offset::Offset(o) => Some(o.max(wm.low)),
+            _ => None,
+        })
+    }
+
+    fn take_reader(&self) -> Result<StreamConsumer, LogError> {
+        if let Some(r) = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            return Ok(r);
+        }
+        Ok(Self::consumer_config(&self.cfg, true).create()?)
+    }
+
+    fn return_reader(&self, r: StreamConsumer) {
+        if r.unassign().is_err() {
+            return;
+        }
+        let mut idle = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < IDLE_READERS {
+            idle.push(r);
+        }
+    }
+
+    async fn range(
+        &self,
+        topic: &str,
+        partition: i32,
+        from: i64,
+        to: i64,
+        max: usize,
+    ) -> Result<RangeBatch, LogError> {
+        if from >= to || max == 0 {
+            return Ok(RangeBatch {
+                records: Vec::new(),
+                next: from.max(to.min(from)),
+            });
+        }
+        let _permit = self
+            .read_permits
+            .acquire()
+            .await
+            .map_err(|e| LogError::Task(e.to_string()))?;
+        let reader = self.take_reader()?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Offset(from))?;
+        reader.assign(&tpl)?;
+        let topic_arc: Arc<str> = Arc::from(topic);
+        let mut out = Vec::new();
+        let mut next = from;
+        let deadline = tokio::time::Instant::now() + self.cfg.request_timeout;
+        let result = loop {
+            if next >= to || out.len() >= max {
+                break Ok(());
+            }
+            let msg = match tokio::time::timeout_at(deadline, reader.recv()).await {
+                Err(_) => break Err(LogError::Timeout(self.cfg.request_timeout, "a range read")),
+                Ok(Err(KafkaError::PartitionEOF(_))) => {
+                    // Everything up to the high watermark was read.
+                    next = next.max(to.min(self.watermarks_now(topic, partition).await?.high));
+                    if next < to {
+                        // The broker's view is behind `to`: nothing more exists yet.
+                        next = to;
+                    }
+                    break Ok(());
+                }
+                Ok(Err(e)) => break Err(LogError::Kafka(e)),
+                Ok(Ok(m)) => m,
+            };
+            if msg.topic() != topic || msg.partition() != partition || msg.offset() < next {
+                // A leftover of this reader's previous assignment, or a re-fetch.
+                continue;
+            }
+            if msg.offset() >= to {
+                next = to;
+                break Ok(());
+            }
+            next = msg.offset() + 1;
+            out.push(Record::from_message(&msg, topic_arc.clone()));
+        };
+        match result {
+            Ok(()) => {
+                self.return_reader(reader);
+                Ok(RangeBatch { records: out, next })
+            }
+            // A reader that failed mid-read is dropped, not reused.
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Starts the partition tail feeding `sink`. Call once, before
+    /// [`LogRead::follow`].
+    pub fn start_tail(self: &Arc<Self>, sink: Arc<dyn RecordSink>) -> Result<(), LogError> {
+        let consumer: StreamConsumer = Self::consumer_config(&self.cfg, false).create()?;
+        let consumer = Arc::new(consumer);
+        let tail = Tail {
+            consumer: consumer.clone(),
+            followed: Mutex::new(HashMap::new()),
+        };
+        if self.tail.set(tail).is_err() {
+            return Err(LogError::Other("tail already started".into()));
+        }
+        tokio::spawn(async move {
+            let mut topics: HashMap<String, Arc<str>> = HashMap::new();
+            loop {
+                match consumer.recv().await {
+                    Ok(m) => {
+                        let topic = match topics.get(m.topic()) {
+                            Some(t) => t.clone(),
+                            None => {
+                                let t: Arc<str> = Arc::from(m.topic());
+                                topics.insert(m.topic().to_owned(), t.clone());
+                                t
+                            }
+                        };
+                        metrics::counter!("herald_log_tail_records_total").increment(1);
+                        sink.on_record(Record::from_message(&m, topic));
+                    }
+                    Err(e) => {
+                        metrics::counter!("herald_log_errors_total", "op" => "tail").increment(1);
+                        warn!(%e, "Tail read failed; librdkafka retries");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+struct Tail {
+    consumer: Arc<StreamConsumer>,
+    /// Partitions assigned to the tail, with the offset they started from.
+    followed: Mutex<HashMap<(String, i32), i64>>,
+}
+
+impl LogRead for Kafka {
+    fn watermarks<'a>(
+        &'a self,
+        topic: &'a str,
+        partition: i32,
+    ) -> BoxFuture<'a, Result<Watermarks, LogError>> {
+        Box::pin(async move {
+            let r = self.watermarks_now(topic, partition).await;
+            if r.is_err() {
+                metrics::counter!("herald_log_errors_total", "op" => "watermarks").increment(1);
+            }
+            r
+        })
+    }
+
+    fn read_range<'a>(
+        &'a self,
+        topic: &'a str,
+        partition: i32,
+        from: i64,
+        to: i64,
+        max: usize,
+    ) -> BoxFuture<'a, Result<RangeBatch, LogError>> {
+        Box::pin(async move {
+            let r = self.range(topic, partition, from, to, max).await;
+            match &r {
+                Ok(b) => metrics::counter!("herald_log_range_records_total")
+                    .increment(b.records.len() as u64),
+                Err(_) => {
+                    metrics::counter!("herald_log_errors_total", "op" => "range").increment(1)
+                }
+            }
+            r
+        })
+    }
+
+    fn follow(&self, topic: &str, partition: i32, from: i64) -> Result<(), LogError> {
+        let tail = self
+            .tail
+            .get()
+            .ok_or_else(|| LogError::Other("tail not started".into()))?;
+        let mut followed = tail.followed.lock().unwrap_or_else(|p| p.into_inner());
+        if followed.contains_key(&(topic.to_owned(), partition)) {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Offset(from))?;
+        tail.consumer.incremental_assign(&tpl)?;
+        followed.insert((topic.to_owned(), partition), from);
+        debug!(topic, partition, from, "Tailing partition");
+        metrics::gauge!("herald_log_tailed_partitions").set(followed.len() as f64);
+        Ok(())
+    }
+}
+
+/// A publish Kafka has not confirmed yet. Resolves to the record's offset.
+pub struct PendingPublish {
+    inner: DeliveryFuture,
+}
+
+impl Future for PendingPublish {
+    type Output = Result<i64, LogError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.inner).poll(cx).map(|r| match r {
+            Ok(Ok(delivery)) => Ok(delivery.offset),
+            Ok(Err((e, _msg))) => Err(LogError::Kafka(e)),
+            Err(_canceled) => Err(LogError::Canceled),
+        })
+    }
+}

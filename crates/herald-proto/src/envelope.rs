@@ -1,0 +1,86 @@
+//! The Kafka record herald writes: key = channel name, value = this envelope as
+//! JSON, headers `herald-id` (the message id, for cheap dedup) and `herald-v`.
+//!
+//! This is the analytics contract (`schemas/envelope.v1.json`). Version rules:
+//! adding an optional field keeps `v`; any change that can break a reader
+//! (removing, renaming or retyping a field) bumps `v`. Readers must ignore
+//! fields they do not know.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use crate::frame::MessageFrame;
+
+/// The envelope version this code writes.
+pub const ENVELOPE_VERSION: u32 = 1;
+/// Record header carrying the message id.
+pub const HEADER_ID: &str = "herald-id";
+/// Record header carrying the envelope version.
+pub const HEADER_VERSION: &str = "herald-v";
+/// The only content type herald writes today: `data` is any JSON value.
+pub const CONTENT_TYPE_JSON: &str = "application/json";
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Envelope schema version.
+    pub v: u32,
+    /// Client message id (UUID), the dedup key together with the channel.
+    pub id: Uuid,
+    /// Channel name; equal to the record key.
+    pub channel: String,
+    /// Who published: the authenticated subject, or `conn:<id>` for an
+    /// anonymous WebSocket connection. Null when unknown.
+    pub publisher: Option<String>,
+    /// Milliseconds since the Unix epoch when the edge accepted the publish.
+    pub ts: i64,
+    pub content_type: String,
+    /// The application payload, any JSON value, kept byte-for-byte.
+    pub data: Box<RawValue>,
+}
+
+/// Why a record could not be read as an envelope.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("record value is not a herald envelope: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("envelope version {0} is newer than this reader (max {ENVELOPE_VERSION})")]
+    Version(u32),
+    #[error("envelope channel `{envelope}` differs from record key `{key}`")]
+    KeyMismatch { envelope: String, key: String },
+}
+
+impl Envelope {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Reads a record value. `key`, when given, must equal the envelope's channel.
+    pub fn decode(value: &[u8], key: Option<&[u8]>) -> Result<Self, EnvelopeError> {
+        let env: Envelope = serde_json::from_slice(value)?;
+        if env.v > ENVELOPE_VERSION {
+            return Err(EnvelopeError::Version(env.v));
+        }
+        if let Some(key) = key {
+            if key != env.channel.as_bytes() {
+                return Err(EnvelopeError::KeyMismatch {
+                    envelope: env.channel,
+                    key: String::from_utf8_lossy(key).into_owned(),
+                });
+            }
+        }
+        Ok(env)
+    }
+
+    /// The `message` frame for this record at `seq` in topic incarnation `epoch`.
+    pub fn into_message(self, seq: i64, epoch: &str) -> MessageFrame {
+        MessageFrame {
+            channel: self.channel,
+            seq,
+            epoch: epoch.to_owned(),
+            id: self.id,
+            ts: self.ts,
+            data: self.data,
+        }
+    }
+}

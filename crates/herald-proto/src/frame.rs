@@ -1,0 +1,367 @@
+//! WebSocket text frames: JSON objects with a `type`.
+//!
+//! Client → server: `subscribe`, `unsubscribe`, `publish`, `ack`, `ping`.
+//! Server → client: `subscribed`, `unsubscribed`, `message`, `publish_ack`,
+//! `publish_nack`, `error`, `pong`. Schemas: `schemas/frames/*.json`.
+//!
+//! Decoding is two-step: first the `type` (and, for error replies, any `id` and
+//! `channel` to echo), then the frame's own struct with unknown fields denied.
+//! That gives precise error codes: `bad_json`, `unknown_type`, `bad_frame`.
+
+use serde::{de::IgnoredAny, Deserialize, Serialize};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use crate::codes;
+
+/// A position in a channel: the `seq` (Kafka offset) of the last message seen
+/// and the `epoch` of the topic incarnation it came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Position {
+    pub seq: i64,
+    pub epoch: String,
+}
+
+/// A decoded client frame.
+#[derive(Debug)]
+pub enum ClientFrame {
+    Subscribe {
+        channel: String,
+        since: Option<Position>,
+    },
+    Unsubscribe {
+        channel: String,
+    },
+    Publish {
+        channel: String,
+        id: Uuid,
+        data: Box<RawValue>,
+    },
+    Ack {
+        channel: String,
+        seq: i64,
+    },
+    Ping,
+}
+
+/// Why a client frame could not be decoded. `id` and `channel` are echoed in
+/// the `error` reply when the frame had them, so clients can correlate.
+#[derive(Debug, thiserror::Error)]
+#[error("{code}: {reason}")]
+pub struct DecodeError {
+    pub code: &'static str,
+    pub reason: String,
+    pub id: Option<String>,
+    pub channel: Option<String>,
+}
+
+/// First pass: what kind of frame, and what to echo if it turns out bad.
+#[derive(Deserialize)]
+struct Head {
+    #[serde(rename = "type")]
+    kind: Option<serde_json::Value>,
+    id: Option<serde_json::Value>,
+    channel: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscribeBody {
+    #[serde(rename = "type")]
+    _kind: IgnoredAny,
+    channel: String,
+    #[serde(default)]
+    since: Option<Position>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChannelBody {
+    #[serde(rename = "type")]
+    _kind: IgnoredAny,
+    channel: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishBody {
+    #[serde(rename = "type")]
+    _kind: IgnoredAny,
+    channel: String,
+    id: Uuid,
+    data: Box<RawValue>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AckBody {
+    #[serde(rename = "type")]
+    _kind: IgnoredAny,
+    channel: String,
+    seq: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PingBody {
+    #[serde(rename = "type")]
+    _kind: IgnoredAny,
+}
+
+/// Decodes one client text frame. Never panics; nesting depth is bounded by
+/// serde_json's recursion limit (128), which reports an error, not a crash.
+pub fn decode_client(text: &str) -> Result<ClientFrame, DecodeError> {
+    // serde_json would accept a JSON array for a struct (the sequence form);
+    // frames must be objects.
+    if !text.trim_start().starts_with('{') {
+        return Err(DecodeError {
+            code: codes::BAD_JSON,
+            reason: "a frame must be a JSON object".into(),
+            id: None,
+            channel: None,
+        });
+    }
+    let head: Head = serde_json::from_str(text).map_err(|e| DecodeError {
+        code: codes::BAD_JSON,
+        reason: format!("invalid JSON: {e}"),
+        id: None,
+        channel: None,
+    })?;
+    let id = head.id.as_ref().and_then(|v| v.as_str()).map(str::to_owned);
+    let channel = head
+        .channel
+        .as_ref()
+        .and_then(|v| v.as_str())
+        .map(str::to_owned);
+    let bad = |code: &'static str, reason: String| DecodeError {
+        code,
+        reason,
+        id: id.clone(),
+        channel: channel.clone(),
+    };
+    let kind = match head.kind {
+        Some(serde_json::Value::String(s)) => s,
+        Some(_) => return Err(bad(codes::UNKNOWN_TYPE, "`type` must be a string".into())),
+        None => return Err(bad(codes::UNKNOWN_TYPE, "missing `type`".into())),
+    };
+    let body = |e: serde_json::Error| bad(codes::BAD_FRAME, format!("bad `{kind}` frame: {e}"));
+    match kind.as_str() {
+        "subscribe" => {
+            let b: SubscribeBody = serde_json::from_str(text).map_err(body)?;
+            Ok(ClientFrame::Subscribe {
+                channel: b.channel,
+                since: b.since,
+            })
+        }
+        "unsubscribe" => {
+            let b: ChannelBody = serde_json::from_str(text).map_err(body)?;
+            Ok(ClientFrame::Unsubscribe { channel: b.channel })
+        }
+        "publish" => {
+            let b: PublishBody = serde_json::from_str(text).map_err(body)?;
+            Ok(ClientFrame::Publish {
+                channel: b.channel,
+                id: b.id,
+                data: b.data,
+            })
+        }
+        "ack" => {
+            let b: AckBody = serde_json::from_str(text).map_err(body)?;
+            if b.seq < 0 {
+                return Err(bad(codes::BAD_FRAME, "`seq` must not be negative".into()));
+            }
+            Ok(ClientFrame::Ack {
+                channel: b.channel,
+                seq: b.seq,
+            })
+        }
+        "ping" => {
+            let _: PingBody = serde_json::from_str(text).map_err(body)?;
+            Ok(ClientFrame::Ping)
+        }
+        other => Err(bad(
+            codes::UNKNOWN_TYPE,
+            format!("unknown frame type `{}`", truncate(other, 64)),
+        )),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// A frame the server sends. Serialised with [`ServerFrame::to_json`].
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// Reply to `subscribe`. `position` is where live delivery starts: the
+    /// newest `seq` in the channel's partition when the subscription took
+    /// effect (`-1` for an empty partition). `recovered` is true only when
+    /// `since` was given and every message after it was (or is being) delivered.
+    Subscribed {
+        channel: String,
+        position: Position,
+        recovered: bool,
+    },
+    Unsubscribed {
+        channel: String,
+    },
+    Message(MessageFrame),
+    PublishAck {
+        id: Uuid,
+        channel: String,
+        seq: i64,
+        /// True when this `id` was already published inside the dedup
+        /// window: nothing new was appended and `seq` is the original one.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        duplicate: bool,
+    },
+    PublishNack {
+        id: Uuid,
+        channel: String,
+        code: &'static str,
+        reason: String,
+    },
+    Error {
+        code: &'static str,
+        reason: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        channel: Option<String>,
+    },
+    Pong,
+}
+
+/// One delivered message. The same serialised text goes to every subscriber.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageFrame {
+    pub channel: String,
+    pub seq: i64,
+    pub epoch: String,
+    pub id: Uuid,
+    /// Milliseconds since the Unix epoch when the edge accepted the publish.
+    pub ts: i64,
+    pub data: Box<RawValue>,
+}
+
+impl ServerFrame {
+    pub fn to_json(&self) -> String {
+        // Serialising these types cannot fail: string keys, no maps with
+        // non-string keys, RawValue already valid JSON.
+        serde_json::to_string(self).unwrap_or_else(|e| {
+            format!(r#"{{"type":"error","code":"internal","reason":"serialise: {e}"}}"#)
+        })
+    }
+
+    pub fn error(e: &DecodeError) -> Self {
+        ServerFrame::Error {
+            code: e.code,
+            reason: e.reason.clone(),
+            id: e.id.clone(),
+            channel: e.channel.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_every_client_frame() {
+        let f = decode_client(r#"{"type":"subscribe","channel":"chat:a"}"#).unwrap();
+        assert!(matches!(f, ClientFrame::Subscribe { since: None, .. }));
+        let f = decode_client(
+            r#"{"type":"subscribe","channel":"chat:a","since":{"seq":7,"epoch":"e1"}}"#,
+        )
+        .unwrap();
+        match f {
+            ClientFrame::Subscribe { since: Some(p), .. } => assert_eq!(p.seq, 7),
+            other => panic!("{other:?}"),
+        }
+        let f = decode_client(
+            r#"{"type":"publish","channel":"chat:a","id":"6f1d6a55-0d6a-4b5e-9f57-2b8d7c1f0a11","data":{"x":[1,2]}}"#,
+        )
+        .unwrap();
+        match f {
+            ClientFrame::Publish { data, .. } => assert_eq!(data.get(), r#"{"x":[1,2]}"#),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            decode_client(r#"{"type":"ack","channel":"chat:a","seq":3}"#).unwrap(),
+            ClientFrame::Ack { seq: 3, .. }
+        ));
+        assert!(matches!(
+            decode_client(r#"{"type":"unsubscribe","channel":"chat:a"}"#).unwrap(),
+            ClientFrame::Unsubscribe { .. }
+        ));
+        assert!(matches!(
+            decode_client(r#" {"type":"ping"}"#).unwrap(),
+            ClientFrame::Ping
+        ));
+    }
+
+    fn code(text: &str) -> &'static str {
+        decode_client(text).unwrap_err().code
+    }
+
+    #[test]
+    fn classifies_bad_input() {
+        assert_eq!(code("not json"), codes::BAD_JSON);
+        assert_eq!(code("{"), codes::BAD_JSON);
+        assert_eq!(code("[1,2]"), codes::BAD_JSON);
+        assert_eq!(code(""), codes::BAD_JSON);
+        assert_eq!(code(r#"{"channel":"chat:a"}"#), codes::UNKNOWN_TYPE);
+        assert_eq!(code(r#"{"type":5}"#), codes::UNKNOWN_TYPE);
+        assert_eq!(code(r#"{"type":"shout"}"#), codes::UNKNOWN_TYPE);
+        assert_eq!(code(r#"{"type":"subscribe"}"#), codes::BAD_FRAME);
+        assert_eq!(
+            code(r#"{"type":"subscribe","channel":"chat:a","extra":1}"#),
+            codes::BAD_FRAME
+        );
+        assert_eq!(
+            code(r#"{"type":"publish","channel":"chat:a","id":"nope","data":1}"#),
+            codes::BAD_FRAME
+        );
+        assert_eq!(
+            code(r#"{"type":"publish","channel":"chat:a","id":"6f1d6a55-0d6a-4b5e-9f57-2b8d7c1f0a11"}"#),
+            codes::BAD_FRAME
+        );
+        assert_eq!(code(r#"{"type":"ack","channel":"chat:a","seq":-1}"#), codes::BAD_FRAME);
+        assert_eq!(
+            code(r#"{"type":"ack","channel":"chat:a","seq":1e400}"#),
+            codes::BAD_JSON
+        );
+        let deep = format!("{{\"type\":\"ping\",\"x\":{}{}}}", "[".repeat(10_000), "]".repeat(10_000));
+        assert_eq!(code(&deep), codes::BAD_JSON);
+    }
+
+    #[test]
+    fn echoes_id_and_channel_of_bad_frames() {
+        let e = decode_client(r#"{"type":"publish","channel":"chat:a","id":"x"}"#).unwrap_err();
+        assert_eq!(e.id.as_deref(), Some("x"));
+        assert_eq!(e.channel.as_deref(), Some("chat:a"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics(s in ".*") {
+            let _ = decode_client(&s);
+        }
+
+        #[test]
+        fn never_panics_on_object_like(s in "\\{\"type\":\"(subscribe|publish|ack|ping)\".{0,64}") {
+            let _ = decode_client(&s);
+        }
+    }
+}

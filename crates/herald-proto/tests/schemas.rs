@@ -1,0 +1,119 @@
+//! Every frame and envelope herald serialises validates against `schemas/`.
+
+use herald_proto::{envelope, frame::MessageFrame, Envelope, Position, ServerFrame};
+use serde_json::{value::RawValue, Value};
+use uuid::Uuid;
+
+fn schema(name: &str) -> jsonschema::Validator {
+    let path = format!("{}/../../schemas/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let value: Value = serde_json::from_str(&text).unwrap();
+    jsonschema::validator_for(&value).unwrap()
+}
+
+fn assert_valid(v: &jsonschema::Validator, json: &str) {
+    let instance: Value = serde_json::from_str(json).unwrap();
+    if let Err(e) = v.validate(&instance) {
+        panic!("{json} does not validate: {e}");
+    }
+}
+
+fn raw(s: &str) -> Box<RawValue> {
+    RawValue::from_string(s.to_owned()).unwrap()
+}
+
+#[test]
+fn server_frames_validate() {
+    let v = schema("frames.server.json");
+    let id = Uuid::new_v4();
+    let frames = [
+        ServerFrame::Subscribed {
+            channel: "chat:a".into(),
+            position: Position {
+                seq: -1,
+                epoch: "e".into(),
+            },
+            recovered: false,
+        },
+        ServerFrame::Unsubscribed {
+            channel: "chat:a".into(),
+        },
+        ServerFrame::Message(MessageFrame {
+            channel: "chat:a".into(),
+            seq: 4,
+            epoch: "e".into(),
+            id,
+            ts: 1,
+            data: raw(r#"{"a":[1,null]}"#),
+        }),
+        ServerFrame::PublishAck {
+            id,
+            channel: "chat:a".into(),
+            seq: 4,
+            duplicate: false,
+        },
+        ServerFrame::PublishAck {
+            id,
+            channel: "chat:a".into(),
+            seq: 4,
+            duplicate: true,
+        },
+        ServerFrame::PublishNack {
+            id,
+            channel: "chat:a".into(),
+            code: herald_proto::codes::UNAVAILABLE,
+            reason: "down".into(),
+        },
+        ServerFrame::Error {
+            code: herald_proto::codes::BAD_JSON,
+            reason: "x".into(),
+            id: None,
+            channel: Some("chat:a".into()),
+        },
+        ServerFrame::Pong,
+    ];
+    for f in &frames {
+        assert_valid(&v, &f.to_json());
+    }
+    // And the schema is not vacuous.
+    let bad: Value = serde_json::from_str(r#"{"type":"message","channel":"chat:a"}"#).unwrap();
+    assert!(!v.is_valid(&bad));
+}
+
+#[test]
+fn client_frames_validate_and_decode() {
+    let v = schema("frames.client.json");
+    let frames = [
+        r#"{"type":"subscribe","channel":"chat:a"}"#,
+        r#"{"type":"subscribe","channel":"chat:a","since":{"seq":3,"epoch":"x"}}"#,
+        r#"{"type":"unsubscribe","channel":"chat:a"}"#,
+        r#"{"type":"publish","channel":"chat:a","id":"6f1d6a55-0d6a-4b5e-9f57-2b8d7c1f0a11","data":"hi"}"#,
+        r#"{"type":"ack","channel":"chat:a","seq":0}"#,
+        r#"{"type":"ping"}"#,
+    ];
+    for f in frames {
+        assert_valid(&v, f);
+        herald_proto::frame::decode_client(f).unwrap();
+    }
+    let bad: Value = serde_json::from_str(r#"{"type":"ping","x":1}"#).unwrap();
+    assert!(!v.is_valid(&bad));
+}
+
+#[test]
+fn envelope_validates() {
+    let v = schema("envelope.v1.json");
+    let env = Envelope {
+        v: envelope::ENVELOPE_VERSION,
+        id: Uuid::new_v4(),
+        channel: "chat:lobby".into(),
+        publisher: Some("conn:1".into()),
+        ts: 1_700_000_000_000,
+        content_type: envelope::CONTENT_TYPE_JSON.into(),
+        data: raw(r#"{"text":"hello"}"#),
+    };
+    let json = env.to_json();
+    assert_valid(&v, &json);
+    let back = Envelope::decode(json.as_bytes(), Some(b"chat:lobby")).unwrap();
+    assert_eq!(back.data.get(), r#"{"text":"hello"}"#);
+    assert!(Envelope::decode(json.as_bytes(), Some(b"chat:other")).is_err());
+}

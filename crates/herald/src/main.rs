@@ -1,0 +1,149 @@
+//! `herald`: the command line. Thin: parses arguments, sets up logging and
+//! metrics, and hands over to the library crates.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use herald_edge::{Edge, EdgeConfig, NamespaceConfig};
+use herald_log::LogConfig;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "herald", version, about = "Durable realtime messaging over WebSocket, backed by Kafka")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run an edge node: WebSocket on /ws, plus /healthz, /readyz and /metrics.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port; the chosen address is printed).
+    #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "HERALD_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    kafka_brokers: String,
+    /// Prefix of every topic herald uses.
+    #[arg(long, env = "HERALD_TOPIC_PREFIX", default_value = "herald.")]
+    topic_prefix: String,
+    /// Namespaces as NAME or NAME=PARTITIONS, comma-separated.
+    #[arg(long, env = "HERALD_NAMESPACES", default_value = "chat=8", value_delimiter = ',')]
+    namespaces: Vec<NamespaceConfig>,
+    /// fetch.wait.max.ms of the Kafka readers (keep it low on the dev broker).
+    #[arg(long, env = "HERALD_FETCH_WAIT_MAX_MS", default_value_t = 10)]
+    fetch_wait_max_ms: u32,
+    /// How long Kafka has to confirm a publish before it is nacked, in ms.
+    #[arg(long, env = "HERALD_PUBLISH_TIMEOUT_MS", default_value_t = 10_000)]
+    publish_timeout_ms: u64,
+    /// Replication factor for topics herald creates (-1: broker default).
+    #[arg(long, env = "HERALD_REPLICATION", default_value_t = -1)]
+    replication: i32,
+    /// Outbound queue per connection, in messages.
+    #[arg(long, env = "HERALD_QUEUE_MESSAGES", default_value_t = 1024)]
+    queue_messages: usize,
+    /// Outbound queue per connection, in bytes.
+    #[arg(long, env = "HERALD_QUEUE_BYTES", default_value_t = 4 << 20)]
+    queue_bytes: usize,
+    /// Largest publish `data`, in bytes.
+    #[arg(long, env = "HERALD_MAX_MESSAGE_BYTES", default_value_t = 64 << 10)]
+    max_message_bytes: usize,
+    /// WebSocket ping interval, in seconds.
+    #[arg(long, env = "HERALD_HEARTBEAT_SECS", default_value_t = 20)]
+    heartbeat_secs: u64,
+    /// Close connections silent for this long, in seconds.
+    #[arg(long, env = "HERALD_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    idle_timeout_secs: u64,
+    /// How long publish ids are remembered for dedup, in seconds.
+    #[arg(long, env = "HERALD_DEDUP_WINDOW_SECS", default_value_t = 600)]
+    dedup_window_secs: u64,
+    /// Messages per partition kept in memory for fast resume.
+    #[arg(long, env = "HERALD_RECENT_MESSAGES", default_value_t = 10_000)]
+    recent_messages: usize,
+    /// Time in-flight publishes and connections get on shutdown, in seconds.
+    #[arg(long, env = "HERALD_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    shutdown_grace_secs: u64,
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%e, "Cannot listen for SIGTERM; Ctrl-C only");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+            &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+        )
+        .context("metric buckets")?
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    let log_cfg = LogConfig {
+        brokers: a.kafka_brokers,
+        topic_prefix: a.topic_prefix,
+        fetch_wait_max_ms: a.fetch_wait_max_ms,
+        publish_timeout: Duration::from_millis(a.publish_timeout_ms),
+        replication: a.replication,
+        ..LogConfig::default()
+    };
+    let cfg = EdgeConfig {
+        listen: a.listen,
+        namespaces: a.namespaces,
+        queue_messages: a.queue_messages,
+        queue_bytes: a.queue_bytes,
+        max_message_bytes: a.max_message_bytes,
+        heartbeat: Duration::from_secs(a.heartbeat_secs),
+        idle_timeout: Duration::from_secs(a.idle_timeout_secs),
+        dedup_window: Duration::from_secs(a.dedup_window_secs),
+        recent_messages: a.recent_messages,
+        shutdown_grace: Duration::from_secs(a.shutdown_grace_secs),
+        ..EdgeConfig::default()
+    };
+    let edge = Edge::start(cfg, log_cfg, metrics)
+        .await
+        .context("starting the edge (is the broker running? ./infra/dev/broker.sh start)")?;
+    let addr = edge.local_addr()?;
+    tracing::info!(%addr, "Listening");
+    // Machine-readable line for scripts and the test harness.
+    println!("herald listening on ws://{addr}/ws");
+    edge.run(shutdown_signal()).await;
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("HERALD_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Runtime::new().context("tokio runtime")?;
+    match cli.command {
+        Command::Serve(a) => rt.block_on(serve(a)),
+    }
+}
