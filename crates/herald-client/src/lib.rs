@@ -1,1 +1,448 @@
-//! placeholder
+//! A Rust client for herald, used by the integration tests and `loadtest/`.
+//!
+//! # Layout
+//! - [`Frame`]: server frames as the client sees them (`data` as a JSON value,
+//!   unknown frame types tolerated).
+//! - [`Connection`]: one WebSocket connection with typed requests:
+//!   [`Connection::subscribe`], [`Connection::publish`], [`Connection::next_frame`].
+//! - [`ChannelCursor`]: the client side of "exactly once to the application":
+//!   remembers the last `seq` and epoch per channel and drops anything at or
+//!   below it, and gives the `since` position for a resume.
+//!
+//! # Invariants
+//! - Frames that arrive while a request waits for its reply are kept, in
+//!   order, and returned by later [`Connection::next_frame`] calls.
+//! - [`Connection::publish`] uses the caller's message id; retrying with the
+//!   same id is safe because the server deduplicates it.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use uuid::Uuid;
+
+pub use herald_proto::Position;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("websocket: {0}")]
+    Ws(#[from] tokio_tungstenite::tungstenite::Error),
+    #[error("timed out waiting for {0}")]
+    Timeout(&'static str),
+    #[error("connection closed (code {0:?})")]
+    Closed(Option<u16>),
+    #[error("server sent a frame the client cannot read: {0}")]
+    BadFrame(String),
+    #[error("server error {code}: {reason}")]
+    Server { code: String, reason: String },
+}
+
+/// A delivered message.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct Msg {
+    pub channel: String,
+    pub seq: i64,
+    pub epoch: String,
+    pub id: Uuid,
+    pub ts: i64,
+    pub data: Value,
+}
+
+/// A server frame.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Frame {
+    Subscribed {
+        channel: String,
+        position: Position,
+        recovered: bool,
+    },
+    Unsubscribed {
+        channel: String,
+    },
+    Message(Msg),
+    PublishAck {
+        id: Uuid,
+        channel: String,
+        seq: i64,
+        #[serde(default)]
+        duplicate: bool,
+    },
+    PublishNack {
+        id: Uuid,
+        channel: String,
+        code: String,
+        reason: String,
+    },
+    Error {
+        code: String,
+        reason: String,
+        #[serde(default)]
+        id: Option<String>,
+        #[serde(default)]
+        channel: Option<String>,
+    },
+    Pong,
+    /// A frame type this client does not know (servers may add some).
+    #[serde(other)]
+    Unknown,
+}
+
+/// The outcome of a publish.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Published {
+    Ack { seq: i64, duplicate: bool },
+    Nack { code: String, reason: String },
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Request<'a> {
+    Subscribe {
+        channel: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        since: Option<&'a Position>,
+    },
+    Unsubscribe {
+        channel: &'a str,
+    },
+    Publish {
+        channel: &'a str,
+        id: Uuid,
+        data: &'a Value,
+    },
+    Ack {
+        channel: &'a str,
+        seq: i64,
+    },
+    Ping,
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// One connection to a herald edge.
+pub struct Connection {
+    ws: Ws,
+    /// Frames read while waiting for a specific reply.
+    pending: VecDeque<Frame>,
+    /// How long a request waits for its reply.
+    pub timeout: Duration,
+    closed: Option<Option<u16>>,
+}
+
+impl Connection {
+    /// Connects to `url`, e.g. `ws://127.0.0.1:8080/ws`.
+    pub async fn connect(url: &str) -> Result<Self, ClientError> {
+        let (ws, _resp) = tokio_tungstenite::connect_async(url).await?;
+        Ok(Connection {
+            ws,
+            pending: VecDeque::new(),
+            timeout: Duration::from_secs(30),
+            closed: None,
+        })
+    }
+
+    /// Sends a raw text frame (tests use this for malformed input).
+    pub async fn send_text(&mut self, text: impl Into<String>) -> Result<(), ClientError> {
+        self.ws.send(Message::text(text.into())).await?;
+        Ok(())
+    }
+
+    /// Sends a raw WebSocket message.
+    pub async fn send_message(&mut self, m: Message) -> Result<(), ClientError> {
+        self.ws.send(m).await?;
+        Ok(())
+    }
+
+    async fn send(&mut self, r: &Request<'_>) -> Result<(), ClientError> {
+        let text = serde_json::to_string(r).map_err(|e| ClientError::BadFrame(e.to_string()))?;
+        self.send_text(text).await
+    }
+
+    /// Reads the next frame from the socket (not from `pending`).
+    async fn read(&mut self) -> Result<Frame, ClientError> {
+        if let Some(code) = self.closed {
+            return Err(ClientError::Closed(code));
+        }
+        loop {
+            match self.ws.next().await {
+                None => {
+                    self.closed = Some(None);
+                    return Err(ClientError::Closed(None));
+                }
+                Some(Err(e)) => {
+                    self.closed = Some(None);
+                    return Err(e.into());
+                }
+                Some(Ok(Message::Text(t))) => {
+                    return serde_json::from_str(t.as_str())
+                        .map_err(|e| ClientError::BadFrame(format!("{e}: {}", t.as_str())));
+                }
+                Some(Ok(Message::Close(c))) => {
+                    let code = c.map(|c| u16::from(c.code));
+                    self.closed = Some(code);
+                    return Err(ClientError::Closed(code));
+                }
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// The next frame, waiting at most `wait`.
+    pub async fn next_frame_within(&mut self, wait: Duration) -> Result<Frame, ClientError> {
+        if let Some(f) = self.pending.pop_front() {
+            return Ok(f);
+        }
+        match tokio::time::timeout(wait, self.read()).await {
+            Ok(r) => r,
+            Err(_) => Err(ClientError::Timeout("a frame")),
+        }
+    }
+
+    /// The next frame, waiting at most [`Connection::timeout`].
+    pub async fn next_frame(&mut self) -> Result<Frame, ClientError> {
+        self.next_frame_within(self.timeout).await
+    }
+
+    /// Reads until `pick` accepts a frame, keeping the others for later.
+    async fn wait_for<T>(
+        &mut self,
+        what: &'static str,
+        mut pick: impl FnMut(&Frame) -> Option<T>,
+    ) -> Result<T, ClientError> {
+        // A reply may already be waiting in `pending`.
+        if let Some(i) = self.pending.iter().position(|f| pick(f).is_some()) {
+            let f = self.pending.remove(i).ok_or(ClientError::Timeout(what))?;
+            return pick(&f).ok_or(ClientError::Timeout(what));
+        }
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            let f = match tokio::time::timeout_at(deadline, self.read()).await {
+                Ok(r) => r?,
+                Err(_) => return Err(ClientError::Timeout(what)),
+            };
+            if let Some(t) = pick(&f) {
+                return Ok(t);
+            }
+            self.pending.push_back(f);
+        }
+    }
+
+    /// Subscribes and waits for the `subscribed` reply (messages delivered
+    /// after it are kept for [`Connection::next_frame`]).
+    pub async fn subscribe(
+        &mut self,
+        channel: &str,
+        since: Option<&Position>,
+    ) -> Result<(Position, bool), ClientError> {
+        self.send(&Request::Subscribe { channel, since }).await?;
+        self.wait_for("subscribed", |f| match f {
+            Frame::Subscribed {
+                channel: c,
+                position,
+                recovered,
+            } if c == channel => Some(Ok((position.clone(), *recovered))),
+            Frame::Error {
+                code,
+                reason,
+                channel: Some(c),
+                ..
+            } if c == channel => Some(Err(ClientError::Server {
+                code: code.clone(),
+                reason: reason.clone(),
+            })),
+            _ => None,
+        })
+        .await?
+    }
+
+    pub async fn unsubscribe(&mut self, channel: &str) -> Result<(), ClientError> {
+        self.send(&Request::Unsubscribe { channel }).await?;
+        self.wait_for("unsubscribed", |f| match f {
+            Frame::Unsubscribed { channel: c } if c == channel => Some(()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Sends a publish without waiting for its answer.
+    pub async fn send_publish(
+        &mut self,
+        channel: &str,
+        id: Uuid,
+        data: &Value,
+    ) -> Result<(), ClientError> {
+        self.send(&Request::Publish { channel, id, data }).await
+    }
+
+    /// Waits for the answer to the publish with `id`.
+    pub async fn publish_result(&mut self, id: Uuid) -> Result<Published, ClientError> {
+        self.wait_for("publish_ack", |f| match f {
+            Frame::PublishAck {
+                id: i,
+                seq,
+                duplicate,
+                ..
+            } if *i == id => Some(Published::Ack {
+                seq: *seq,
+                duplicate: *duplicate,
+            }),
+            Frame::PublishNack {
+                id: i,
+                code,
+                reason,
+                ..
+            } if *i == id => Some(Published::Nack {
+                code: code.clone(),
+                reason: reason.clone(),
+            }),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Publishes and waits for the ack or nack.
+    pub async fn publish(
+        &mut self,
+        channel: &str,
+        id: Uuid,
+        data: &Value,
+    ) -> Result<Published, ClientError> {
+        self.send_publish(channel, id, data).await?;
+        self.publish_result(id).await
+    }
+
+    /// Acknowledges everything up to `seq` on `channel` (no reply).
+    pub async fn ack(&mut self, channel: &str, seq: i64) -> Result<(), ClientError> {
+        self.send(&Request::Ack { channel, seq }).await
+    }
+
+    pub async fn ping(&mut self) -> Result<(), ClientError> {
+        self.send(&Request::Ping).await?;
+        self.wait_for("pong", |f| matches!(f, Frame::Pong).then_some(()))
+            .await
+    }
+
+    /// Closes the connection politely.
+    pub async fn close(mut self) -> Result<(), ClientError> {
+        self.ws.close(None).await?;
+        Ok(())
+    }
+
+    /// The close code the server sent, once the connection ended.
+    pub fn close_code(&self) -> Option<u16> {
+        self.closed.flatten()
+    }
+}
+
+/// Normal closure, for callers comparing close codes.
+pub const CLOSE_NORMAL: u16 = 1000;
+
+/// Per-channel positions on the client: the application sees each `seq` once.
+#[derive(Default, Debug, Clone)]
+pub struct ChannelCursor {
+    last: HashMap<String, Position>,
+}
+
+impl ChannelCursor {
+    /// Records a `subscribed` reply: where live delivery starts when nothing
+    /// was seen yet, or when the server could not recover (new epoch).
+    pub fn on_subscribed(&mut self, channel: &str, position: &Position, recovered: bool) {
+        let replace = match self.last.get(channel) {
+            None => true,
+            Some(p) => !recovered && p.epoch != position.epoch,
+        };
+        if replace {
+            self.last.insert(channel.to_owned(), position.clone());
+        }
+    }
+
+    /// True when `m` is new to the application (and records it); false for a
+    /// duplicate (`seq` at or below the last one seen in the same epoch).
+    pub fn accept(&mut self, m: &Msg) -> bool {
+        match self.last.get_mut(&m.channel) {
+            Some(p) if p.epoch == m.epoch && m.seq <= p.seq => false,
+            Some(p) => {
+                p.seq = m.seq;
+                p.epoch = m.epoch.clone();
+                true
+            }
+            None => {
+                self.last.insert(
+                    m.channel.clone(),
+                    Position {
+                        seq: m.seq,
+                        epoch: m.epoch.clone(),
+                    },
+                );
+                true
+            }
+        }
+    }
+
+    /// The `since` to resume `channel` with.
+    pub fn since(&self, channel: &str) -> Option<&Position> {
+        self.last.get(channel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(seq: i64, epoch: &str) -> Msg {
+        Msg {
+            channel: "chat:a".into(),
+            seq,
+            epoch: epoch.into(),
+            id: Uuid::new_v4(),
+            ts: 0,
+            data: Value::Null,
+        }
+    }
+
+    #[test]
+    fn cursor_drops_duplicates_and_tracks_since() {
+        let mut c = ChannelCursor::default();
+        c.on_subscribed(
+            "chat:a",
+            &Position {
+                seq: 4,
+                epoch: "e".into(),
+            },
+            false,
+        );
+        assert!(!c.accept(&msg(3, "e")));
+        assert!(!c.accept(&msg(4, "e")));
+        assert!(c.accept(&msg(5, "e")));
+        assert!(!c.accept(&msg(5, "e")));
+        assert!(c.accept(&msg(9, "e")));
+        assert_eq!(c.since("chat:a").unwrap().seq, 9);
+        // A new epoch starts over.
+        c.on_subscribed(
+            "chat:a",
+            &Position {
+                seq: 0,
+                epoch: "f".into(),
+            },
+            false,
+        );
+        assert_eq!(c.since("chat:a").unwrap().epoch, "f");
+    }
+
+    #[test]
+    fn reads_server_frames() {
+        let f: Frame = serde_json::from_str(
+            r#"{"type":"message","channel":"chat:a","seq":1,"epoch":"e","id":"6f1d6a55-0d6a-4b5e-9f57-2b8d7c1f0a11","ts":5,"data":{"x":1}}"#,
+        )
+        .unwrap();
+        assert!(matches!(f, Frame::Message(Msg { seq: 1, .. })));
+        let f: Frame = serde_json::from_str(r#"{"type":"future_thing","x":1}"#).unwrap();
+        assert_eq!(f, Frame::Unknown);
+    }
+}

@@ -432,7 +432,9 @@ impl Conn {
                                 .to_json(),
                             )
                         }
-                        DedupOutcome::Failed(code, reason) => nack(id, channel.as_str(), code, reason),
+                        DedupOutcome::Failed(code, reason) => {
+                            nack(id, channel.as_str(), code, reason)
+                        }
                     };
                     let _ = outbox.try_push(reply);
                     drop(permit);
@@ -465,7 +467,10 @@ impl Conn {
                     env.to_json().as_bytes(),
                     &[
                         (HEADER_ID, idstr.as_bytes()),
-                        (HEADER_VERSION, envelope::ENVELOPE_VERSION.to_string().as_bytes()),
+                        (
+                            HEADER_VERSION,
+                            envelope::ENVELOPE_VERSION.to_string().as_bytes(),
+                        ),
                     ],
                 );
                 tokio::spawn(async move {
@@ -475,7 +480,12 @@ impl Conn {
                     };
                     let reply = match result {
                         Ok(seq) => {
-                            ctx.dedup.complete(channel.as_str(), id, &slot, DedupOutcome::Appended(seq));
+                            ctx.dedup.complete(
+                                channel.as_str(),
+                                id,
+                                &slot,
+                                DedupOutcome::Appended(seq),
+                            );
                             metrics::counter!("herald_publish_acks_total").increment(1);
                             metrics::histogram!("herald_publish_latency_seconds")
                                 .record(started.elapsed().as_secs_f64());
@@ -492,7 +502,8 @@ impl Conn {
                         Err(e) => {
                             let code = publish_error_code(&e);
                             let reason = format!("not stored: {e}");
-                            metrics::counter!("herald_log_errors_total", "op" => "publish").increment(1);
+                            metrics::counter!("herald_log_errors_total", "op" => "publish")
+                                .increment(1);
                             ctx.dedup.complete(
                                 channel.as_str(),
                                 id,

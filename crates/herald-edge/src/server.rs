@@ -148,7 +148,10 @@ impl Edge {
         }
         let left = Arc::strong_count(&ctx.live) - 1;
         if left > 0 {
-            warn!(connections = left, "Shutdown grace over with connections still open");
+            warn!(
+                connections = left,
+                "Shutdown grace over with connections still open"
+            );
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
         if let Err(e) = ctx.kafka.flush(remaining.max(Duration::from_millis(100))) {
@@ -172,21 +175,24 @@ fn routes(
         .and(warp::ws())
         .and(with_ctx(ctx.clone()))
         .and(warp::addr::remote())
-        .map(|ws: warp::ws::Ws, ctx: Arc<Ctx>, remote: Option<SocketAddr>| {
-            if ctx.shutting_down.load(Ordering::SeqCst) {
-                return warp::reply::with_status("shutting down", StatusCode::SERVICE_UNAVAILABLE)
+        .map(
+            |ws: warp::ws::Ws, ctx: Arc<Ctx>, remote: Option<SocketAddr>| {
+                if ctx.shutting_down.load(Ordering::SeqCst) {
+                    return warp::reply::with_status(
+                        "shutting down",
+                        StatusCode::SERVICE_UNAVAILABLE,
+                    )
                     .into_response();
-            }
-            let max = ctx.cfg.max_frame_bytes;
-            ws.max_frame_size(max)
-                .max_message_size(max)
-                .on_upgrade(move |socket| crate::conn::run(socket, ctx, remote))
-                .into_response()
-        });
+                }
+                let max = ctx.cfg.max_frame_bytes;
+                ws.max_frame_size(max)
+                    .max_message_size(max)
+                    .on_upgrade(move |socket| crate::conn::run(socket, ctx, remote))
+                    .into_response()
+            },
+        );
 
-    let healthz = warp::path("healthz")
-        .and(warp::path::end())
-        .map(|| "ok");
+    let healthz = warp::path("healthz").and(warp::path::end()).map(|| "ok");
 
     let readyz = warp::path("readyz")
         .and(warp::path::end())

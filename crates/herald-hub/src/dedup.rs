@@ -125,7 +125,12 @@ mod tests {
         let Claim::Seen(rx) = d.claim("chat:a", id) else {
             panic!()
         };
-        d.complete("chat:a", id, &slot, DedupOutcome::Failed("unavailable", "down".into()));
+        d.complete(
+            "chat:a",
+            id,
+            &slot,
+            DedupOutcome::Failed("unavailable", "down".into()),
+        );
         assert!(matches!(Dedup::wait(rx).await, DedupOutcome::Failed(..)));
         assert!(matches!(d.claim("chat:a", id), Claim::First(_)));
     }

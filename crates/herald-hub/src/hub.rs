@@ -128,12 +128,15 @@ pub struct SubscribeOutcome {
     pub caught_up: u64,
 }
 
+/// (topic, partition).
+type PartitionKey = (Arc<str>, i32);
+
 /// The fan-out hub of one node.
 pub struct Hub {
     log: Arc<dyn LogRead>,
     cfg: HubConfig,
     topics: RwLock<HashMap<String, TopicMeta>>,
-    parts: Mutex<HashMap<(Arc<str>, i32), Arc<Partition>>>,
+    parts: Mutex<HashMap<PartitionKey, Arc<Partition>>>,
 }
 
 impl Hub {
@@ -346,7 +349,9 @@ impl Hub {
                     s = upto - 1;
                 }
                 Step::FromLog(upto) => {
-                    caught_up += self.catch_up_from_log(outbox, &part, channel, s + 1, upto).await?;
+                    caught_up += self
+                        .catch_up_from_log(outbox, &part, channel, s + 1, upto)
+                        .await?;
                     s = upto - 1;
                 }
             }
@@ -373,7 +378,13 @@ impl Hub {
         while from < upto {
             let batch = self
                 .log
-                .read_range(&part.topic, part.partition, from, upto, self.cfg.catchup_batch)
+                .read_range(
+                    &part.topic,
+                    part.partition,
+                    from,
+                    upto,
+                    self.cfg.catchup_batch,
+                )
                 .await?;
             let mut n = 0u64;
             for r in &batch.records {

@@ -72,16 +72,22 @@ impl Kafka {
 
     fn consumer_config(cfg: &LogConfig, eof: bool) -> ClientConfig {
         let mut c = Self::base_config(cfg);
-        // No group: readers assign partitions themselves and commit nothing.
-        c.set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", if eof { "true" } else { "false" })
-            .set("auto.offset.reset", "earliest")
-            .set("allow.auto.create.topics", "false")
-            .set("fetch.wait.max.ms", cfg.fetch_wait_max_ms.to_string())
-            .set("fetch.min.bytes", "1")
-            .set("fetch.queue.backoff.ms", "5")
-            .set("queued.max.messages.kbytes", "16384");
+        // Readers assign partitions themselves and commit nothing, but
+        // librdkafka's assign() needs a group handle: a unique, never-joined
+        // group id.
+        c.set(
+            "group.id",
+            format!("herald-reader-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", if eof { "true" } else { "false" })
+        .set("auto.offset.reset", "earliest")
+        .set("allow.auto.create.topics", "false")
+        .set("fetch.wait.max.ms", cfg.fetch_wait_max_ms.to_string())
+        .set("fetch.min.bytes", "1")
+        .set("fetch.queue.backoff.ms", "5")
+        .set("queued.max.messages.kbytes", "16384");
         c
     }
 
@@ -189,7 +195,11 @@ impl Kafka {
         if let Some(n) = self.partition_count(topic).await? {
             return Ok((n, false));
         }
-        let mut nt = NewTopic::new(topic, partitions, TopicReplication::Fixed(self.cfg.replication));
+        let mut nt = NewTopic::new(
+            topic,
+            partitions,
+            TopicReplication::Fixed(self.cfg.replication),
+        );
         for (k, v) in config {
             nt = nt.set(k, v);
         }
@@ -251,7 +261,12 @@ impl Kafka {
         Ok(out)
     }
 
-    async fn epoch_for(&self, topic: &str, partitions: i32, created: bool) -> Result<String, LogError> {
+    async fn epoch_for(
+        &self,
+        topic: &str,
+        partitions: i32,
+        created: bool,
+    ) -> Result<String, LogError> {
         let meta = self.cfg.meta_topic();
         self.create_if_missing(&meta, 1, &[("cleanup.policy", "compact")])
             .await?;
@@ -266,7 +281,8 @@ impl Kafka {
             recorded_at_ms: now_ms(),
         };
         let value = serde_json::to_vec(&rec).map_err(|e| LogError::Other(e.to_string()))?;
-        self.publish(&meta, 0, topic.as_bytes(), &value, &[])?.await?;
+        self.publish(&meta, 0, topic.as_bytes(), &value, &[])?
+            .await?;
         // Another node may have recorded one at the same moment: the newest wins.
         let epochs = self.read_epochs().await?;
         let epoch = epochs.get(topic).cloned().unwrap_or(rec.epoch);
@@ -312,7 +328,9 @@ impl Kafka {
         let t = self.cfg.request_timeout;
         let name = topic.to_owned();
         let (low, high) = self
-            .blocking("watermarks", move |c| c.fetch_watermarks(&name, partition, t))
+            .blocking("watermarks", move |c| {
+                c.fetch_watermarks(&name, partition, t)
+            })
             .await?;
         Ok(Watermarks { low, high })
     }
@@ -331,7 +349,9 @@ impl Kafka {
         }
         // Tansu 0.6 answers a time past the last record with offset 0 instead
         // of -1 (BROKER.md), so rule that case out with the last record first.
-        let last = self.range(topic, partition, wm.high - 1, wm.high, 1).await?;
+        let last = self
+            .range(topic, partition, wm.high - 1, wm.high, 1)
+            .await?;
         if let Some(r) = last.records.last() {
             if r.timestamp_ms.is_some_and(|t| t < ts_ms) {
                 return Ok(None);

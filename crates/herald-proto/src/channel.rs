@@ -56,7 +56,10 @@ impl Channel {
         }
         if !rest.bytes().all(|b| {
             b.is_ascii_alphanumeric()
-                || matches!(b, b'_' | b'.' | b':' | b'@' | b'/' | b'=' | b'+' | b',' | b'-')
+                || matches!(
+                    b,
+                    b'_' | b'.' | b':' | b'@' | b'/' | b'=' | b'+' | b',' | b'-'
+                )
         }) {
             return Err(ChannelError::BadCharacter);
         }
@@ -92,10 +95,7 @@ mod tests {
         let c = Channel::parse("chat:lobby").unwrap();
         assert_eq!(c.namespace(), "chat");
         assert_eq!(c.as_str(), "chat:lobby");
-        assert_eq!(
-            Channel::parse("user:42:inbox").unwrap().namespace(),
-            "user"
-        );
+        assert_eq!(Channel::parse("user:42:inbox").unwrap().namespace(), "user");
         Channel::parse("a-b_c:x.y@z/1=2+3,4-5").unwrap();
     }
 

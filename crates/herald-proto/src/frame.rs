@@ -160,6 +160,12 @@ pub fn decode_client(text: &str) -> Result<ClientFrame, DecodeError> {
         }
         "publish" => {
             let b: PublishBody = serde_json::from_str(text).map_err(body)?;
+            if json_depth(b.data.get()) > MAX_DATA_DEPTH {
+                return Err(bad(
+                    codes::BAD_FRAME,
+                    format!("`data` is nested deeper than {MAX_DATA_DEPTH} levels"),
+                ));
+            }
             Ok(ClientFrame::Publish {
                 channel: b.channel,
                 id: b.id,
@@ -185,6 +191,37 @@ pub fn decode_client(text: &str) -> Result<ClientFrame, DecodeError> {
             format!("unknown frame type `{}`", truncate(other, 64)),
         )),
     }
+}
+
+/// Deepest nesting of arrays and objects accepted in `data`. Subscribers'
+/// JSON parsers have limits too (serde_json: 128); refusing at publish keeps
+/// undeliverable messages out of the log.
+pub const MAX_DATA_DEPTH: usize = 64;
+
+/// Nesting depth of valid JSON text, counting `[` and `{` outside strings.
+pub fn json_depth(json: &str) -> usize {
+    let (mut depth, mut max, mut in_str, mut escaped) = (0usize, 0usize, false, false);
+    for b in json.bytes() {
+        if in_str {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -334,16 +371,39 @@ mod tests {
             codes::BAD_FRAME
         );
         assert_eq!(
-            code(r#"{"type":"publish","channel":"chat:a","id":"6f1d6a55-0d6a-4b5e-9f57-2b8d7c1f0a11"}"#),
+            code(
+                r#"{"type":"publish","channel":"chat:a","id":"6f1d6a55-0d6a-4b5e-9f57-2b8d7c1f0a11"}"#
+            ),
             codes::BAD_FRAME
         );
-        assert_eq!(code(r#"{"type":"ack","channel":"chat:a","seq":-1}"#), codes::BAD_FRAME);
+        assert_eq!(
+            code(r#"{"type":"ack","channel":"chat:a","seq":-1}"#),
+            codes::BAD_FRAME
+        );
         assert_eq!(
             code(r#"{"type":"ack","channel":"chat:a","seq":1e400}"#),
-            codes::BAD_JSON
+            codes::BAD_FRAME
         );
-        let deep = format!("{{\"type\":\"ping\",\"x\":{}{}}}", "[".repeat(10_000), "]".repeat(10_000));
-        assert_eq!(code(&deep), codes::BAD_JSON);
+        let deep = format!(
+            r#"{{"type":"publish","channel":"chat:a","id":"6f1d6a55-0d6a-4b5e-9f57-2b8d7c1f0a11","data":{}{}}}"#,
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        );
+        assert_eq!(code(&deep), codes::BAD_FRAME);
+        let ok = format!(
+            r#"{{"type":"publish","channel":"chat:a","id":"6f1d6a55-0d6a-4b5e-9f57-2b8d7c1f0a11","data":{}{}}}"#,
+            "[".repeat(MAX_DATA_DEPTH),
+            "]".repeat(MAX_DATA_DEPTH)
+        );
+        decode_client(&ok).unwrap();
+    }
+
+    #[test]
+    fn measures_depth_outside_strings() {
+        assert_eq!(json_depth("1"), 0);
+        assert_eq!(json_depth(r#"{"a":[1,{"b":2}]}"#), 3);
+        assert_eq!(json_depth(r#""[[[[""#), 0);
+        assert_eq!(json_depth(r#"["\"[[", []]"#), 2);
     }
 
     #[test]

@@ -11,7 +11,11 @@ use herald_log::LogConfig;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "herald", version, about = "Durable realtime messaging over WebSocket, backed by Kafka")]
+#[command(
+    name = "herald",
+    version,
+    about = "Durable realtime messaging over WebSocket, backed by Kafka"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -35,7 +39,12 @@ struct ServeArgs {
     #[arg(long, env = "HERALD_TOPIC_PREFIX", default_value = "herald.")]
     topic_prefix: String,
     /// Namespaces as NAME or NAME=PARTITIONS, comma-separated.
-    #[arg(long, env = "HERALD_NAMESPACES", default_value = "chat=8", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "HERALD_NAMESPACES",
+        default_value = "chat=8",
+        value_delimiter = ','
+    )]
     namespaces: Vec<NamespaceConfig>,
     /// fetch.wait.max.ms of the Kafka readers (keep it low on the dev broker).
     #[arg(long, env = "HERALD_FETCH_WAIT_MAX_MS", default_value_t = 10)]
@@ -76,14 +85,15 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(%e, "Cannot listen for SIGTERM; Ctrl-C only");
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(%e, "Cannot listen for SIGTERM; Ctrl-C only");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -97,7 +107,9 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets_for_metric(
             metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
-            &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+            &[
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ],
         )
         .context("metric buckets")?
         .install_recorder()
@@ -140,6 +152,7 @@ fn main() -> anyhow::Result<()> {
             EnvFilter::try_from_env("HERALD_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let rt = tokio::runtime::Runtime::new().context("tokio runtime")?;

@@ -1,0 +1,216 @@
+//! Integration-test harness: starts real `herald serve` processes against the
+//! real broker and talks to them with the real WebSocket client.
+//!
+//! The broker address comes from `HERALD_TEST_BROKERS` (default
+//! 127.0.0.1:9092); `infra/dev/test.sh` starts it. Each test uses its own
+//! topic prefix, so tests never see each other's messages.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use herald_client::{Connection, Frame, Msg, Published};
+use serde_json::Value;
+use uuid::Uuid;
+
+pub fn brokers() -> String {
+    std::env::var("HERALD_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// A unique topic prefix for one test.
+pub fn unique_prefix(test: &str) -> String {
+    format!("t-{test}-{}.", &Uuid::new_v4().simple().to_string()[..8])
+}
+
+/// A running `herald serve` process.
+pub struct Server {
+    child: Child,
+    pub url: String,
+    pub http: String,
+    pub prefix: String,
+}
+
+impl Server {
+    /// Starts herald with `prefix`, the `chat` namespace on 4 partitions and
+    /// any `extra` arguments.
+    pub fn start(prefix: &str, extra: &[&str]) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--kafka-brokers",
+            &brokers(),
+            "--topic-prefix",
+            prefix,
+            "--namespaces",
+            "chat=4,room=2",
+            "--fetch-wait-max-ms",
+            "5",
+            "--shutdown-grace-secs",
+            "5",
+        ])
+        .args(extra)
+        .env(
+            "HERALD_LOG",
+            std::env::var("HERALD_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("spawning herald");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Some(Ok(line)) = lines.next() {
+                if let Some(url) = line.strip_prefix("herald listening on ") {
+                    let _ = tx.send(url.to_owned());
+                }
+            }
+        });
+        let url = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(u) => u,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("herald did not start within 60 s (is the broker running?)");
+            }
+        };
+        let http = url
+            .replace("ws://", "http://")
+            .trim_end_matches("/ws")
+            .to_owned();
+        Server {
+            child,
+            url,
+            http,
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM and wait: the graceful path.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("herald did not exit within 20 s of SIGTERM");
+    }
+
+    /// SIGKILL: the crash path.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub async fn connect(&self) -> Connection {
+        Connection::connect(&self.url).await.expect("connect")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Publishes `data` with a fresh id and returns (id, seq); panics on a nack.
+pub async fn publish_ok(c: &mut Connection, channel: &str, data: Value) -> (Uuid, i64) {
+    let id = Uuid::new_v4();
+    match c.publish(channel, id, &data).await.expect("publish") {
+        Published::Ack { seq, .. } => (id, seq),
+        Published::Nack { code, reason } => panic!("publish nacked: {code}: {reason}"),
+    }
+}
+
+/// Reads `n` messages, skipping other frames; panics after `wait` overall.
+pub async fn read_messages(c: &mut Connection, n: usize, wait: Duration) -> Vec<Msg> {
+    let deadline = Instant::now() + wait;
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match c.next_frame_within(left).await {
+            Ok(Frame::Message(m)) => out.push(m),
+            Ok(_) => {}
+            Err(e) => panic!("after {} of {n} messages: {e}", out.len()),
+        }
+    }
+    out
+}
+
+/// Asserts that nothing but non-message frames arrive for `wait`.
+pub async fn assert_no_message(c: &mut Connection, wait: Duration) {
+    let deadline = Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        match c.next_frame_within(left).await {
+            Ok(Frame::Message(m)) => panic!("unexpected message {m:?}"),
+            Ok(_) => {}
+            Err(herald_client::ClientError::Timeout(_)) => return,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// A plain rdkafka consumer (not herald's reader) reading a whole topic.
+pub fn read_topic(topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", format!("test-{}", Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "5")
+        .create()
+        .expect("consumer");
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let parts = md.topics()[0].partitions().len() as i32;
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = Vec::new();
+    for p in 0..parts {
+        let (lo, hi) = c
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .expect("watermarks");
+        if hi > lo {
+            tpl.add_partition_offset(topic, p, Offset::Offset(lo))
+                .expect("tpl");
+            ends.push((p, hi));
+        }
+    }
+    if ends.is_empty() {
+        return Vec::new();
+    }
+    c.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let mut done = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while done.len() < ends.len() {
+        assert!(Instant::now() < deadline, "reading {topic} timed out");
+        if let Some(r) = c.poll(Duration::from_millis(100)) {
+            let m = r.expect("consume");
+            let end = ends.iter().find(|(p, _)| *p == m.partition()).map(|x| x.1);
+            if end.is_some_and(|e| m.offset() + 1 >= e) {
+                done.insert(m.partition());
+            }
+            out.push(m.detach());
+        }
+    }
+    out
+}

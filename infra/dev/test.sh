@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine or not: installs the broker if
+# needed (first time: 15-25 min build, cached in ~/.cache/herald), starts it
+# with a fresh data directory, runs every test in the workspace against it,
+# and stops it again if this script started it.
+#
+#   HERALD_CACHE       cache root (default ~/.cache/herald)
+#   CARGO_TARGET_DIR   build dir (default $HERALD_CACHE/target, shared by runs)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+export HERALD_CACHE="${HERALD_CACHE:-$HOME/.cache/herald}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HERALD_CACHE/target}"
+export HERALD_TEST_BROKERS="${HERALD_TEST_BROKERS:-127.0.0.1:9092}"
+
+started=0
+if ! infra/dev/broker.sh status >/dev/null 2>&1; then
+    # A fresh data directory per run keeps the broker's sqlite file small.
+    export HERALD_BROKER_DATA="$HERALD_CACHE/test-broker-data"
+    rm -rf "$HERALD_BROKER_DATA"
+    infra/dev/broker.sh start
+    started=1
+else
+    echo "test: using the broker that is already running"
+fi
+cleanup() {
+    if [[ $started == 1 ]]; then infra/dev/broker.sh stop; fi
+}
+trap cleanup EXIT
+
+echo "test: building and running the workspace tests (target dir $CARGO_TARGET_DIR)"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --no-fail-fast "$@"
+else
+    cargo test --workspace --no-fail-fast "$@"
+fi
