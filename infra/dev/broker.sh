@@ -83,7 +83,9 @@ start() {
             create_topics
             return 0
         fi
-        if ! running_pid > /dev/null; then
+        # kill -0 only: right after the fork the child may not have exec'd
+        # tansu yet, so its command line can still read "bash".
+        if ! kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
             say "exited during start; last log lines:"
             tail -20 "$LOG" || true
             return 1
