@@ -1,0 +1,323 @@
+//! The resume hand-off against an in-memory log: pure logic, deterministic
+//! where it can be, and raced on purpose where it matters. The same scenarios
+//! run against the real broker in `crates/herald/tests/core.rs`.
+
+use std::sync::{Arc, Mutex};
+
+use herald_hub::{Hub, HubConfig, Outbound, Outbox, OutboxReceiver};
+use herald_log::{BoxFuture, LogError, LogRead, RangeBatch, Record, RecordSink, Watermarks};
+use herald_proto::{envelope, Envelope, Position};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+const TOPIC: &str = "t.chat";
+const EPOCH: &str = "e1";
+
+/// A one-partition log in memory.
+#[derive(Default)]
+struct MemLog {
+    records: Mutex<Vec<Record>>,
+    low: Mutex<i64>,
+    /// Offset the hub asked the tail to follow from.
+    followed: Mutex<Option<i64>>,
+    /// Yield inside range reads, so other tasks run mid catch-up.
+    yield_in_reads: bool,
+}
+
+impl MemLog {
+    fn append(&self, channel: &str, n: i64) -> Record {
+        let mut recs = self.records.lock().unwrap();
+        let offset = recs.len() as i64;
+        let env = Envelope {
+            v: envelope::ENVELOPE_VERSION,
+            id: Uuid::new_v4(),
+            channel: channel.into(),
+            publisher: None,
+            ts: 1,
+            content_type: envelope::CONTENT_TYPE_JSON.into(),
+            data: RawValue::from_string(n.to_string()).unwrap(),
+        };
+        let r = Record {
+            topic: Arc::from(TOPIC),
+            partition: 0,
+            offset,
+            key: Some(channel.as_bytes().to_vec()),
+            value: Some(env.to_json().into_bytes()),
+            timestamp_ms: Some(1),
+        };
+        recs.push(r.clone());
+        r
+    }
+}
+
+impl LogRead for MemLog {
+    fn watermarks<'a>(
+        &'a self,
+        _t: &'a str,
+        _p: i32,
+    ) -> BoxFuture<'a, Result<Watermarks, LogError>> {
+        Box::pin(async move {
+            Ok(Watermarks {
+                low: *self.low.lock().unwrap(),
+                high: self.records.lock().unwrap().len() as i64,
+            })
+        })
+    }
+
+    fn read_range<'a>(
+        &'a self,
+        _t: &'a str,
+        _p: i32,
+        from: i64,
+        to: i64,
+        max: usize,
+    ) -> BoxFuture<'a, Result<RangeBatch, LogError>> {
+        Box::pin(async move {
+            if self.yield_in_reads {
+                tokio::task::yield_now().await;
+            }
+            let recs = self.records.lock().unwrap();
+            let records: Vec<Record> = recs
+                .iter()
+                .filter(|r| r.offset >= from && r.offset < to)
+                .take(max)
+                .cloned()
+                .collect();
+            let next = records.last().map(|r| r.offset + 1).unwrap_or(to);
+            Ok(RangeBatch { records, next })
+        })
+    }
+
+    fn follow(&self, _t: &str, _p: i32, from: i64) -> Result<(), LogError> {
+        *self.followed.lock().unwrap() = Some(from);
+        Ok(())
+    }
+}
+
+fn hub(log: Arc<MemLog>, ring: usize) -> Arc<Hub> {
+    let h = Hub::new(
+        log,
+        HubConfig {
+            recent_messages: ring,
+            recent_bytes: 1 << 30,
+            catchup_batch: 7,
+        },
+    );
+    h.register_topic(TOPIC, EPOCH, 1);
+    h
+}
+
+/// Everything in the queue right now.
+async fn drain(rx: &mut OutboxReceiver) -> Vec<Outbound> {
+    let mut out = Vec::new();
+    while rx.queued() > 0 {
+        match rx.recv().await {
+            Some(o) => out.push(o),
+            None => break,
+        }
+    }
+    out
+}
+
+fn seqs(items: &[Outbound]) -> Vec<i64> {
+    items
+        .iter()
+        .filter_map(|o| match o {
+            Outbound::Message(d) => Some(d.seq),
+            Outbound::Frame(_) => None,
+        })
+        .collect()
+}
+
+fn position(seq: i64) -> Position {
+    Position {
+        seq,
+        epoch: EPOCH.into(),
+    }
+}
+
+#[tokio::test]
+async fn live_subscriber_gets_channel_messages_in_order() {
+    let log = Arc::new(MemLog::default());
+    let h = hub(log.clone(), 100);
+    let (tx, mut rx) = Outbox::new(1, 100, 1 << 20);
+    let out = h.subscribe(&tx, TOPIC, "chat:a", None).await.unwrap();
+    assert_eq!(out.position.seq, -1);
+    assert_eq!(*log.followed.lock().unwrap(), Some(0));
+    for i in 0..10 {
+        let ch = if i % 2 == 0 { "chat:a" } else { "chat:b" };
+        h.on_record(log.append(ch, i));
+    }
+    let got = drain(&mut rx).await;
+    assert!(matches!(&got[0], Outbound::Frame(f) if f.contains("\"subscribed\"")));
+    assert_eq!(seqs(&got), vec![0, 2, 4, 6, 8]);
+    // A record dispatched twice (re-fetch) is delivered once.
+    let again = log.records.lock().unwrap()[8].clone();
+    h.on_record(again);
+    assert!(drain(&mut rx).await.is_empty());
+}
+
+#[tokio::test]
+async fn resume_from_the_ring_then_live() {
+    let log = Arc::new(MemLog::default());
+    let h = hub(log.clone(), 100);
+    let (tx0, _rx0) = Outbox::new(0, 100, 1 << 20);
+    h.subscribe(&tx0, TOPIC, "chat:z", None).await.unwrap();
+    for i in 0..20 {
+        let ch = if i % 2 == 0 { "chat:a" } else { "chat:b" };
+        h.on_record(log.append(ch, i));
+    }
+    let (tx, mut rx) = Outbox::new(1, 100, 1 << 20);
+    let out = h
+        .subscribe(&tx, TOPIC, "chat:a", Some(&position(6)))
+        .await
+        .unwrap();
+    assert!(out.recovered);
+    assert_eq!(out.caught_up, 6);
+    h.on_record(log.append("chat:a", 20));
+    assert_eq!(seqs(&drain(&mut rx).await), vec![8, 10, 12, 14, 16, 18, 20]);
+}
+
+#[tokio::test]
+async fn resume_from_the_log_when_the_ring_is_short() {
+    let log = Arc::new(MemLog::default());
+    for i in 0..40 {
+        log.append(if i % 4 == 0 { "chat:a" } else { "chat:b" }, i);
+    }
+    // The partition is first followed now, at offset 40; the ring holds 3.
+    let h = hub(log.clone(), 3);
+    let (tx, mut rx) = Outbox::new(1, 100, 1 << 20);
+    let out = h
+        .subscribe(&tx, TOPIC, "chat:a", Some(&position(3)))
+        .await
+        .unwrap();
+    assert!(out.recovered);
+    h.on_record(log.append("chat:a", 40));
+    assert_eq!(
+        seqs(&drain(&mut rx).await),
+        vec![4, 8, 12, 16, 20, 24, 28, 32, 36, 40]
+    );
+}
+
+#[tokio::test]
+async fn resume_larger_than_the_queue_is_chunked_not_dropped() {
+    let log = Arc::new(MemLog::default());
+    let h = hub(log.clone(), 1000);
+    let (tx0, _rx0) = Outbox::new(0, 1000, 1 << 20);
+    h.subscribe(&tx0, TOPIC, "chat:z", None).await.unwrap();
+    for i in 0..100 {
+        h.on_record(log.append("chat:a", i));
+    }
+    // A queue of 8 cannot take 100 pending messages in one step.
+    let (tx, mut rx) = Outbox::new(1, 8, 1 << 20);
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        while got.len() < 100 {
+            match rx.recv().await {
+                Some(Outbound::Message(d)) => got.push(d.seq),
+                Some(_) => {}
+                None => break,
+            }
+        }
+        got
+    });
+    let out = h
+        .subscribe(&tx, TOPIC, "chat:a", Some(&position(-1)))
+        .await
+        .unwrap();
+    assert!(out.recovered);
+    assert!(!tx.is_overflowed());
+    let got = reader.await.unwrap();
+    assert_eq!(got, (0..100).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn positions_outside_the_log_or_epoch_are_not_recovered() {
+    let log = Arc::new(MemLog::default());
+    for i in 0..10 {
+        log.append("chat:a", i);
+    }
+    *log.low.lock().unwrap() = 5;
+    let h = hub(log.clone(), 100);
+    let (tx, _rx) = Outbox::new(1, 100, 1 << 20);
+    let cases = [
+        position(2),  // below the log start - 1
+        position(10), // at the log end: never assigned
+        position(-2),
+        Position {
+            seq: 7,
+            epoch: "other".into(),
+        },
+    ];
+    for p in cases {
+        let out = h.subscribe(&tx, TOPIC, "chat:a", Some(&p)).await.unwrap();
+        assert!(!out.recovered, "{p:?}");
+        assert_eq!(out.position, position(9));
+        assert!(h.unsubscribe(&tx, TOPIC, "chat:a"));
+    }
+    let out = h
+        .subscribe(&tx, TOPIC, "chat:a", Some(&position(4)))
+        .await
+        .unwrap();
+    assert!(out.recovered, "log start - 1 is a valid position");
+}
+
+#[tokio::test]
+async fn slow_live_subscriber_is_dropped_without_stalling_others() {
+    let log = Arc::new(MemLog::default());
+    let h = hub(log.clone(), 100);
+    let (slow, slow_rx) = Outbox::new(1, 2, 1 << 20);
+    let (fast, mut fast_rx) = Outbox::new(2, 100, 1 << 20);
+    h.subscribe(&slow, TOPIC, "chat:a", None).await.unwrap();
+    h.subscribe(&fast, TOPIC, "chat:a", None).await.unwrap();
+    for i in 0..10 {
+        h.on_record(log.append("chat:a", i));
+    }
+    assert!(slow.is_overflowed());
+    slow_rx.overflowed().await;
+    assert_eq!(
+        seqs(&drain(&mut fast_rx).await),
+        (0..10).collect::<Vec<_>>()
+    );
+    // The slow one is out of the index: unsubscribing finds nothing.
+    assert!(!h.unsubscribe(&slow, TOPIC, "chat:a"));
+}
+
+/// Records keep arriving while the catch-up runs; whatever the interleaving,
+/// the subscriber sees every message after its position exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_off_under_concurrent_dispatch() {
+    for round in 0..20 {
+        let log = Arc::new(MemLog {
+            yield_in_reads: true,
+            ..MemLog::default()
+        });
+        for i in 0..200 {
+            log.append(if i % 3 == 0 { "chat:a" } else { "chat:b" }, i);
+        }
+        let h = hub(log.clone(), 5 + round);
+        let (tx0, _rx0) = Outbox::new(0, 10_000, 1 << 30);
+        h.subscribe(&tx0, TOPIC, "chat:z", None).await.unwrap();
+        let writer = {
+            let (h, log) = (h.clone(), log.clone());
+            tokio::spawn(async move {
+                for i in 200..600 {
+                    h.on_record(log.append(if i % 3 == 0 { "chat:a" } else { "chat:b" }, i));
+                    if i % 7 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            })
+        };
+        let (tx, mut rx) = Outbox::new(1, 10_000, 1 << 30);
+        let out = h
+            .subscribe(&tx, TOPIC, "chat:a", Some(&position(29)))
+            .await
+            .unwrap();
+        assert!(out.recovered);
+        writer.await.unwrap();
+        let got = seqs(&drain(&mut rx).await);
+        let want: Vec<i64> = (30..600).filter(|i| i % 3 == 0).collect();
+        assert_eq!(got, want, "round {round}");
+    }
+}

@@ -1,0 +1,91 @@
+//! herald-log against the real broker (`HERALD_TEST_BROKERS`, default
+//! 127.0.0.1:9092; `infra/dev/test.sh` starts it).
+
+use std::time::Duration;
+
+use herald_log::{Kafka, LogConfig, LogRead};
+use uuid::Uuid;
+
+fn config() -> LogConfig {
+    LogConfig {
+        brokers: std::env::var("HERALD_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into()),
+        topic_prefix: format!("t-log-{}.", &Uuid::new_v4().simple().to_string()[..8]),
+        fetch_wait_max_ms: 5,
+        publish_timeout: Duration::from_secs(10),
+        ..LogConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn epochs_are_recorded_once_and_survive_reconnects() -> anyhow::Result<()> {
+    let cfg = config();
+    let topic = cfg.topic_for("chat");
+    let k = Kafka::connect(cfg.clone())?;
+    let first = k.ensure_topic(&topic, 3, &[]).await?;
+    assert!(first.created);
+    assert_eq!(first.partitions, 3);
+    let again = k.ensure_topic(&topic, 3, &[]).await?;
+    assert!(!again.created);
+    assert_eq!(again.epoch, first.epoch);
+    // A new client (a restarted node) reads the same epoch from the meta topic.
+    let k2 = Kafka::connect(cfg)?;
+    let other = k2.ensure_topic(&topic, 5, &[]).await?;
+    assert_eq!(other.epoch, first.epoch);
+    assert_eq!(other.partitions, 3, "the topic's real partition count wins");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_watermarks_ranges_and_time_lookups() -> anyhow::Result<()> {
+    let cfg = config();
+    let topic = cfg.topic_for("chat");
+    let k = Kafka::connect(cfg)?;
+    k.ensure_topic(&topic, 2, &[]).await?;
+    let mut offsets = Vec::new();
+    for i in 0..30 {
+        let key = format!("chat:{}", i % 3);
+        offsets.push(
+            k.publish(&topic, 1, key.as_bytes(), b"{}", &[("herald-id", b"x")])?
+                .await?,
+        );
+        if i == 9 {
+            // A gap in time between the first ten records and the rest.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    assert_eq!(offsets, (0..30).collect::<Vec<i64>>(), "offsets are exact");
+    let wm = k.watermarks(&topic, 1).await?;
+    assert_eq!((wm.low, wm.high), (0, 30));
+    assert_eq!(k.watermarks(&topic, 0).await?.high, 0);
+
+    // Range reads, in batches, from the middle.
+    let b = k.read_range(&topic, 1, 5, 30, 10).await?;
+    assert_eq!(
+        b.records.iter().map(|r| r.offset).collect::<Vec<_>>(),
+        (5..15).collect::<Vec<_>>()
+    );
+    assert_eq!(b.next, 15);
+    let b = k.read_range(&topic, 1, 25, 40, 100).await?;
+    assert_eq!(b.records.len(), 5, "reads stop at the end of the log");
+    assert_eq!(b.next, 40);
+
+    // Time lookups: the first record at or after a time.
+    let r = k.read_range(&topic, 1, 10, 11, 1).await?;
+    let t10 = r.records[0].timestamp_ms.expect("timestamp");
+    assert_eq!(k.offset_for_time(&topic, 1, 0).await?, Some(0));
+    assert_eq!(k.offset_for_time(&topic, 1, t10).await?, Some(10));
+    let last = k.read_range(&topic, 1, 29, 30, 1).await?.records[0]
+        .timestamp_ms
+        .unwrap();
+    assert_eq!(
+        k.offset_for_time(&topic, 1, last + 60_000).await?,
+        None,
+        "past the last record"
+    );
+    assert_eq!(
+        k.offset_for_time(&topic, 0, 0).await?,
+        None,
+        "empty partition"
+    );
+    Ok(())
+}
