@@ -57,6 +57,10 @@ pub struct EdgeConfig {
     pub max_message_bytes: usize,
     /// Largest WebSocket message accepted, in bytes. Default 1 MiB.
     pub max_frame_bytes: usize,
+    /// Initial read buffer of a connection, in bytes. Default 4 KiB; it grows
+    /// for larger frames. (tungstenite's own default is 128 KiB, allocated
+    /// up front for every connection.)
+    pub read_buffer_bytes: usize,
     /// Subscriptions per connection. Default 256.
     pub max_subscriptions: usize,
     /// Publishes of one connection waiting for Kafka at once. Default 256.
@@ -91,6 +95,7 @@ impl Default for EdgeConfig {
             queue_bytes: 4 << 20,
             max_message_bytes: 64 << 10,
             max_frame_bytes: 1 << 20,
+            read_buffer_bytes: 4 << 10,
             max_subscriptions: 256,
             max_inflight_publishes: 256,
             heartbeat: Duration::from_secs(20),

@@ -15,12 +15,19 @@ use herald_log::LogError;
 use herald_proto::envelope::{self, Envelope, HEADER_ID, HEADER_VERSION};
 use herald_proto::frame::{decode_client, ClientFrame};
 use herald_proto::{codes, Channel, Position, ServerFrame};
+use hyper_util::rt::TokioIo;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info_span, Instrument};
 use uuid::Uuid;
-use warp::ws::{Message, WebSocket};
+
+/// The socket of one connection.
+pub type WebSocket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 use crate::server::Ctx;
 
@@ -166,10 +173,9 @@ async fn serve(
                         Some(Ok(m)) => m,
                     };
                     last_seen = Instant::now();
-                    if msg.is_text() {
+                    if let Message::Text(text) = &msg {
                         metrics::counter!("herald_edge_frames_in_total").increment(1);
-                        let text = msg.to_str().unwrap_or_default();
-                        conn.on_text(text).await;
+                        conn.on_text(text.as_str()).await;
                     } else if msg.is_binary() {
                         metrics::counter!("herald_edge_frames_in_total").increment(1);
                         conn.reply(error_frame(
@@ -187,7 +193,7 @@ async fn serve(
                     if last_seen.elapsed() > conn.ctx.cfg.idle_timeout {
                         break Some((codes::CLOSE_IDLE_TIMEOUT, "idle timeout"));
                     }
-                    if sink.send(Message::ping(Vec::new())).await.is_err() {
+                    if sink.send(Message::Ping(Default::default())).await.is_err() {
                         break None;
                     }
                 }
@@ -202,7 +208,12 @@ async fn serve(
                 // Let in-flight publishes get their answer before closing.
                 conn.drain_publishes(&mut rx, &mut sink).await;
             }
-            let _ = sink.send(Message::close_with(code, reason)).await;
+            let _ = sink
+                .send(Message::Close(Some(CloseFrame {
+                    code: CloseCode::from(code),
+                    reason: reason.into(),
+                })))
+                .await;
         }
         let _ = sink.close().await;
         debug!("Disconnected");

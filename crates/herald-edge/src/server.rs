@@ -10,11 +10,15 @@ use std::time::{Duration, Instant};
 
 use herald_hub::{Dedup, Hub, HubConfig};
 use herald_log::{Kafka, LogConfig, LogError};
+use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
 use tracing::{info, warn};
-use warp::http::StatusCode;
+use warp::http::{HeaderMap, StatusCode};
 use warp::{Filter, Reply};
 
 use crate::config::EdgeConfig;
@@ -162,6 +166,83 @@ impl Edge {
     }
 }
 
+/// The WebSocket handshake (RFC 6455 section 4.2), done here rather than by
+/// warp's `ws()` filter so the connection gets herald's own tungstenite
+/// configuration: warp cannot set the read buffer, and tungstenite's default
+/// preallocates 128 KiB per connection.
+fn upgrade(
+    headers: HeaderMap,
+    on_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ctx: Arc<Ctx>,
+    remote: Option<SocketAddr>,
+) -> warp::reply::Response {
+    let status =
+        |code: StatusCode, text: &'static str| warp::reply::with_status(text, code).into_response();
+    if ctx.shutting_down.load(Ordering::SeqCst) {
+        return status(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    }
+    let has_token = |name: &str, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+                .unwrap_or(false)
+        })
+    };
+    if !has_token("connection", "upgrade") || !has_token("upgrade", "websocket") {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "expected a WebSocket upgrade request",
+        );
+    }
+    if headers
+        .get("sec-websocket-version")
+        .map(|v| v.as_bytes() != b"13")
+        .unwrap_or(true)
+    {
+        return warp::reply::with_header(
+            warp::reply::with_status(
+                "unsupported WebSocket version",
+                StatusCode::UPGRADE_REQUIRED,
+            ),
+            "sec-websocket-version",
+            "13",
+        )
+        .into_response();
+    }
+    let Some(key) = headers.get("sec-websocket-key") else {
+        return status(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
+    };
+    let Some(on_upgrade) = on_upgrade else {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "this connection cannot be upgraded",
+        );
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let config = WebSocketConfig::default()
+        .read_buffer_size(ctx.cfg.read_buffer_bytes)
+        .max_message_size(Some(ctx.cfg.max_frame_bytes))
+        .max_frame_size(Some(ctx.cfg.max_frame_bytes));
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
+                crate::conn::run(ws, ctx, remote).await;
+            }
+            Err(e) => tracing::debug!(%e, "WebSocket upgrade failed"),
+        }
+    });
+    let reply = warp::reply::with_status(warp::reply(), StatusCode::SWITCHING_PROTOCOLS);
+    let reply = warp::reply::with_header(reply, "connection", "upgrade");
+    let reply = warp::reply::with_header(reply, "upgrade", "websocket");
+    warp::reply::with_header(reply, "sec-websocket-accept", accept).into_response()
+}
+
 fn with_ctx(ctx: Arc<Ctx>) -> impl Filter<Extract = (Arc<Ctx>,), Error = Infallible> + Clone {
     warp::any().map(move || ctx.clone())
 }
@@ -172,25 +253,11 @@ fn routes(
 ) -> impl Filter<Extract = (impl Reply,), Error = warp::Rejection> + Clone {
     let ws = warp::path("ws")
         .and(warp::path::end())
-        .and(warp::ws())
+        .and(warp::header::headers_cloned())
+        .and(warp::ext::optional::<hyper::upgrade::OnUpgrade>())
         .and(with_ctx(ctx.clone()))
         .and(warp::addr::remote())
-        .map(
-            |ws: warp::ws::Ws, ctx: Arc<Ctx>, remote: Option<SocketAddr>| {
-                if ctx.shutting_down.load(Ordering::SeqCst) {
-                    return warp::reply::with_status(
-                        "shutting down",
-                        StatusCode::SERVICE_UNAVAILABLE,
-                    )
-                    .into_response();
-                }
-                let max = ctx.cfg.max_frame_bytes;
-                ws.max_frame_size(max)
-                    .max_message_size(max)
-                    .on_upgrade(move |socket| crate::conn::run(socket, ctx, remote))
-                    .into_response()
-            },
-        );
+        .map(upgrade);
 
     let healthz = warp::path("healthz").and(warp::path::end()).map(|| "ok");
 

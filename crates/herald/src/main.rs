@@ -64,6 +64,9 @@ struct ServeArgs {
     /// Largest publish `data`, in bytes.
     #[arg(long, env = "HERALD_MAX_MESSAGE_BYTES", default_value_t = 64 << 10)]
     max_message_bytes: usize,
+    /// Initial read buffer per connection, in bytes (grows for larger frames).
+    #[arg(long, env = "HERALD_READ_BUFFER_BYTES", default_value_t = 4 << 10)]
+    read_buffer_bytes: usize,
     /// WebSocket ping interval, in seconds.
     #[arg(long, env = "HERALD_HEARTBEAT_SECS", default_value_t = 20)]
     heartbeat_secs: u64,
@@ -128,6 +131,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         queue_messages: a.queue_messages,
         queue_bytes: a.queue_bytes,
         max_message_bytes: a.max_message_bytes,
+        read_buffer_bytes: a.read_buffer_bytes,
         heartbeat: Duration::from_secs(a.heartbeat_secs),
         idle_timeout: Duration::from_secs(a.idle_timeout_secs),
         dedup_window: Duration::from_secs(a.dedup_window_secs),
