@@ -5,6 +5,9 @@
 //!   unknown frame types tolerated).
 //! - [`Connection`]: one WebSocket connection with typed requests:
 //!   [`Connection::subscribe`], [`Connection::publish`], [`Connection::next_frame`].
+//! - [`resilient`]: a [`resilient::Publisher`] that retries with the same id
+//!   across reconnects and nodes, and a [`resilient::Subscriber`] that
+//!   reconnects and resumes, so an application sees every message once.
 //! - [`ChannelCursor`]: the client side of "exactly once to the application":
 //!   remembers the last `seq` and epoch per channel and drops anything at or
 //!   below it, and gives the `since` position for a resume.
@@ -14,6 +17,8 @@
 //!   order, and returned by later [`Connection::next_frame`] calls.
 //! - [`Connection::publish`] uses the caller's message id; retrying with the
 //!   same id is safe because the server deduplicates it.
+
+pub mod resilient;
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -115,6 +120,8 @@ enum Request<'a> {
         channel: &'a str,
         id: Uuid,
         data: &'a Value,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        retry: bool,
     },
     Ack {
         channel: &'a str,
@@ -277,7 +284,30 @@ impl Connection {
         id: Uuid,
         data: &Value,
     ) -> Result<(), ClientError> {
-        self.send(&Request::Publish { channel, id, data }).await
+        self.send(&Request::Publish {
+            channel,
+            id,
+            data,
+            retry: false,
+        })
+        .await
+    }
+
+    /// Re-sends a publish whose answer was lost: the server looks for `id`
+    /// in the channel's recent log before appending.
+    pub async fn send_publish_retry(
+        &mut self,
+        channel: &str,
+        id: Uuid,
+        data: &Value,
+    ) -> Result<(), ClientError> {
+        self.send(&Request::Publish {
+            channel,
+            id,
+            data,
+            retry: true,
+        })
+        .await
     }
 
     /// Waits for the answer to the publish with `id`.
@@ -332,6 +362,15 @@ impl Connection {
     pub async fn close(mut self) -> Result<(), ClientError> {
         self.ws.close(None).await?;
         Ok(())
+    }
+
+    /// Drops the connection with a TCP reset (SO_LINGER 0), no close
+    /// handshake: how a crashed client or a cut network looks to the server.
+    pub fn abort(self) {
+        if let MaybeTlsStream::Plain(tcp) = self.ws.get_ref() {
+            let _ = tcp.set_zero_linger();
+        }
+        drop(self);
     }
 
     /// The close code the server sent, once the connection ended.

@@ -310,7 +310,12 @@ impl Conn {
                     Some(&channel),
                 )),
             },
-            ClientFrame::Publish { channel, id, data } => self.publish(channel, id, data).await,
+            ClientFrame::Publish {
+                channel,
+                id,
+                data,
+                retry,
+            } => self.publish(channel, id, data, retry).await,
         }
     }
 
@@ -392,7 +397,7 @@ impl Conn {
         }
     }
 
-    async fn publish(&mut self, name: String, id: Uuid, data: Box<RawValue>) {
+    async fn publish(&mut self, name: String, id: Uuid, data: Box<RawValue>, retry: bool) {
         let started = Instant::now();
         let (channel, topic) = match self.resolve(&name) {
             Ok(x) => x,
@@ -469,67 +474,132 @@ impl Conn {
                         return self.reply(nack(id, &name, codes::INTERNAL, e.to_string()));
                     }
                 };
-                let idstr = id.to_string();
-                // Enqueued here, in the connection's order; confirmed below.
-                let pending = ctx.kafka.publish(
-                    &topic,
-                    partition,
-                    channel.as_str().as_bytes(),
-                    env.to_json().as_bytes(),
-                    &[
-                        (HEADER_ID, idstr.as_bytes()),
-                        (
-                            HEADER_VERSION,
-                            envelope::ENVELOPE_VERSION.to_string().as_bytes(),
-                        ),
-                    ],
-                );
-                tokio::spawn(async move {
-                    let result = match pending {
-                        Ok(p) => p.await,
-                        Err(e) => Err(e),
-                    };
-                    let reply = match result {
-                        Ok(seq) => {
-                            ctx.dedup.complete(
+                let value = env.to_json();
+                let append = move |ctx: &Ctx| {
+                    let idstr = id.to_string();
+                    ctx.kafka.publish(
+                        &topic,
+                        partition,
+                        env.channel.as_bytes(),
+                        value.as_bytes(),
+                        &[
+                            (HEADER_ID, idstr.as_bytes()),
+                            (
+                                HEADER_VERSION,
+                                envelope::ENVELOPE_VERSION.to_string().as_bytes(),
+                            ),
+                        ],
+                    )
+                };
+                if !retry {
+                    // Enqueued here, in the connection's order; confirmed in the task.
+                    let pending = append(&ctx);
+                    tokio::spawn(async move {
+                        let result = match pending {
+                            Ok(p) => p.await,
+                            Err(e) => Err(e),
+                        };
+                        settle(&ctx, &outbox, &slot, &channel, id, started, result, false);
+                        drop(permit);
+                    });
+                } else {
+                    // A retry: the first attempt may have been appended by a
+                    // node that died before answering. Look before appending.
+                    tokio::spawn(async move {
+                        let topic = ctx
+                            .topics
+                            .get(channel.namespace())
+                            .cloned()
+                            .unwrap_or_default();
+                        let since = now_ms() - ctx.cfg.dedup_window.as_millis() as i64;
+                        let found = ctx
+                            .kafka
+                            .find_message(
+                                &topic,
+                                partition,
                                 channel.as_str(),
                                 id,
-                                &slot,
-                                DedupOutcome::Appended(seq),
-                            );
-                            metrics::counter!("herald_publish_acks_total").increment(1);
-                            metrics::histogram!("herald_publish_latency_seconds")
-                                .record(started.elapsed().as_secs_f64());
-                            Outbound::Frame(
-                                ServerFrame::PublishAck {
-                                    id,
-                                    channel: channel.as_str().to_owned(),
-                                    seq,
-                                    duplicate: false,
-                                }
-                                .to_json(),
+                                since,
+                                RETRY_SCAN_RECORDS,
                             )
-                        }
-                        Err(e) => {
-                            let code = publish_error_code(&e);
-                            let reason = format!("not stored: {e}");
-                            metrics::counter!("herald_log_errors_total", "op" => "publish")
-                                .increment(1);
-                            ctx.dedup.complete(
-                                channel.as_str(),
-                                id,
-                                &slot,
-                                DedupOutcome::Failed(code, reason.clone()),
-                            );
-                            nack(id, channel.as_str(), code, reason)
-                        }
-                    };
-                    let _ = outbox.try_push(reply);
-                    drop(permit);
-                });
+                            .await;
+                        let (result, duplicate) = match found {
+                            Ok(Some(seq)) => {
+                                metrics::counter!("herald_publish_retries_found_total")
+                                    .increment(1);
+                                (Ok(seq), true)
+                            }
+                            Ok(None) => {
+                                let result = match append(&ctx) {
+                                    Ok(p) => p.await,
+                                    Err(e) => Err(e),
+                                };
+                                (result, false)
+                            }
+                            Err(e) => (Err(e), false),
+                        };
+                        settle(
+                            &ctx, &outbox, &slot, &channel, id, started, result, duplicate,
+                        );
+                        drop(permit);
+                    });
+                }
             }
         }
     }
+}
+
+/// How far back (in records of the channel's partition) a retried publish
+/// is looked for, besides the dedup window's time bound.
+const RETRY_SCAN_RECORDS: i64 = 50_000;
+
+/// Records the outcome of a first publish attempt and answers the client.
+#[allow(clippy::too_many_arguments)]
+fn settle(
+    ctx: &Ctx,
+    outbox: &Outbox,
+    slot: &herald_hub::dedup::Slot,
+    channel: &Channel,
+    id: Uuid,
+    started: Instant,
+    result: Result<i64, LogError>,
+    duplicate: bool,
+) {
+    let reply = match result {
+        Ok(seq) => {
+            ctx.dedup
+                .complete(channel.as_str(), id, slot, DedupOutcome::Appended(seq));
+            if duplicate {
+                metrics::counter!("herald_publish_duplicates_total").increment(1);
+            } else {
+                metrics::counter!("herald_publish_acks_total").increment(1);
+                metrics::histogram!("herald_publish_latency_seconds")
+                    .record(started.elapsed().as_secs_f64());
+            }
+            Outbound::Frame(
+                ServerFrame::PublishAck {
+                    id,
+                    channel: channel.as_str().to_owned(),
+                    seq,
+                    duplicate,
+                }
+                .to_json(),
+            )
+        }
+        Err(e) => {
+            let code = publish_error_code(&e);
+            let reason = format!("not stored: {e}");
+            metrics::counter!("herald_log_errors_total", "op" => "publish").increment(1);
+            ctx.dedup.complete(
+                channel.as_str(),
+                id,
+                slot,
+                DedupOutcome::Failed(code, reason.clone()),
+            );
+            nack(id, channel.as_str(), code, reason)
+        }
+    };
+    let _ = outbox.try_push(reply);
 }
 
 fn publish_error_code(e: &LogError) -> &'static str {

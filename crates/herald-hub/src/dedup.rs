@@ -24,7 +24,8 @@ pub enum DedupOutcome {
     Failed(&'static str, String),
 }
 
-type Slot = Arc<watch::Sender<Option<DedupOutcome>>>;
+/// Where the first attempt of a key records its outcome.
+pub type Slot = Arc<watch::Sender<Option<DedupOutcome>>>;
 
 /// What [`Dedup::claim`] found.
 pub enum Claim {

@@ -7,6 +7,9 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::hub::Delivery;
 
+/// Gauge of bytes waiting in all outbound queues of the process.
+const QUEUED_BYTES: &str = "herald_hub_outbound_queued_bytes";
+
 /// What a connection writes to its socket.
 #[derive(Debug)]
 pub enum Outbound {
@@ -109,7 +112,10 @@ impl Outbox {
             return false;
         }
         match self.tx.try_send(item) {
-            Ok(()) => true,
+            Ok(()) => {
+                metrics::gauge!(QUEUED_BYTES).increment(len as f64);
+                true
+            }
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.shared.bytes.fetch_sub(len, Ordering::AcqRel);
                 self.overflow();
@@ -135,6 +141,7 @@ impl Outbox {
             self.shared.bytes.fetch_sub(len, Ordering::AcqRel);
             return false;
         }
+        metrics::gauge!(QUEUED_BYTES).increment(len as f64);
         true
     }
 
@@ -151,6 +158,7 @@ impl OutboxReceiver {
     pub async fn recv(&mut self) -> Option<Outbound> {
         let item = self.rx.recv().await?;
         self.shared.bytes.fetch_sub(item.len(), Ordering::AcqRel);
+        metrics::gauge!(QUEUED_BYTES).decrement(item.len() as f64);
         Some(item)
     }
 
@@ -174,6 +182,24 @@ impl OutboxReceiver {
     /// Messages queued now.
     pub fn queued(&self) -> usize {
         self.rx.len()
+    }
+}
+
+impl Drop for OutboxReceiver {
+    fn drop(&mut self) {
+        // Whatever was still queued is discarded with the connection. A
+        // sender racing this drop may add a few bytes the gauge keeps; the
+        // connection is gone, so that error is bounded by one queue.
+        self.rx.close();
+        let mut left = 0usize;
+        while let Ok(item) = self.rx.try_recv() {
+            left += item.len();
+        }
+        self.shared.bytes.fetch_sub(
+            left.min(self.shared.bytes.load(Ordering::Acquire)),
+            Ordering::AcqRel,
+        );
+        metrics::gauge!(QUEUED_BYTES).decrement(left as f64);
     }
 }
 

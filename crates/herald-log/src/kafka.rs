@@ -374,6 +374,53 @@ impl Kafka {
         })
     }
 
+    /// Looks for a record of `channel` whose envelope id is `id` among the
+    /// partition's records newer than `since_ms`, scanning at most `max_scan`
+    /// records back from the end. Returns its offset. This is how a publish
+    /// retried on another node finds out the first attempt was appended.
+    pub async fn find_message(
+        &self,
+        topic: &str,
+        partition: i32,
+        channel: &str,
+        id: uuid::Uuid,
+        since_ms: i64,
+        max_scan: i64,
+    ) -> Result<Option<i64>, LogError> {
+        #[derive(serde::Deserialize)]
+        struct IdOnly {
+            id: uuid::Uuid,
+        }
+        let wm = self.watermarks_now(topic, partition).await?;
+        if wm.high <= wm.low {
+            return Ok(None);
+        }
+        let by_time = self
+            .offset_for_time(topic, partition, since_ms)
+            .await?
+            .unwrap_or(wm.high);
+        let mut from = by_time.max(wm.low).max(wm.high - max_scan);
+        while from < wm.high {
+            let batch = self.range(topic, partition, from, wm.high, 1000).await?;
+            for r in &batch.records {
+                if r.key.as_deref() != Some(channel.as_bytes()) {
+                    continue;
+                }
+                let Some(v) = r.value.as_deref() else {
+                    continue;
+                };
+                if serde_json::from_slice::<IdOnly>(v).is_ok_and(|e| e.id == id) {
+                    return Ok(Some(r.offset));
+                }
+            }
+            if batch.next <= from {
+                break;
+            }
+            from = batch.next;
+        }
+        Ok(None)
+    }
+
     fn take_reader(&self) -> Result<StreamConsumer, LogError> {
         if let Some(r) = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop() {
             return Ok(r);
@@ -417,12 +464,13 @@ impl Kafka {
         let topic_arc: Arc<str> = Arc::from(topic);
         let mut out = Vec::new();
         let mut next = from;
-        let deadline = tokio::time::Instant::now() + self.cfg.request_timeout;
         let result = loop {
             if next >= to || out.len() >= max {
                 break Ok(());
             }
-            let msg = match tokio::time::timeout_at(deadline, reader.recv()).await {
+            // The deadline is per record, not per batch: a large catch-up on
+            // a busy broker is slow but making progress, and must not fail.
+            let msg = match tokio::time::timeout(self.cfg.request_timeout, reader.recv()).await {
                 Err(_) => break Err(LogError::Timeout(self.cfg.request_timeout, "a range read")),
                 Ok(Err(KafkaError::PartitionEOF(_))) => {
                     // Everything up to the high watermark was read.

@@ -37,6 +37,11 @@ pub enum ClientFrame {
         channel: String,
         id: Uuid,
         data: Box<RawValue>,
+        /// Set by a client re-sending a publish whose outcome it does not
+        /// know (its connection died before the answer). The server then
+        /// looks for `id` in the channel's recent log before appending, so a
+        /// retry on another node does not append a second copy.
+        retry: bool,
     },
     Ack {
         channel: String,
@@ -91,6 +96,8 @@ struct PublishBody {
     channel: String,
     id: Uuid,
     data: Box<RawValue>,
+    #[serde(default)]
+    retry: bool,
 }
 
 #[derive(Deserialize)]
@@ -170,6 +177,7 @@ pub fn decode_client(text: &str) -> Result<ClientFrame, DecodeError> {
                 channel: b.channel,
                 id: b.id,
                 data: b.data,
+                retry: b.retry,
             })
         }
         "ack" => {

@@ -36,13 +36,18 @@ impl Server {
     /// Starts herald with `prefix`, the `chat` namespace on 4 partitions and
     /// any `extra` arguments.
     pub fn start(prefix: &str, extra: &[&str]) -> Server {
+        Self::start_with(&brokers(), prefix, extra)
+    }
+
+    /// Starts herald against `brokers`.
+    pub fn start_with(brokers: &str, prefix: &str, extra: &[&str]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
         cmd.args([
             "serve",
             "--listen",
             "127.0.0.1:0",
             "--kafka-brokers",
-            &brokers(),
+            brokers,
             "--topic-prefix",
             prefix,
             "--namespaces",
@@ -213,4 +218,137 @@ pub fn read_topic(topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
         }
     }
     out
+}
+
+/// A broker of the test's own, on its own port and data directory, for
+/// tests that stop or kill it (the shared broker must stay up for others).
+pub struct PrivateBroker {
+    pub port: u16,
+    data: std::path::PathBuf,
+}
+
+impl PrivateBroker {
+    fn script(&self, action: &str) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../infra/dev/broker.sh");
+        let out = Command::new(script)
+            .arg(action)
+            .env("HERALD_BROKER_PORT", self.port.to_string())
+            .env("HERALD_BROKER_DATA", &self.data)
+            .output()
+            .expect("running broker.sh");
+        assert!(
+            out.status.success(),
+            "broker.sh {action}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn start(port: u16) -> PrivateBroker {
+        let data =
+            std::env::temp_dir().join(format!("herald-broker-{port}-{}", Uuid::new_v4().simple()));
+        let b = PrivateBroker { port, data };
+        b.script("start");
+        b
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it again on the same data.
+    pub fn restart(&self) {
+        self.script("start");
+    }
+
+    pub fn kill(&self) {
+        self.script("kill");
+    }
+
+    /// SIGTERM, waiting for it to exit.
+    pub fn stop(&self) {
+        self.script("stop");
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../infra/dev/broker.sh");
+        let _ = Command::new(script)
+            .arg("stop")
+            .env("HERALD_BROKER_PORT", self.port.to_string())
+            .env("HERALD_BROKER_DATA", &self.data)
+            .output();
+        if std::env::var_os("HERALD_TEST_KEEP_BROKER_DATA").is_none() {
+            let _ = std::fs::remove_dir_all(&self.data);
+        }
+    }
+}
+
+/// What a fault test counts per run.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub acked: usize,
+    pub delivered: usize,
+    pub lost: usize,
+    pub duplicated: usize,
+}
+
+/// Compares acked (id, seq) per channel with what the application received.
+pub fn tally(
+    acked: &std::collections::HashMap<String, Vec<(Uuid, i64)>>,
+    delivered: &[Msg],
+) -> Tally {
+    use std::collections::{HashMap, HashSet};
+    let mut got: HashMap<&str, Vec<&Msg>> = HashMap::new();
+    for m in delivered {
+        got.entry(m.channel.as_str()).or_default().push(m);
+    }
+    let mut t = Tally {
+        delivered: delivered.len(),
+        ..Tally::default()
+    };
+    for (ch, list) in acked {
+        t.acked += list.len();
+        let msgs = got.get(ch.as_str()).cloned().unwrap_or_default();
+        let mut seen = HashSet::new();
+        for m in &msgs {
+            if !seen.insert(m.id) {
+                t.duplicated += 1;
+            }
+        }
+        for (id, seq) in list {
+            match msgs.iter().find(|m| m.id == *id) {
+                Some(m) => assert_eq!(m.seq, *seq, "delivered seq differs from acked seq"),
+                None => t.lost += 1,
+            }
+        }
+        let seqs: Vec<i64> = msgs.iter().map(|m| m.seq).collect();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "{ch}: delivered out of order"
+        );
+    }
+    t
+}
+
+/// Prints a line `docs/reliability.md` quotes.
+pub fn report(name: &str, t: &Tally, extra: &str) {
+    eprintln!(
+        "FAULT-REPORT {name}: acked={} delivered={} lost={} duplicated={} {extra}",
+        t.acked, t.delivered, t.lost, t.duplicated
+    );
+}
+
+/// The process's resident memory in KiB (Linux).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }

@@ -1,0 +1,528 @@
+//! The fault suite: every test counts what publishers got acked and what the
+//! application received, and asserts lost == 0 and duplicated == 0.
+//! Each prints a `FAULT-REPORT` line (quoted in docs/reliability.md).
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use herald_client::resilient::{Publisher, Stats, Subscriber};
+use herald_client::{Connection, Msg};
+use serde_json::json;
+use uuid::Uuid;
+
+type Acked = HashMap<String, Vec<(Uuid, i64)>>;
+
+struct Outcome {
+    tally: Tally,
+    sub: Stats,
+    publisher_retries: u64,
+}
+
+/// Publishers (one per channel, each with its own resilient connection) and
+/// one resilient subscriber on every channel. `fault` runs once `fault_at`
+/// publishes were acked; `abort_sub_at` cuts the subscriber with a TCP reset.
+async fn scenario(
+    urls: Vec<String>,
+    channels: &[&str],
+    per_channel: usize,
+    fault_at: usize,
+    fault: impl FnOnce() + Send + 'static,
+    abort_sub_at: Option<usize>,
+) -> Outcome {
+    let channels: Vec<String> = channels.iter().map(|s| s.to_string()).collect();
+    let progress = Arc::new(AtomicUsize::new(0));
+    let delivered: Arc<Mutex<Vec<Msg>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let mut sub = Subscriber::new(urls.clone(), channels.clone());
+    sub.connect().await.expect("subscriber connects");
+    let sub_task = {
+        let (delivered, stop, progress) = (delivered.clone(), stop.clone(), progress.clone());
+        tokio::spawn(async move {
+            let mut aborted = false;
+            loop {
+                if let Some(at) = abort_sub_at {
+                    if !aborted && progress.load(Ordering::SeqCst) >= at {
+                        sub.abort();
+                        aborted = true;
+                    }
+                }
+                match sub.next_within(Duration::from_millis(100)).await {
+                    Some(m) => delivered.lock().unwrap().push(m),
+                    None if stop.load(Ordering::SeqCst) => break,
+                    None => {}
+                }
+            }
+            sub.stats
+        })
+    };
+
+    let mut pubs = Vec::new();
+    for ch in channels.clone() {
+        let (urls, progress) = (urls.clone(), progress.clone());
+        pubs.push(tokio::spawn(async move {
+            let mut p = Publisher::new(urls);
+            let mut acked = Vec::new();
+            for i in 0..per_channel {
+                let id = Uuid::new_v4();
+                let seq = p
+                    .publish(&ch, id, &json!({ "n": i }))
+                    .await
+                    .unwrap_or_else(|e| panic!("publish {i} on {ch} never acked: {e}"));
+                acked.push((id, seq));
+                progress.fetch_add(1, Ordering::SeqCst);
+            }
+            (ch, acked, p.stats.retries)
+        }));
+    }
+
+    let fault_task = {
+        let progress = progress.clone();
+        tokio::spawn(async move {
+            while progress.load(Ordering::SeqCst) < fault_at {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            tokio::task::spawn_blocking(fault).await.unwrap();
+        })
+    };
+
+    let mut acked: Acked = HashMap::new();
+    let mut publisher_retries = 0;
+    for p in pubs {
+        let (ch, list, retries) = p.await.unwrap();
+        acked.insert(ch, list);
+        publisher_retries += retries;
+    }
+    fault_task.await.unwrap();
+    let total: usize = acked.values().map(Vec::len).sum();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while delivered.lock().unwrap().len() < total && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Anything extra (a duplicate) would arrive now.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    let sub = sub_task.await.unwrap();
+    let delivered = delivered.lock().unwrap().clone();
+    Outcome {
+        tally: tally(&acked, &delivered),
+        sub,
+        publisher_retries,
+    }
+}
+
+fn assert_all_once(name: &str, o: &Outcome) {
+    report(
+        name,
+        &o.tally,
+        &format!(
+            "publisher_retries={} subscriber_reconnects={} duplicates_dropped_by_client={} not_recovered={} close_codes={:?}",
+            o.publisher_retries,
+            o.sub.connects.saturating_sub(1),
+            o.sub.duplicates_dropped,
+            o.sub.not_recovered,
+            o.sub.close_codes
+        ),
+    );
+    assert_eq!(o.tally.lost, 0, "{name}: lost");
+    assert_eq!(o.tally.duplicated, 0, "{name}: duplicated");
+    assert_eq!(
+        o.tally.delivered, o.tally.acked,
+        "{name}: delivered == acked"
+    );
+    assert_eq!(o.sub.not_recovered, 0, "{name}: every resume recovered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn edge_killed_clients_fail_over_to_another_edge() {
+    let prefix = unique_prefix("edgekill");
+    let a = Server::start(&prefix, &[]);
+    let b = Server::start(&prefix, &[]);
+    let urls = vec![a.url.clone(), b.url.clone()];
+    let o = scenario(
+        urls,
+        &["chat:k0", "chat:k1", "chat:k2", "chat:k3"],
+        150,
+        200,
+        move || a.kill(),
+        None,
+    )
+    .await;
+    assert!(o.sub.connects >= 2, "the subscriber failed over");
+    assert_all_once("edge SIGKILL, failover to a second edge", &o);
+    drop(b);
+}
+
+async fn burst(p: &mut Publisher, acked: &mut Acked, chans: &[&str], n: usize) {
+    for ch in chans {
+        for i in 0..n {
+            let id = Uuid::new_v4();
+            let seq = p.publish(ch, id, &json!({ "n": i })).await.unwrap();
+            acked.entry(ch.to_string()).or_default().push((id, seq));
+        }
+    }
+}
+
+/// The broker goes away while subscribers are connected (and one of them
+/// reconnects during the outage), then comes back: publishing resumes on the
+/// same herald process and every subscriber gets everything once.
+///
+/// Publishes are not in flight at the moment of the restart: with requests in
+/// flight, librdkafka's idempotent producer bumps its epoch (KIP-360), and
+/// Tansu 0.6 panics on that (`InitProducerId` with an existing producer id
+/// reaches a `todo!()`; measured here), leaving the broker unusable. The
+/// in-flight variant below runs only against a broker that supports KIP-360.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_restarted_between_bursts() {
+    let port = 19092 + (std::process::id() % 500) as u16;
+    let broker = PrivateBroker::start(port);
+    let s = Server::start_with(&broker.brokers(), &unique_prefix("brokerrestart"), &[]);
+    let chans = ["chat:b0", "chat:b1"];
+    let mut steady = Subscriber::new(
+        vec![s.url.clone()],
+        chans.iter().map(|c| c.to_string()).collect(),
+    );
+    steady.connect().await.unwrap();
+    let mut moving = Subscriber::new(
+        vec![s.url.clone()],
+        chans.iter().map(|c| c.to_string()).collect(),
+    );
+    moving.connect().await.unwrap();
+    let mut p = Publisher::new(vec![s.url.clone()]);
+    let mut acked: Acked = HashMap::new();
+    burst(&mut p, &mut acked, &chans, 100).await;
+    let mut got_steady = Vec::new();
+    let mut got_moving = Vec::new();
+    while got_steady.len() < 200 {
+        got_steady.push(
+            steady
+                .next_within(Duration::from_secs(30))
+                .await
+                .expect("steady before"),
+        );
+    }
+    while got_moving.len() < 150 {
+        got_moving.push(
+            moving
+                .next_within(Duration::from_secs(30))
+                .await
+                .expect("moving before"),
+        );
+    }
+    broker.stop();
+    // One subscriber drops during the outage and must resubscribe through it.
+    moving.abort();
+    let reconnect = tokio::spawn(async move {
+        while got_moving.len() < 400 {
+            match moving.next_within(Duration::from_secs(60)).await {
+                Some(m) => got_moving.push(m),
+                None => break,
+            }
+        }
+        (moving, got_moving)
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    broker.restart();
+    burst(&mut p, &mut acked, &chans, 100).await;
+    while got_steady.len() < 400 {
+        match steady.next_within(Duration::from_secs(60)).await {
+            Some(m) => got_steady.push(m),
+            None => break,
+        }
+    }
+    let (moving, got_moving) = reconnect.await.unwrap();
+    for (name, got, stats) in [
+        ("steady subscriber", &got_steady, &steady.stats),
+        (
+            "subscriber reconnecting during the outage",
+            &got_moving,
+            &moving.stats,
+        ),
+    ] {
+        let o = Outcome {
+            tally: tally(&acked, got),
+            sub: stats.clone(),
+            publisher_retries: p.stats.retries,
+        };
+        assert_all_once(&format!("broker stopped for 3 s and restarted: {name}"), &o);
+    }
+    assert!(moving.stats.connects >= 2);
+}
+
+/// Needs a broker that supports KIP-360 epoch bumps (Apache Kafka, Redpanda)
+/// and a command that restarts it: set `HERALD_TEST_RESTART_BROKER` to that
+/// command and `HERALD_TEST_BROKERS` to its address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "Tansu 0.6 cannot survive librdkafka's idempotent epoch bump; see broker_restarted_between_bursts"]
+async fn broker_restarted_mid_stream() {
+    let restart = std::env::var("HERALD_TEST_RESTART_BROKER")
+        .expect("HERALD_TEST_RESTART_BROKER: a shell command that restarts the broker");
+    let s = Server::start(
+        &unique_prefix("brokerkill"),
+        &["--publish-timeout-ms", "3000"],
+    );
+    let o = scenario(
+        vec![s.url.clone()],
+        &["chat:b0", "chat:b1", "chat:b2"],
+        150,
+        150,
+        move || {
+            let status = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(&restart)
+                .status();
+            assert!(status.is_ok_and(|s| s.success()), "restart command failed");
+        },
+        None,
+    )
+    .await;
+    assert_all_once("broker restarted mid-stream", &o);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn client_connection_reset_mid_stream() {
+    let s = Server::start(&unique_prefix("tcpreset"), &[]);
+    let o = scenario(
+        vec![s.url.clone()],
+        &["chat:r0", "chat:r1"],
+        200,
+        0,
+        || {},
+        Some(150),
+    )
+    .await;
+    assert!(
+        o.sub.connects >= 2,
+        "the subscriber reconnected after the reset"
+    );
+    assert_all_once("subscriber TCP reset mid-stream", &o);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_consumer_is_disconnected_and_resumes() {
+    let s = Server::start(
+        &unique_prefix("slow"),
+        &["--queue-messages", "32", "--queue-bytes", "65536"],
+    );
+    let ch = "chat:slow";
+    let mut sub = Subscriber::new(vec![s.url.clone()], vec![ch.to_string()]);
+    sub.connect().await.unwrap();
+    // Publish 1,000 messages of 8 KB while the subscriber does not read:
+    // more than its queue and the socket buffers hold.
+    let mut p = Publisher::new(vec![s.url.clone()]);
+    let big = "x".repeat(8000);
+    let mut acked = Vec::new();
+    for i in 0..1000 {
+        let id = Uuid::new_v4();
+        let seq = p
+            .publish(ch, id, &json!({ "n": i, "pad": big }))
+            .await
+            .unwrap();
+        acked.push((id, seq));
+    }
+    let mut delivered = Vec::new();
+    while delivered.len() < acked.len() {
+        match sub.next_within(Duration::from_secs(30)).await {
+            Some(m) => delivered.push(m),
+            None => break,
+        }
+    }
+    let acked: Acked = [(ch.to_string(), acked)].into_iter().collect();
+    let o = Outcome {
+        tally: tally(&acked, &delivered),
+        sub: sub.stats.clone(),
+        publisher_retries: p.stats.retries,
+    };
+    assert!(
+        o.sub.close_codes.contains(&4008),
+        "closed as a slow consumer: {:?}",
+        o.sub.close_codes
+    );
+    assert_all_once("slow consumer cut (4008) and resumed", &o);
+}
+
+fn gauge(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name) && !l.starts_with('#'))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn metrics_text(http: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = http.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
+    s.write_all(
+        format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    buf
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_subscriber_that_never_reads_cannot_grow_server_memory() {
+    const QUEUE_BYTES: usize = 1 << 20;
+    let s = Server::start(
+        &unique_prefix("neverreads"),
+        &[
+            "--queue-bytes",
+            &QUEUE_BYTES.to_string(),
+            "--recent-messages",
+            "100",
+        ],
+    );
+    let ch = "chat:sink";
+    let mut never = s.connect().await;
+    never.subscribe(ch, None).await.unwrap();
+    let rss_before = rss_kib(s.pid());
+    let mut p = s.connect().await;
+    let pad = "y".repeat(1000);
+    let mut max_queued = 0f64;
+    let mut sent = 0;
+    while sent < 10_000 {
+        let ids: Vec<Uuid> = (0..200).map(|_| Uuid::new_v4()).collect();
+        for id in &ids {
+            p.send_publish(ch, *id, &json!({ "pad": pad }))
+                .await
+                .unwrap();
+        }
+        for id in &ids {
+            assert!(matches!(
+                p.publish_result(*id).await.unwrap(),
+                herald_client::Published::Ack { .. }
+            ));
+        }
+        sent += ids.len();
+        let m = metrics_text(&s.http).await;
+        max_queued = max_queued.max(gauge(&m, "herald_hub_outbound_queued_bytes"));
+    }
+    let m = metrics_text(&s.http).await;
+    let rss_after = rss_kib(s.pid());
+    eprintln!(
+        "FAULT-REPORT never-reading subscriber: published=10000x1KB max_queued_bytes={max_queued} rss_before_kib={rss_before} rss_after_kib={rss_after} slow_consumers={}",
+        gauge(&m, "herald_hub_slow_consumers_total")
+    );
+    assert!(
+        max_queued <= (QUEUE_BYTES + 64 * 1024) as f64,
+        "queued bytes {max_queued} exceed the bound"
+    );
+    assert!(
+        gauge(&m, "herald_hub_slow_consumers_total") >= 1.0,
+        "the reader was cut off"
+    );
+    // The client finds, once it reads, a bounded amount of data and then the
+    // slow-consumer close: the server did not keep queueing for it.
+    let mut frames = 0usize;
+    let code = loop {
+        match never.next_frame_within(Duration::from_secs(10)).await {
+            Ok(_) => frames += 1,
+            Err(herald_client::ClientError::Closed(code)) => break code,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(code, Some(4008));
+    assert!(frames < 10_000, "the server stopped queueing for it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reconnect_storm_of_1000_clients() {
+    const CLIENTS: usize = 1000;
+    const CHANNELS: usize = 10;
+    let s = Server::start(&unique_prefix("storm"), &[]);
+    let chans: Vec<String> = (0..CHANNELS).map(|i| format!("chat:storm{i}")).collect();
+    let mut subs = Vec::new();
+    for i in 0..CLIENTS {
+        let mut sub = Subscriber::new(vec![s.url.clone()], vec![chans[i % CHANNELS].clone()]);
+        sub.connect().await.unwrap();
+        subs.push(sub);
+    }
+    let mut p = Connection::connect(&s.url).await.unwrap();
+    let mut acked: Acked = HashMap::new();
+    for round in 0..2 {
+        for ch in &chans {
+            for n in 0..10 {
+                let (id, seq) = publish_ok(&mut p, ch, json!({ "round": round, "n": n })).await;
+                acked.entry(ch.clone()).or_default().push((id, seq));
+            }
+        }
+    }
+    // Every client reads what was published so far...
+    let mut tasks = Vec::new();
+    for mut sub in subs {
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            while got.len() < 20 {
+                match sub.next_within(Duration::from_secs(60)).await {
+                    Some(m) => got.push(m),
+                    None => break,
+                }
+            }
+            (sub, got)
+        }));
+    }
+    let mut subs = Vec::new();
+    let mut delivered: Vec<Vec<Msg>> = Vec::new();
+    for t in tasks {
+        let (sub, got) = t.await.unwrap();
+        subs.push(sub);
+        delivered.push(got);
+    }
+    // ...then all of them drop at once and resume at once, while publishing goes on.
+    for sub in subs.iter_mut() {
+        sub.abort();
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (mut sub, mut got) in subs.into_iter().zip(delivered) {
+        tasks.push(tokio::spawn(async move {
+            while got.len() < 40 {
+                match sub.next_within(Duration::from_secs(90)).await {
+                    Some(m) => got.push(m),
+                    None => break,
+                }
+            }
+            (sub.stats, got)
+        }));
+    }
+    for round in 2..4 {
+        for ch in &chans {
+            for n in 0..10 {
+                let (id, seq) = publish_ok(&mut p, ch, json!({ "round": round, "n": n })).await;
+                acked.entry(ch.clone()).or_default().push((id, seq));
+            }
+        }
+    }
+    let mut total = Tally::default();
+    let mut not_recovered = 0;
+    for (i, t) in tasks.into_iter().enumerate() {
+        let (stats, got) = t.await.unwrap();
+        not_recovered += stats.not_recovered;
+        let ch = &chans[i % CHANNELS];
+        let mine: Acked = [(ch.clone(), acked[ch].clone())].into_iter().collect();
+        let t = tally(&mine, &got);
+        total.acked += t.acked;
+        total.delivered += t.delivered;
+        total.lost += t.lost;
+        total.duplicated += t.duplicated;
+    }
+    let took = started.elapsed();
+    report(
+        "reconnect storm, 1,000 clients resume at once",
+        &total,
+        &format!("all_resumed_and_caught_up_in={took:?} not_recovered={not_recovered}"),
+    );
+    assert_eq!(total.lost, 0);
+    assert_eq!(total.duplicated, 0);
+    assert_eq!(total.delivered, total.acked);
+    assert_eq!(not_recovered, 0);
+}
