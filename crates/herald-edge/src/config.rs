@@ -61,6 +61,17 @@ pub struct EdgeConfig {
     /// for larger frames. (tungstenite's own default is 128 KiB, allocated
     /// up front for every connection.)
     pub read_buffer_bytes: usize,
+    /// Publishes per second per connection (token bucket), 0 = unlimited.
+    /// Default 1000.
+    pub publish_rate: u32,
+    /// Burst of the publish token bucket. Default 2000.
+    pub publish_burst: u32,
+    /// Open WebSocket connections on this node. Default 100,000; more are
+    /// refused with HTTP 503.
+    pub max_connections: usize,
+    /// Open WebSocket connections per client IP. Default 10,000; more are
+    /// refused with HTTP 429.
+    pub max_connections_per_ip: usize,
     /// Subscriptions per connection. Default 256.
     pub max_subscriptions: usize,
     /// Publishes of one connection waiting for Kafka at once. Default 256.
@@ -96,6 +107,10 @@ impl Default for EdgeConfig {
             max_message_bytes: 64 << 10,
             max_frame_bytes: 1 << 20,
             read_buffer_bytes: 4 << 10,
+            publish_rate: 1000,
+            publish_burst: 2000,
+            max_connections: 100_000,
+            max_connections_per_ip: 10_000,
             max_subscriptions: 256,
             max_inflight_publishes: 256,
             heartbeat: Duration::from_secs(20),

@@ -65,6 +65,16 @@ fn error_frame(code: &'static str, reason: impl Into<String>, channel: Option<&s
 }
 
 fn nack(id: Uuid, channel: &str, code: &'static str, reason: impl Into<String>) -> Outbound {
+    nack_after(id, channel, code, reason, None)
+}
+
+fn nack_after(
+    id: Uuid,
+    channel: &str,
+    code: &'static str,
+    reason: impl Into<String>,
+    retry_after_ms: Option<u64>,
+) -> Outbound {
     metrics::counter!("herald_publish_nacks_total", "code" => code).increment(1);
     Outbound::Frame(
         ServerFrame::PublishNack {
@@ -72,10 +82,13 @@ fn nack(id: Uuid, channel: &str, code: &'static str, reason: impl Into<String>) 
             channel: channel.to_owned(),
             code,
             reason: reason.into(),
+            retry_after_ms,
         }
         .to_json(),
     )
 }
+
+type Limiter = governor::DefaultDirectRateLimiter;
 
 /// Runs one connection to its end.
 pub async fn run(socket: WebSocket, ctx: Arc<Ctx>, remote: Option<SocketAddr>) {
@@ -97,6 +110,8 @@ struct Conn {
     subs: HashMap<String, Subscription>,
     publish_permits: Arc<Semaphore>,
     events: mpsc::UnboundedSender<Event>,
+    /// Per-connection publish rate limit; `None` when unlimited.
+    limiter: Option<Limiter>,
 }
 
 impl Conn {
@@ -104,6 +119,10 @@ impl Conn {
         let (outbox, rx) = Outbox::new(id, ctx.cfg.queue_messages, ctx.cfg.queue_bytes);
         let (events, events_rx) = mpsc::unbounded_channel();
         let permits = Arc::new(Semaphore::new(ctx.cfg.max_inflight_publishes));
+        let limiter = std::num::NonZeroU32::new(ctx.cfg.publish_rate).map(|rate| {
+            let burst = std::num::NonZeroU32::new(ctx.cfg.publish_burst).unwrap_or(rate);
+            governor::RateLimiter::direct(governor::Quota::per_second(rate).allow_burst(burst))
+        });
         (
             Conn {
                 id,
@@ -112,6 +131,7 @@ impl Conn {
                 subs: HashMap::new(),
                 publish_permits: permits,
                 events,
+                limiter,
             },
             rx,
             events_rx,
@@ -163,12 +183,20 @@ async fn serve(
                     let msg = match msg {
                         None => break None,
                         Some(Err(e)) => {
-                            // Protocol violations (bad UTF-8, oversized
-                            // frames, bad framing) end the connection; the
-                            // WebSocket layer has already answered with a close.
+                            // Protocol violations end the connection with the
+                            // matching close code (RFC 6455 section 7.4.1).
+                            use tokio_tungstenite::tungstenite::Error as WsError;
                             debug!(%e, "WebSocket error");
-                            metrics::counter!("herald_edge_protocol_errors_total").increment(1);
-                            break None;
+                            let close = match &e {
+                                WsError::Capacity(_) => Some((codes::CLOSE_TOO_BIG, "message too big")),
+                                WsError::Utf8(_) => Some((codes::CLOSE_INVALID_DATA, "invalid UTF-8 in a text message")),
+                                WsError::Protocol(_) => Some((codes::CLOSE_PROTOCOL_ERROR, "WebSocket protocol error")),
+                                _ => None,
+                            };
+                            if close.is_some() {
+                                metrics::counter!("herald_edge_protocol_errors_total").increment(1);
+                            }
+                            break close;
                         }
                         Some(Ok(m)) => m,
                     };
@@ -414,6 +442,22 @@ impl Conn {
                     self.ctx.cfg.max_message_bytes
                 ),
             ));
+        }
+        if let Some(limiter) = &self.limiter {
+            if let Err(not_until) = limiter.check() {
+                use governor::clock::{Clock, DefaultClock};
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                return self.reply(nack_after(
+                    id,
+                    &name,
+                    codes::RATE_LIMITED,
+                    format!(
+                        "more than {} publishes per second on this connection",
+                        self.ctx.cfg.publish_rate
+                    ),
+                    Some(wait.as_millis() as u64 + 1),
+                ));
+            }
         }
         if self.ctx.shutting_down.load(Ordering::SeqCst) {
             return self.reply(nack(

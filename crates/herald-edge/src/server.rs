@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,6 +51,64 @@ pub struct Ctx {
     pub next_conn: AtomicU64,
     /// One clone per live connection; shutdown waits for the count to drop.
     pub live: Arc<()>,
+    /// Open connections per client IP, for the per-IP limit.
+    pub per_ip: std::sync::Mutex<HashMap<IpAddr, usize>>,
+    /// Open connections on this node, for the global limit.
+    pub open: AtomicUsize,
+}
+
+/// A connection's place under the connection limits, released on drop.
+pub struct ConnSlot {
+    ctx: Arc<Ctx>,
+    ip: Option<IpAddr>,
+}
+
+impl ConnSlot {
+    /// Takes a slot, or says which limit refuses it.
+    fn acquire(ctx: &Arc<Ctx>, ip: Option<IpAddr>) -> Result<ConnSlot, (StatusCode, &'static str)> {
+        let open = ctx.open.fetch_add(1, Ordering::SeqCst);
+        if open >= ctx.cfg.max_connections {
+            ctx.open.fetch_sub(1, Ordering::SeqCst);
+            metrics::counter!("herald_edge_connections_refused_total", "reason" => "max_connections").increment(1);
+            return Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many connections on this node",
+            ));
+        }
+        if let Some(ip) = ip {
+            let mut per_ip = ctx.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            let n = per_ip.entry(ip).or_insert(0);
+            if *n >= ctx.cfg.max_connections_per_ip {
+                drop(per_ip);
+                ctx.open.fetch_sub(1, Ordering::SeqCst);
+                metrics::counter!("herald_edge_connections_refused_total", "reason" => "max_connections_per_ip").increment(1);
+                return Err((
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many connections from this address",
+                ));
+            }
+            *n += 1;
+        }
+        Ok(ConnSlot {
+            ctx: ctx.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.ctx.open.fetch_sub(1, Ordering::SeqCst);
+        if let Some(ip) = self.ip {
+            let mut per_ip = self.ctx.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = per_ip.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    per_ip.remove(&ip);
+                }
+            }
+        }
+    }
 }
 
 /// A started edge node, bound to its address and ready to serve.
@@ -116,6 +174,8 @@ impl Edge {
                 shutdown,
                 next_conn: AtomicU64::new(1),
                 live: Arc::new(()),
+                per_ip: std::sync::Mutex::new(HashMap::new()),
+                open: AtomicUsize::new(0),
             }),
             listener,
             metrics,
@@ -218,6 +278,10 @@ fn upgrade(
             "this connection cannot be upgraded",
         );
     };
+    let slot = match ConnSlot::acquire(&ctx, remote.map(|a| a.ip())) {
+        Ok(s) => s,
+        Err((code, text)) => return status(code, text),
+    };
     let accept = derive_accept_key(key.as_bytes());
     let config = WebSocketConfig::default()
         .read_buffer_size(ctx.cfg.read_buffer_bytes)
@@ -233,6 +297,7 @@ fn upgrade(
                 )
                 .await;
                 crate::conn::run(ws, ctx, remote).await;
+                drop(slot);
             }
             Err(e) => tracing::debug!(%e, "WebSocket upgrade failed"),
         }

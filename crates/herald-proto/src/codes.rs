@@ -20,13 +20,14 @@ pub const TOO_LARGE: &str = "too_large";
 pub const ALREADY_SUBSCRIBED: &str = "already_subscribed";
 /// `unsubscribe` or `ack` for a channel this connection does not subscribe to.
 pub const NOT_SUBSCRIBED: &str = "not_subscribed";
-/// An `ack` for a `seq` this connection was never sent on that channel.
-pub const BAD_ACK: &str = "bad_ack";
 /// Too many subscriptions on one connection.
 pub const TOO_MANY_SUBSCRIPTIONS: &str = "too_many_subscriptions";
 /// Kafka did not accept the message in time (broker down or slow). Nothing was
 /// acknowledged; retry with the same `id`, dedup makes that safe.
 pub const UNAVAILABLE: &str = "unavailable";
+/// The connection publishes faster than its rate limit; `retry_after_ms`
+/// says when to try again (same `id`).
+pub const RATE_LIMITED: &str = "rate_limited";
 /// The server is shutting down; reconnect (to another node) and retry.
 pub const SHUTTING_DOWN: &str = "shutting_down";
 /// An unexpected server-side failure; the reason says more.
@@ -37,5 +38,12 @@ pub const INTERNAL: &str = "internal";
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 /// Close code: nothing was received from the client within the idle timeout.
 pub const CLOSE_IDLE_TIMEOUT: u16 = 4001;
+/// Close code (standard): a protocol violation (bad framing, reserved bits,
+/// unmasked client frames, oversized control frames).
+pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+/// Close code (standard): a text message that is not valid UTF-8.
+pub const CLOSE_INVALID_DATA: u16 = 1007;
+/// Close code (standard): a message or frame over the size limit.
+pub const CLOSE_TOO_BIG: u16 = 1009;
 /// Close code (standard): the server is going away (shutdown or drain).
 pub const CLOSE_GOING_AWAY: u16 = 1001;

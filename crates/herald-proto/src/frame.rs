@@ -274,6 +274,9 @@ pub enum ServerFrame {
         channel: String,
         code: &'static str,
         reason: String,
+        /// With `rate_limited`: when a retry will be accepted.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
     Error {
         code: &'static str,

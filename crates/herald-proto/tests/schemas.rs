@@ -63,6 +63,14 @@ fn server_frames_validate() {
             channel: "chat:a".into(),
             code: herald_proto::codes::UNAVAILABLE,
             reason: "down".into(),
+            retry_after_ms: None,
+        },
+        ServerFrame::PublishNack {
+            id,
+            channel: "chat:a".into(),
+            code: herald_proto::codes::RATE_LIMITED,
+            reason: "slow down".into(),
+            retry_after_ms: Some(20),
         },
         ServerFrame::Error {
             code: herald_proto::codes::BAD_JSON,

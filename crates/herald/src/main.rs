@@ -67,6 +67,24 @@ struct ServeArgs {
     /// Initial read buffer per connection, in bytes (grows for larger frames).
     #[arg(long, env = "HERALD_READ_BUFFER_BYTES", default_value_t = 4 << 10)]
     read_buffer_bytes: usize,
+    /// Largest WebSocket message or frame accepted, in bytes (more: close 1009).
+    #[arg(long, env = "HERALD_MAX_FRAME_BYTES", default_value_t = 1 << 20)]
+    max_frame_bytes: usize,
+    /// Publishes per second per connection (0: unlimited).
+    #[arg(long, env = "HERALD_PUBLISH_RATE", default_value_t = 1000)]
+    publish_rate: u32,
+    /// Burst size of the per-connection publish limit.
+    #[arg(long, env = "HERALD_PUBLISH_BURST", default_value_t = 2000)]
+    publish_burst: u32,
+    /// Open WebSocket connections on this node (more get HTTP 503).
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 100_000)]
+    max_connections: usize,
+    /// Open WebSocket connections per client IP (more get HTTP 429).
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_IP", default_value_t = 10_000)]
+    max_connections_per_ip: usize,
+    /// Subscriptions per connection.
+    #[arg(long, env = "HERALD_MAX_SUBSCRIPTIONS", default_value_t = 256)]
+    max_subscriptions: usize,
     /// WebSocket ping interval, in seconds.
     #[arg(long, env = "HERALD_HEARTBEAT_SECS", default_value_t = 20)]
     heartbeat_secs: u64,
@@ -132,6 +150,12 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         queue_bytes: a.queue_bytes,
         max_message_bytes: a.max_message_bytes,
         read_buffer_bytes: a.read_buffer_bytes,
+        max_frame_bytes: a.max_frame_bytes,
+        publish_rate: a.publish_rate,
+        publish_burst: a.publish_burst,
+        max_connections: a.max_connections,
+        max_connections_per_ip: a.max_connections_per_ip,
+        max_subscriptions: a.max_subscriptions,
         heartbeat: Duration::from_secs(a.heartbeat_secs),
         idle_timeout: Duration::from_secs(a.idle_timeout_secs),
         dedup_window: Duration::from_secs(a.dedup_window_secs),
