@@ -93,6 +93,10 @@ pub enum Frame {
         channel: Option<String>,
     },
     Pong,
+    /// The server is draining: reconnect after `after_ms`.
+    Reconnect {
+        after_ms: u64,
+    },
     /// A frame type this client does not know (servers may add some).
     #[serde(other)]
     Unknown,

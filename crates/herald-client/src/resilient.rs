@@ -229,6 +229,11 @@ impl Subscriber {
                     }
                     self.stats.duplicates_dropped += 1;
                 }
+                Ok(Frame::Reconnect { after_ms }) => {
+                    // The node is draining: go elsewhere after the hint.
+                    tokio::time::sleep(Duration::from_millis(after_ms).min(left)).await;
+                    self.disconnect();
+                }
                 Ok(Frame::Error { .. }) => {
                     // A subscription failed server-side (e.g. Kafka briefly
                     // unreachable): resubscribe everything from the cursor.

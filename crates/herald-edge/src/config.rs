@@ -92,6 +92,12 @@ pub struct EdgeConfig {
     /// On shutdown, how long in-flight publishes and connections get to finish.
     /// Default 10 s.
     pub shutdown_grace: Duration,
+    /// On shutdown, how long `/readyz` reports unhealthy before connections
+    /// are told to leave, so load balancers stop sending new ones. Default 1 s.
+    pub drain_delay: Duration,
+    /// Upper bound of the random delay in the `reconnect` frame sent on
+    /// drain, spreading the reconnects over other nodes. Default 2 s.
+    pub reconnect_jitter: Duration,
 }
 
 impl Default for EdgeConfig {
@@ -120,6 +126,8 @@ impl Default for EdgeConfig {
             recent_messages: 10_000,
             recent_bytes: 8 << 20,
             shutdown_grace: Duration::from_secs(10),
+            drain_delay: Duration::from_secs(1),
+            reconnect_jitter: Duration::from_secs(2),
         }
     }
 }

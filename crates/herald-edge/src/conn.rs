@@ -233,7 +233,13 @@ async fn serve(
         if let Some((code, reason)) = close {
             debug!(code, reason, "Closing");
             if code == codes::CLOSE_GOING_AWAY {
-                // Let in-flight publishes get their answer before closing.
+                // Tell the client where things stand, then let in-flight
+                // publishes get their answer before closing.
+                let jitter = conn.ctx.cfg.reconnect_jitter.as_millis() as u128;
+                let after_ms = (Uuid::new_v4().as_u128() % (jitter + 1)) as u64;
+                let _ = sink
+                    .send(Message::text(ServerFrame::Reconnect { after_ms }.to_json()))
+                    .await;
                 conn.drain_publishes(&mut rx, &mut sink).await;
             }
             let _ = sink

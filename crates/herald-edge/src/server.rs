@@ -203,6 +203,10 @@ impl Edge {
         shutdown.await;
         info!("Shutting down: refusing new connections, closing live ones");
         ctx.shutting_down.store(true, Ordering::SeqCst);
+        // Readiness fails first; load balancers get a moment to notice.
+        if Arc::strong_count(&ctx.live) > 1 {
+            tokio::time::sleep(ctx.cfg.drain_delay).await;
+        }
         ctx.shutdown.send_replace(true);
         let _ = stop_tx.send(());
 

@@ -287,6 +287,11 @@ pub enum ServerFrame {
         channel: Option<String>,
     },
     Pong,
+    /// The server is draining: reconnect (to any node) after `after_ms`,
+    /// resuming with `since`. The connection closes with 1001 shortly after.
+    Reconnect {
+        after_ms: u64,
+    },
 }
 
 /// One delivered message. The same serialised text goes to every subscriber.

@@ -79,6 +79,7 @@ fn server_frames_validate() {
             channel: Some("chat:a".into()),
         },
         ServerFrame::Pong,
+        ServerFrame::Reconnect { after_ms: 250 },
     ];
     for f in &frames {
         assert_valid(&v, &f.to_json());

@@ -97,6 +97,12 @@ struct ServeArgs {
     /// Messages per partition kept in memory for fast resume.
     #[arg(long, env = "HERALD_RECENT_MESSAGES", default_value_t = 10_000)]
     recent_messages: usize,
+    /// On shutdown, how long /readyz fails before clients are told to leave, in ms.
+    #[arg(long, env = "HERALD_DRAIN_DELAY_MS", default_value_t = 1000)]
+    drain_delay_ms: u64,
+    /// Upper bound of the random reconnect delay sent to clients on drain, in ms.
+    #[arg(long, env = "HERALD_RECONNECT_JITTER_MS", default_value_t = 2000)]
+    reconnect_jitter_ms: u64,
     /// Time in-flight publishes and connections get on shutdown, in seconds.
     #[arg(long, env = "HERALD_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     shutdown_grace_secs: u64,
@@ -161,6 +167,8 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         dedup_window: Duration::from_secs(a.dedup_window_secs),
         recent_messages: a.recent_messages,
         shutdown_grace: Duration::from_secs(a.shutdown_grace_secs),
+        drain_delay: Duration::from_millis(a.drain_delay_ms),
+        reconnect_jitter: Duration::from_millis(a.reconnect_jitter_ms),
         ..EdgeConfig::default()
     };
     let edge = Edge::start(cfg, log_cfg, metrics)

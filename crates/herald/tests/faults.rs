@@ -526,3 +526,46 @@ async fn reconnect_storm_of_1000_clients() {
     assert_eq!(total.delivered, total.acked);
     assert_eq!(not_recovered, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rolling_restart_of_two_edges_loses_nothing() {
+    let prefix = unique_prefix("rolling");
+    let base = 20000 + (std::process::id() % 20000) as u16;
+    let (pa, pb) = (
+        format!("127.0.0.1:{base}"),
+        format!("127.0.0.1:{}", base + 1),
+    );
+    let a = Server::start(&prefix, &["--listen", &pa]);
+    let b = Server::start(&prefix, &["--listen", &pb]);
+    let urls = vec![a.url.clone(), b.url.clone()];
+    let restarted: Arc<Mutex<Vec<Server>>> = Arc::default();
+    let keep = restarted.clone();
+    let o = scenario(
+        urls,
+        &["chat:roll0", "chat:roll1", "chat:roll2"],
+        200,
+        100,
+        move || {
+            // SIGTERM A (drain), start it again, then the same for B.
+            a.stop();
+            keep.lock()
+                .unwrap()
+                .push(Server::start(&prefix, &["--listen", &pa]));
+            std::thread::sleep(Duration::from_millis(500));
+            b.stop();
+            keep.lock()
+                .unwrap()
+                .push(Server::start(&prefix, &["--listen", &pb]));
+        },
+        None,
+    )
+    .await;
+    assert!(o.sub.connects >= 2, "the subscriber moved between nodes");
+    assert!(
+        o.sub.close_codes.iter().all(|c| *c == 1001) || o.sub.close_codes.is_empty(),
+        "drained connections close with 1001: {:?}",
+        o.sub.close_codes
+    );
+    assert_all_once("rolling restart of two edges (SIGTERM, drain)", &o);
+    drop(restarted);
+}

@@ -42,10 +42,15 @@ impl Server {
     /// Starts herald against `brokers`.
     pub fn start_with(brokers: &str, prefix: &str, extra: &[&str]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+        cmd.arg("serve");
+        if !extra.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
         cmd.args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
+            "--drain-delay-ms",
+            "100",
+            "--reconnect-jitter-ms",
+            "300",
             "--kafka-brokers",
             brokers,
             "--topic-prefix",
