@@ -235,7 +235,7 @@ async fn serve(
             if code == codes::CLOSE_GOING_AWAY {
                 // Tell the client where things stand, then let in-flight
                 // publishes get their answer before closing.
-                let jitter = conn.ctx.cfg.reconnect_jitter.as_millis() as u128;
+                let jitter = conn.ctx.cfg.reconnect_jitter.as_millis();
                 let after_ms = (Uuid::new_v4().as_u128() % (jitter + 1)) as u64;
                 let _ = sink
                     .send(Message::text(ServerFrame::Reconnect { after_ms }.to_json()))

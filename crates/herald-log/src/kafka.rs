@@ -136,11 +136,16 @@ impl Kafka {
             .map_err(LogError::from)
     }
 
-    /// Asks the broker for cluster metadata: the readiness probe.
+    /// Asks the broker for the metadata of one topic (the meta topic, which
+    /// may not exist yet): the readiness probe. Not all topics: on a cluster
+    /// with thousands of topics that request is slow, and on Tansu very slow.
     pub async fn ping(&self) -> Result<(), LogError> {
         let t = self.cfg.request_timeout.min(Duration::from_secs(3));
-        self.blocking("metadata", move |c| c.fetch_metadata(None, t).map(|_| ()))
-            .await
+        let topic = self.cfg.meta_topic();
+        self.blocking("metadata", move |c| {
+            c.fetch_metadata(Some(&topic), t).map(|_| ())
+        })
+        .await
     }
 
     /// The partition count of `topic`, or `None` if it does not exist.
