@@ -130,7 +130,18 @@ impl Edge {
             return Err(EdgeError::Config("at least one namespace is needed".into()));
         }
         let kafka = Kafka::connect(log_cfg)?;
-        kafka.ping().await?;
+        // A broker that is still starting (or busy) gets a few chances.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match kafka.ping().await {
+                Ok(()) => break,
+                Err(e) if Instant::now() < deadline => {
+                    warn!(%e, "Kafka not reachable yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         let hub = Hub::new(
             kafka.clone(),
             HubConfig {

@@ -311,7 +311,8 @@ impl Hub {
                         .filter(|d| d.seq > s && *d.channel == *channel)
                         .cloned()
                         .collect();
-                    if pending.len() < outbox.capacity() {
+                    let bytes: usize = pending.iter().map(|d| d.text.len()).sum();
+                    if pending.len() < outbox.capacity() && outbox.has_room_for_bytes(bytes) {
                         // Hand over the rest and go live in one step.
                         let n = pending.len() as u64;
                         for d in pending {

@@ -93,6 +93,11 @@ impl Outbox {
         self.tx.capacity()
     }
 
+    /// True when `bytes` more would stay within the byte bound right now.
+    pub fn has_room_for_bytes(&self, bytes: usize) -> bool {
+        self.shared.bytes.load(Ordering::Acquire) + bytes <= self.shared.max_bytes
+    }
+
     pub fn is_overflowed(&self) -> bool {
         self.shared.overflowed.load(Ordering::Acquire)
     }

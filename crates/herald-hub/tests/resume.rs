@@ -232,6 +232,40 @@ async fn resume_larger_than_the_queue_is_chunked_not_dropped() {
 }
 
 #[tokio::test]
+async fn resume_larger_than_the_byte_bound_is_chunked_not_dropped() {
+    let log = Arc::new(MemLog::default());
+    let h = hub(log.clone(), 1000);
+    let (tx0, _rx0) = Outbox::new(0, 1000, 1 << 20);
+    h.subscribe(&tx0, TOPIC, "chat:z", None).await.unwrap();
+    for i in 0..50 {
+        h.on_record(log.append("chat:a", i));
+    }
+    // Room for many messages, but only about two of them by bytes.
+    let (tx, mut rx) = Outbox::new(1, 1000, 400);
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        while got.len() < 50 {
+            match rx.recv().await {
+                Some(Outbound::Message(d)) => got.push(d.seq),
+                Some(_) => {}
+                None => break,
+            }
+        }
+        got
+    });
+    let out = h
+        .subscribe(&tx, TOPIC, "chat:a", Some(&position(-1)))
+        .await
+        .unwrap();
+    assert!(out.recovered);
+    assert!(
+        !tx.is_overflowed(),
+        "a resume is paced by the client, never a slow-consumer cut"
+    );
+    assert_eq!(reader.await.unwrap(), (0..50).collect::<Vec<_>>());
+}
+
+#[tokio::test]
 async fn positions_outside_the_log_or_epoch_are_not_recovered() {
     let log = Arc::new(MemLog::default());
     for i in 0..10 {
