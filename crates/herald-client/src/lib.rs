@@ -288,13 +288,7 @@ impl Connection {
         id: Uuid,
         data: &Value,
     ) -> Result<(), ClientError> {
-        self.send(&Request::Publish {
-            channel,
-            id,
-            data,
-            retry: false,
-        })
-        .await
+        self.send_publish_as(channel, id, data, false).await
     }
 
     /// Re-sends a publish whose answer was lost: the server looks for `id`
@@ -305,11 +299,21 @@ impl Connection {
         id: Uuid,
         data: &Value,
     ) -> Result<(), ClientError> {
+        self.send_publish_as(channel, id, data, true).await
+    }
+
+    async fn send_publish_as(
+        &mut self,
+        channel: &str,
+        id: Uuid,
+        data: &Value,
+        retry: bool,
+    ) -> Result<(), ClientError> {
         self.send(&Request::Publish {
             channel,
             id,
             data,
-            retry: true,
+            retry,
         })
         .await
     }

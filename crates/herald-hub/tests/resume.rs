@@ -199,52 +199,20 @@ async fn resume_from_the_log_when_the_ring_is_short() {
     );
 }
 
-#[tokio::test]
-async fn resume_larger_than_the_queue_is_chunked_not_dropped() {
+/// Resumes `n` ring messages into a queue of `max_messages` / `max_bytes`
+/// with a concurrent reader: everything arrives, paced, with no cut.
+async fn assert_resume_is_paced(n: i64, max_messages: usize, max_bytes: usize) {
     let log = Arc::new(MemLog::default());
     let h = hub(log.clone(), 1000);
     let (tx0, _rx0) = Outbox::new(0, 1000, 1 << 20);
     h.subscribe(&tx0, TOPIC, "chat:z", None).await.unwrap();
-    for i in 0..100 {
+    for i in 0..n {
         h.on_record(log.append("chat:a", i));
     }
-    // A queue of 8 cannot take 100 pending messages in one step.
-    let (tx, mut rx) = Outbox::new(1, 8, 1 << 20);
+    let (tx, mut rx) = Outbox::new(1, max_messages, max_bytes);
     let reader = tokio::spawn(async move {
         let mut got = Vec::new();
-        while got.len() < 100 {
-            match rx.recv().await {
-                Some(Outbound::Message(d)) => got.push(d.seq),
-                Some(_) => {}
-                None => break,
-            }
-        }
-        got
-    });
-    let out = h
-        .subscribe(&tx, TOPIC, "chat:a", Some(&position(-1)))
-        .await
-        .unwrap();
-    assert!(out.recovered);
-    assert!(!tx.is_overflowed());
-    let got = reader.await.unwrap();
-    assert_eq!(got, (0..100).collect::<Vec<_>>());
-}
-
-#[tokio::test]
-async fn resume_larger_than_the_byte_bound_is_chunked_not_dropped() {
-    let log = Arc::new(MemLog::default());
-    let h = hub(log.clone(), 1000);
-    let (tx0, _rx0) = Outbox::new(0, 1000, 1 << 20);
-    h.subscribe(&tx0, TOPIC, "chat:z", None).await.unwrap();
-    for i in 0..50 {
-        h.on_record(log.append("chat:a", i));
-    }
-    // Room for many messages, but only about two of them by bytes.
-    let (tx, mut rx) = Outbox::new(1, 1000, 400);
-    let reader = tokio::spawn(async move {
-        let mut got = Vec::new();
-        while got.len() < 50 {
+        while (got.len() as i64) < n {
             match rx.recv().await {
                 Some(Outbound::Message(d)) => got.push(d.seq),
                 Some(_) => {}
@@ -262,7 +230,19 @@ async fn resume_larger_than_the_byte_bound_is_chunked_not_dropped() {
         !tx.is_overflowed(),
         "a resume is paced by the client, never a slow-consumer cut"
     );
-    assert_eq!(reader.await.unwrap(), (0..50).collect::<Vec<_>>());
+    assert_eq!(reader.await.unwrap(), (0..n).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn resume_larger_than_the_queue_is_chunked_not_dropped() {
+    // A queue of 8 cannot take 100 pending messages in one step.
+    assert_resume_is_paced(100, 8, 1 << 20).await;
+}
+
+#[tokio::test]
+async fn resume_larger_than_the_byte_bound_is_chunked_not_dropped() {
+    // Room for many messages, but only about two of them by bytes.
+    assert_resume_is_paced(50, 1000, 400).await;
 }
 
 #[tokio::test]

@@ -150,6 +150,23 @@ impl Kafka {
 
     /// The partition count of `topic`, or `None` if it does not exist.
     pub async fn partition_count(&self, topic: &str) -> Result<Option<i32>, LogError> {
+        // A busy broker can miss one deadline; give it three.
+        let mut attempt = 0;
+        loop {
+            match self.partition_count_once(topic).await {
+                Err(LogError::Kafka(e))
+                    if attempt < 2
+                        && e.rdkafka_error_code() == Some(RDKafkaErrorCode::OperationTimedOut) =>
+                {
+                    attempt += 1;
+                    warn!(topic, attempt, "Metadata request timed out; retrying");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn partition_count_once(&self, topic: &str) -> Result<Option<i32>, LogError> {
         let t = self.cfg.request_timeout;
         let name = topic.to_owned();
         self.blocking("metadata", move |c| {

@@ -356,17 +356,7 @@ fn gauge(metrics: &str, name: &str) -> f64 {
 }
 
 async fn metrics_text(http: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let host = http.trim_start_matches("http://");
-    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
-    s.write_all(
-        format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.unwrap();
-    buf
+    http_get(http, "/metrics").await.1
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
