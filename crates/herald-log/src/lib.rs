@@ -43,8 +43,6 @@ pub enum LogError {
     Canceled,
     #[error("timed out after {0:?} waiting for {1}")]
     Timeout(std::time::Duration, &'static str),
-    #[error("topic `{0}` does not exist")]
-    UnknownTopic(String),
     #[error("background task failed: {0}")]
     Task(String),
     #[error("{0}")]
