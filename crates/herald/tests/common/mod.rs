@@ -24,6 +24,15 @@ pub fn unique_prefix(test: &str) -> String {
     format!("t-{test}-{}.", &Uuid::new_v4().simple().to_string()[..8])
 }
 
+/// A port free right now (the OS picks it), for a server that must come back
+/// on the same address after a restart.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding an ephemeral port")
+}
+
 /// A running `herald serve` process.
 pub struct Server {
     child: Child,
