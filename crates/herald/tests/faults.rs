@@ -520,10 +520,9 @@ async fn reconnect_storm_of_1000_clients() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rolling_restart_of_two_edges_loses_nothing() {
     let prefix = unique_prefix("rolling");
-    let base = 20000 + (std::process::id() % 20000) as u16;
     let (pa, pb) = (
-        format!("127.0.0.1:{base}"),
-        format!("127.0.0.1:{}", base + 1),
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
     );
     let a = Server::start(&prefix, &["--listen", &pa]);
     let b = Server::start(&prefix, &["--listen", &pb]);
