@@ -520,9 +520,10 @@ async fn reconnect_storm_of_1000_clients() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rolling_restart_of_two_edges_loses_nothing() {
     let prefix = unique_prefix("rolling");
+    let ports = free_ports(2);
     let (pa, pb) = (
-        format!("127.0.0.1:{}", free_port()),
-        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", ports[0]),
+        format!("127.0.0.1:{}", ports[1]),
     );
     let a = Server::start(&prefix, &["--listen", &pa]);
     let b = Server::start(&prefix, &["--listen", &pb]);

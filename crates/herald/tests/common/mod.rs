@@ -24,13 +24,16 @@ pub fn unique_prefix(test: &str) -> String {
     format!("t-{test}-{}.", &Uuid::new_v4().simple().to_string()[..8])
 }
 
-/// A port free right now (the OS picks it), for a server that must come back
-/// on the same address after a restart.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding an ephemeral port")
+/// `n` distinct ports free right now (the OS picks them), for servers that
+/// must come back on the same address after a restart.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local address").port())
+        .collect()
 }
 
 /// A running `herald serve` process.
