@@ -369,6 +369,9 @@ async fn a_subscriber_that_never_reads_cannot_grow_server_memory() {
             &QUEUE_BYTES.to_string(),
             "--recent-messages",
             "100",
+            // Publishing as fast as it can: not what the rate limit is about here.
+            "--publish-rate",
+            "0",
         ],
     );
     let ch = "chat:sink";
