@@ -47,7 +47,7 @@ create_topics() {
         if out="$("$BIN" topic create --broker "$URL" --partitions "$parts" "$name" 2>&1)"; then
             say "created topic $name ($parts partitions)"
         else
-            say "topic $name: $(echo "$out" | tail -1 | cut -c1-160) (already there is fine)"
+            say "topic $name: $(echo "$out" | tail -1 | sed 's/\x1b\[[0-9;]*m//g' | cut -c1-160) (already there is fine)"
         fi
     done
 }

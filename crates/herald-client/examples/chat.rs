@@ -19,6 +19,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let channel = args.next().unwrap_or_else(|| "chat:lobby".into());
     let mut cursor = ChannelCursor::default();
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut stdin_done = false;
+    let mut deadline: Option<tokio::time::Instant> = None;
     loop {
         let mut conn = match Connection::connect(&url).await {
             Ok(c) => c,
@@ -36,10 +38,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         loop {
             tokio::select! {
-                line = lines.next_line() => {
-                    let Some(line) = line? else { return Ok(()) };
+                line = lines.next_line(), if !stdin_done => {
+                    let Some(line) = line? else {
+                        // Input ended (e.g. piped): show what arrives for a
+                        // moment longer, then stop.
+                        stdin_done = true;
+                        deadline = Some(tokio::time::Instant::now() + Duration::from_secs(2));
+                        continue;
+                    };
                     let id = Uuid::new_v4();
                     conn.send_publish(&channel, id, &serde_json::json!({ "text": line })).await?;
+                }
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
+                    return Ok(());
                 }
                 frame = conn.next_frame_within(Duration::from_secs(3600)) => match frame {
                     Ok(Frame::Message(m)) => {
@@ -58,4 +69,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
+}
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400)
 }
