@@ -38,6 +38,23 @@ pub struct TopicInfo {
     pub created: bool,
 }
 
+/// One partition as `herald offsets` reports it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PartitionSummary {
+    pub partition: i32,
+    /// First retained offset.
+    pub log_start: i64,
+    /// Offset the next record gets (high watermark).
+    pub log_end: i64,
+    /// Retained offsets (`log_end - log_start`); equals records for herald's
+    /// non-transactional, non-compacted topics.
+    pub messages: i64,
+    /// Timestamp (ms) of the first retained record.
+    pub first_ms: Option<i64>,
+    /// Timestamp (ms) of the last record.
+    pub last_ms: Option<i64>,
+}
+
 /// The Kafka client of one herald node.
 pub struct Kafka {
     cfg: LogConfig,
@@ -310,6 +327,33 @@ impl Kafka {
         let epoch = epochs.get(topic).cloned().unwrap_or(rec.epoch);
         info!(topic, epoch, "Recorded topic epoch");
         Ok(epoch)
+    }
+
+    /// Log start and end of a partition, with the timestamps of its first and
+    /// last retained records (operators' `herald offsets`).
+    pub async fn partition_summary(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<PartitionSummary, LogError> {
+        let wm = self.watermarks_now(topic, partition).await?;
+        let (mut first_ms, mut last_ms) = (None, None);
+        if wm.high > wm.low {
+            let first = self.range(topic, partition, wm.low, wm.high, 1).await?;
+            first_ms = first.records.first().and_then(|r| r.timestamp_ms);
+            let last = self
+                .range(topic, partition, wm.high - 1, wm.high, 1)
+                .await?;
+            last_ms = last.records.first().and_then(|r| r.timestamp_ms);
+        }
+        Ok(PartitionSummary {
+            partition,
+            log_start: wm.low,
+            log_end: wm.high,
+            messages: wm.high - wm.low,
+            first_ms,
+            last_ms,
+        })
     }
 
     /// Enqueues a record for `partition` of `topic`. Records enqueued in order

@@ -28,7 +28,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 pub use config::LogConfig;
-pub use kafka::{Kafka, PendingPublish, TopicInfo};
+pub use kafka::{Kafka, PartitionSummary, PendingPublish, TopicInfo};
 pub use record::Record;
 
 /// A boxed future, so the trait stays object-safe.

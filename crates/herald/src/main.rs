@@ -25,6 +25,30 @@ struct Cli {
 enum Command {
     /// Run an edge node: WebSocket on /ws, plus /healthz, /readyz and /metrics.
     Serve(ServeArgs),
+    /// Per namespace topic and partition: log start and end offsets, message
+    /// counts, and the times of the first and last records.
+    Offsets(OffsetsArgs),
+}
+
+#[derive(Args)]
+struct OffsetsArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "HERALD_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    kafka_brokers: String,
+    /// Prefix of every topic herald uses.
+    #[arg(long, env = "HERALD_TOPIC_PREFIX", default_value = "herald.")]
+    topic_prefix: String,
+    /// Namespaces to report, comma-separated (partition counts are ignored).
+    #[arg(
+        long,
+        env = "HERALD_NAMESPACES",
+        default_value = "chat",
+        value_delimiter = ','
+    )]
+    namespaces: Vec<NamespaceConfig>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -182,6 +206,59 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn offsets(a: OffsetsArgs) -> anyhow::Result<()> {
+    let cfg = LogConfig {
+        brokers: a.kafka_brokers,
+        topic_prefix: a.topic_prefix,
+        fetch_wait_max_ms: 5,
+        ..LogConfig::default()
+    };
+    let kafka = herald_log::Kafka::connect(cfg.clone())?;
+    let mut report = Vec::new();
+    for ns in &a.namespaces {
+        let topic = cfg.topic_for(&ns.name);
+        let partitions = kafka
+            .partition_count(&topic)
+            .await?
+            .with_context(|| format!("topic {topic} (namespace {}) does not exist", ns.name))?;
+        let mut parts = Vec::new();
+        for p in 0..partitions {
+            parts.push(kafka.partition_summary(&topic, p).await?);
+        }
+        report.push((ns.name.clone(), topic, parts));
+    }
+    if a.json {
+        let json: Vec<_> = report
+            .iter()
+            .map(|(ns, topic, parts)| {
+                serde_json::json!({ "namespace": ns, "topic": topic, "partitions": parts })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&json)?);
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:>9} {:>12} {:>12} {:>10} {:>15} {:>15}",
+        "topic", "partition", "log_start", "log_end", "messages", "first_ms", "last_ms"
+    );
+    let opt = |v: Option<i64>| v.map(|x| x.to_string()).unwrap_or_else(|| "-".into());
+    for (_, topic, parts) in &report {
+        for p in parts {
+            println!(
+                "{:<24} {:>9} {:>12} {:>12} {:>10} {:>15} {:>15}",
+                topic,
+                p.partition,
+                p.log_start,
+                p.log_end,
+                p.messages,
+                opt(p.first_ms),
+                opt(p.last_ms)
+            );
+        }
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -194,5 +271,6 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new().context("tokio runtime")?;
     match cli.command {
         Command::Serve(a) => rt.block_on(serve(a)),
+        Command::Offsets(a) => rt.block_on(offsets(a)),
     }
 }
