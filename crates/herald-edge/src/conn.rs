@@ -158,6 +158,9 @@ async fn serve(
         heartbeat.tick().await;
         let mut last_seen = Instant::now();
         let overflow = rx.overflow_watch();
+        // Handles looked up once, not per frame.
+        let frames_out = metrics::counter!("herald_edge_frames_out_total");
+        let frames_in = metrics::counter!("herald_edge_frames_in_total");
         debug!("Connected");
 
         let close: Option<(u16, &'static str)> = loop {
@@ -172,7 +175,7 @@ async fn serve(
                     if sink.send(Message::text(item.text())).await.is_err() {
                         break None;
                     }
-                    metrics::counter!("herald_edge_frames_out_total").increment(1);
+                    frames_out.increment(1);
                 }
                 Some(ev) = events.recv() => match ev {
                     Event::SubscribeFailed { channel } => {
@@ -202,10 +205,10 @@ async fn serve(
                     };
                     last_seen = Instant::now();
                     if let Message::Text(text) = &msg {
-                        metrics::counter!("herald_edge_frames_in_total").increment(1);
+                        frames_in.increment(1);
                         conn.on_text(text.as_str()).await;
                     } else if msg.is_binary() {
-                        metrics::counter!("herald_edge_frames_in_total").increment(1);
+                        frames_in.increment(1);
                         conn.reply(error_frame(
                             codes::BINARY_UNSUPPORTED,
                             "binary frames are not supported; send JSON text frames",

@@ -45,6 +45,9 @@ struct Shared {
     max_bytes: usize,
     /// Set once, when a live message could not be queued.
     overflowed: AtomicBool,
+    /// The process-wide queued-bytes gauge, looked up once per connection
+    /// rather than on every message.
+    queued: metrics::Gauge,
     notify: Notify,
 }
 
@@ -72,6 +75,7 @@ impl Outbox {
             bytes: AtomicUsize::new(0),
             max_bytes: max_bytes.max(1),
             overflowed: AtomicBool::new(false),
+            queued: metrics::gauge!(QUEUED_BYTES),
             notify: Notify::new(),
         });
         (
@@ -118,7 +122,7 @@ impl Outbox {
         }
         match self.tx.try_send(item) {
             Ok(()) => {
-                metrics::gauge!(QUEUED_BYTES).increment(len as f64);
+                self.shared.queued.increment(len as f64);
                 true
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -146,7 +150,7 @@ impl Outbox {
             self.shared.bytes.fetch_sub(len, Ordering::AcqRel);
             return false;
         }
-        metrics::gauge!(QUEUED_BYTES).increment(len as f64);
+        self.shared.queued.increment(len as f64);
         true
     }
 
@@ -163,7 +167,7 @@ impl OutboxReceiver {
     pub async fn recv(&mut self) -> Option<Outbound> {
         let item = self.rx.recv().await?;
         self.shared.bytes.fetch_sub(item.len(), Ordering::AcqRel);
-        metrics::gauge!(QUEUED_BYTES).decrement(item.len() as f64);
+        self.shared.queued.decrement(item.len() as f64);
         Some(item)
     }
 
@@ -204,7 +208,7 @@ impl Drop for OutboxReceiver {
             left.min(self.shared.bytes.load(Ordering::Acquire)),
             Ordering::AcqRel,
         );
-        metrics::gauge!(QUEUED_BYTES).decrement(left as f64);
+        self.shared.queued.decrement(left as f64);
     }
 }
 
