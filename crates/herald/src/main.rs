@@ -30,22 +30,30 @@ enum Command {
     Offsets(OffsetsArgs),
 }
 
+/// Where herald's topics are: shared by every command that talks to Kafka.
 #[derive(Args)]
-struct OffsetsArgs {
+struct Topics {
     /// Kafka bootstrap servers.
     #[arg(long, env = "HERALD_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     kafka_brokers: String,
     /// Prefix of every topic herald uses.
     #[arg(long, env = "HERALD_TOPIC_PREFIX", default_value = "herald.")]
     topic_prefix: String,
-    /// Namespaces to report, comma-separated (partition counts are ignored).
+    /// Namespaces as NAME or NAME=PARTITIONS (partitions used when creating
+    /// topics), comma-separated.
     #[arg(
         long,
         env = "HERALD_NAMESPACES",
-        default_value = "chat",
+        default_value = "chat=8",
         value_delimiter = ','
     )]
     namespaces: Vec<NamespaceConfig>,
+}
+
+#[derive(Args)]
+struct OffsetsArgs {
+    #[command(flatten)]
+    topics: Topics,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -56,20 +64,8 @@ struct ServeArgs {
     /// Address to listen on (port 0 picks a free port; the chosen address is printed).
     #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "HERALD_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
-    kafka_brokers: String,
-    /// Prefix of every topic herald uses.
-    #[arg(long, env = "HERALD_TOPIC_PREFIX", default_value = "herald.")]
-    topic_prefix: String,
-    /// Namespaces as NAME or NAME=PARTITIONS, comma-separated.
-    #[arg(
-        long,
-        env = "HERALD_NAMESPACES",
-        default_value = "chat=8",
-        value_delimiter = ','
-    )]
-    namespaces: Vec<NamespaceConfig>,
+    #[command(flatten)]
+    topics: Topics,
     /// fetch.wait.max.ms of the Kafka readers (keep it low on the dev broker).
     #[arg(long, env = "HERALD_FETCH_WAIT_MAX_MS", default_value_t = 10)]
     fetch_wait_max_ms: u32,
@@ -166,8 +162,8 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         .install_recorder()
         .context("installing the metrics recorder")?;
     let log_cfg = LogConfig {
-        brokers: a.kafka_brokers,
-        topic_prefix: a.topic_prefix,
+        brokers: a.topics.kafka_brokers,
+        topic_prefix: a.topics.topic_prefix,
         fetch_wait_max_ms: a.fetch_wait_max_ms,
         publish_timeout: Duration::from_millis(a.publish_timeout_ms),
         replication: a.replication,
@@ -175,7 +171,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     };
     let cfg = EdgeConfig {
         listen: a.listen,
-        namespaces: a.namespaces,
+        namespaces: a.topics.namespaces,
         queue_messages: a.queue_messages,
         queue_bytes: a.queue_bytes,
         max_message_bytes: a.max_message_bytes,
@@ -208,14 +204,14 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
 
 async fn offsets(a: OffsetsArgs) -> anyhow::Result<()> {
     let cfg = LogConfig {
-        brokers: a.kafka_brokers,
-        topic_prefix: a.topic_prefix,
+        brokers: a.topics.kafka_brokers,
+        topic_prefix: a.topics.topic_prefix,
         fetch_wait_max_ms: 5,
         ..LogConfig::default()
     };
     let kafka = herald_log::Kafka::connect(cfg.clone())?;
     let mut report = Vec::new();
-    for ns in &a.namespaces {
+    for ns in &a.topics.namespaces {
         let topic = cfg.topic_for(&ns.name);
         let partitions = kafka
             .partition_count(&topic)
