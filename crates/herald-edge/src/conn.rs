@@ -35,8 +35,6 @@ struct Subscription {
     topic: String,
     /// The subscribe task while it is still catching up.
     task: Option<JoinHandle<()>>,
-    /// Highest seq the client acknowledged (cumulative).
-    acked: i64,
 }
 
 /// Sent by subscribe tasks back to the connection loop.
@@ -336,12 +334,11 @@ impl Conn {
             ClientFrame::Ping => self.reply(Outbound::Frame(ServerFrame::Pong.to_json())),
             ClientFrame::Subscribe { channel, since } => self.subscribe(channel, since),
             ClientFrame::Unsubscribe { channel } => self.unsubscribe(channel),
-            ClientFrame::Ack { channel, seq } => match self.subs.get_mut(&channel) {
-                Some(sub) => {
-                    sub.acked = sub.acked.max(seq);
-                    metrics::counter!("herald_edge_client_acks_total").increment(1);
-                }
-                None => self.reply(error_frame(
+            // Acks are validated and counted; storing them is the durable
+            // cursor work, which does not exist yet.
+            ClientFrame::Ack { channel, seq: _ } => match self.subs.contains_key(&channel) {
+                true => metrics::counter!("herald_edge_client_acks_total").increment(1),
+                false => self.reply(error_frame(
                     codes::NOT_SUBSCRIBED,
                     "ack for a channel this connection does not subscribe to",
                     Some(&channel),
@@ -410,7 +407,6 @@ impl Conn {
             Subscription {
                 topic,
                 task: Some(task),
-                acked: -1,
             },
         );
     }

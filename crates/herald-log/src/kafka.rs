@@ -410,6 +410,17 @@ impl Kafka {
         ts_ms: i64,
     ) -> Result<Option<i64>, LogError> {
         let wm = self.watermarks_now(topic, partition).await?;
+        self.offset_for_time_in(topic, partition, ts_ms, wm).await
+    }
+
+    /// [`Kafka::offset_for_time`] with watermarks the caller already has.
+    async fn offset_for_time_in(
+        &self,
+        topic: &str,
+        partition: i32,
+        ts_ms: i64,
+        wm: Watermarks,
+    ) -> Result<Option<i64>, LogError> {
         if wm.high <= wm.low {
             return Ok(None);
         }
@@ -462,7 +473,7 @@ impl Kafka {
             return Ok(None);
         }
         let by_time = self
-            .offset_for_time(topic, partition, since_ms)
+            .offset_for_time_in(topic, partition, since_ms, wm)
             .await?
             .unwrap_or(wm.high);
         let mut from = by_time.max(wm.low).max(wm.high - max_scan);
@@ -515,7 +526,7 @@ impl Kafka {
         if from >= to || max == 0 {
             return Ok(RangeBatch {
                 records: Vec::new(),
-                next: from.max(to.min(from)),
+                next: from,
             });
         }
         let _permit = self
