@@ -56,6 +56,56 @@ pub struct Msg {
     pub id: Uuid,
     pub ts: i64,
     pub data: Value,
+    /// Set on messages an operator re-delivered with `herald replay --live`.
+    #[serde(default)]
+    pub replayed: Option<Replayed>,
+}
+
+/// Where the original of a replayed message is.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct Replayed {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub id: Uuid,
+}
+
+/// Where a subscription starts.
+#[derive(Clone, Copy, Debug)]
+pub enum Start<'a> {
+    /// Live from now.
+    Live,
+    /// After a position the client kept.
+    After(&'a Position),
+    /// After the server-side durable cursor of this connection's client id.
+    Cursor,
+}
+
+/// A `history` request (at most one of the `since_*`/`before_seq` fields).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct HistoryQuery {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since_seq: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since_time: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub before_seq: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub reverse: bool,
+}
+
+/// The answer to a `history` request.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct HistoryPage {
+    pub channel: String,
+    pub epoch: String,
+    pub messages: Vec<Msg>,
+    pub next: i64,
+    pub done: bool,
+    #[serde(default)]
+    pub truncated: bool,
 }
 
 /// A server frame.
@@ -92,6 +142,12 @@ pub enum Frame {
         #[serde(default)]
         channel: Option<String>,
     },
+    History {
+        #[serde(default)]
+        id: Option<String>,
+        #[serde(flatten)]
+        page: HistoryPage,
+    },
     Pong,
     /// The server is draining: reconnect after `after_ms`.
     Reconnect {
@@ -115,7 +171,15 @@ enum Request<'a> {
     Subscribe {
         channel: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
-        since: Option<&'a Position>,
+        since: Option<Value>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        durable: bool,
+    },
+    History {
+        id: &'a str,
+        channel: &'a str,
+        #[serde(flatten)]
+        query: &'a HistoryQuery,
     },
     Unsubscribe {
         channel: &'a str,
@@ -251,7 +315,29 @@ impl Connection {
         channel: &str,
         since: Option<&Position>,
     ) -> Result<(Position, bool), ClientError> {
-        self.send(&Request::Subscribe { channel, since }).await?;
+        let start = since.map(Start::After).unwrap_or(Start::Live);
+        self.subscribe_from(channel, start, false).await
+    }
+
+    /// Subscribes from `start`; `durable` stores this subscription's acks as
+    /// the server-side cursor (the connection needs a `client_id`).
+    pub async fn subscribe_from(
+        &mut self,
+        channel: &str,
+        start: Start<'_>,
+        durable: bool,
+    ) -> Result<(Position, bool), ClientError> {
+        let since = match start {
+            Start::Live => None,
+            Start::After(p) => Some(serde_json::json!({ "seq": p.seq, "epoch": p.epoch })),
+            Start::Cursor => Some(Value::from("cursor")),
+        };
+        self.send(&Request::Subscribe {
+            channel,
+            since,
+            durable,
+        })
+        .await?;
         self.wait_for("subscribed", |f| match f {
             Frame::Subscribed {
                 channel: c,
@@ -264,6 +350,35 @@ impl Connection {
                 channel: Some(c),
                 ..
             } if c == channel => Some(Err(ClientError::Server {
+                code: code.clone(),
+                reason: reason.clone(),
+            })),
+            _ => None,
+        })
+        .await?
+    }
+
+    /// Asks for a page of `channel`'s history and waits for it.
+    pub async fn history(
+        &mut self,
+        channel: &str,
+        query: &HistoryQuery,
+    ) -> Result<HistoryPage, ClientError> {
+        let id = Uuid::new_v4().to_string();
+        self.send(&Request::History {
+            id: &id,
+            channel,
+            query,
+        })
+        .await?;
+        self.wait_for("history", |f| match f {
+            Frame::History { id: Some(i), page } if *i == id => Some(Ok(page.clone())),
+            Frame::Error {
+                code,
+                reason,
+                id: Some(i),
+                ..
+            } if *i == id => Some(Err(ClientError::Server {
                 code: code.clone(),
                 reason: reason.clone(),
             })),
@@ -450,6 +565,7 @@ mod tests {
             id: Uuid::new_v4(),
             ts: 0,
             data: Value::Null,
+            replayed: None,
         }
     }
 

@@ -11,6 +11,9 @@ pub struct NamespaceConfig {
     pub partitions: i32,
 }
 
+/// Names herald uses for its own topics (`{prefix}meta`, `{prefix}cursors`).
+pub const RESERVED_NAMESPACES: [&str; 2] = ["meta", "cursors"];
+
 impl std::str::FromStr for NamespaceConfig {
     type Err = String;
 
@@ -31,6 +34,11 @@ impl std::str::FromStr for NamespaceConfig {
         {
             return Err(format!(
                 "namespace `{name}` must be lowercase ASCII letters, digits, `_` or `-`"
+            ));
+        }
+        if RESERVED_NAMESPACES.contains(&name) {
+            return Err(format!(
+                "namespace `{name}` is reserved: its topic would collide with herald's own `{{prefix}}{name}`"
             ));
         }
         if parts < 1 {
@@ -98,6 +106,23 @@ pub struct EdgeConfig {
     /// Upper bound of the random delay in the `reconnect` frame sent on
     /// drain, spreading the reconnects over other nodes. Default 2 s.
     pub reconnect_jitter: Duration,
+    /// Largest `limit` a `history` request may ask for. Default 1,000.
+    pub history_max_limit: usize,
+    /// Bytes of messages in one `history` reply (a single larger message is
+    /// still sent alone). Default 1 MiB, and never more than half the
+    /// connection's queue.
+    pub history_max_bytes: usize,
+    /// Partition records scanned for one `history` page before it is cut
+    /// short (with `done: false` and a `next` to continue). Default 100,000.
+    pub history_max_scan: i64,
+    /// `history` requests of one connection served at once. Default 4.
+    pub history_concurrency: usize,
+    /// How often acked durable cursors are written to Kafka. Default 1 s.
+    pub cursor_flush_interval: Duration,
+    /// Partitions of the cursor topic when herald creates it. Default 8.
+    pub cursor_partitions: i32,
+    /// Cursors remembered per node for lookups. Default 100,000.
+    pub cursor_cache_capacity: u64,
 }
 
 impl Default for EdgeConfig {
@@ -128,6 +153,13 @@ impl Default for EdgeConfig {
             shutdown_grace: Duration::from_secs(10),
             drain_delay: Duration::from_secs(1),
             reconnect_jitter: Duration::from_secs(2),
+            history_max_limit: 1_000,
+            history_max_bytes: 1 << 20,
+            history_max_scan: 100_000,
+            history_concurrency: 4,
+            cursor_flush_interval: Duration::from_secs(1),
+            cursor_partitions: 8,
+            cursor_cache_capacity: 100_000,
         }
     }
 }
@@ -149,5 +181,7 @@ mod tests {
         assert!("Chat".parse::<NamespaceConfig>().is_err());
         assert!("chat=0".parse::<NamespaceConfig>().is_err());
         assert!("chat=x".parse::<NamespaceConfig>().is_err());
+        assert!("meta".parse::<NamespaceConfig>().is_err());
+        assert!("cursors=2".parse::<NamespaceConfig>().is_err());
     }
 }

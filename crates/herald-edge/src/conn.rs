@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
-use herald_hub::{Claim, Dedup, DedupOutcome, HubError, Outbound, Outbox};
+use herald_hub::{Claim, Dedup, DedupOutcome, HistoryLimits, HubError, Outbound, Outbox};
 use herald_log::LogError;
 use herald_proto::envelope::{self, Envelope, HEADER_ID, HEADER_VERSION};
 use herald_proto::frame::{decode_client, ClientFrame};
-use herald_proto::{codes, Channel, Position, ServerFrame};
+use herald_proto::{codes, Channel, HistoryRequest, Position, ServerFrame, Since};
 use hyper_util::rt::TokioIo;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, Semaphore};
@@ -33,6 +33,8 @@ use crate::server::Ctx;
 
 struct Subscription {
     topic: String,
+    /// Acks are stored as the client's durable cursor.
+    durable: bool,
     /// The subscribe task while it is still catching up.
     task: Option<JoinHandle<()>>,
 }
@@ -89,13 +91,18 @@ fn nack_after(
 type Limiter = governor::DefaultDirectRateLimiter;
 
 /// Runs one connection to its end.
-pub async fn run(socket: WebSocket, ctx: Arc<Ctx>, remote: Option<SocketAddr>) {
+pub async fn run(
+    socket: WebSocket,
+    ctx: Arc<Ctx>,
+    remote: Option<SocketAddr>,
+    client_id: Option<String>,
+) {
     let id = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
-    let span = info_span!("conn", id, remote = ?remote);
+    let span = info_span!("conn", id, remote = ?remote, client = ?client_id);
     let live = ctx.live.clone();
     metrics::gauge!("herald_edge_connections").increment(1.0);
     metrics::counter!("herald_edge_connections_total").increment(1);
-    let (conn, rx, events) = Conn::new(id, ctx);
+    let (conn, rx, events) = Conn::new(id, ctx, client_id);
     serve(conn, rx, events, socket).instrument(span).await;
     metrics::gauge!("herald_edge_connections").decrement(1.0);
     drop(live);
@@ -110,13 +117,18 @@ struct Conn {
     events: mpsc::UnboundedSender<Event>,
     /// Per-connection publish rate limit; `None` when unlimited.
     limiter: Option<Limiter>,
+    /// Who owns this connection's durable cursors (`/ws?client_id=`).
+    client_id: Option<Arc<str>>,
+    /// Bounds the `history` requests served at once.
+    history_permits: Arc<Semaphore>,
 }
 
 impl Conn {
-    fn new(id: u64, ctx: Arc<Ctx>) -> Parts {
+    fn new(id: u64, ctx: Arc<Ctx>, client_id: Option<String>) -> Parts {
         let (outbox, rx) = Outbox::new(id, ctx.cfg.queue_messages, ctx.cfg.queue_bytes);
         let (events, events_rx) = mpsc::unbounded_channel();
         let permits = Arc::new(Semaphore::new(ctx.cfg.max_inflight_publishes));
+        let history_permits = Arc::new(Semaphore::new(ctx.cfg.history_concurrency.max(1)));
         let limiter = std::num::NonZeroU32::new(ctx.cfg.publish_rate).map(|rate| {
             let burst = std::num::NonZeroU32::new(ctx.cfg.publish_burst).unwrap_or(rate);
             governor::RateLimiter::direct(governor::Quota::per_second(rate).allow_burst(burst))
@@ -124,12 +136,14 @@ impl Conn {
         (
             Conn {
                 id,
-                ctx,
                 outbox,
                 subs: HashMap::new(),
                 publish_permits: permits,
                 events,
                 limiter,
+                client_id: client_id.map(Arc::from),
+                history_permits,
+                ctx,
             },
             rx,
             events_rx,
@@ -332,18 +346,14 @@ impl Conn {
         };
         match frame {
             ClientFrame::Ping => self.reply(Outbound::Frame(ServerFrame::Pong.to_json())),
-            ClientFrame::Subscribe { channel, since } => self.subscribe(channel, since),
+            ClientFrame::Subscribe {
+                channel,
+                since,
+                durable,
+            } => self.subscribe(channel, since, durable),
             ClientFrame::Unsubscribe { channel } => self.unsubscribe(channel),
-            // Acks are validated and counted; storing them is the durable
-            // cursor work, which does not exist yet.
-            ClientFrame::Ack { channel, seq: _ } => match self.subs.contains_key(&channel) {
-                true => metrics::counter!("herald_edge_client_acks_total").increment(1),
-                false => self.reply(error_frame(
-                    codes::NOT_SUBSCRIBED,
-                    "ack for a channel this connection does not subscribe to",
-                    Some(&channel),
-                )),
-            },
+            ClientFrame::Ack { channel, seq } => self.ack(channel, seq),
+            ClientFrame::History(req) => self.history(req).await,
             ClientFrame::Publish {
                 channel,
                 id,
@@ -353,7 +363,116 @@ impl Conn {
         }
     }
 
-    fn subscribe(&mut self, name: String, since: Option<Position>) {
+    fn ack(&mut self, channel: String, seq: i64) {
+        let Some(sub) = self.subs.get(&channel) else {
+            return self.reply(error_frame(
+                codes::NOT_SUBSCRIBED,
+                "ack for a channel this connection does not subscribe to",
+                Some(&channel),
+            ));
+        };
+        metrics::counter!("herald_edge_client_acks_total").increment(1);
+        if !sub.durable {
+            return;
+        }
+        // A durable subscription always has a client id (checked at subscribe).
+        let (Some(client), Ok(epoch)) = (&self.client_id, self.ctx.hub.epoch(&sub.topic)) else {
+            return;
+        };
+        if self.ctx.cursors.ack(client, &channel, seq, &epoch) {
+            metrics::counter!("herald_cursor_acks_total").increment(1);
+        }
+    }
+
+    /// Serves a `history` request in its own task; at most
+    /// `history_concurrency` per connection (waiting stops reading, like
+    /// publishes).
+    async fn history(&mut self, req: HistoryRequest) {
+        let (_, topic) = match self.resolve(&req.channel) {
+            Ok(x) => x,
+            Err((code, reason)) => return self.reply(history_error(&req, code, reason)),
+        };
+        let max = self.ctx.cfg.history_max_limit;
+        let limit = req
+            .limit
+            .unwrap_or(herald_proto::frame::HISTORY_DEFAULT_LIMIT.min(max));
+        if limit > max {
+            return self.reply(history_error(
+                &req,
+                codes::BAD_FRAME,
+                format!("`limit` is at most {max}"),
+            ));
+        }
+        let permit = match self.history_permits.clone().acquire_owned().await {
+            Ok(p) => p,
+            Err(_) => return,
+        };
+        let ctx = self.ctx.clone();
+        let outbox = self.outbox.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let limits = HistoryLimits {
+                limit,
+                max_bytes: ctx
+                    .cfg
+                    .history_max_bytes
+                    .min(ctx.cfg.queue_bytes / 2)
+                    .max(1),
+                max_scan: ctx.cfg.history_max_scan,
+            };
+            let reply = match ctx
+                .hub
+                .history(&topic, &req.channel, req.from, limits)
+                .await
+            {
+                Ok(page) => {
+                    let source = if page.from_cache { "cache" } else { "log" };
+                    metrics::counter!("herald_history_requests_total", "source" => source)
+                        .increment(1);
+                    metrics::histogram!("herald_history_messages")
+                        .record(page.messages.len() as f64);
+                    metrics::histogram!("herald_history_latency_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    let mut messages: Vec<Box<RawValue>> = page
+                        .messages
+                        .iter()
+                        .filter_map(|d| RawValue::from_string(d.text.to_string()).ok())
+                        .collect();
+                    if req.reverse {
+                        messages.reverse();
+                    }
+                    metrics::counter!("herald_history_bytes_total")
+                        .increment(messages.iter().map(|m| m.get().len() as u64).sum());
+                    Outbound::Frame(
+                        ServerFrame::History {
+                            id: req.id,
+                            channel: req.channel,
+                            epoch: page.epoch.to_string(),
+                            messages,
+                            next: page.next,
+                            done: page.done,
+                            truncated: page.truncated,
+                        }
+                        .to_json(),
+                    )
+                }
+                Err(e) => {
+                    metrics::counter!("herald_history_errors_total").increment(1);
+                    tracing::warn!(channel = %req.channel, %e, "History failed");
+                    history_error(
+                        &req,
+                        codes::UNAVAILABLE,
+                        format!("history failed: {e}; retry"),
+                    )
+                }
+            };
+            // A reply that does not fit is a slow consumer, like any frame.
+            let _ = outbox.try_push(reply);
+            drop(permit);
+        });
+    }
+
+    fn subscribe(&mut self, name: String, since: Option<Since>, durable: bool) {
         let (channel, topic) = match self.resolve(&name) {
             Ok(x) => x,
             Err((code, reason)) => return self.reply(error_frame(code, reason, Some(&name))),
@@ -375,14 +494,44 @@ impl Conn {
                 Some(&name),
             ));
         }
+        let client = match (durable, &self.client_id) {
+            (false, _) => None,
+            (true, Some(c)) => Some(c.clone()),
+            (true, None) => {
+                return self.reply(error_frame(
+                    codes::IDENTITY_REQUIRED,
+                    "durable subscriptions and since \"cursor\" need a client id: connect to /ws?client_id=...",
+                    Some(&name),
+                ))
+            }
+        };
         let hub = self.ctx.hub.clone();
+        let cursors = self.ctx.cursors.clone();
         let outbox = self.outbox.clone();
         let events = self.events.clone();
         let t = topic.clone();
         let task = tokio::spawn(async move {
-            let res = hub
-                .subscribe(&outbox, &t, channel.as_str(), since.as_ref())
-                .await;
+            let since = match (since, &client) {
+                (Some(Since::Position(p)), _) => Ok(Some(p)),
+                (Some(Since::Cursor), Some(client)) => cursors
+                    .lookup(client, channel.as_str())
+                    .await
+                    .map(|c| {
+                        c.map(|c| Position {
+                            seq: c.seq,
+                            epoch: c.epoch,
+                        })
+                    })
+                    .map_err(HubError::from),
+                (_, _) => Ok(None),
+            };
+            let res = match since {
+                Ok(since) => {
+                    hub.subscribe(&outbox, &t, channel.as_str(), since.as_ref())
+                        .await
+                }
+                Err(e) => Err(e),
+            };
             match res {
                 Ok(out) => {
                     debug!(channel = %channel, recovered = out.recovered, caught_up = out.caught_up, "Subscribed");
@@ -406,6 +555,7 @@ impl Conn {
             name,
             Subscription {
                 topic,
+                durable,
                 task: Some(task),
             },
         );
@@ -514,6 +664,7 @@ impl Conn {
                     ts: now_ms(),
                     content_type: envelope::CONTENT_TYPE_JSON.to_owned(),
                     data,
+                    replayed: None,
                 };
                 let partition = match ctx.hub.partition_of(&topic, channel.as_str()) {
                     Ok(p) => p,
@@ -596,6 +747,19 @@ impl Conn {
             }
         }
     }
+}
+
+fn history_error(req: &HistoryRequest, code: &'static str, reason: impl Into<String>) -> Outbound {
+    metrics::counter!("herald_edge_errors_total", "code" => code).increment(1);
+    Outbound::Frame(
+        ServerFrame::Error {
+            code,
+            reason: reason.into(),
+            id: req.id.clone(),
+            channel: Some(req.channel.clone()),
+        }
+        .to_json(),
+    )
 }
 
 /// How far back (in records of the channel's partition) a retried publish

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use herald_hub::{Dedup, Hub, HubConfig};
-use herald_log::{Kafka, LogConfig, LogError};
+use herald_log::{CursorStore, Kafka, LogConfig, LogError};
 use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -42,6 +42,8 @@ pub struct Ctx {
     pub kafka: Arc<Kafka>,
     pub hub: Arc<Hub>,
     pub dedup: Dedup,
+    /// Durable cursors of this node's clients.
+    pub cursors: Arc<CursorStore>,
     /// namespace → Kafka topic.
     pub topics: HashMap<String, String>,
     /// Set first on shutdown: `/readyz` fails and new upgrades are refused.
@@ -165,6 +167,13 @@ impl Edge {
             hub.register_topic(&info.name, &info.epoch, info.partitions);
             topics.insert(ns.name.clone(), info.name);
         }
+        let cursors = CursorStore::open(
+            kafka.clone(),
+            cfg.cursor_partitions,
+            cfg.cursor_cache_capacity,
+        )
+        .await?;
+        cursors.spawn_flusher(cfg.cursor_flush_interval);
         kafka.start_tail(hub.clone())?;
         let listener = TcpListener::bind(cfg.listen)
             .await
@@ -180,6 +189,7 @@ impl Edge {
                 kafka,
                 hub,
                 dedup,
+                cursors,
                 topics,
                 shutting_down: AtomicBool::new(false),
                 shutdown,
@@ -232,6 +242,12 @@ impl Edge {
                 "Shutdown grace over with connections still open"
             );
         }
+        // Acks taken until the last connection closed become durable now.
+        match tokio::time::timeout(Duration::from_secs(5), ctx.cursors.flush()).await {
+            Ok(Ok(n)) => info!(cursors = n, "Cursors committed at shutdown"),
+            Ok(Err(e)) => warn!(%e, "Cursor commit at shutdown failed"),
+            Err(_) => warn!("Cursor commit at shutdown timed out"),
+        }
         let remaining = deadline.saturating_duration_since(Instant::now());
         if let Err(e) = ctx.kafka.flush(remaining.max(Duration::from_millis(100))) {
             warn!(%e, "Producer flush incomplete at shutdown");
@@ -246,6 +262,7 @@ impl Edge {
 /// configuration: warp cannot set the read buffer, and tungstenite's default
 /// preallocates 128 KiB per connection.
 fn upgrade(
+    query: HashMap<String, String>,
     headers: HeaderMap,
     on_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ctx: Arc<Ctx>,
@@ -284,6 +301,16 @@ fn upgrade(
         )
         .into_response();
     }
+    let client_id = match query.get("client_id") {
+        None => None,
+        Some(c) if valid_client_id(c) => Some(c.clone()),
+        Some(_) => {
+            return status(
+                StatusCode::BAD_REQUEST,
+                "client_id must be 1-128 characters of A-Z a-z 0-9 _ . : @ = + -",
+            )
+        }
+    };
     let Some(key) = headers.get("sec-websocket-key") else {
         return status(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
     };
@@ -311,7 +338,7 @@ fn upgrade(
                     Some(config),
                 )
                 .await;
-                crate::conn::run(ws, ctx, remote).await;
+                crate::conn::run(ws, ctx, remote, client_id).await;
                 drop(slot);
             }
             Err(e) => tracing::debug!(%e, "WebSocket upgrade failed"),
@@ -321,6 +348,14 @@ fn upgrade(
     let reply = warp::reply::with_header(reply, "connection", "upgrade");
     let reply = warp::reply::with_header(reply, "upgrade", "websocket");
     warp::reply::with_header(reply, "sec-websocket-accept", accept).into_response()
+}
+
+/// A client id names the owner of durable cursors. Until connection auth
+/// exists it is the client's own claim (`/ws?client_id=...`).
+pub fn valid_client_id(s: &str) -> bool {
+    (1..=128).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.:@=+-".contains(&b))
 }
 
 fn with_ctx(ctx: Arc<Ctx>) -> impl Filter<Extract = (Arc<Ctx>,), Error = Infallible> + Clone {
@@ -333,6 +368,11 @@ fn routes(
 ) -> impl Filter<Extract = (impl Reply,), Error = warp::Rejection> + Clone {
     let ws = warp::path("ws")
         .and(warp::path::end())
+        .and(
+            warp::query::<HashMap<String, String>>()
+                .or(warp::any().map(HashMap::new))
+                .unify(),
+        )
         .and(warp::header::headers_cloned())
         .and(warp::ext::optional::<hyper::upgrade::OnUpgrade>())
         .and(with_ctx(ctx.clone()))

@@ -458,6 +458,42 @@ impl Hub {
         removed > 0
     }
 
+    pub(crate) fn log_read(&self) -> &dyn LogRead {
+        &*self.log
+    }
+
+    /// `channel`'s messages with `from <= seq < to` from the partition's
+    /// ring, or `None` unless the ring is complete over that whole span.
+    pub(crate) fn ring_span(
+        &self,
+        topic: &str,
+        partition: i32,
+        channel: &str,
+        from: i64,
+        to: i64,
+    ) -> Option<Vec<Arc<Delivery>>> {
+        let part = self
+            .parts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(Arc::from(topic), partition))
+            .cloned()?;
+        part.started.get()?;
+        let st = part.lock();
+        if from < st.recent_from || to > st.next_offset {
+            return None;
+        }
+        let first = st.recent.partition_point(|d| d.seq < from);
+        Some(
+            st.recent
+                .range(first..)
+                .take_while(|d| d.seq < to)
+                .filter(|d| *d.channel == *channel)
+                .cloned()
+                .collect(),
+        )
+    }
+
     /// Live dispatch of one tailed record.
     fn dispatch(&self, r: Record) {
         let part = {

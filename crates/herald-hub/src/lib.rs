@@ -10,6 +10,8 @@
 //!   messages and bytes); overflowing it marks the connection a slow consumer.
 //! - [`hub`]: [`Hub`], the subscription index per partition, the recent-message
 //!   ring per partition, live dispatch and [`Hub::subscribe`] with resume.
+//! - [`history`]: [`Hub::history`], bounded pages of one channel's messages
+//!   (ring first, Kafka otherwise).
 //! - [`dedup`]: [`Dedup`], the publish dedup window (moka), which also makes
 //!   concurrent retries of one id wait for the first instead of appending twice.
 //!
@@ -24,10 +26,12 @@
 //!   consumer, disconnected, never a stalled partition.
 
 pub mod dedup;
+pub mod history;
 pub mod hub;
 pub mod outbox;
 
 pub use dedup::{Claim, Dedup, DedupOutcome};
+pub use history::{HistoryLimits, HistoryPage};
 pub use hub::{Delivery, Hub, HubConfig, SubscribeOutcome};
 pub use outbox::{Outbound, Outbox, OutboxReceiver, OverflowWatch};
 

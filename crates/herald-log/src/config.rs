@@ -50,4 +50,9 @@ impl LogConfig {
     pub fn meta_topic(&self) -> String {
         format!("{}meta", self.topic_prefix)
     }
+
+    /// The compacted topic holding durable cursors.
+    pub fn cursor_topic(&self) -> String {
+        format!("{}cursors", self.topic_prefix)
+    }
 }

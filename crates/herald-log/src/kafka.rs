@@ -225,6 +225,17 @@ impl Kafka {
         })
     }
 
+    /// Creates `topic` with `config` if it does not exist, without an epoch
+    /// (for herald's own bookkeeping topics). Returns its partition count.
+    pub async fn ensure_internal_topic(
+        &self,
+        topic: &str,
+        partitions: i32,
+        config: &[(&str, &str)],
+    ) -> Result<i32, LogError> {
+        Ok(self.create_if_missing(topic, partitions, config).await?.0)
+    }
+
     async fn create_if_missing(
         &self,
         topic: &str,
@@ -659,6 +670,22 @@ impl LogRead for Kafka {
                 Err(_) => {
                     metrics::counter!("herald_log_errors_total", "op" => "range").increment(1)
                 }
+            }
+            r
+        })
+    }
+
+    fn offset_for_time<'a>(
+        &'a self,
+        topic: &'a str,
+        partition: i32,
+        ts_ms: i64,
+    ) -> BoxFuture<'a, Result<Option<i64>, LogError>> {
+        Box::pin(async move {
+            let r = Kafka::offset_for_time(self, topic, partition, ts_ms).await;
+            if r.is_err() {
+                metrics::counter!("herald_log_errors_total", "op" => "offset_for_time")
+                    .increment(1);
             }
             r
         })

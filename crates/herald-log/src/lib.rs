@@ -8,6 +8,8 @@
 //!   producer, topic creation with epochs, watermark and time lookups, pooled
 //!   range readers, and the partition tail that feeds live delivery.
 //! - [`epoch`]: topic incarnation ids kept in a compacted meta topic.
+//! - [`cursors`]: [`CursorStore`], durable per-client channel cursors in a
+//!   compacted topic, written in batches.
 //! - [`record`]: [`Record`], an owned Kafka record.
 //!
 //! # Invariants
@@ -20,6 +22,7 @@
 //!   a workaround the code says so at that spot.
 
 pub mod config;
+pub mod cursors;
 pub mod epoch;
 pub mod kafka;
 pub mod record;
@@ -28,6 +31,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 pub use config::LogConfig;
+pub use cursors::{CursorRecord, CursorStore};
 pub use kafka::{Kafka, PartitionSummary, PendingPublish, TopicInfo};
 pub use record::Record;
 
@@ -105,6 +109,15 @@ pub trait LogRead: Send + Sync + 'static {
         to: i64,
         max: usize,
     ) -> BoxFuture<'a, Result<RangeBatch, LogError>>;
+
+    /// The first offset whose timestamp is at or after `ts_ms`, or `None`
+    /// when every retained record is older.
+    fn offset_for_time<'a>(
+        &'a self,
+        topic: &'a str,
+        partition: i32,
+        ts_ms: i64,
+    ) -> BoxFuture<'a, Result<Option<i64>, LogError>>;
 
     /// Starts delivering the partition's records from `from` to the tail's
     /// [`RecordSink`]. Idempotent per partition.

@@ -30,6 +30,10 @@ pub const UNAVAILABLE: &str = "unavailable";
 pub const RATE_LIMITED: &str = "rate_limited";
 /// The server is shutting down; reconnect (to another node) and retry.
 pub const SHUTTING_DOWN: &str = "shutting_down";
+/// A durable subscription (`durable: true` or `since: "cursor"`) on a
+/// connection without a client id (`/ws?client_id=...`): cursors are stored
+/// per client id.
+pub const IDENTITY_REQUIRED: &str = "identity_required";
 /// An unexpected server-side failure; the reason says more.
 pub const INTERNAL: &str = "internal";
 

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use crate::frame::MessageFrame;
+use crate::frame::{MessageFrame, Replayed};
 
 /// The envelope version this code writes.
 pub const ENVELOPE_VERSION: u32 = 1;
@@ -37,6 +37,10 @@ pub struct Envelope {
     pub content_type: String,
     /// The application payload, any JSON value, kept byte-for-byte.
     pub data: Box<RawValue>,
+    /// Set on records written by `herald replay --live`: where the original
+    /// record is. Absent on ordinary publishes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replayed: Option<Replayed>,
 }
 
 /// Why a record could not be read as an envelope.
@@ -81,6 +85,7 @@ impl Envelope {
             id: self.id,
             ts: self.ts,
             data: self.data,
+            replayed: self.replayed,
         }
     }
 }

@@ -1,8 +1,9 @@
 //! WebSocket text frames: JSON objects with a `type`.
 //!
-//! Client → server: `subscribe`, `unsubscribe`, `publish`, `ack`, `ping`.
-//! Server → client: `subscribed`, `unsubscribed`, `message`, `publish_ack`,
-//! `publish_nack`, `error`, `pong`. Schemas: `schemas/frames/*.json`.
+//! Client → server: `subscribe`, `unsubscribe`, `publish`, `ack`, `history`,
+//! `ping`. Server → client: `subscribed`, `unsubscribed`, `message`,
+//! `publish_ack`, `publish_nack`, `history`, `error`, `pong`, `reconnect`.
+//! Schemas: `schemas/frames.client.json`, `schemas/frames.server.json`.
 //!
 //! Decoding is two-step: first the `type` (and, for error replies, any `id` and
 //! `channel` to echo), then the frame's own struct with unknown fields denied.
@@ -23,12 +24,53 @@ pub struct Position {
     pub epoch: String,
 }
 
+/// Where a subscription starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Since {
+    /// After this position (the client's own record of what it has seen).
+    Position(Position),
+    /// After the durable cursor the server stored for this client and
+    /// channel (`"since": "cursor"`); live when there is none.
+    Cursor,
+}
+
+/// Which messages a `history` request asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HistoryFrom {
+    /// Oldest first, the messages with `seq > since_seq`.
+    AfterSeq(i64),
+    /// Oldest first, the messages accepted at or after this time (ms since
+    /// the Unix epoch; Kafka offsets-for-times).
+    SinceTime(i64),
+    /// The newest messages with `seq < before_seq` (or the newest of all).
+    Latest { before_seq: Option<i64> },
+}
+
+/// A decoded `history` request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryRequest {
+    /// Echoed in the reply so a client can match answers to requests.
+    pub id: Option<String>,
+    pub channel: String,
+    pub from: HistoryFrom,
+    /// At most this many messages; `None`: [`HISTORY_DEFAULT_LIMIT`] (or the
+    /// server's maximum when that is lower).
+    pub limit: Option<usize>,
+    /// Newest first instead of oldest first.
+    pub reverse: bool,
+}
+
+/// `limit` of a `history` request that gives none.
+pub const HISTORY_DEFAULT_LIMIT: usize = 100;
+
 /// A decoded client frame.
 #[derive(Debug)]
 pub enum ClientFrame {
     Subscribe {
         channel: String,
-        since: Option<Position>,
+        since: Option<Since>,
+        /// Store this subscription's acks as a durable cursor.
+        durable: bool,
     },
     Unsubscribe {
         channel: String,
@@ -47,6 +89,7 @@ pub enum ClientFrame {
         channel: String,
         seq: i64,
     },
+    History(HistoryRequest),
     Ping,
 }
 
@@ -77,7 +120,36 @@ struct SubscribeBody {
     _kind: IgnoredAny,
     channel: String,
     #[serde(default)]
-    since: Option<Position>,
+    since: Option<SinceBody>,
+    #[serde(default)]
+    durable: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SinceBody {
+    Position(Position),
+    Word(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryBody {
+    #[serde(rename = "type")]
+    _kind: IgnoredAny,
+    #[serde(default)]
+    id: Option<String>,
+    channel: String,
+    #[serde(default)]
+    since_seq: Option<i64>,
+    #[serde(default)]
+    since_time: Option<i64>,
+    #[serde(default)]
+    before_seq: Option<i64>,
+    #[serde(default)]
+    limit: Option<u64>,
+    #[serde(default)]
+    reverse: bool,
 }
 
 #[derive(Deserialize)]
@@ -156,9 +228,21 @@ pub fn decode_client(text: &str) -> Result<ClientFrame, DecodeError> {
     match kind.as_str() {
         "subscribe" => {
             let b: SubscribeBody = serde_json::from_str(text).map_err(body)?;
+            let since = match b.since {
+                None => None,
+                Some(SinceBody::Position(p)) => Some(Since::Position(p)),
+                Some(SinceBody::Word(w)) if w == "cursor" => Some(Since::Cursor),
+                Some(SinceBody::Word(_)) => {
+                    return Err(bad(
+                        codes::BAD_FRAME,
+                        "`since` must be a position {seq, epoch} or \"cursor\"".into(),
+                    ))
+                }
+            };
             Ok(ClientFrame::Subscribe {
                 channel: b.channel,
-                since: b.since,
+                durable: b.durable || since == Some(Since::Cursor),
+                since,
             })
         }
         "unsubscribe" => {
@@ -189,6 +273,54 @@ pub fn decode_client(text: &str) -> Result<ClientFrame, DecodeError> {
                 channel: b.channel,
                 seq: b.seq,
             })
+        }
+        "history" => {
+            let b: HistoryBody = serde_json::from_str(text).map_err(body)?;
+            let from = match (b.since_seq, b.since_time, b.before_seq) {
+                (None, None, before) => {
+                    if before.is_some_and(|s| s < 0) {
+                        return Err(bad(
+                            codes::BAD_FRAME,
+                            "`before_seq` must not be negative".into(),
+                        ));
+                    }
+                    HistoryFrom::Latest { before_seq: before }
+                }
+                (Some(s), None, None) => {
+                    if s < -1 {
+                        return Err(bad(
+                            codes::BAD_FRAME,
+                            "`since_seq` must be -1 or more".into(),
+                        ));
+                    }
+                    HistoryFrom::AfterSeq(s)
+                }
+                (None, Some(t), None) => HistoryFrom::SinceTime(t),
+                _ => {
+                    return Err(bad(
+                        codes::BAD_FRAME,
+                        "give at most one of `since_seq`, `since_time` and `before_seq`".into(),
+                    ))
+                }
+            };
+            let limit = match b.limit {
+                None => None,
+                Some(0) => return Err(bad(codes::BAD_FRAME, "`limit` must be at least 1".into())),
+                Some(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+            };
+            if b.id.as_ref().is_some_and(|i| i.len() > 128) {
+                return Err(bad(
+                    codes::BAD_FRAME,
+                    "`id` is longer than 128 bytes".into(),
+                ));
+            }
+            Ok(ClientFrame::History(HistoryRequest {
+                id: b.id,
+                channel: b.channel,
+                from,
+                limit,
+                reverse: b.reverse,
+            }))
         }
         "ping" => {
             let _: PingBody = serde_json::from_str(text).map_err(body)?;
@@ -286,6 +418,23 @@ pub enum ServerFrame {
         #[serde(skip_serializing_if = "Option::is_none")]
         channel: Option<String>,
     },
+    /// Reply to `history`: `messages` are `message` frames, oldest first
+    /// (newest first with `reverse`). `next` continues the listing: pass it
+    /// as `since_seq` (forward requests) or `before_seq` (latest-first
+    /// requests) for the next page. `done` is true when no page follows.
+    History {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        channel: String,
+        epoch: String,
+        messages: Vec<Box<RawValue>>,
+        next: i64,
+        done: bool,
+        /// True when messages the request asked for are no longer retained
+        /// (they were older than the log start).
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        truncated: bool,
+    },
     Pong,
     /// The server is draining: reconnect (to any node) after `after_ms`,
     /// resuming with `since`. The connection closes with 1001 shortly after.
@@ -305,6 +454,21 @@ pub struct MessageFrame {
     /// Milliseconds since the Unix epoch when the edge accepted the publish.
     pub ts: i64,
     pub data: Box<RawValue>,
+    /// Present when an operator re-delivered an older message with
+    /// `herald replay --live`: where the original is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replayed: Option<Replayed>,
+}
+
+/// The original of a replayed message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Replayed {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// The original message id.
+    pub id: Uuid,
 }
 
 impl ServerFrame {
@@ -333,15 +497,70 @@ mod tests {
     #[test]
     fn decodes_every_client_frame() {
         let f = decode_client(r#"{"type":"subscribe","channel":"chat:a"}"#).unwrap();
-        assert!(matches!(f, ClientFrame::Subscribe { since: None, .. }));
+        assert!(matches!(
+            f,
+            ClientFrame::Subscribe {
+                since: None,
+                durable: false,
+                ..
+            }
+        ));
         let f = decode_client(
             r#"{"type":"subscribe","channel":"chat:a","since":{"seq":7,"epoch":"e1"}}"#,
         )
         .unwrap();
         match f {
-            ClientFrame::Subscribe { since: Some(p), .. } => assert_eq!(p.seq, 7),
+            ClientFrame::Subscribe {
+                since: Some(Since::Position(p)),
+                ..
+            } => assert_eq!(p.seq, 7),
             other => panic!("{other:?}"),
         }
+        let f =
+            decode_client(r#"{"type":"subscribe","channel":"chat:a","since":"cursor"}"#).unwrap();
+        assert!(matches!(
+            f,
+            ClientFrame::Subscribe {
+                since: Some(Since::Cursor),
+                durable: true,
+                ..
+            }
+        ));
+        let f = decode_client(r#"{"type":"subscribe","channel":"chat:a","durable":true}"#).unwrap();
+        assert!(matches!(f, ClientFrame::Subscribe { durable: true, .. }));
+        let f = decode_client(r#"{"type":"history","channel":"chat:a"}"#).unwrap();
+        match f {
+            ClientFrame::History(h) => {
+                assert_eq!(h.from, HistoryFrom::Latest { before_seq: None });
+                assert_eq!(h.limit, None);
+                assert!(!h.reverse);
+            }
+            other => panic!("{other:?}"),
+        }
+        let f = decode_client(
+            r#"{"type":"history","id":"q1","channel":"chat:a","since_seq":-1,"limit":5,"reverse":true}"#,
+        )
+        .unwrap();
+        match f {
+            ClientFrame::History(h) => {
+                assert_eq!(h.from, HistoryFrom::AfterSeq(-1));
+                assert_eq!(
+                    (h.limit, h.reverse, h.id.as_deref()),
+                    (Some(5), true, Some("q1"))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let f =
+            decode_client(r#"{"type":"history","channel":"chat:a","since_time":1700000000000}"#)
+                .unwrap();
+        assert!(matches!(
+            f,
+            ClientFrame::History(HistoryRequest {
+                from: HistoryFrom::SinceTime(1_700_000_000_000),
+                ..
+            })
+        ));
         let f = decode_client(
             r#"{"type":"publish","channel":"chat:a","id":"6f1d6a55-0d6a-4b5e-9f57-2b8d7c1f0a11","data":{"x":[1,2]}}"#,
         )
@@ -400,6 +619,30 @@ mod tests {
             code(r#"{"type":"ack","channel":"chat:a","seq":1e400}"#),
             codes::BAD_FRAME
         );
+        assert_eq!(
+            code(r#"{"type":"subscribe","channel":"chat:a","since":"latest"}"#),
+            codes::BAD_FRAME
+        );
+        assert_eq!(
+            code(r#"{"type":"history","channel":"chat:a","since_seq":1,"since_time":2}"#),
+            codes::BAD_FRAME
+        );
+        assert_eq!(
+            code(r#"{"type":"history","channel":"chat:a","since_seq":-2}"#),
+            codes::BAD_FRAME
+        );
+        assert_eq!(
+            code(r#"{"type":"history","channel":"chat:a","before_seq":-1}"#),
+            codes::BAD_FRAME
+        );
+        assert_eq!(
+            code(r#"{"type":"history","channel":"chat:a","limit":0}"#),
+            codes::BAD_FRAME
+        );
+        assert_eq!(
+            code(r#"{"type":"history","channel":"chat:a","limit":-3}"#),
+            codes::BAD_FRAME
+        );
         let deep = format!(
             r#"{{"type":"publish","channel":"chat:a","id":"6f1d6a55-0d6a-4b5e-9f57-2b8d7c1f0a11","data":{}{}}}"#,
             "[".repeat(10_000),
@@ -436,7 +679,7 @@ mod tests {
         }
 
         #[test]
-        fn never_panics_on_object_like(s in "\\{\"type\":\"(subscribe|publish|ack|ping)\".{0,64}") {
+        fn never_panics_on_object_like(s in "\\{\"type\":\"(subscribe|publish|ack|history|ping)\".{0,64}") {
             let _ = decode_client(&s);
         }
     }

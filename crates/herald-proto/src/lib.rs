@@ -28,4 +28,6 @@ pub mod partition;
 
 pub use channel::{Channel, ChannelError};
 pub use envelope::Envelope;
-pub use frame::{ClientFrame, DecodeError, Position, ServerFrame};
+pub use frame::{
+    ClientFrame, DecodeError, HistoryFrom, HistoryRequest, Position, Replayed, ServerFrame, Since,
+};

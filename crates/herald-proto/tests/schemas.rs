@@ -45,7 +45,49 @@ fn server_frames_validate() {
             id,
             ts: 1,
             data: raw(r#"{"a":[1,null]}"#),
+            replayed: None,
         }),
+        ServerFrame::Message(MessageFrame {
+            channel: "chat:a".into(),
+            seq: 9,
+            epoch: "e".into(),
+            id,
+            ts: 1,
+            data: raw("7"),
+            replayed: Some(herald_proto::Replayed {
+                topic: "herald.chat".into(),
+                partition: 3,
+                offset: 4,
+                id,
+            }),
+        }),
+        ServerFrame::History {
+            id: Some("q1".into()),
+            channel: "chat:a".into(),
+            epoch: "e".into(),
+            messages: vec![raw(&ServerFrame::Message(MessageFrame {
+                channel: "chat:a".into(),
+                seq: 4,
+                epoch: "e".into(),
+                id,
+                ts: 1,
+                data: raw("[]"),
+                replayed: None,
+            })
+            .to_json())],
+            next: 4,
+            done: false,
+            truncated: true,
+        },
+        ServerFrame::History {
+            id: None,
+            channel: "chat:a".into(),
+            epoch: "e".into(),
+            messages: vec![],
+            next: -1,
+            done: true,
+            truncated: false,
+        },
         ServerFrame::PublishAck {
             id,
             channel: "chat:a".into(),
@@ -98,6 +140,12 @@ fn client_frames_validate_and_decode() {
         r#"{"type":"unsubscribe","channel":"chat:a"}"#,
         r#"{"type":"publish","channel":"chat:a","id":"6f1d6a55-0d6a-4b5e-9f57-2b8d7c1f0a11","data":"hi"}"#,
         r#"{"type":"ack","channel":"chat:a","seq":0}"#,
+        r#"{"type":"subscribe","channel":"chat:a","since":"cursor"}"#,
+        r#"{"type":"subscribe","channel":"chat:a","durable":true}"#,
+        r#"{"type":"history","channel":"chat:a"}"#,
+        r#"{"type":"history","id":"p2","channel":"chat:a","since_seq":-1,"limit":10}"#,
+        r#"{"type":"history","channel":"chat:a","since_time":1700000000000,"reverse":true}"#,
+        r#"{"type":"history","channel":"chat:a","before_seq":40,"limit":20}"#,
         r#"{"type":"ping"}"#,
     ];
     for f in frames {
@@ -119,6 +167,7 @@ fn envelope_validates() {
         ts: 1_700_000_000_000,
         content_type: envelope::CONTENT_TYPE_JSON.into(),
         data: raw(r#"{"text":"hello"}"#),
+        replayed: None,
     };
     let json = env.to_json();
     assert_valid(&v, &json);

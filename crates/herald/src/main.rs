@@ -24,7 +24,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run an edge node: WebSocket on /ws, plus /healthz, /readyz and /metrics.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Per namespace topic and partition: log start and end offsets, message
     /// counts, and the times of the first and last records.
     Offsets(OffsetsArgs),
@@ -126,6 +126,21 @@ struct ServeArgs {
     /// Time in-flight publishes and connections get on shutdown, in seconds.
     #[arg(long, env = "HERALD_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     shutdown_grace_secs: u64,
+    /// Largest `limit` of a history request.
+    #[arg(long, env = "HERALD_HISTORY_MAX_LIMIT", default_value_t = 1000)]
+    history_max_limit: usize,
+    /// Bytes of messages in one history reply.
+    #[arg(long, env = "HERALD_HISTORY_MAX_BYTES", default_value_t = 1 << 20)]
+    history_max_bytes: usize,
+    /// Partition records scanned for one history page.
+    #[arg(long, env = "HERALD_HISTORY_MAX_SCAN", default_value_t = 100_000)]
+    history_max_scan: i64,
+    /// How often acked durable cursors are written to Kafka, in ms.
+    #[arg(long, env = "HERALD_CURSOR_FLUSH_MS", default_value_t = 1000)]
+    cursor_flush_ms: u64,
+    /// Partitions of the cursor topic when herald creates it.
+    #[arg(long, env = "HERALD_CURSOR_PARTITIONS", default_value_t = 8)]
+    cursor_partitions: i32,
 }
 
 async fn shutdown_signal() {
@@ -189,6 +204,11 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         shutdown_grace: Duration::from_secs(a.shutdown_grace_secs),
         drain_delay: Duration::from_millis(a.drain_delay_ms),
         reconnect_jitter: Duration::from_millis(a.reconnect_jitter_ms),
+        history_max_limit: a.history_max_limit,
+        history_max_bytes: a.history_max_bytes,
+        history_max_scan: a.history_max_scan,
+        cursor_flush_interval: Duration::from_millis(a.cursor_flush_ms.max(10)),
+        cursor_partitions: a.cursor_partitions,
         ..EdgeConfig::default()
     };
     let edge = Edge::start(cfg, log_cfg, metrics)
@@ -266,7 +286,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let rt = tokio::runtime::Runtime::new().context("tokio runtime")?;
     match cli.command {
-        Command::Serve(a) => rt.block_on(serve(a)),
+        Command::Serve(a) => rt.block_on(serve(*a)),
         Command::Offsets(a) => rt.block_on(offsets(a)),
     }
 }
