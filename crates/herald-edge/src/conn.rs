@@ -381,6 +381,11 @@ impl Conn {
         };
         if self.ctx.cursors.ack(client, &channel, seq, &epoch) {
             metrics::counter!("herald_cursor_acks_total").increment(1);
+            // Records of the partition behind this client's cursor (an upper
+            // bound on its unacked messages of the channel).
+            if let Some(tail) = self.ctx.hub.tail_seq(&sub.topic, &channel) {
+                metrics::histogram!("herald_cursor_lag_records").record((tail - seq).max(0) as f64);
+            }
         }
     }
 

@@ -52,6 +52,8 @@ pub struct Delivery {
     pub seq: i64,
     /// The serialised `message` frame.
     pub text: Arc<str>,
+    /// Re-delivered by `herald replay --live`.
+    pub replayed: bool,
 }
 
 impl Delivery {
@@ -62,11 +64,13 @@ impl Delivery {
         match Envelope::decode(value, r.key.as_deref()) {
             Ok(env) => {
                 let channel: Arc<str> = Arc::from(env.channel.as_str());
+                let replayed = env.replayed.is_some();
                 let text = ServerFrame::Message(env.into_message(r.offset, epoch)).to_json();
                 Some(Delivery {
                     channel,
                     seq: r.offset,
                     text: Arc::from(text),
+                    replayed,
                 })
             }
             Err(e) => {
@@ -458,6 +462,21 @@ impl Hub {
         removed > 0
     }
 
+    /// The newest offset dispatched live in `channel`'s partition, when this
+    /// node follows that partition.
+    pub fn tail_seq(&self, topic: &str, channel: &str) -> Option<i64> {
+        let partition = self.partition_of(topic, channel).ok()?;
+        let part = self
+            .parts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(Arc::from(topic), partition))
+            .cloned()?;
+        part.started.get()?;
+        let next = part.lock().next_offset;
+        Some(next - 1)
+    }
+
     pub(crate) fn log_read(&self) -> &dyn LogRead {
         &*self.log
     }
@@ -550,6 +569,9 @@ impl Hub {
         }
         drop(st);
         metrics::counter!("herald_hub_deliveries_total").increment(delivered);
+        if d.replayed {
+            metrics::counter!("herald_hub_replayed_records_total").increment(1);
+        }
         if dropped > 0 {
             metrics::gauge!("herald_hub_subscriptions").decrement(dropped as f64);
         }

@@ -284,6 +284,18 @@ impl Kafka {
         }
     }
 
+    /// The epoch herald recorded for `topic`, if any.
+    pub async fn topic_epoch(&self, topic: &str) -> Result<Option<String>, LogError> {
+        if self
+            .partition_count(&self.cfg.meta_topic())
+            .await?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        Ok(self.read_epochs().await?.remove(topic))
+    }
+
     /// Reads every epoch record in the meta topic: topic → newest epoch.
     async fn read_epochs(&self) -> Result<HashMap<String, String>, LogError> {
         let meta = self.cfg.meta_topic();

@@ -8,7 +8,10 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use herald_edge::{Edge, EdgeConfig, NamespaceConfig};
 use herald_log::LogConfig;
+use herald_proto::partition::partition_for_key;
 use tracing_subscriber::EnvFilter;
+
+mod replay;
 
 #[derive(Parser)]
 #[command(
@@ -26,19 +29,23 @@ enum Command {
     /// Run an edge node: WebSocket on /ws, plus /healthz, /readyz and /metrics.
     Serve(Box<ServeArgs>),
     /// Per namespace topic and partition: log start and end offsets, message
-    /// counts, and the times of the first and last records.
+    /// counts, the times of the first and last records, and the lag of every
+    /// durable cursor.
     Offsets(OffsetsArgs),
+    /// Replay a range of one partition: as JSON Lines (stdout or a file), to
+    /// another topic, or live to the channels' subscribers.
+    Replay(Box<replay::ReplayArgs>),
 }
 
 /// Where herald's topics are: shared by every command that talks to Kafka.
 #[derive(Args)]
-struct Topics {
+pub(crate) struct Topics {
     /// Kafka bootstrap servers.
     #[arg(long, env = "HERALD_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
-    kafka_brokers: String,
+    pub kafka_brokers: String,
     /// Prefix of every topic herald uses.
     #[arg(long, env = "HERALD_TOPIC_PREFIX", default_value = "herald.")]
-    topic_prefix: String,
+    pub topic_prefix: String,
     /// Namespaces as NAME or NAME=PARTITIONS (partitions used when creating
     /// topics), comma-separated.
     #[arg(
@@ -47,7 +54,7 @@ struct Topics {
         default_value = "chat=8",
         value_delimiter = ','
     )]
-    namespaces: Vec<NamespaceConfig>,
+    pub namespaces: Vec<NamespaceConfig>,
 }
 
 #[derive(Args)]
@@ -230,6 +237,7 @@ async fn offsets(a: OffsetsArgs) -> anyhow::Result<()> {
         ..LogConfig::default()
     };
     let kafka = herald_log::Kafka::connect(cfg.clone())?;
+    let cursors = herald_log::CursorStore::read_all(&kafka).await?;
     let mut report = Vec::new();
     for ns in &a.topics.namespaces {
         let topic = cfg.topic_for(&ns.name);
@@ -241,13 +249,45 @@ async fn offsets(a: OffsetsArgs) -> anyhow::Result<()> {
         for p in 0..partitions {
             parts.push(kafka.partition_summary(&topic, p).await?);
         }
-        report.push((ns.name.clone(), topic, parts));
+        let epoch = kafka.topic_epoch(&topic).await?;
+        let prefix = format!("{}:", ns.name);
+        let lags: Vec<CursorLag> = cursors
+            .iter()
+            .filter(|c| c.channel.starts_with(&prefix))
+            .map(|c| {
+                let partition = partition_for_key(c.channel.as_bytes(), partitions);
+                let log_end = parts
+                    .iter()
+                    .find(|p| p.partition == partition)
+                    .map(|p| p.log_end)
+                    .unwrap_or(0);
+                let current = epoch.as_deref() == Some(c.epoch.as_str());
+                CursorLag {
+                    client: c.client.clone(),
+                    channel: c.channel.clone(),
+                    partition,
+                    seq: c.seq,
+                    log_end,
+                    // Records of the partition after the cursor: an upper
+                    // bound on the channel's unacked messages.
+                    lag: current.then_some((log_end - 1 - c.seq).max(0)),
+                    current_epoch: current,
+                    acked_at_ms: c.ts,
+                }
+            })
+            .collect();
+        report.push((ns.name.clone(), topic, parts, lags));
     }
     if a.json {
         let json: Vec<_> = report
             .iter()
-            .map(|(ns, topic, parts)| {
-                serde_json::json!({ "namespace": ns, "topic": topic, "partitions": parts })
+            .map(|(ns, topic, parts, lags)| {
+                serde_json::json!({
+                    "namespace": ns,
+                    "topic": topic,
+                    "partitions": parts,
+                    "cursors": lags,
+                })
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&json)?);
@@ -258,7 +298,7 @@ async fn offsets(a: OffsetsArgs) -> anyhow::Result<()> {
         "topic", "partition", "log_start", "log_end", "messages", "first_ms", "last_ms"
     );
     let opt = |v: Option<i64>| v.map(|x| x.to_string()).unwrap_or_else(|| "-".into());
-    for (_, topic, parts) in &report {
+    for (_, topic, parts, _) in &report {
         for p in parts {
             println!(
                 "{:<24} {:>9} {:>12} {:>12} {:>10} {:>15} {:>15}",
@@ -272,7 +312,42 @@ async fn offsets(a: OffsetsArgs) -> anyhow::Result<()> {
             );
         }
     }
+    let lags: Vec<&CursorLag> = report.iter().flat_map(|r| &r.3).collect();
+    if !lags.is_empty() {
+        println!();
+        println!(
+            "{:<24} {:<32} {:>9} {:>12} {:>12} {:>10}",
+            "client", "channel", "partition", "cursor_seq", "log_end", "lag"
+        );
+        for c in lags {
+            println!(
+                "{:<24} {:<32} {:>9} {:>12} {:>12} {:>10}",
+                c.client,
+                c.channel,
+                c.partition,
+                c.seq,
+                c.log_end,
+                c.lag
+                    .map(|l| l.to_string())
+                    .unwrap_or_else(|| "old-epoch".into())
+            );
+        }
+    }
     Ok(())
+}
+
+/// A durable cursor and how far behind its partition's end it is.
+#[derive(serde::Serialize)]
+struct CursorLag {
+    client: String,
+    channel: String,
+    partition: i32,
+    seq: i64,
+    log_end: i64,
+    /// `None` when the cursor belongs to an older incarnation of the topic.
+    lag: Option<i64>,
+    current_epoch: bool,
+    acked_at_ms: i64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -288,5 +363,6 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(a) => rt.block_on(serve(*a)),
         Command::Offsets(a) => rt.block_on(offsets(a)),
+        Command::Replay(a) => rt.block_on(replay::run(*a)),
     }
 }

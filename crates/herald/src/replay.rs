@@ -1,0 +1,426 @@
+//! `herald replay`: read a range of one partition of a namespace's topic and
+//! write it out as JSON Lines, republish it raw to another topic, or
+//! re-deliver it live to the channel's subscribers (marked `replayed`).
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use herald_log::{Kafka, LogConfig, LogRead, Record};
+use herald_proto::envelope::{self, Envelope, HEADER_ID, HEADER_VERSION};
+use herald_proto::partition::partition_for_key;
+use herald_proto::Replayed;
+
+use crate::Topics;
+
+#[derive(Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub topics: Topics,
+    /// The namespace whose topic is read.
+    #[arg(long)]
+    pub namespace: String,
+    /// The partition to read.
+    #[arg(long, allow_negative_numbers = true)]
+    pub partition: i32,
+    /// First offset to replay (default: the log start).
+    #[arg(long, conflicts_with = "from_time", allow_negative_numbers = true)]
+    pub from_offset: Option<i64>,
+    /// Replay up to, not including, this offset (default: the log end when
+    /// the replay starts).
+    #[arg(long, conflicts_with = "to_time", allow_negative_numbers = true)]
+    pub to_offset: Option<i64>,
+    /// First record time to replay, RFC 3339 (e.g. 2026-11-22T10:00:00Z).
+    #[arg(long, value_parser = parse_time)]
+    pub from_time: Option<i64>,
+    /// Replay records older than this time, RFC 3339.
+    #[arg(long, value_parser = parse_time)]
+    pub to_time: Option<i64>,
+    /// Only this channel's records.
+    #[arg(long)]
+    pub channel: Option<String>,
+    /// Write JSON Lines to this file instead of stdout.
+    #[arg(long, conflicts_with_all = ["to_topic", "live"])]
+    pub output: Option<std::path::PathBuf>,
+    /// Republish the records, unchanged, to this topic (created with the
+    /// source's partition count if missing; placed by key like any producer).
+    #[arg(long, conflicts_with = "live")]
+    pub to_topic: Option<String>,
+    /// Re-deliver to the channels' live subscribers: each record is appended
+    /// again to the namespace's topic with a new id and a `replayed` field
+    /// naming the original.
+    #[arg(long)]
+    pub live: bool,
+    /// Count what would be replayed; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// At most this many records written per second (0: no cap).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u32,
+}
+
+fn parse_time(s: &str) -> Result<i64, String> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.timestamp_millis())
+        .map_err(|e| format!("`{s}` is not an RFC 3339 time ({e}); e.g. 2026-11-22T10:00:00Z"))
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Where the replayed records go.
+enum Sink {
+    Lines(Box<dyn Write>),
+    Topic { name: String, partitions: i32 },
+    Live { topic: String },
+    Count,
+}
+
+/// Progress on stderr: a bar on a terminal, plain lines otherwise.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    total: u64,
+    started: Instant,
+    last_line: Instant,
+}
+
+impl Progress {
+    fn new(total: u64) -> Progress {
+        let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+            let bar = indicatif::ProgressBar::new(total);
+            let style = indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} records, {per_sec}, ETA {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+            bar.set_style(style);
+            bar
+        });
+        Progress {
+            bar,
+            total,
+            started: Instant::now(),
+            last_line: Instant::now(),
+        }
+    }
+
+    fn update(&mut self, scanned: u64, written: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(scanned);
+            return;
+        }
+        if self.last_line.elapsed() < Duration::from_secs(2) {
+            return;
+        }
+        self.last_line = Instant::now();
+        self.line(scanned, written);
+    }
+
+    fn line(&self, scanned: u64, written: u64) {
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        let rate = scanned as f64 / secs;
+        let eta = if rate > 0.0 {
+            format!("{:.0}s", (self.total.saturating_sub(scanned)) as f64 / rate)
+        } else {
+            "-".into()
+        };
+        eprintln!(
+            "replay: {scanned}/{} records scanned ({:.0}%), {written} written, {rate:.0} records/s, ETA {eta}",
+            self.total,
+            100.0 * scanned as f64 / self.total.max(1) as f64
+        );
+    }
+
+    fn finish(&self, scanned: u64, written: u64) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+        self.line(scanned, written);
+    }
+}
+
+pub async fn run(a: ReplayArgs) -> anyhow::Result<()> {
+    let cfg = LogConfig {
+        brokers: a.topics.kafka_brokers.clone(),
+        topic_prefix: a.topics.topic_prefix.clone(),
+        fetch_wait_max_ms: 5,
+        ..LogConfig::default()
+    };
+    let kafka = Kafka::connect(cfg.clone())?;
+    if !a.topics.namespaces.iter().any(|n| n.name == a.namespace) {
+        bail!(
+            "namespace `{}` is not configured (configured: {})",
+            a.namespace,
+            a.topics
+                .namespaces
+                .iter()
+                .map(|n| n.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let topic = cfg.topic_for(&a.namespace);
+    let partitions = kafka
+        .partition_count(&topic)
+        .await?
+        .with_context(|| format!("topic {topic} does not exist"))?;
+    if a.partition < 0 || a.partition >= partitions {
+        bail!(
+            "partition {} is out of range: {topic} has partitions 0..={}",
+            a.partition,
+            partitions - 1
+        );
+    }
+    if let Some(ch) = &a.channel {
+        let channel = herald_proto::Channel::parse(ch).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if channel.namespace() != a.namespace {
+            bail!("channel `{ch}` is not in namespace `{}`", a.namespace);
+        }
+        let p = partition_for_key(ch.as_bytes(), partitions);
+        if p != a.partition {
+            bail!(
+                "channel `{ch}` lives in partition {p} of {topic}, not {}",
+                a.partition
+            );
+        }
+    }
+    let wm = LogRead::watermarks(&*kafka, &topic, a.partition).await?;
+    let from = match (a.from_offset, a.from_time) {
+        (Some(o), _) => {
+            if o < wm.low {
+                bail!(
+                    "--from-offset {o} is below the log start {} of {topic}/{} (older records were removed by retention)",
+                    wm.low,
+                    a.partition
+                );
+            }
+            if o > wm.high {
+                bail!(
+                    "--from-offset {o} is past the log end {} of {topic}/{}",
+                    wm.high,
+                    a.partition
+                );
+            }
+            o
+        }
+        (None, Some(t)) => kafka
+            .offset_for_time(&topic, a.partition, t)
+            .await?
+            .unwrap_or(wm.high),
+        (None, None) => wm.low,
+    };
+    let to = match (a.to_offset, a.to_time) {
+        (Some(o), _) => {
+            if o > wm.high {
+                bail!(
+                    "--to-offset {o} is past the log end {} of {topic}/{}",
+                    wm.high,
+                    a.partition
+                );
+            }
+            o
+        }
+        (None, Some(t)) => kafka
+            .offset_for_time(&topic, a.partition, t)
+            .await?
+            .unwrap_or(wm.high),
+        (None, None) => wm.high,
+    };
+    if let (Some(f), Some(t)) = (a.from_time, a.to_time) {
+        if f > t {
+            bail!("--from-time is after --to-time");
+        }
+    }
+    if from > to {
+        bail!("the range is empty or reversed: from offset {from} > to offset {to}");
+    }
+
+    let mut sink = if a.dry_run {
+        Sink::Count
+    } else if let Some(t) = &a.to_topic {
+        if *t == topic {
+            bail!("--to-topic is the source topic; use --live to re-deliver to subscribers");
+        }
+        let n = kafka
+            .ensure_internal_topic(t, partitions, &[])
+            .await
+            .with_context(|| format!("creating or opening topic {t}"))?;
+        Sink::Topic {
+            name: t.clone(),
+            partitions: n,
+        }
+    } else if a.live {
+        Sink::Live {
+            topic: topic.clone(),
+        }
+    } else if let Some(path) = &a.output {
+        let f =
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        Sink::Lines(Box::new(std::io::BufWriter::new(f)))
+    } else {
+        Sink::Lines(Box::new(std::io::BufWriter::new(std::io::stdout())))
+    };
+
+    eprintln!(
+        "replay: {topic} partition {} offsets [{from}, {to}){}{}",
+        a.partition,
+        a.channel
+            .as_ref()
+            .map(|c| format!(", channel {c}"))
+            .unwrap_or_default(),
+        if a.dry_run { " (dry run)" } else { "" }
+    );
+    let mut progress = Progress::new((to - from).max(0) as u64);
+    let started = Instant::now();
+    let (mut scanned, mut written) = (0u64, 0u64);
+    let mut pos = from;
+    let mut pending = Vec::new();
+    while pos < to {
+        let batch = LogRead::read_range(&*kafka, &topic, a.partition, pos, to, 1000).await?;
+        if batch.next <= pos {
+            bail!(
+                "reading {topic}/{} made no progress at offset {pos}",
+                a.partition
+            );
+        }
+        scanned += (batch.next - pos) as u64;
+        pos = batch.next;
+        for r in &batch.records {
+            if let Some(ch) = &a.channel {
+                if r.key.as_deref() != Some(ch.as_bytes()) {
+                    continue;
+                }
+            }
+            if a.rate > 0 {
+                let due = started + Duration::from_secs_f64(written as f64 / a.rate as f64);
+                tokio::time::sleep_until(due.into()).await;
+            }
+            write_one(&kafka, &mut sink, r, &mut pending)?;
+            written += 1;
+            if pending.len() >= 1000 {
+                settle(&mut pending).await?;
+            }
+        }
+        progress.update(scanned, written);
+    }
+    settle(&mut pending).await?;
+    if let Sink::Lines(w) = &mut sink {
+        w.flush().context("writing output")?;
+    }
+    progress.finish(scanned, written);
+    if a.dry_run {
+        println!(
+            "{}",
+            serde_json::json!({
+                "topic": topic,
+                "partition": a.partition,
+                "from": from,
+                "to": to,
+                "scanned": scanned,
+                "matched": written,
+            })
+        );
+    }
+    eprintln!(
+        "replay: done: {written} {} of {scanned} records scanned in {:.1}s",
+        if a.dry_run {
+            "would be replayed"
+        } else {
+            "replayed"
+        },
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+type Pending = Vec<herald_log::PendingPublish>;
+
+/// Waits for every republished record to be confirmed.
+async fn settle(pending: &mut Pending) -> anyhow::Result<()> {
+    for p in pending.drain(..) {
+        p.await
+            .context("Kafka did not confirm a republished record")?;
+    }
+    Ok(())
+}
+
+fn write_one(
+    kafka: &Arc<Kafka>,
+    sink: &mut Sink,
+    r: &Record,
+    pending: &mut Pending,
+) -> anyhow::Result<()> {
+    match sink {
+        Sink::Count => {}
+        Sink::Lines(w) => {
+            let key = r.key.as_deref().map(String::from_utf8_lossy);
+            // The value as JSON when it is (herald's envelope), else a string.
+            let value = r.value.as_deref().map(|v| {
+                serde_json::from_slice::<serde_json::Value>(v).unwrap_or_else(|_| {
+                    serde_json::Value::from(String::from_utf8_lossy(v).into_owned())
+                })
+            });
+            let line = serde_json::json!({
+                "topic": &*r.topic,
+                "partition": r.partition,
+                "offset": r.offset,
+                "timestamp": r.timestamp_ms,
+                "key": key,
+                "value": value,
+            });
+            serde_json::to_writer(&mut *w, &line).context("writing output")?;
+            w.write_all(b"\n").context("writing output")?;
+        }
+        Sink::Topic { name, partitions } => {
+            let key = r.key.as_deref().unwrap_or_default();
+            let value = r.value.as_deref().unwrap_or_default();
+            let env = Envelope::decode(value, None).ok();
+            let id = env.as_ref().map(|e| e.id.to_string());
+            let v = env.as_ref().map(|e| e.v.to_string());
+            let mut headers: Vec<(&str, &[u8])> = Vec::new();
+            if let (Some(id), Some(v)) = (&id, &v) {
+                headers.push((HEADER_ID, id.as_bytes()));
+                headers.push((HEADER_VERSION, v.as_bytes()));
+            }
+            let p = partition_for_key(key, *partitions);
+            pending.push(kafka.publish(name, p, key, value, &headers)?);
+        }
+        Sink::Live { topic } => {
+            let value = r.value.as_deref().unwrap_or_default();
+            let Ok(orig) = Envelope::decode(value, r.key.as_deref()) else {
+                // Not a herald record: nothing a subscriber could receive.
+                return Ok(());
+            };
+            let env = Envelope {
+                v: envelope::ENVELOPE_VERSION,
+                id: uuid::Uuid::new_v4(),
+                channel: orig.channel.clone(),
+                publisher: Some("herald-replay".into()),
+                ts: now_ms(),
+                content_type: orig.content_type.clone(),
+                data: orig.data,
+                replayed: Some(Replayed {
+                    topic: r.topic.to_string(),
+                    partition: r.partition,
+                    offset: r.offset,
+                    id: orig.id,
+                }),
+            };
+            let id = env.id.to_string();
+            let v = envelope::ENVELOPE_VERSION.to_string();
+            pending.push(kafka.publish(
+                topic,
+                r.partition,
+                env.channel.as_bytes(),
+                env.to_json().as_bytes(),
+                &[(HEADER_ID, id.as_bytes()), (HEADER_VERSION, v.as_bytes())],
+            )?);
+        }
+    }
+    Ok(())
+}
