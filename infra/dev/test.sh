@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine or not: installs the broker if
-# needed (first time: 15-25 min build, cached in ~/.cache/herald), starts it
+# needed (first time: 15-25 min build, cached in ~/.cache/herald) and the
+# Python client of the analytics recipes (a virtualenv there too), starts it
 # with a fresh data directory, runs every test in the workspace against it,
 # and stops it again if this script started it.
 #
@@ -28,6 +29,10 @@ cleanup() {
     if [[ $started == 1 ]]; then infra/dev/broker.sh stop; fi
 }
 trap cleanup EXIT
+
+# The analytics recipes' Python client (a virtualenv in the cache).
+HERALD_PYTHON="$(infra/dev/install-python.sh)"
+export HERALD_PYTHON
 
 echo "test: building and running the workspace tests (target dir $CARGO_TARGET_DIR)"
 # The fault suite restarts brokers, kills edges and floods the broker; it runs
