@@ -288,8 +288,6 @@ pub async fn run(a: ReplayArgs) -> anyhow::Result<()> {
                 a.partition
             );
         }
-        scanned += (batch.next - pos) as u64;
-        pos = batch.next;
         for r in &batch.records {
             if let Some(ch) = &a.channel {
                 if r.key.as_deref() != Some(ch.as_bytes()) {
@@ -305,7 +303,10 @@ pub async fn run(a: ReplayArgs) -> anyhow::Result<()> {
             if pending.len() >= 1000 {
                 settle(&mut pending).await?;
             }
+            progress.update((r.offset + 1 - from) as u64, written);
         }
+        scanned += (batch.next - pos) as u64;
+        pos = batch.next;
         progress.update(scanned, written);
     }
     settle(&mut pending).await?;
