@@ -3,12 +3,42 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::auth::AccessRule;
+
 /// A namespace: the channels `name:*`, stored in topic `{prefix}{name}`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NamespaceConfig {
     pub name: String,
-    /// Partitions of the topic when herald creates it.
+    /// Partitions of the topic when herald creates it; an existing topic
+    /// with another count is an error at start.
     pub partitions: i32,
+    /// `retention.ms` of the topic when herald creates it (`None`: the
+    /// broker's default).
+    pub retention_ms: Option<i64>,
+    /// Who may subscribe (and resume), publish, and read history.
+    pub subscribe: AccessRule,
+    pub publish: AccessRule,
+    pub history: AccessRule,
+    /// Overrides of [`EdgeConfig::max_message_bytes`] and
+    /// [`EdgeConfig::publish_rate`] for this namespace.
+    pub max_message_bytes: Option<usize>,
+    pub publish_rate: Option<u32>,
+}
+
+impl NamespaceConfig {
+    /// A namespace with the secure default rules: authenticated users only.
+    pub fn new(name: &str, partitions: i32) -> NamespaceConfig {
+        NamespaceConfig {
+            name: name.to_owned(),
+            partitions,
+            retention_ms: None,
+            subscribe: AccessRule::Authenticated,
+            publish: AccessRule::Authenticated,
+            history: AccessRule::Authenticated,
+            max_message_bytes: None,
+            publish_rate: None,
+        }
+    }
 }
 
 /// Names herald uses for its own topics (`{prefix}meta`, `{prefix}cursors`).
@@ -17,8 +47,14 @@ pub const RESERVED_NAMESPACES: [&str; 2] = ["meta", "cursors"];
 impl std::str::FromStr for NamespaceConfig {
     type Err = String;
 
-    /// `name` or `name=partitions`, e.g. `chat=8`.
+    /// `name`, `name=partitions` or `name=partitions:rule`, e.g. `chat=8` or
+    /// `chat=8:anonymous` (the rule applies to subscribe, publish and history;
+    /// without one: `authenticated`).
     fn from_str(s: &str) -> Result<Self, String> {
+        let (s, rule) = match s.split_once(':') {
+            Some((head, rule)) => (head, Some(rule.parse::<AccessRule>()?)),
+            None => (s, None),
+        };
         let (name, parts) = match s.split_once('=') {
             Some((n, p)) => (
                 n,
@@ -44,10 +80,13 @@ impl std::str::FromStr for NamespaceConfig {
         if parts < 1 {
             return Err(format!("namespace `{name}`: partitions must be at least 1"));
         }
-        Ok(NamespaceConfig {
-            name: name.to_owned(),
-            partitions: parts,
-        })
+        let mut ns = NamespaceConfig::new(name, parts);
+        if let Some(rule) = rule {
+            ns.subscribe = rule;
+            ns.publish = rule;
+            ns.history = rule;
+        }
+        Ok(ns)
     }
 }
 
@@ -129,10 +168,7 @@ impl Default for EdgeConfig {
     fn default() -> Self {
         EdgeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            namespaces: vec![NamespaceConfig {
-                name: "chat".into(),
-                partitions: 8,
-            }],
+            namespaces: vec![NamespaceConfig::new("chat", 8)],
             queue_messages: 1024,
             queue_bytes: 4 << 20,
             max_message_bytes: 64 << 10,
@@ -172,11 +208,11 @@ mod tests {
     fn parses_namespaces() {
         assert_eq!(
             "chat=3".parse::<NamespaceConfig>().unwrap(),
-            NamespaceConfig {
-                name: "chat".into(),
-                partitions: 3
-            }
+            NamespaceConfig::new("chat", 3)
         );
+        let open = "chat=3:anonymous".parse::<NamespaceConfig>().unwrap();
+        assert_eq!(open.publish, AccessRule::Anonymous);
+        assert!("chat=3:everyone".parse::<NamespaceConfig>().is_err());
         assert_eq!("user".parse::<NamespaceConfig>().unwrap().partitions, 8);
         assert!("Chat".parse::<NamespaceConfig>().is_err());
         assert!("chat=0".parse::<NamespaceConfig>().is_err());

@@ -15,6 +15,8 @@ use herald_log::LogError;
 use herald_proto::envelope::{self, Envelope, HEADER_ID, HEADER_VERSION};
 use herald_proto::frame::{decode_client, ClientFrame};
 use herald_proto::{codes, Channel, HistoryRequest, Position, ServerFrame, Since};
+
+use crate::auth::{Capability, Identity};
 use hyper_util::rt::TokioIo;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, Semaphore};
@@ -42,6 +44,14 @@ struct Subscription {
 /// Sent by subscribe tasks back to the connection loop.
 enum Event {
     SubscribeFailed { channel: String },
+}
+
+/// Resolves when the token expires; never for an anonymous connection.
+async fn token_expiry(who: Option<&Identity>) {
+    match who {
+        Some(id) => tokio::time::sleep(id.expires_in()).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn now_ms() -> i64 {
@@ -96,13 +106,15 @@ pub async fn run(
     ctx: Arc<Ctx>,
     remote: Option<SocketAddr>,
     client_id: Option<String>,
+    identity: Option<Identity>,
 ) {
     let id = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
     let span = info_span!("conn", id, remote = ?remote, client = ?client_id);
     let live = ctx.live.clone();
     metrics::gauge!("herald_edge_connections").increment(1.0);
     metrics::counter!("herald_edge_connections_total").increment(1);
-    let (conn, rx, events) = Conn::new(id, ctx, client_id);
+    let (mut conn, rx, events) = Conn::new(id, ctx, client_id);
+    conn.identity = identity;
     serve(conn, rx, events, socket).instrument(span).await;
     metrics::gauge!("herald_edge_connections").decrement(1.0);
     drop(live);
@@ -121,6 +133,10 @@ struct Conn {
     client_id: Option<Arc<str>>,
     /// Bounds the `history` requests served at once.
     history_permits: Arc<Semaphore>,
+    /// Who the connection acts as, from its token; `None`: anonymous.
+    identity: Option<Identity>,
+    /// Publish limits of namespaces with their own `publish_rate`.
+    ns_limiters: HashMap<String, Limiter>,
 }
 
 impl Conn {
@@ -143,6 +159,8 @@ impl Conn {
                 limiter,
                 client_id: client_id.map(Arc::from),
                 history_permits,
+                identity: None,
+                ns_limiters: HashMap::new(),
                 ctx,
             },
             rx,
@@ -179,6 +197,10 @@ async fn serve(
             tokio::select! {
                 biased;
                 _ = overflow.overflowed() => break Some((codes::CLOSE_SLOW_CONSUMER, "slow consumer: resume with since")),
+                _ = token_expiry(conn.identity.as_ref()) => {
+                    metrics::counter!("herald_auth_expired_total").increment(1);
+                    break Some((codes::CLOSE_TOKEN_EXPIRED, "token expired"));
+                }
                 _ = async { let _ = shutdown.wait_for(|s| *s).await; } => {
                     break Some((codes::CLOSE_GOING_AWAY, "server shutting down"));
                 }
@@ -319,20 +341,96 @@ impl Conn {
         }
     }
 
-    fn resolve(&self, name: &str) -> Result<(Channel, String), (&'static str, String)> {
+    /// The channel and its topic, when the name is valid, the namespace
+    /// configured, and the namespace's rule lets this connection use `cap`.
+    fn resolve(
+        &self,
+        name: &str,
+        cap: Capability,
+    ) -> Result<(Channel, String), (&'static str, String)> {
         let channel = Channel::parse(name).map_err(|e| (codes::BAD_CHANNEL, e.to_string()))?;
+        let not_configured = || {
+            (
+                codes::UNKNOWN_NAMESPACE,
+                format!("namespace `{}` is not configured", channel.namespace()),
+            )
+        };
         let topic = self
             .ctx
             .topics
             .get(channel.namespace())
             .cloned()
-            .ok_or_else(|| {
-                (
-                    codes::UNKNOWN_NAMESPACE,
-                    format!("namespace `{}` is not configured", channel.namespace()),
-                )
-            })?;
+            .ok_or_else(not_configured)?;
+        let ns = self
+            .ctx
+            .namespaces
+            .get(channel.namespace())
+            .ok_or_else(not_configured)?;
+        crate::server::authorize(ns, self.identity.as_ref(), &channel, cap)?;
         Ok((channel, topic))
+    }
+
+    fn authenticate(&mut self, token: &str, refresh: bool) {
+        let id = match self.ctx.auth.verify(token) {
+            Ok(id) => id,
+            Err(e) => {
+                metrics::counter!("herald_auth_failures_total", "reason" => "bad_token")
+                    .increment(1);
+                return self.reply(error_frame(codes::BAD_TOKEN, e.to_string(), None));
+            }
+        };
+        match (&self.identity, refresh) {
+            (Some(_), false) => {
+                return self.reply(error_frame(
+                    codes::BAD_FRAME,
+                    "already authenticated; send `refresh` to replace the token",
+                    None,
+                ))
+            }
+            (None, true) => {
+                return self.reply(error_frame(
+                    codes::BAD_FRAME,
+                    "not authenticated; send `auth` first",
+                    None,
+                ))
+            }
+            (Some(old), true) if old.sub != id.sub => {
+                metrics::counter!("herald_auth_failures_total", "reason" => "other_sub")
+                    .increment(1);
+                return self.reply(error_frame(
+                    codes::BAD_TOKEN,
+                    "a refresh token must be for the same `sub`",
+                    None,
+                ));
+            }
+            _ => {}
+        }
+        metrics::counter!("herald_auth_total", "kind" => if refresh { "refresh" } else { "auth" })
+            .increment(1);
+        let reply = ServerFrame::Authenticated {
+            sub: id.sub.clone(),
+            expires_at: id.exp,
+        };
+        self.client_id = Some(Arc::from(id.sub.as_str()));
+        self.identity = Some(id);
+        self.reply(Outbound::Frame(reply.to_json()));
+        if refresh {
+            // The new token may grant less: drop what it no longer allows.
+            let lost: Vec<String> = self
+                .subs
+                .keys()
+                .filter(|name| self.resolve(name, Capability::Subscribe).is_err())
+                .cloned()
+                .collect();
+            for name in lost {
+                self.reply(error_frame(
+                    codes::UNAUTHORIZED,
+                    "the refreshed token does not allow this subscription",
+                    Some(&name),
+                ));
+                self.unsubscribe(name);
+            }
+        }
     }
 
     async fn on_text(&mut self, text: &str) {
@@ -354,6 +452,8 @@ impl Conn {
             ClientFrame::Unsubscribe { channel } => self.unsubscribe(channel),
             ClientFrame::Ack { channel, seq } => self.ack(channel, seq),
             ClientFrame::History(req) => self.history(req).await,
+            ClientFrame::Auth { token } => self.authenticate(&token, false),
+            ClientFrame::Refresh { token } => self.authenticate(&token, true),
             ClientFrame::Publish {
                 channel,
                 id,
@@ -393,7 +493,7 @@ impl Conn {
     /// `history_concurrency` per connection (waiting stops reading, like
     /// publishes).
     async fn history(&mut self, req: HistoryRequest) {
-        let (_, topic) = match self.resolve(&req.channel) {
+        let (_, topic) = match self.resolve(&req.channel, Capability::History) {
             Ok(x) => x,
             Err((code, reason)) => return self.reply(history_error(&req, code, reason)),
         };
@@ -478,7 +578,7 @@ impl Conn {
     }
 
     fn subscribe(&mut self, name: String, since: Option<Since>, durable: bool) {
-        let (channel, topic) = match self.resolve(&name) {
+        let (channel, topic) = match self.resolve(&name, Capability::Subscribe) {
             Ok(x) => x,
             Err((code, reason)) => return self.reply(error_frame(code, reason, Some(&name))),
         };
@@ -587,23 +687,41 @@ impl Conn {
 
     async fn publish(&mut self, name: String, id: Uuid, data: Box<RawValue>, retry: bool) {
         let started = Instant::now();
-        let (channel, topic) = match self.resolve(&name) {
+        let (channel, topic) = match self.resolve(&name, Capability::Publish) {
             Ok(x) => x,
             Err((code, reason)) => return self.reply(nack(id, &name, code, reason)),
         };
-        if data.get().len() > self.ctx.cfg.max_message_bytes {
+        let ns = self.ctx.namespaces.get(channel.namespace());
+        let max_bytes = ns
+            .and_then(|n| n.max_message_bytes)
+            .unwrap_or(self.ctx.cfg.max_message_bytes);
+        if data.get().len() > max_bytes {
             return self.reply(nack(
                 id,
                 &name,
                 codes::TOO_LARGE,
                 format!(
-                    "data is {} bytes; the limit is {}",
-                    data.get().len(),
-                    self.ctx.cfg.max_message_bytes
+                    "data is {} bytes; the limit is {max_bytes}",
+                    data.get().len()
                 ),
             ));
         }
-        if let Some(limiter) = &self.limiter {
+        // A namespace with its own rate has its own bucket per connection.
+        let (limiter, rate) = match ns.and_then(|n| n.publish_rate) {
+            Some(rate) => {
+                let l = self
+                    .ns_limiters
+                    .entry(channel.namespace().to_owned())
+                    .or_insert_with(|| {
+                        let r =
+                            std::num::NonZeroU32::new(rate).unwrap_or(std::num::NonZeroU32::MIN);
+                        governor::RateLimiter::direct(governor::Quota::per_second(r))
+                    });
+                (Some(&*l), rate)
+            }
+            None => (self.limiter.as_ref(), self.ctx.cfg.publish_rate),
+        };
+        if let Some(limiter) = limiter {
             if let Err(not_until) = limiter.check() {
                 use governor::clock::{Clock, DefaultClock};
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
@@ -611,10 +729,7 @@ impl Conn {
                     id,
                     &name,
                     codes::RATE_LIMITED,
-                    format!(
-                        "more than {} publishes per second on this connection",
-                        self.ctx.cfg.publish_rate
-                    ),
+                    format!("more than {rate} publishes per second on this connection"),
                     Some(wait.as_millis() as u64 + 1),
                 ));
             }
@@ -665,7 +780,10 @@ impl Conn {
                     v: envelope::ENVELOPE_VERSION,
                     id,
                     channel: channel.as_str().to_owned(),
-                    publisher: Some(format!("conn:{}", self.id)),
+                    publisher: Some(match &self.identity {
+                        Some(id) => id.sub.clone(),
+                        None => format!("conn:{}", self.id),
+                    }),
                     ts: now_ms(),
                     content_type: envelope::CONTENT_TYPE_JSON.to_owned(),
                     data,

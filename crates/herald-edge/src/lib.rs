@@ -2,6 +2,9 @@
 //!
 //! # Layout
 //! - [`config`]: [`EdgeConfig`], listen address, namespaces, per-connection limits.
+//! - [`auth`]: [`Auth`]: JWT connection tokens, access rules per namespace,
+//!   the HTTP API key.
+//! - [`api`]: the server HTTP API for backends (`/api/*`).
 //! - [`server`]: [`Edge`]: start-up (topics, epochs, hub, tail), the routes
 //!   (`/ws`, `/healthz`, `/readyz`, `/metrics`) and graceful shutdown.
 //! - [`conn`]: one task per WebSocket connection: decode frames, subscribe,
@@ -10,15 +13,20 @@
 //! # Invariants
 //! - A `publish_ack` is sent only after Kafka confirmed the record
 //!   (idempotent producer, `acks=all`); every other outcome is a `publish_nack`.
+//! - Nothing is delivered, published or read without the namespace's access
+//!   rule allowing it for the connection's identity.
 //! - Bad client input gets an `error` frame and the connection keeps working;
 //!   nothing a client sends can panic the server or touch other connections.
 //! - The connection task never waits on its own outbound queue (it is the one
 //!   draining it): its replies are queued with `try_push`, so a client that
 //!   stops reading is closed as a slow consumer instead of deadlocking.
 
+pub mod api;
+pub mod auth;
 pub mod config;
 pub mod conn;
 pub mod server;
 
+pub use auth::{AccessRule, Auth, AuthConfig, AuthError, Capability, Identity};
 pub use config::{EdgeConfig, NamespaceConfig};
 pub use server::{Edge, EdgeError};

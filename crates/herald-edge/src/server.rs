@@ -21,7 +21,9 @@ use tracing::{info, warn};
 use warp::http::{HeaderMap, StatusCode};
 use warp::{Filter, Reply};
 
-use crate::config::EdgeConfig;
+use crate::auth::{permits, AccessRule, Auth, Capability, Identity};
+use crate::config::{EdgeConfig, NamespaceConfig};
+use herald_proto::codes;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
@@ -44,8 +46,12 @@ pub struct Ctx {
     pub dedup: Dedup,
     /// Durable cursors of this node's clients.
     pub cursors: Arc<CursorStore>,
+    /// Token and API-key checks.
+    pub auth: Arc<Auth>,
     /// namespace → Kafka topic.
     pub topics: HashMap<String, String>,
+    /// namespace → its settings (access rules, limits).
+    pub namespaces: HashMap<String, NamespaceConfig>,
     /// Set first on shutdown: `/readyz` fails and new upgrades are refused.
     pub shutting_down: AtomicBool,
     /// Flipped to true to tell every connection to finish and close.
@@ -126,10 +132,19 @@ impl Edge {
     pub async fn start(
         cfg: EdgeConfig,
         log_cfg: LogConfig,
+        auth: Auth,
         metrics: PrometheusHandle,
     ) -> Result<Edge, EdgeError> {
         if cfg.namespaces.is_empty() {
             return Err(EdgeError::Config("at least one namespace is needed".into()));
+        }
+        let needs_tokens = cfg.namespaces.iter().any(|n| {
+            [n.subscribe, n.publish, n.history]
+                .iter()
+                .any(|r| matches!(r, AccessRule::Grant | AccessRule::Owner))
+        });
+        if needs_tokens && !auth.accepts_tokens() {
+            warn!("A namespace needs token grants or owners but no token key is configured (auth.*): nobody can use it over WebSocket");
         }
         let kafka = Kafka::connect(log_cfg)?;
         // A broker that is still starting (or busy) gets a few chances.
@@ -155,7 +170,21 @@ impl Edge {
         let mut topics = HashMap::new();
         for ns in &cfg.namespaces {
             let topic = kafka.config().topic_for(&ns.name);
-            let info = kafka.ensure_topic(&topic, ns.partitions, &[]).await?;
+            let retention = ns.retention_ms.map(|r| r.to_string());
+            let mut topic_cfg = Vec::new();
+            if let Some(r) = &retention {
+                topic_cfg.push(("retention.ms", r.as_str()));
+            }
+            let info = kafka
+                .ensure_topic(&topic, ns.partitions, &topic_cfg)
+                .await?;
+            if info.partitions != ns.partitions {
+                return Err(EdgeError::Config(format!(
+                    "namespace `{}`: topic {} has {} partitions but the configuration says {}; \
+                     set the namespace's partitions to {} (a channel's partition depends on the count)",
+                    ns.name, info.name, info.partitions, ns.partitions, info.partitions
+                )));
+            }
             info!(
                 namespace = %ns.name,
                 topic = %info.name,
@@ -182,6 +211,11 @@ impl Edge {
                 source,
             })?;
         let dedup = Dedup::new(cfg.dedup_window, cfg.dedup_capacity);
+        let namespaces = cfg
+            .namespaces
+            .iter()
+            .map(|n| (n.name.clone(), n.clone()))
+            .collect();
         let (shutdown, _) = watch::channel(false);
         Ok(Edge {
             ctx: Arc::new(Ctx {
@@ -190,6 +224,8 @@ impl Edge {
                 hub,
                 dedup,
                 cursors,
+                auth: Arc::new(auth),
+                namespaces,
                 topics,
                 shutting_down: AtomicBool::new(false),
                 shutdown,
@@ -301,7 +337,7 @@ fn upgrade(
         )
         .into_response();
     }
-    let client_id = match query.get("client_id") {
+    let mut client_id = match query.get("client_id") {
         None => None,
         Some(c) if valid_client_id(c) => Some(c.clone()),
         Some(_) => {
@@ -311,6 +347,33 @@ fn upgrade(
             )
         }
     };
+    // A token in the URL is checked before the upgrade: a bad one is
+    // refused with 401 and never becomes a connection.
+    let identity = match query.get("token") {
+        None => None,
+        Some(t) => match ctx.auth.verify(t) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                metrics::counter!("herald_auth_failures_total", "reason" => "bad_token")
+                    .increment(1);
+                return warp::reply::with_status(
+                    format!("bad token: {e}"),
+                    StatusCode::UNAUTHORIZED,
+                )
+                .into_response();
+            }
+        },
+    };
+    if let Some(id) = &identity {
+        if client_id.as_ref().is_some_and(|c| *c != id.sub) {
+            return status(
+                StatusCode::BAD_REQUEST,
+                "client_id must equal the token's sub (or be left out)",
+            );
+        }
+        client_id = Some(id.sub.clone());
+        metrics::counter!("herald_auth_total", "kind" => "connect").increment(1);
+    }
     let Some(key) = headers.get("sec-websocket-key") else {
         return status(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
     };
@@ -338,7 +401,7 @@ fn upgrade(
                     Some(config),
                 )
                 .await;
-                crate::conn::run(ws, ctx, remote, client_id).await;
+                crate::conn::run(ws, ctx, remote, client_id, identity).await;
                 drop(slot);
             }
             Err(e) => tracing::debug!(%e, "WebSocket upgrade failed"),
@@ -348,6 +411,37 @@ fn upgrade(
     let reply = warp::reply::with_header(reply, "connection", "upgrade");
     let reply = warp::reply::with_header(reply, "upgrade", "websocket");
     warp::reply::with_header(reply, "sec-websocket-accept", accept).into_response()
+}
+
+/// Applies a namespace's rule for `cap` to `who`: `Ok` or the `unauthorized`
+/// error to send.
+pub fn authorize(
+    ns: &NamespaceConfig,
+    who: Option<&Identity>,
+    channel: &herald_proto::Channel,
+    cap: Capability,
+) -> Result<(), (&'static str, String)> {
+    let rule = match cap {
+        Capability::Subscribe => ns.subscribe,
+        Capability::Publish => ns.publish,
+        Capability::History => ns.history,
+        Capability::Presence => AccessRule::Nobody,
+    };
+    if permits(rule, who, channel, cap) {
+        return Ok(());
+    }
+    metrics::counter!("herald_auth_denied_total", "capability" => cap.as_str()).increment(1);
+    let needs = match rule {
+        AccessRule::Anonymous => "nothing",
+        AccessRule::Authenticated => "a valid token",
+        AccessRule::Grant => "a token granting it on this channel",
+        AccessRule::Owner => "the token of the channel's owner",
+        AccessRule::Nobody => "the server HTTP API",
+    };
+    Err((
+        codes::UNAUTHORIZED,
+        format!("{} on `{}` needs {needs}", cap.as_str(), channel.as_str()),
+    ))
 }
 
 /// A client id names the owner of durable cursors. Until connection auth
@@ -366,6 +460,7 @@ fn routes(
     ctx: Arc<Ctx>,
     metrics: PrometheusHandle,
 ) -> impl Filter<Extract = (impl Reply,), Error = warp::Rejection> + Clone {
+    let ctx_api = ctx.clone();
     let ws = warp::path("ws")
         .and(warp::path::end())
         .and(
@@ -412,5 +507,10 @@ fn routes(
         )
     });
 
-    warp::get().and(ws.or(healthz).or(readyz).or(metrics))
+    let api = crate::api::routes(ctx_api);
+    warp::get()
+        .and(ws.or(healthz).or(readyz).or(metrics))
+        .map(|r| Box::new(r) as Box<dyn Reply>)
+        .or(api.map(|r| Box::new(r) as Box<dyn Reply>))
+        .unify()
 }

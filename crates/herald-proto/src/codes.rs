@@ -34,12 +34,20 @@ pub const SHUTTING_DOWN: &str = "shutting_down";
 /// connection without a client id (`/ws?client_id=...`): cursors are stored
 /// per client id.
 pub const IDENTITY_REQUIRED: &str = "identity_required";
+/// The namespace's access rule does not allow this for the connection's
+/// identity (no token, another user's private channel, no grant).
+pub const UNAUTHORIZED: &str = "unauthorized";
+/// An `auth` or `refresh` token was refused (bad signature, expired, wrong
+/// algorithm, another `sub`); the connection keeps its previous identity.
+pub const BAD_TOKEN: &str = "bad_token";
 /// An unexpected server-side failure; the reason says more.
 pub const INTERNAL: &str = "internal";
 
 /// Close code: the connection's outbound queue overflowed (slow consumer).
 /// Reconnect and resume with `since`; nothing is lost.
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
+/// Close code: the connection's token expired and was not refreshed.
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4003;
 /// Close code: nothing was received from the client within the idle timeout.
 pub const CLOSE_IDLE_TIMEOUT: u16 = 4001;
 /// Close code (standard): a protocol violation (bad framing, reserved bits,

@@ -1,8 +1,9 @@
 //! WebSocket text frames: JSON objects with a `type`.
 //!
 //! Client → server: `subscribe`, `unsubscribe`, `publish`, `ack`, `history`,
-//! `ping`. Server → client: `subscribed`, `unsubscribed`, `message`,
-//! `publish_ack`, `publish_nack`, `history`, `error`, `pong`, `reconnect`.
+//! `auth`, `refresh`, `ping`. Server → client: `subscribed`, `unsubscribed`,
+//! `message`, `publish_ack`, `publish_nack`, `history`, `authenticated`,
+//! `error`, `pong`, `reconnect`.
 //! Schemas: `schemas/frames.client.json`, `schemas/frames.server.json`.
 //!
 //! Decoding is two-step: first the `type` (and, for error replies, any `id` and
@@ -90,6 +91,15 @@ pub enum ClientFrame {
         seq: i64,
     },
     History(HistoryRequest),
+    /// Authenticate a connection that connected without a token (the first
+    /// frame), so the token never appears in a URL.
+    Auth {
+        token: String,
+    },
+    /// Replace the connection's token before it expires (same `sub`).
+    Refresh {
+        token: String,
+    },
     Ping,
 }
 
@@ -180,6 +190,17 @@ struct AckBody {
     channel: String,
     seq: i64,
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenBody {
+    #[serde(rename = "type")]
+    _kind: IgnoredAny,
+    token: String,
+}
+
+/// Longest token accepted, in bytes.
+pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -322,6 +343,20 @@ pub fn decode_client(text: &str) -> Result<ClientFrame, DecodeError> {
                 reverse: b.reverse,
             }))
         }
+        "auth" | "refresh" => {
+            let b: TokenBody = serde_json::from_str(text).map_err(body)?;
+            if b.token.is_empty() || b.token.len() > MAX_TOKEN_LEN {
+                return Err(bad(
+                    codes::BAD_FRAME,
+                    format!("`token` must be 1-{MAX_TOKEN_LEN} bytes"),
+                ));
+            }
+            Ok(if kind == "auth" {
+                ClientFrame::Auth { token: b.token }
+            } else {
+                ClientFrame::Refresh { token: b.token }
+            })
+        }
         "ping" => {
             let _: PingBody = serde_json::from_str(text).map_err(body)?;
             Ok(ClientFrame::Ping)
@@ -434,6 +469,13 @@ pub enum ServerFrame {
         /// (they were older than the log start).
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         truncated: bool,
+    },
+    /// Reply to `auth` and `refresh`: who the connection now acts as, and
+    /// when its token expires (seconds since the Unix epoch). The
+    /// connection is closed with 4003 at that time unless refreshed.
+    Authenticated {
+        sub: String,
+        expires_at: u64,
     },
     Pong,
     /// The server is draining: reconnect (to any node) after `after_ms`,
@@ -581,6 +623,20 @@ mod tests {
             decode_client(r#" {"type":"ping"}"#).unwrap(),
             ClientFrame::Ping
         ));
+        assert!(matches!(
+            decode_client(r#"{"type":"auth","token":"a.b.c"}"#).unwrap(),
+            ClientFrame::Auth { .. }
+        ));
+        assert!(matches!(
+            decode_client(r#"{"type":"refresh","token":"a.b.c"}"#).unwrap(),
+            ClientFrame::Refresh { .. }
+        ));
+        assert_eq!(
+            decode_client(r#"{"type":"auth","token":""}"#)
+                .unwrap_err()
+                .code,
+            codes::BAD_FRAME
+        );
     }
 
     fn code(text: &str) -> &'static str {

@@ -2,16 +2,19 @@
 //! metrics, and hands over to the library crates.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use herald_edge::{Edge, EdgeConfig, NamespaceConfig};
+use config::Settings;
+use herald_edge::{Edge, NamespaceConfig};
 use herald_log::LogConfig;
 use herald_proto::partition::partition_for_key;
 use tracing_subscriber::EnvFilter;
 
+mod config;
 mod replay;
+mod tokens;
 
 #[derive(Parser)]
 #[command(
@@ -35,6 +38,15 @@ enum Command {
     /// Replay a range of one partition: as JSON Lines (stdout or a file), to
     /// another topic, or live to the channels' subscribers.
     Replay(Box<replay::ReplayArgs>),
+    /// Print a commented configuration file with every default.
+    Genconfig,
+    /// Check a configuration file (and the HERALD_* environment); list every
+    /// problem with its key path; exit non-zero if there is one.
+    Checkconfig { file: PathBuf },
+    /// Sign a connection token (for operators and tests).
+    Gentoken(tokens::GentokenArgs),
+    /// Verify a token against the configured keys and print its claims.
+    Checktoken(tokens::ChecktokenArgs),
 }
 
 /// Where herald's topics are: shared by every command that talks to Kafka.
@@ -44,7 +56,7 @@ pub(crate) struct Topics {
     #[arg(long, env = "HERALD_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     pub kafka_brokers: String,
     /// Prefix of every topic herald uses.
-    #[arg(long, env = "HERALD_TOPIC_PREFIX", default_value = "herald.")]
+    #[arg(long, env = "HERALD_KAFKA_TOPIC_PREFIX", default_value = "herald.")]
     pub topic_prefix: String,
     /// Namespaces as NAME or NAME=PARTITIONS (partitions used when creating
     /// topics), comma-separated.
@@ -68,86 +80,161 @@ struct OffsetsArgs {
 
 #[derive(Args)]
 struct ServeArgs {
-    /// Address to listen on (port 0 picks a free port; the chosen address is printed).
-    #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080")]
-    listen: SocketAddr,
-    #[command(flatten)]
-    topics: Topics,
-    /// fetch.wait.max.ms of the Kafka readers (keep it low on the dev broker).
-    #[arg(long, env = "HERALD_FETCH_WAIT_MAX_MS", default_value_t = 10)]
-    fetch_wait_max_ms: u32,
-    /// How long Kafka has to confirm a publish before it is nacked, in ms.
-    #[arg(long, env = "HERALD_PUBLISH_TIMEOUT_MS", default_value_t = 10_000)]
-    publish_timeout_ms: u64,
-    /// Replication factor for topics herald creates (-1: broker default).
-    #[arg(long, env = "HERALD_REPLICATION", default_value_t = -1)]
-    replication: i32,
-    /// Outbound queue per connection, in messages.
-    #[arg(long, env = "HERALD_QUEUE_MESSAGES", default_value_t = 1024)]
-    queue_messages: usize,
-    /// Outbound queue per connection, in bytes.
-    #[arg(long, env = "HERALD_QUEUE_BYTES", default_value_t = 4 << 20)]
-    queue_bytes: usize,
-    /// Largest publish `data`, in bytes.
-    #[arg(long, env = "HERALD_MAX_MESSAGE_BYTES", default_value_t = 64 << 10)]
-    max_message_bytes: usize,
-    /// Initial read buffer per connection, in bytes (grows for larger frames).
-    #[arg(long, env = "HERALD_READ_BUFFER_BYTES", default_value_t = 4 << 10)]
-    read_buffer_bytes: usize,
-    /// Largest WebSocket message or frame accepted, in bytes (more: close 1009).
-    #[arg(long, env = "HERALD_MAX_FRAME_BYTES", default_value_t = 1 << 20)]
-    max_frame_bytes: usize,
-    /// Publishes per second per connection (0: unlimited).
-    #[arg(long, env = "HERALD_PUBLISH_RATE", default_value_t = 1000)]
-    publish_rate: u32,
-    /// Burst size of the per-connection publish limit.
-    #[arg(long, env = "HERALD_PUBLISH_BURST", default_value_t = 2000)]
-    publish_burst: u32,
-    /// Open WebSocket connections on this node (more get HTTP 503).
-    #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 100_000)]
-    max_connections: usize,
-    /// Open WebSocket connections per client IP (more get HTTP 429).
-    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_IP", default_value_t = 10_000)]
-    max_connections_per_ip: usize,
-    /// Subscriptions per connection.
-    #[arg(long, env = "HERALD_MAX_SUBSCRIPTIONS", default_value_t = 256)]
-    max_subscriptions: usize,
-    /// WebSocket ping interval, in seconds.
-    #[arg(long, env = "HERALD_HEARTBEAT_SECS", default_value_t = 20)]
-    heartbeat_secs: u64,
-    /// Close connections silent for this long, in seconds.
-    #[arg(long, env = "HERALD_IDLE_TIMEOUT_SECS", default_value_t = 60)]
-    idle_timeout_secs: u64,
-    /// How long publish ids are remembered for dedup, in seconds.
-    #[arg(long, env = "HERALD_DEDUP_WINDOW_SECS", default_value_t = 600)]
-    dedup_window_secs: u64,
-    /// Messages per partition kept in memory for fast resume.
-    #[arg(long, env = "HERALD_RECENT_MESSAGES", default_value_t = 10_000)]
-    recent_messages: usize,
-    /// On shutdown, how long /readyz fails before clients are told to leave, in ms.
-    #[arg(long, env = "HERALD_DRAIN_DELAY_MS", default_value_t = 1000)]
-    drain_delay_ms: u64,
-    /// Upper bound of the random reconnect delay sent to clients on drain, in ms.
-    #[arg(long, env = "HERALD_RECONNECT_JITTER_MS", default_value_t = 2000)]
-    reconnect_jitter_ms: u64,
-    /// Time in-flight publishes and connections get on shutdown, in seconds.
-    #[arg(long, env = "HERALD_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
-    shutdown_grace_secs: u64,
-    /// Largest `limit` of a history request.
-    #[arg(long, env = "HERALD_HISTORY_MAX_LIMIT", default_value_t = 1000)]
-    history_max_limit: usize,
-    /// Bytes of messages in one history reply.
-    #[arg(long, env = "HERALD_HISTORY_MAX_BYTES", default_value_t = 1 << 20)]
-    history_max_bytes: usize,
-    /// Partition records scanned for one history page.
-    #[arg(long, env = "HERALD_HISTORY_MAX_SCAN", default_value_t = 100_000)]
-    history_max_scan: i64,
-    /// How often acked durable cursors are written to Kafka, in ms.
-    #[arg(long, env = "HERALD_CURSOR_FLUSH_MS", default_value_t = 1000)]
-    cursor_flush_ms: u64,
-    /// Partitions of the cursor topic when herald creates it.
-    #[arg(long, env = "HERALD_CURSOR_PARTITIONS", default_value_t = 8)]
-    cursor_partitions: i32,
+    /// Configuration file (TOML; `herald genconfig` prints a commented one).
+    /// Without it: the defaults, then `HERALD_*` variables.
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Overrides of single settings (each also in the file and as HERALD_*):
+    /// address to listen on (port 0 picks a free port; the chosen address is printed).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// kafka.brokers
+    #[arg(long)]
+    kafka_brokers: Option<String>,
+    /// kafka.topic_prefix
+    #[arg(long)]
+    topic_prefix: Option<String>,
+    /// Namespaces as NAME[=PARTITIONS[:RULE]], comma-separated; replaces the
+    /// file's [[namespace]] list (RULE: anonymous, authenticated, grant, owner,
+    /// nobody, for subscribe, publish and history; default authenticated).
+    #[arg(long, value_delimiter = ',')]
+    namespaces: Option<Vec<NamespaceConfig>>,
+    /// kafka.fetch_wait_max_ms
+    #[arg(long)]
+    fetch_wait_max_ms: Option<u32>,
+    /// kafka.publish_timeout_ms
+    #[arg(long)]
+    publish_timeout_ms: Option<u64>,
+    /// kafka.replication
+    #[arg(long, allow_negative_numbers = true)]
+    replication: Option<i32>,
+    /// limits.queue_messages
+    #[arg(long)]
+    queue_messages: Option<usize>,
+    /// limits.queue_bytes
+    #[arg(long)]
+    queue_bytes: Option<usize>,
+    /// limits.max_message_bytes
+    #[arg(long)]
+    max_message_bytes: Option<usize>,
+    /// limits.read_buffer_bytes
+    #[arg(long)]
+    read_buffer_bytes: Option<usize>,
+    /// limits.max_frame_bytes
+    #[arg(long)]
+    max_frame_bytes: Option<usize>,
+    /// limits.publish_rate (0: unlimited)
+    #[arg(long)]
+    publish_rate: Option<u32>,
+    /// limits.publish_burst
+    #[arg(long)]
+    publish_burst: Option<u32>,
+    /// limits.max_connections
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// limits.max_connections_per_ip
+    #[arg(long)]
+    max_connections_per_ip: Option<usize>,
+    /// limits.max_subscriptions
+    #[arg(long)]
+    max_subscriptions: Option<usize>,
+    /// server.heartbeat_secs
+    #[arg(long)]
+    heartbeat_secs: Option<u64>,
+    /// server.idle_timeout_secs
+    #[arg(long)]
+    idle_timeout_secs: Option<u64>,
+    /// cache.dedup_window_secs
+    #[arg(long)]
+    dedup_window_secs: Option<u64>,
+    /// cache.recent_messages
+    #[arg(long)]
+    recent_messages: Option<usize>,
+    /// server.drain_delay_ms
+    #[arg(long)]
+    drain_delay_ms: Option<u64>,
+    /// server.reconnect_jitter_ms
+    #[arg(long)]
+    reconnect_jitter_ms: Option<u64>,
+    /// server.shutdown_grace_secs
+    #[arg(long)]
+    shutdown_grace_secs: Option<u64>,
+    /// cache.history_max_limit
+    #[arg(long)]
+    history_max_limit: Option<usize>,
+    /// cache.history_max_bytes
+    #[arg(long)]
+    history_max_bytes: Option<usize>,
+    /// cache.history_max_scan
+    #[arg(long)]
+    history_max_scan: Option<i64>,
+    /// cache.cursor_flush_ms
+    #[arg(long)]
+    cursor_flush_ms: Option<u64>,
+    /// cache.cursor_partitions
+    #[arg(long)]
+    cursor_partitions: Option<i32>,
+}
+
+impl ServeArgs {
+    /// Lays the flags that were given over `s`.
+    fn apply(self, s: &mut Settings) {
+        macro_rules! set {
+            ($flag:expr => $slot:expr) => {
+                if let Some(v) = $flag {
+                    $slot = v;
+                }
+            };
+        }
+        set!(self.listen.map(|a| a.to_string()) => s.server.listen);
+        set!(self.kafka_brokers => s.kafka.brokers);
+        set!(self.topic_prefix => s.kafka.topic_prefix);
+        set!(self.fetch_wait_max_ms => s.kafka.fetch_wait_max_ms);
+        set!(self.publish_timeout_ms => s.kafka.publish_timeout_ms);
+        set!(self.replication => s.kafka.replication);
+        set!(self.queue_messages => s.limits.queue_messages);
+        set!(self.queue_bytes => s.limits.queue_bytes);
+        set!(self.max_message_bytes => s.limits.max_message_bytes);
+        set!(self.read_buffer_bytes => s.limits.read_buffer_bytes);
+        set!(self.max_frame_bytes => s.limits.max_frame_bytes);
+        set!(self.publish_rate => s.limits.publish_rate);
+        set!(self.publish_burst => s.limits.publish_burst);
+        set!(self.max_connections => s.limits.max_connections);
+        set!(self.max_connections_per_ip => s.limits.max_connections_per_ip);
+        set!(self.max_subscriptions => s.limits.max_subscriptions);
+        set!(self.heartbeat_secs => s.server.heartbeat_secs);
+        set!(self.idle_timeout_secs => s.server.idle_timeout_secs);
+        set!(self.dedup_window_secs => s.cache.dedup_window_secs);
+        set!(self.recent_messages => s.cache.recent_messages);
+        set!(self.drain_delay_ms => s.server.drain_delay_ms);
+        set!(self.reconnect_jitter_ms => s.server.reconnect_jitter_ms);
+        set!(self.shutdown_grace_secs => s.server.shutdown_grace_secs);
+        set!(self.history_max_limit => s.cache.history_max_limit);
+        set!(self.history_max_bytes => s.cache.history_max_bytes);
+        set!(self.history_max_scan => s.cache.history_max_scan);
+        set!(self.cursor_flush_ms => s.cache.cursor_flush_ms);
+        set!(self.cursor_partitions => s.cache.cursor_partitions);
+        if let Some(list) = self.namespaces {
+            s.namespaces = list
+                .into_iter()
+                .map(|n| {
+                    let rule = |r: herald_edge::AccessRule| format!("{r:?}").to_lowercase();
+                    config::Namespace {
+                        name: n.name,
+                        partitions: n.partitions,
+                        subscribe: rule(n.subscribe),
+                        publish: rule(n.publish),
+                        history: rule(n.history),
+                        ..config::Namespace::default()
+                    }
+                })
+                .collect();
+        }
+    }
+}
+
+fn env_lookup(name: &str) -> Option<String> {
+    std::env::var(name).ok()
 }
 
 async fn shutdown_signal() {
@@ -173,6 +260,13 @@ async fn shutdown_signal() {
 }
 
 async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let mut settings = Settings::load(a.config.as_deref(), &env_lookup)
+        .map_err(|e| anyhow::anyhow!("configuration:\n{e}"))?;
+    a.apply(&mut settings);
+    settings
+        .validate()
+        .map_err(|e| anyhow::anyhow!("configuration:\n{}", config::ConfigErrors(e)))?;
+    let auth = herald_edge::Auth::new(&settings.auth_config()?)?;
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets_for_metric(
             metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
@@ -183,42 +277,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         .context("metric buckets")?
         .install_recorder()
         .context("installing the metrics recorder")?;
-    let log_cfg = LogConfig {
-        brokers: a.topics.kafka_brokers,
-        topic_prefix: a.topics.topic_prefix,
-        fetch_wait_max_ms: a.fetch_wait_max_ms,
-        publish_timeout: Duration::from_millis(a.publish_timeout_ms),
-        replication: a.replication,
-        ..LogConfig::default()
-    };
-    let cfg = EdgeConfig {
-        listen: a.listen,
-        namespaces: a.topics.namespaces,
-        queue_messages: a.queue_messages,
-        queue_bytes: a.queue_bytes,
-        max_message_bytes: a.max_message_bytes,
-        read_buffer_bytes: a.read_buffer_bytes,
-        max_frame_bytes: a.max_frame_bytes,
-        publish_rate: a.publish_rate,
-        publish_burst: a.publish_burst,
-        max_connections: a.max_connections,
-        max_connections_per_ip: a.max_connections_per_ip,
-        max_subscriptions: a.max_subscriptions,
-        heartbeat: Duration::from_secs(a.heartbeat_secs),
-        idle_timeout: Duration::from_secs(a.idle_timeout_secs),
-        dedup_window: Duration::from_secs(a.dedup_window_secs),
-        recent_messages: a.recent_messages,
-        shutdown_grace: Duration::from_secs(a.shutdown_grace_secs),
-        drain_delay: Duration::from_millis(a.drain_delay_ms),
-        reconnect_jitter: Duration::from_millis(a.reconnect_jitter_ms),
-        history_max_limit: a.history_max_limit,
-        history_max_bytes: a.history_max_bytes,
-        history_max_scan: a.history_max_scan,
-        cursor_flush_interval: Duration::from_millis(a.cursor_flush_ms.max(10)),
-        cursor_partitions: a.cursor_partitions,
-        ..EdgeConfig::default()
-    };
-    let edge = Edge::start(cfg, log_cfg, metrics)
+    let edge = Edge::start(settings.edge_config(), settings.log_config(), auth, metrics)
         .await
         .context("starting the edge (is the broker running? ./infra/dev/broker.sh start)")?;
     let addr = edge.local_addr()?;
@@ -364,5 +423,17 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(a) => rt.block_on(serve(*a)),
         Command::Offsets(a) => rt.block_on(offsets(a)),
         Command::Replay(a) => rt.block_on(replay::run(*a)),
+        Command::Genconfig => {
+            print!("{}", config::DEFAULT_CONFIG);
+            Ok(())
+        }
+        Command::Checkconfig { file } => {
+            Settings::load(Some(&file), &env_lookup)
+                .map_err(|e| anyhow::anyhow!("{} is not valid:\n{e}", file.display()))?;
+            println!("{}: ok", file.display());
+            Ok(())
+        }
+        Command::Gentoken(a) => tokens::gentoken(a, &env_lookup),
+        Command::Checktoken(a) => tokens::checktoken(a, &env_lookup),
     }
 }

@@ -39,6 +39,7 @@ pub fn free_ports(n: usize) -> Vec<u16> {
 /// A running `herald serve` process.
 pub struct Server {
     child: Child,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
     pub url: String,
     pub http: String,
     pub prefix: String,
@@ -58,6 +59,10 @@ impl Server {
         if !extra.contains(&"--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
+        // Open namespaces, unless the test brings its own (or a config file).
+        if !extra.contains(&"--namespaces") && !extra.contains(&"--config") {
+            cmd.args(["--namespaces", "chat=4:anonymous,room=2:anonymous"]);
+        }
         cmd.args([
             "--drain-delay-ms",
             "100",
@@ -67,8 +72,6 @@ impl Server {
             brokers,
             "--topic-prefix",
             prefix,
-            "--namespaces",
-            "chat=4,room=2",
             "--fetch-wait-max-ms",
             "5",
             "--shutdown-grace-secs",
@@ -80,9 +83,27 @@ impl Server {
             std::env::var("HERALD_LOG").unwrap_or_else(|_| "warn".into()),
         )
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawning herald");
         let stdout = child.stdout.take().expect("stdout");
+        // The server's log goes to the test's stderr and is kept (the last
+        // MiB) for tests that check what it says, or does not say.
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let keep = log.clone();
+            std::thread::spawn(move || {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Some(Ok(line)) = lines.next() {
+                    eprintln!("{line}");
+                    let mut k = keep.lock().unwrap_or_else(|p| p.into_inner());
+                    if k.len() > 1 << 20 {
+                        k.drain(..1 << 19);
+                    }
+                    k.push_str(&line);
+                    k.push('\n');
+                }
+            });
+        }
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
@@ -105,10 +126,16 @@ impl Server {
             .to_owned();
         Server {
             child,
+            log,
             url,
             http,
             prefix: prefix.to_owned(),
         }
+    }
+
+    /// What the server logged so far (stderr).
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn pid(&self) -> u32 {

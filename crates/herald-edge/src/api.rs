@@ -1,0 +1,530 @@
+//! The server HTTP API, for backends: publish, history and channel position
+//! over plain HTTP with an API key (`auth.api_key`), compared in constant
+//! time. The OpenAPI document is `docs/openapi.json`, also served at
+//! `/api/openapi.json` (without a key).
+//!
+//! The API is trusted: namespace access rules do not apply (that is how a
+//! backend publishes to a namespace whose `publish` rule is `nobody`).
+//! Publishes get the same dedup and ack semantics as WebSocket publishes: a
+//! `200` means Kafka confirmed the record (`acks=all`), and the same `id`
+//! sent again inside the dedup window returns the original `seq` with
+//! `duplicate: true`.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use herald_hub::{Claim, Dedup, DedupOutcome, HistoryLimits};
+use herald_proto::envelope::{self, Envelope, HEADER_ID, HEADER_VERSION};
+use herald_proto::frame::{json_depth, HISTORY_DEFAULT_LIMIT, MAX_DATA_DEPTH};
+use herald_proto::{codes, Channel, HistoryFrom};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use uuid::Uuid;
+use warp::http::StatusCode;
+use warp::{Filter, Reply};
+
+use crate::server::Ctx;
+
+/// The OpenAPI 3 document of this API.
+pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
+
+/// An error answer: `{"code", "reason"}` with an HTTP status.
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    reason: String,
+}
+
+fn api_err(status: StatusCode, code: &'static str, reason: impl Into<String>) -> ApiError {
+    ApiError {
+        status,
+        code,
+        reason: reason.into(),
+    }
+}
+
+type ApiResult = Result<Value, ApiError>;
+
+fn respond(route: &'static str, r: ApiResult) -> warp::reply::Response {
+    let (status, body) = match r {
+        Ok(v) => (StatusCode::OK, v),
+        Err(e) => (e.status, json!({ "code": e.code, "reason": e.reason })),
+    };
+    metrics::counter!("herald_api_requests_total", "route" => route, "status" => status.as_str().to_owned())
+        .increment(1);
+    warp::reply::with_status(warp::reply::json(&body), status).into_response()
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The key from `Authorization: Bearer KEY` or `X-Api-Key: KEY`.
+fn check_key(
+    ctx: &Ctx,
+    authorization: Option<String>,
+    x_api_key: Option<String>,
+) -> Result<(), ApiError> {
+    let given = x_api_key
+        .or_else(|| authorization.and_then(|a| a.strip_prefix("Bearer ").map(str::to_owned)));
+    let Some(given) = given else {
+        metrics::counter!("herald_auth_failures_total", "reason" => "api_no_key").increment(1);
+        return Err(api_err(
+            StatusCode::UNAUTHORIZED,
+            codes::UNAUTHORIZED,
+            "an API key is required: Authorization: Bearer <key> or X-Api-Key: <key>",
+        ));
+    };
+    if ctx.auth.check_api_key(given.as_bytes()) {
+        Ok(())
+    } else {
+        metrics::counter!("herald_auth_failures_total", "reason" => "api_bad_key").increment(1);
+        Err(api_err(
+            StatusCode::UNAUTHORIZED,
+            codes::UNAUTHORIZED,
+            "wrong API key (or the API is disabled: auth.api_key is not set)",
+        ))
+    }
+}
+
+fn resolve(ctx: &Ctx, name: &str) -> Result<(Channel, String), ApiError> {
+    let channel = Channel::parse(name)
+        .map_err(|e| api_err(StatusCode::BAD_REQUEST, codes::BAD_CHANNEL, e.to_string()))?;
+    let topic = ctx
+        .topics
+        .get(channel.namespace())
+        .cloned()
+        .ok_or_else(|| {
+            api_err(
+                StatusCode::NOT_FOUND,
+                codes::UNKNOWN_NAMESPACE,
+                format!("namespace `{}` is not configured", channel.namespace()),
+            )
+        })?;
+    Ok((channel, topic))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishRequest {
+    channel: String,
+    #[serde(default)]
+    id: Option<Uuid>,
+    data: Box<RawValue>,
+    #[serde(default)]
+    retry: bool,
+}
+
+async fn publish(ctx: Arc<Ctx>, body: bytes::Bytes) -> ApiResult {
+    let req: PublishRequest = serde_json::from_slice(&body).map_err(|e| {
+        api_err(
+            StatusCode::BAD_REQUEST,
+            codes::BAD_FRAME,
+            format!("bad publish body: {e}"),
+        )
+    })?;
+    let (channel, topic) = resolve(&ctx, &req.channel)?;
+    let max = ctx
+        .namespaces
+        .get(channel.namespace())
+        .and_then(|n| n.max_message_bytes)
+        .unwrap_or(ctx.cfg.max_message_bytes);
+    if req.data.get().len() > max {
+        return Err(api_err(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            codes::TOO_LARGE,
+            format!("data is {} bytes; the limit is {max}", req.data.get().len()),
+        ));
+    }
+    if json_depth(req.data.get()) > MAX_DATA_DEPTH {
+        return Err(api_err(
+            StatusCode::BAD_REQUEST,
+            codes::BAD_FRAME,
+            format!("`data` is nested deeper than {MAX_DATA_DEPTH} levels"),
+        ));
+    }
+    if ctx.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(api_err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            codes::SHUTTING_DOWN,
+            "server is shutting down; retry on another node with the same id",
+        ));
+    }
+    let id = req.id.unwrap_or_else(Uuid::new_v4);
+    let started = Instant::now();
+    let answer = |seq: i64, duplicate: bool| json!({ "channel": channel.as_str(), "id": id, "seq": seq, "duplicate": duplicate });
+    let failed = |code: &'static str, reason: String| {
+        let status = if code == codes::UNAVAILABLE {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        };
+        api_err(status, code, reason)
+    };
+    let slot = match ctx.dedup.claim(channel.as_str(), id) {
+        Claim::Seen(rx) => {
+            return match Dedup::wait(rx).await {
+                DedupOutcome::Appended(seq) => {
+                    metrics::counter!("herald_publish_duplicates_total").increment(1);
+                    Ok(answer(seq, true))
+                }
+                DedupOutcome::Failed(code, reason) => Err(failed(code, reason)),
+            }
+        }
+        Claim::First(slot) => slot,
+    };
+    let partition = match ctx.hub.partition_of(&topic, channel.as_str()) {
+        Ok(p) => p,
+        Err(e) => {
+            ctx.dedup.complete(
+                channel.as_str(),
+                id,
+                &slot,
+                DedupOutcome::Failed(codes::INTERNAL, e.to_string()),
+            );
+            return Err(failed(codes::INTERNAL, e.to_string()));
+        }
+    };
+    let mut found = None;
+    if req.retry {
+        let since = now_ms() - ctx.cfg.dedup_window.as_millis() as i64;
+        match ctx
+            .kafka
+            .find_message(&topic, partition, channel.as_str(), id, since, 50_000)
+            .await
+        {
+            Ok(f) => found = f,
+            Err(e) => {
+                let reason = format!("not stored: {e}");
+                ctx.dedup.complete(
+                    channel.as_str(),
+                    id,
+                    &slot,
+                    DedupOutcome::Failed(codes::UNAVAILABLE, reason.clone()),
+                );
+                return Err(failed(codes::UNAVAILABLE, reason));
+            }
+        }
+    }
+    let (result, duplicate) = match found {
+        Some(seq) => (Ok(seq), true),
+        None => {
+            let env = Envelope {
+                v: envelope::ENVELOPE_VERSION,
+                id,
+                channel: channel.as_str().to_owned(),
+                publisher: Some("api".into()),
+                ts: now_ms(),
+                content_type: envelope::CONTENT_TYPE_JSON.to_owned(),
+                data: req.data,
+                replayed: None,
+            };
+            let idstr = id.to_string();
+            let v = envelope::ENVELOPE_VERSION.to_string();
+            let pending = ctx.kafka.publish(
+                &topic,
+                partition,
+                channel.as_str().as_bytes(),
+                env.to_json().as_bytes(),
+                &[
+                    (HEADER_ID, idstr.as_bytes()),
+                    (HEADER_VERSION, v.as_bytes()),
+                ],
+            );
+            let r = match pending {
+                Ok(p) => p.await,
+                Err(e) => Err(e),
+            };
+            (r, false)
+        }
+    };
+    match result {
+        Ok(seq) => {
+            ctx.dedup
+                .complete(channel.as_str(), id, &slot, DedupOutcome::Appended(seq));
+            if duplicate {
+                metrics::counter!("herald_publish_duplicates_total").increment(1);
+            } else {
+                metrics::counter!("herald_publish_acks_total").increment(1);
+                metrics::histogram!("herald_publish_latency_seconds")
+                    .record(started.elapsed().as_secs_f64());
+            }
+            Ok(answer(seq, duplicate))
+        }
+        Err(e) => {
+            let code = if e.is_too_large() {
+                codes::TOO_LARGE
+            } else if e.is_retriable() {
+                codes::UNAVAILABLE
+            } else {
+                codes::INTERNAL
+            };
+            let reason = format!("not stored: {e}");
+            metrics::counter!("herald_log_errors_total", "op" => "publish").increment(1);
+            metrics::counter!("herald_publish_nacks_total", "code" => code).increment(1);
+            ctx.dedup.complete(
+                channel.as_str(),
+                id,
+                &slot,
+                DedupOutcome::Failed(code, reason.clone()),
+            );
+            Err(failed(code, reason))
+        }
+    }
+}
+
+fn int(q: &HashMap<String, String>, k: &str) -> Result<Option<i64>, ApiError> {
+    q.get(k)
+        .map(|v| {
+            v.parse::<i64>().map_err(|_| {
+                api_err(
+                    StatusCode::BAD_REQUEST,
+                    codes::BAD_FRAME,
+                    format!("`{k}` must be an integer"),
+                )
+            })
+        })
+        .transpose()
+}
+
+async fn history(ctx: Arc<Ctx>, q: HashMap<String, String>) -> ApiResult {
+    const KNOWN: [&str; 6] = [
+        "channel",
+        "since_seq",
+        "since_time",
+        "before_seq",
+        "limit",
+        "reverse",
+    ];
+    if let Some(k) = q.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(api_err(
+            StatusCode::BAD_REQUEST,
+            codes::BAD_FRAME,
+            format!("unknown parameter `{k}`"),
+        ));
+    }
+    let name = q.get("channel").ok_or_else(|| {
+        api_err(
+            StatusCode::BAD_REQUEST,
+            codes::BAD_FRAME,
+            "`channel` is required",
+        )
+    })?;
+    let (channel, topic) = resolve(&ctx, name)?;
+    let from = match (
+        int(&q, "since_seq")?,
+        int(&q, "since_time")?,
+        int(&q, "before_seq")?,
+    ) {
+        (None, None, b) if b.is_none_or(|b| b >= 0) => HistoryFrom::Latest { before_seq: b },
+        (Some(s), None, None) if s >= -1 => HistoryFrom::AfterSeq(s),
+        (None, Some(t), None) => HistoryFrom::SinceTime(t),
+        _ => {
+            return Err(api_err(
+                StatusCode::BAD_REQUEST,
+                codes::BAD_FRAME,
+                "give at most one of since_seq (>= -1), since_time, before_seq (>= 0)",
+            ))
+        }
+    };
+    let max = ctx.cfg.history_max_limit;
+    let limit = match int(&q, "limit")? {
+        None => HISTORY_DEFAULT_LIMIT.min(max),
+        Some(l) if l >= 1 && (l as u64) <= max as u64 => l as usize,
+        Some(_) => {
+            return Err(api_err(
+                StatusCode::BAD_REQUEST,
+                codes::BAD_FRAME,
+                format!("`limit` must be 1-{max}"),
+            ))
+        }
+    };
+    let reverse = match q.get("reverse").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            return Err(api_err(
+                StatusCode::BAD_REQUEST,
+                codes::BAD_FRAME,
+                "`reverse` must be true or false",
+            ))
+        }
+    };
+    let limits = HistoryLimits {
+        limit,
+        max_bytes: ctx.cfg.history_max_bytes,
+        max_scan: ctx.cfg.history_max_scan,
+    };
+    let page = ctx
+        .hub
+        .history(&topic, channel.as_str(), from, limits)
+        .await
+        .map_err(|e| {
+            api_err(
+                StatusCode::SERVICE_UNAVAILABLE,
+                codes::UNAVAILABLE,
+                format!("history failed: {e}"),
+            )
+        })?;
+    let mut messages: Vec<Value> = page
+        .messages
+        .iter()
+        .filter_map(|d| serde_json::from_str(&d.text).ok())
+        .collect();
+    if reverse {
+        messages.reverse();
+    }
+    metrics::counter!("herald_history_requests_total", "source" => if page.from_cache { "cache" } else { "log" })
+        .increment(1);
+    Ok(json!({
+        "channel": channel.as_str(),
+        "epoch": &*page.epoch,
+        "messages": messages,
+        "next": page.next,
+        "done": page.done,
+        "truncated": page.truncated,
+    }))
+}
+
+/// Minimal percent-decoding of a path segment (`chat%3Alobby`).
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+async fn position(ctx: Arc<Ctx>, raw: String) -> ApiResult {
+    let name = percent_decode(&raw).ok_or_else(|| {
+        api_err(
+            StatusCode::BAD_REQUEST,
+            codes::BAD_CHANNEL,
+            "bad percent-encoding",
+        )
+    })?;
+    let (channel, topic) = resolve(&ctx, &name)?;
+    let partition = ctx
+        .hub
+        .partition_of(&topic, channel.as_str())
+        .map_err(|e| {
+            api_err(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                codes::INTERNAL,
+                e.to_string(),
+            )
+        })?;
+    let epoch = ctx.hub.epoch(&topic).map_err(|e| {
+        api_err(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            codes::INTERNAL,
+            e.to_string(),
+        )
+    })?;
+    let wm = herald_log::LogRead::watermarks(&*ctx.kafka, &topic, partition)
+        .await
+        .map_err(|e| {
+            api_err(
+                StatusCode::SERVICE_UNAVAILABLE,
+                codes::UNAVAILABLE,
+                e.to_string(),
+            )
+        })?;
+    Ok(json!({
+        "channel": channel.as_str(),
+        "topic": topic,
+        "partition": partition,
+        "position": { "seq": wm.high - 1, "epoch": &*epoch },
+        "log_start": wm.low,
+    }))
+}
+
+fn with_ctx(ctx: Arc<Ctx>) -> impl Filter<Extract = (Arc<Ctx>,), Error = Infallible> + Clone {
+    warp::any().map(move || ctx.clone())
+}
+
+/// `/api/*`.
+pub fn routes(
+    ctx: Arc<Ctx>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
+    let keyed = with_ctx(ctx.clone())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::header::optional::<String>("x-api-key"))
+        .and_then(
+            |ctx: Arc<Ctx>, a: Option<String>, k: Option<String>| async move {
+                match check_key(&ctx, a, k) {
+                    Ok(()) => Ok::<_, warp::Rejection>(Ok(ctx)),
+                    Err(e) => Ok(Err(e)),
+                }
+            },
+        );
+    let max_body = ctx.cfg.max_frame_bytes as u64;
+    let publish_route = warp::path!("api" / "publish")
+        .and(warp::post())
+        .and(keyed.clone())
+        .and(warp::body::content_length_limit(max_body))
+        .and(warp::body::bytes())
+        .then(
+            |ctx: Result<Arc<Ctx>, ApiError>, body: bytes::Bytes| async move {
+                let r = match ctx {
+                    Ok(ctx) => publish(ctx, body).await,
+                    Err(e) => Err(e),
+                };
+                respond("publish", r)
+            },
+        );
+    let history_route = warp::path!("api" / "history")
+        .and(warp::get())
+        .and(keyed.clone())
+        .and(
+            warp::query::<HashMap<String, String>>()
+                .or(warp::any().map(HashMap::new))
+                .unify(),
+        )
+        .then(
+            |ctx: Result<Arc<Ctx>, ApiError>, q: HashMap<String, String>| async move {
+                let r = match ctx {
+                    Ok(ctx) => history(ctx, q).await,
+                    Err(e) => Err(e),
+                };
+                respond("history", r)
+            },
+        );
+    let position_route = warp::path!("api" / "channels" / String / "position")
+        .and(warp::get())
+        .and(keyed)
+        .then(|raw: String, ctx: Result<Arc<Ctx>, ApiError>| async move {
+            let r = match ctx {
+                Ok(ctx) => position(ctx, raw).await,
+                Err(e) => Err(e),
+            };
+            respond("position", r)
+        });
+    let openapi = warp::path!("api" / "openapi.json")
+        .and(warp::get())
+        .map(|| {
+            warp::reply::with_header(OPENAPI, "content-type", "application/json").into_response()
+        });
+    publish_route
+        .or(history_route)
+        .unify()
+        .or(position_route)
+        .unify()
+        .or(openapi)
+        .unify()
+}

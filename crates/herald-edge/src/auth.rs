@@ -1,0 +1,560 @@
+//! Who may do what: JWT connection tokens, per-namespace access rules, and
+//! the HTTP API key.
+//!
+//! Tokens are JWTs (`jsonwebtoken`) signed with HS256 (a shared secret) or
+//! RS256/ES256 (public keys from a PEM file or a JWKS file, chosen by `kid`).
+//! Claims: `sub` (required), `exp` (required), optional `channels`, a map from
+//! channel pattern (`*` matches any run of characters) to capabilities:
+//!
+//! ```json
+//! {"sub": "alice", "exp": 1795000000, "channels": {"room:team-*": ["subscribe", "history"]}}
+//! ```
+//!
+//! `alg: none` and any algorithm without a configured key are refused.
+//! Secrets and tokens are never logged: errors name what failed, not the
+//! input.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use herald_proto::Channel;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+
+/// What a namespace requires for one capability.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessRule {
+    /// Anyone, with or without a token.
+    Anonymous,
+    /// Any valid token.
+    Authenticated,
+    /// A token whose `channels` grants the capability on the channel.
+    Grant,
+    /// A token whose `sub` is the channel's name after `namespace:`
+    /// (`user:alice` for `alice`), on all of that user's connections.
+    Owner,
+    /// No WebSocket client; only the HTTP API (for backends).
+    Nobody,
+}
+
+impl std::str::FromStr for AccessRule {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "anonymous" => AccessRule::Anonymous,
+            "authenticated" => AccessRule::Authenticated,
+            "grant" => AccessRule::Grant,
+            "owner" => AccessRule::Owner,
+            "nobody" => AccessRule::Nobody,
+            other => {
+                return Err(format!(
+                "unknown access rule `{other}`; one of anonymous, authenticated, grant, owner, nobody"
+            ))
+            }
+        })
+    }
+}
+
+/// A capability a grant can give.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Capability {
+    Subscribe,
+    Publish,
+    History,
+    Presence,
+}
+
+impl Capability {
+    fn bit(self) -> u8 {
+        match self {
+            Capability::Subscribe => 1,
+            Capability::Publish => 2,
+            Capability::History => 4,
+            Capability::Presence => 8,
+        }
+    }
+
+    fn parse(s: &str) -> Option<Capability> {
+        Some(match s {
+            "subscribe" => Capability::Subscribe,
+            "publish" => Capability::Publish,
+            "history" => Capability::History,
+            "presence" => Capability::Presence,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Capability::Subscribe => "subscribe",
+            Capability::Publish => "publish",
+            Capability::History => "history",
+            Capability::Presence => "presence",
+        }
+    }
+}
+
+/// Key sources and checks for tokens, and the HTTP API key.
+#[derive(Clone, Debug, Default)]
+pub struct AuthConfig {
+    pub hs256_secret: Option<Vec<u8>>,
+    pub public_key_file: Option<PathBuf>,
+    pub jwks_file: Option<PathBuf>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub leeway: Duration,
+    pub api_key: Option<String>,
+}
+
+/// A configuration or token problem.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("{message}")]
+    Config { path: &'static str, message: String },
+    #[error("{0}")]
+    Token(String),
+}
+
+impl AuthError {
+    /// The configuration key the error is about.
+    pub fn path(&self) -> &'static str {
+        match self {
+            AuthError::Config { path, .. } => path,
+            AuthError::Token(_) => "token",
+        }
+    }
+}
+
+struct Key {
+    kid: Option<String>,
+    alg: Algorithm,
+    key: DecodingKey,
+}
+
+/// Verifies tokens and API keys. One per node.
+pub struct Auth {
+    keys: Vec<Key>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    leeway: Duration,
+    api_key: Option<Vec<u8>>,
+}
+
+/// An authenticated connection's identity, from a verified token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub sub: String,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+    grants: Vec<(String, u8)>,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+    #[serde(default)]
+    channels: BTreeMap<String, Vec<String>>,
+}
+
+fn config_err(path: &'static str, message: impl Into<String>) -> AuthError {
+    AuthError::Config {
+        path,
+        message: message.into(),
+    }
+}
+
+impl Auth {
+    pub fn new(cfg: &AuthConfig) -> Result<Auth, AuthError> {
+        let mut keys = Vec::new();
+        if let Some(secret) = &cfg.hs256_secret {
+            keys.push(Key {
+                kid: None,
+                alg: Algorithm::HS256,
+                key: DecodingKey::from_secret(secret),
+            });
+        }
+        if let Some(path) = &cfg.public_key_file {
+            let pem = std::fs::read(path).map_err(|e| {
+                config_err(
+                    "auth.public_key_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            let (alg, key) = if let Ok(k) = DecodingKey::from_rsa_pem(&pem) {
+                (Algorithm::RS256, k)
+            } else if let Ok(k) = DecodingKey::from_ec_pem(&pem) {
+                (Algorithm::ES256, k)
+            } else {
+                return Err(config_err(
+                    "auth.public_key_file",
+                    format!(
+                        "{} is not a PEM RSA or EC (P-256) public key",
+                        path.display()
+                    ),
+                ));
+            };
+            keys.push(Key {
+                kid: None,
+                alg,
+                key,
+            });
+        }
+        if let Some(path) = &cfg.jwks_file {
+            let text = std::fs::read(path).map_err(|e| {
+                config_err(
+                    "auth.jwks_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            let set: jsonwebtoken::jwk::JwkSet = serde_json::from_slice(&text).map_err(|e| {
+                config_err(
+                    "auth.jwks_file",
+                    format!("{} is not a JWKS: {e}", path.display()),
+                )
+            })?;
+            for jwk in &set.keys {
+                use jsonwebtoken::jwk::AlgorithmParameters as P;
+                let alg = match &jwk.algorithm {
+                    P::RSA(_) => Algorithm::RS256,
+                    P::EllipticCurve(_) => Algorithm::ES256,
+                    _ => {
+                        return Err(config_err(
+                            "auth.jwks_file",
+                            "only RSA (RS256) and EC P-256 (ES256) keys are supported",
+                        ))
+                    }
+                };
+                let key = DecodingKey::from_jwk(jwk)
+                    .map_err(|e| config_err("auth.jwks_file", format!("bad key: {e}")))?;
+                keys.push(Key {
+                    kid: jwk.common.key_id.clone(),
+                    alg,
+                    key,
+                });
+            }
+        }
+        Ok(Auth {
+            keys,
+            issuer: cfg.issuer.clone(),
+            audience: cfg.audience.clone(),
+            leeway: cfg.leeway,
+            api_key: cfg.api_key.as_ref().map(|k| k.as_bytes().to_vec()),
+        })
+    }
+
+    /// True when some key can verify tokens.
+    pub fn accepts_tokens(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
+    /// Verifies a token: signature, algorithm, `exp` (with leeway), `nbf`,
+    /// `iss`/`aud` when configured, and the claims' shape.
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let bad = |m: &str| AuthError::Token(m.to_owned());
+        if self.keys.is_empty() {
+            return Err(bad("this server accepts no tokens (no key is configured)"));
+        }
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| bad("malformed token or unsupported algorithm"))?;
+        let candidates: Vec<&Key> = self
+            .keys
+            .iter()
+            .filter(|k| k.alg == header.alg)
+            .filter(|k| match (&header.kid, &k.kid) {
+                (Some(want), Some(have)) => want == have,
+                _ => true,
+            })
+            .collect();
+        if candidates.is_empty() {
+            return Err(AuthError::Token(format!(
+                "no key for algorithm {:?}",
+                header.alg
+            )));
+        }
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = self.leeway.as_secs();
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        match &self.audience {
+            Some(a) => validation.set_audience(&[a]),
+            None => validation.validate_aud = false,
+        }
+        if let Some(i) = &self.issuer {
+            validation.set_issuer(&[i]);
+        }
+        let mut last = bad("bad signature");
+        for k in candidates {
+            match jsonwebtoken::decode::<Claims>(token, &k.key, &validation) {
+                Ok(data) => return identity(data.claims),
+                Err(e) => {
+                    use jsonwebtoken::errors::ErrorKind as K;
+                    last = match e.kind() {
+                        K::ExpiredSignature => bad("token expired"),
+                        K::ImmatureSignature => bad("token not valid yet (nbf)"),
+                        K::InvalidSignature => bad("bad signature"),
+                        K::InvalidIssuer => bad("wrong issuer"),
+                        K::InvalidAudience => bad("wrong audience"),
+                        K::MissingRequiredClaim(c) => {
+                            AuthError::Token(format!("missing claim `{c}`"))
+                        }
+                        K::Json(_) => bad("claims of the wrong shape"),
+                        _ => bad("invalid token"),
+                    };
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Compares an HTTP API key in constant time. False when no key is
+    /// configured: the API is closed until one is.
+    pub fn check_api_key(&self, given: &[u8]) -> bool {
+        match &self.api_key {
+            Some(k) => k.len() == given.len() && bool::from(k.as_slice().ct_eq(given)),
+            None => false,
+        }
+    }
+}
+
+fn identity(c: Claims) -> Result<Identity, AuthError> {
+    if c.sub.is_empty() || c.sub.len() > 128 {
+        return Err(AuthError::Token("`sub` must be 1-128 bytes".into()));
+    }
+    let mut grants = Vec::with_capacity(c.channels.len());
+    for (pattern, caps) in c.channels {
+        let mut bits = 0u8;
+        for cap in &caps {
+            match Capability::parse(cap) {
+                Some(c) => bits |= c.bit(),
+                None => {
+                    return Err(AuthError::Token(format!(
+                        "unknown capability in `channels`: {}",
+                        truncate(cap)
+                    )))
+                }
+            }
+        }
+        grants.push((pattern, bits));
+    }
+    Ok(Identity {
+        sub: c.sub,
+        exp: c.exp,
+        grants,
+    })
+}
+
+fn truncate(s: &str) -> &str {
+    let mut end = s.len().min(32);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+impl Identity {
+    /// True when a `channels` grant gives `cap` on `channel`.
+    pub fn granted(&self, channel: &str, cap: Capability) -> bool {
+        self.grants
+            .iter()
+            .any(|(p, bits)| bits & cap.bit() != 0 && glob(p, channel))
+    }
+
+    /// The token's grants: pattern → capabilities.
+    pub fn grants(&self) -> BTreeMap<String, Vec<&'static str>> {
+        let all = [
+            Capability::Subscribe,
+            Capability::Publish,
+            Capability::History,
+            Capability::Presence,
+        ];
+        self.grants
+            .iter()
+            .map(|(p, bits)| {
+                let caps = all
+                    .iter()
+                    .filter(|c| bits & c.bit() != 0)
+                    .map(|c| c.as_str())
+                    .collect();
+                (p.clone(), caps)
+            })
+            .collect()
+    }
+
+    /// Time left before the token expires (zero when it has).
+    pub fn expires_in(&self) -> Duration {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        Duration::from_secs(self.exp.saturating_sub(now))
+    }
+}
+
+/// `*` matches any run of characters (including none); nothing else is special.
+fn glob(pattern: &str, s: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == s;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !s.starts_with(first) || s.len() < first.len() + last.len() || !s.ends_with(last) {
+        return false;
+    }
+    let mut rest = &s[first.len()..s.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// Whether `who` may use `cap` on `channel` under `rule`.
+pub fn permits(
+    rule: AccessRule,
+    who: Option<&Identity>,
+    channel: &Channel,
+    cap: Capability,
+) -> bool {
+    match rule {
+        AccessRule::Anonymous => true,
+        AccessRule::Authenticated => who.is_some(),
+        AccessRule::Grant => who.is_some_and(|i| i.granted(channel.as_str(), cap)),
+        AccessRule::Owner => who.is_some_and(|i| {
+            channel
+                .as_str()
+                .split_once(':')
+                .is_some_and(|(_, name)| name == i.sub)
+        }),
+        AccessRule::Nobody => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn auth() -> Auth {
+        Auth::new(&AuthConfig {
+            hs256_secret: Some(SECRET.to_vec()),
+            leeway: Duration::from_secs(0),
+            api_key: Some("k".repeat(20)),
+            ..AuthConfig::default()
+        })
+        .unwrap()
+    }
+
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    fn token(claims: serde_json::Value, secret: &[u8]) -> String {
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn verifies_and_refuses() {
+        let a = auth();
+        let good = token(
+            serde_json::json!({"sub": "alice", "exp": now() + 60, "channels": {"room:t-*": ["subscribe"]}}),
+            SECRET,
+        );
+        let id = a.verify(&good).unwrap();
+        assert_eq!(id.sub, "alice");
+        assert!(id.granted("room:t-1", Capability::Subscribe));
+        assert!(!id.granted("room:t-1", Capability::Publish));
+        assert!(!id.granted("room:x", Capability::Subscribe));
+
+        let expired = token(serde_json::json!({"sub": "a", "exp": now() - 10}), SECRET);
+        assert_eq!(a.verify(&expired).unwrap_err().to_string(), "token expired");
+        let forged = token(
+            serde_json::json!({"sub": "a", "exp": now() + 60}),
+            b"another-secret-another-secret-xx",
+        );
+        assert_eq!(a.verify(&forged).unwrap_err().to_string(), "bad signature");
+        // alg: none, hand-made.
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let none = format!(
+            "{}.{}.",
+            b64.encode(br#"{"alg":"none","typ":"JWT"}"#),
+            b64.encode(format!(r#"{{"sub":"a","exp":{}}}"#, now() + 60))
+        );
+        assert!(a.verify(&none).is_err());
+        assert!(a.verify("not-a-token").is_err());
+        let no_sub = token(serde_json::json!({"exp": now() + 60}), SECRET);
+        assert!(a.verify(&no_sub).is_err());
+        let bad_cap = token(
+            serde_json::json!({"sub": "a", "exp": now() + 60, "channels": {"x:*": ["own"]}}),
+            SECRET,
+        );
+        assert!(a.verify(&bad_cap).is_err());
+    }
+
+    #[test]
+    fn api_key_compare() {
+        let a = auth();
+        assert!(a.check_api_key("k".repeat(20).as_bytes()));
+        assert!(!a.check_api_key("k".repeat(19).as_bytes()));
+        assert!(!a.check_api_key(b""));
+        let closed = Auth::new(&AuthConfig::default()).unwrap();
+        assert!(!closed.check_api_key(b""));
+        assert!(!closed.accepts_tokens());
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob("chat:*", "chat:a"));
+        assert!(glob("*", "x:y"));
+        assert!(glob("a:*-x-*", "a:1-x-2"));
+        assert!(!glob("a:*-x-*", "a:1-y-2"));
+        assert!(glob("a:b", "a:b"));
+        assert!(!glob("a:b", "a:bc"));
+        assert!(!glob("a:*b", "a:c"));
+    }
+
+    #[test]
+    fn rules() {
+        let ch = Channel::parse("user:alice").unwrap();
+        let alice = Identity {
+            sub: "alice".into(),
+            exp: 0,
+            grants: vec![],
+        };
+        let bob = Identity {
+            sub: "bob".into(),
+            exp: 0,
+            grants: vec![("user:*".into(), Capability::History.bit())],
+        };
+        let s = Capability::Subscribe;
+        assert!(permits(AccessRule::Owner, Some(&alice), &ch, s));
+        assert!(!permits(AccessRule::Owner, Some(&bob), &ch, s));
+        assert!(!permits(AccessRule::Owner, None, &ch, s));
+        assert!(permits(AccessRule::Anonymous, None, &ch, s));
+        assert!(!permits(AccessRule::Authenticated, None, &ch, s));
+        assert!(!permits(AccessRule::Grant, Some(&bob), &ch, s));
+        assert!(permits(
+            AccessRule::Grant,
+            Some(&bob),
+            &ch,
+            Capability::History
+        ));
+        assert!(!permits(AccessRule::Nobody, Some(&alice), &ch, s));
+    }
+}

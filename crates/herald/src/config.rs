@@ -1,0 +1,811 @@
+//! herald's configuration: one TOML file, `HERALD_*` environment variables on
+//! top, command-line flags on top of that.
+//!
+//! Every setting has a default ([`Settings::default`], printed with comments
+//! by `herald genconfig`). Unknown keys are errors. The environment is read
+//! through a lookup function, so tests never touch the process environment:
+//! key `section.name` is overridden by `HERALD_SECTION_NAME` (e.g.
+//! `kafka.brokers` ← `HERALD_KAFKA_BROKERS`, `auth.hs256_secret` ←
+//! `HERALD_AUTH_HS256_SECRET`). Lists in the environment are comma-separated.
+//! Namespaces (an array of tables) come from the file only.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use herald_edge::{AccessRule, AuthConfig, EdgeConfig, NamespaceConfig};
+use herald_log::LogConfig;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub server: Server,
+    pub kafka: Kafka,
+    pub limits: Limits,
+    pub cache: Cache,
+    pub auth: Auth,
+    #[serde(rename = "namespace")]
+    pub namespaces: Vec<Namespace>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    pub listen: String,
+    pub heartbeat_secs: u64,
+    pub idle_timeout_secs: u64,
+    pub drain_delay_ms: u64,
+    pub reconnect_jitter_ms: u64,
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Kafka {
+    pub brokers: String,
+    pub topic_prefix: String,
+    pub replication: i32,
+    pub fetch_wait_max_ms: u32,
+    pub publish_timeout_ms: u64,
+    pub request_timeout_ms: u64,
+    /// Extra librdkafka settings for every client (security, tuning).
+    pub client: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub queue_messages: usize,
+    pub queue_bytes: usize,
+    pub max_message_bytes: usize,
+    pub max_frame_bytes: usize,
+    pub read_buffer_bytes: usize,
+    pub publish_rate: u32,
+    pub publish_burst: u32,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub max_subscriptions: usize,
+    pub max_inflight_publishes: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cache {
+    pub dedup_window_secs: u64,
+    pub dedup_capacity: u64,
+    pub recent_messages: usize,
+    pub recent_bytes: usize,
+    pub history_max_limit: usize,
+    pub history_max_bytes: usize,
+    pub history_max_scan: i64,
+    pub cursor_flush_ms: u64,
+    pub cursor_partitions: i32,
+    pub cursor_cache_capacity: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    pub hs256_secret: String,
+    pub public_key_file: String,
+    pub jwks_file: String,
+    pub issuer: String,
+    pub audience: String,
+    pub leeway_secs: u64,
+    pub api_key: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Namespace {
+    pub name: String,
+    pub partitions: i32,
+    pub retention_ms: i64,
+    pub subscribe: String,
+    pub publish: String,
+    pub history: String,
+    pub max_message_bytes: usize,
+    pub publish_rate: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        let e = EdgeConfig::default();
+        let l = LogConfig::default();
+        Settings {
+            server: Server {
+                listen: e.listen.to_string(),
+                heartbeat_secs: e.heartbeat.as_secs(),
+                idle_timeout_secs: e.idle_timeout.as_secs(),
+                drain_delay_ms: e.drain_delay.as_millis() as u64,
+                reconnect_jitter_ms: e.reconnect_jitter.as_millis() as u64,
+                shutdown_grace_secs: e.shutdown_grace.as_secs(),
+            },
+            kafka: Kafka {
+                brokers: l.brokers,
+                topic_prefix: l.topic_prefix,
+                replication: l.replication,
+                fetch_wait_max_ms: l.fetch_wait_max_ms,
+                publish_timeout_ms: l.publish_timeout.as_millis() as u64,
+                request_timeout_ms: l.request_timeout.as_millis() as u64,
+                client: BTreeMap::new(),
+            },
+            limits: Limits {
+                queue_messages: e.queue_messages,
+                queue_bytes: e.queue_bytes,
+                max_message_bytes: e.max_message_bytes,
+                max_frame_bytes: e.max_frame_bytes,
+                read_buffer_bytes: e.read_buffer_bytes,
+                publish_rate: e.publish_rate,
+                publish_burst: e.publish_burst,
+                max_connections: e.max_connections,
+                max_connections_per_ip: e.max_connections_per_ip,
+                max_subscriptions: e.max_subscriptions,
+                max_inflight_publishes: e.max_inflight_publishes,
+            },
+            cache: Cache {
+                dedup_window_secs: e.dedup_window.as_secs(),
+                dedup_capacity: e.dedup_capacity,
+                recent_messages: e.recent_messages,
+                recent_bytes: e.recent_bytes,
+                history_max_limit: e.history_max_limit,
+                history_max_bytes: e.history_max_bytes,
+                history_max_scan: e.history_max_scan,
+                cursor_flush_ms: e.cursor_flush_interval.as_millis() as u64,
+                cursor_partitions: e.cursor_partitions,
+                cursor_cache_capacity: e.cursor_cache_capacity,
+            },
+            auth: Auth {
+                hs256_secret: String::new(),
+                public_key_file: String::new(),
+                jwks_file: String::new(),
+                issuer: String::new(),
+                audience: String::new(),
+                leeway_secs: 5,
+                api_key: String::new(),
+            },
+            namespaces: vec![Namespace::default()],
+        }
+    }
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Settings::default().server
+    }
+}
+impl Default for Kafka {
+    fn default() -> Self {
+        Settings::default().kafka
+    }
+}
+impl Default for Limits {
+    fn default() -> Self {
+        Settings::default().limits
+    }
+}
+impl Default for Cache {
+    fn default() -> Self {
+        Settings::default().cache
+    }
+}
+impl Default for Auth {
+    fn default() -> Self {
+        Settings::default().auth
+    }
+}
+
+impl Default for Namespace {
+    /// The default namespace: `chat`, 8 partitions, authenticated users only.
+    fn default() -> Self {
+        Namespace {
+            name: "chat".into(),
+            partitions: 8,
+            retention_ms: 0,
+            subscribe: "authenticated".into(),
+            publish: "authenticated".into(),
+            history: "authenticated".into(),
+            max_message_bytes: 0,
+            publish_rate: 0,
+        }
+    }
+}
+
+/// One problem in a configuration, with where it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// `section.key`, `namespace[1].publish`, or `HERALD_X (section.key)`.
+    pub path: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Every problem found, in file order.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+fn type_name(v: &toml::Value) -> &'static str {
+    match v {
+        toml::Value::String(_) => "a string",
+        toml::Value::Integer(_) => "an integer",
+        toml::Value::Float(_) => "a float",
+        toml::Value::Boolean(_) => "a boolean",
+        toml::Value::Datetime(_) => "a datetime",
+        toml::Value::Array(_) => "an array",
+        toml::Value::Table(_) => "a table",
+    }
+}
+
+/// Compares `given` with the shape of `model` (the defaults), reporting
+/// unknown keys and wrong types under `path`.
+fn check_shape(path: &str, given: &toml::Value, model: &toml::Value, out: &mut Vec<ConfigError>) {
+    let join = |k: &str| {
+        if path.is_empty() {
+            k.to_owned()
+        } else {
+            format!("{path}.{k}")
+        }
+    };
+    match (given, model) {
+        (toml::Value::Table(g), toml::Value::Table(m)) => {
+            // `kafka.client` is free-form: any string → string.
+            if path == "kafka.client" {
+                for (k, v) in g {
+                    if !v.is_str() {
+                        out.push(err(
+                            join(k),
+                            format!("must be a string, not {}", type_name(v)),
+                        ));
+                    }
+                }
+                return;
+            }
+            for (k, v) in g {
+                match m.get(k) {
+                    Some(mv) => check_shape(&join(k), v, mv, out),
+                    None => out.push(err(join(k), "unknown key")),
+                }
+            }
+        }
+        (toml::Value::Array(g), toml::Value::Array(m)) if path == "namespace" => {
+            let model = m.first().cloned().unwrap_or_else(|| {
+                toml::Value::try_from(Namespace::default()).unwrap_or(toml::Value::Boolean(false))
+            });
+            for (i, v) in g.iter().enumerate() {
+                check_shape(&format!("namespace[{i}]"), v, &model, out);
+            }
+        }
+        (g, m) if std::mem::discriminant(g) == std::mem::discriminant(m) => {}
+        (g, m) => out.push(err(
+            path,
+            format!("must be {}, not {}", type_name(m), type_name(g)),
+        )),
+    }
+}
+
+/// The environment variable that overrides `path`.
+pub fn env_name(path: &str) -> String {
+    format!("HERALD_{}", path.replace('.', "_").to_ascii_uppercase())
+}
+
+/// Applies `HERALD_*` overrides to every scalar key of `value`.
+fn apply_env(
+    path: &str,
+    value: &mut toml::Value,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    out: &mut Vec<ConfigError>,
+) {
+    let toml::Value::Table(t) = value else {
+        return;
+    };
+    for (k, v) in t.iter_mut() {
+        let p = if path.is_empty() {
+            k.clone()
+        } else {
+            format!("{path}.{k}")
+        };
+        if p == "namespace" || p == "kafka.client" {
+            continue;
+        }
+        if v.is_table() {
+            apply_env(&p, v, lookup, out);
+            continue;
+        }
+        let name = env_name(&p);
+        let Some(raw) = lookup(&name) else {
+            continue;
+        };
+        let parsed = match &*v {
+            toml::Value::String(_) => Ok(toml::Value::String(raw)),
+            toml::Value::Integer(_) => raw
+                .trim()
+                .parse::<i64>()
+                .map(toml::Value::Integer)
+                .map_err(|e| format!("must be an integer: {e}")),
+            toml::Value::Boolean(_) => raw
+                .trim()
+                .parse::<bool>()
+                .map(toml::Value::Boolean)
+                .map_err(|_| "must be true or false".to_string()),
+            toml::Value::Array(_) => Ok(toml::Value::Array(
+                raw.split(',')
+                    .map(|s| toml::Value::String(s.trim().to_owned()))
+                    .collect(),
+            )),
+            other => Err(format!(
+                "cannot be set from the environment ({})",
+                type_name(other)
+            )),
+        };
+        match parsed {
+            Ok(n) => *v = n,
+            Err(m) => out.push(err(format!("{name} ({p})"), m)),
+        }
+    }
+}
+
+impl Settings {
+    /// Loads `file` (when given) over the defaults, then the environment
+    /// through `lookup`. Returns every problem found, not just the first.
+    pub fn load(
+        file: Option<&Path>,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Settings, ConfigErrors> {
+        let text = match file {
+            Some(f) => std::fs::read_to_string(f).map_err(|e| {
+                ConfigErrors(vec![err(
+                    f.display().to_string(),
+                    format!("cannot read: {e}"),
+                )])
+            })?,
+            None => String::new(),
+        };
+        Self::from_toml(&text, lookup)
+    }
+
+    /// [`Settings::load`] from TOML text.
+    pub fn from_toml(
+        text: &str,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Settings, ConfigErrors> {
+        let mut errors = Vec::new();
+        let given: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            ConfigErrors(vec![err(
+                "(file)",
+                format!("not valid TOML: {}", e.message()),
+            )])
+        })?;
+        let given = toml::Value::Table(given);
+        let defaults = toml::Value::try_from(Settings::default())
+            .map_err(|e| ConfigErrors(vec![err("(defaults)", e.to_string())]))?;
+        check_shape("", &given, &defaults, &mut errors);
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        // Defaults, with the file's keys laid over them.
+        let mut merged = defaults;
+        merge(&mut merged, given);
+        apply_env("", &mut merged, lookup, &mut errors);
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        let settings: Settings = merged
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigErrors(vec![err("(file)", e.message())]))?;
+        settings.validate().map_err(ConfigErrors)?;
+        Ok(settings)
+    }
+
+    /// Checks values: addresses parse, rules are known, names are valid,
+    /// key files exist and parse.
+    pub fn validate(&self) -> Result<(), Vec<ConfigError>> {
+        let mut out = Vec::new();
+        if self.server.listen.parse::<SocketAddr>().is_err() {
+            out.push(err(
+                "server.listen",
+                "must be an address like 127.0.0.1:8080",
+            ));
+        }
+        if self.kafka.brokers.trim().is_empty() {
+            out.push(err("kafka.brokers", "must not be empty"));
+        }
+        if self.kafka.topic_prefix.is_empty()
+            || !self
+                .kafka
+                .topic_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            out.push(err(
+                "kafka.topic_prefix",
+                "must be non-empty ASCII letters, digits, `.`, `_` or `-`",
+            ));
+        }
+        for (path, v) in [
+            ("limits.queue_messages", self.limits.queue_messages),
+            ("limits.queue_bytes", self.limits.queue_bytes),
+            ("limits.max_message_bytes", self.limits.max_message_bytes),
+            ("limits.max_frame_bytes", self.limits.max_frame_bytes),
+            ("limits.read_buffer_bytes", self.limits.read_buffer_bytes),
+            ("limits.max_connections", self.limits.max_connections),
+            (
+                "limits.max_connections_per_ip",
+                self.limits.max_connections_per_ip,
+            ),
+            ("limits.max_subscriptions", self.limits.max_subscriptions),
+            (
+                "limits.max_inflight_publishes",
+                self.limits.max_inflight_publishes,
+            ),
+            ("cache.history_max_limit", self.cache.history_max_limit),
+            ("cache.history_max_bytes", self.cache.history_max_bytes),
+        ] {
+            if v == 0 {
+                out.push(err(path, "must be at least 1"));
+            }
+        }
+        if self.cache.cursor_partitions < 1 {
+            out.push(err("cache.cursor_partitions", "must be at least 1"));
+        }
+        if self.cache.history_max_scan < 1 {
+            out.push(err("cache.history_max_scan", "must be at least 1"));
+        }
+        if self.cache.cursor_flush_ms < 10 {
+            out.push(err("cache.cursor_flush_ms", "must be at least 10"));
+        }
+        if self.server.heartbeat_secs == 0 {
+            out.push(err("server.heartbeat_secs", "must be at least 1"));
+        }
+        if !self.auth.hs256_secret.is_empty() && self.auth.hs256_secret.len() < 32 {
+            out.push(err(
+                "auth.hs256_secret",
+                "must be at least 32 bytes (a short HMAC secret can be brute-forced)",
+            ));
+        }
+        if !self.auth.api_key.is_empty() && self.auth.api_key.len() < 16 {
+            out.push(err("auth.api_key", "must be at least 16 characters"));
+        }
+        if let Err(e) = self.auth_config().and_then(|a| herald_edge::Auth::new(&a)) {
+            out.push(err(e.path(), e.to_string()));
+        }
+        if self.namespaces.is_empty() {
+            out.push(err("namespace", "at least one namespace is needed"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, ns) in self.namespaces.iter().enumerate() {
+            let p = |k: &str| format!("namespace[{i}].{k}");
+            if let Err(e) =
+                format!("{}={}", ns.name, ns.partitions.max(1)).parse::<NamespaceConfig>()
+            {
+                out.push(err(p("name"), e));
+            }
+            if !seen.insert(ns.name.clone()) {
+                out.push(err(
+                    p("name"),
+                    format!("namespace `{}` is defined twice", ns.name),
+                ));
+            }
+            if ns.partitions < 1 {
+                out.push(err(p("partitions"), "must be at least 1"));
+            }
+            if ns.retention_ms < 0 {
+                out.push(err(p("retention_ms"), "must be 0 (broker default) or more"));
+            }
+            for (k, v) in [
+                ("subscribe", &ns.subscribe),
+                ("publish", &ns.publish),
+                ("history", &ns.history),
+            ] {
+                if let Err(e) = v.parse::<AccessRule>() {
+                    out.push(err(p(k), e));
+                }
+            }
+        }
+        if out.is_empty() {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    }
+
+    pub fn auth_config(&self) -> Result<AuthConfig, herald_edge::AuthError> {
+        let file = |s: &str| (!s.is_empty()).then(|| std::path::PathBuf::from(s));
+        Ok(AuthConfig {
+            hs256_secret: (!self.auth.hs256_secret.is_empty())
+                .then(|| self.auth.hs256_secret.clone().into_bytes()),
+            public_key_file: file(&self.auth.public_key_file),
+            jwks_file: file(&self.auth.jwks_file),
+            issuer: (!self.auth.issuer.is_empty()).then(|| self.auth.issuer.clone()),
+            audience: (!self.auth.audience.is_empty()).then(|| self.auth.audience.clone()),
+            leeway: Duration::from_secs(self.auth.leeway_secs),
+            api_key: (!self.auth.api_key.is_empty()).then(|| self.auth.api_key.clone()),
+        })
+    }
+
+    pub fn log_config(&self) -> LogConfig {
+        LogConfig {
+            brokers: self.kafka.brokers.clone(),
+            topic_prefix: self.kafka.topic_prefix.clone(),
+            fetch_wait_max_ms: self.kafka.fetch_wait_max_ms,
+            publish_timeout: Duration::from_millis(self.kafka.publish_timeout_ms),
+            request_timeout: Duration::from_millis(self.kafka.request_timeout_ms),
+            replication: self.kafka.replication,
+            overrides: self
+                .kafka
+                .client
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }
+    }
+
+    /// The edge settings. Call after [`Settings::validate`].
+    pub fn edge_config(&self) -> EdgeConfig {
+        let rule = |s: &str| s.parse::<AccessRule>().unwrap_or(AccessRule::Nobody);
+        EdgeConfig {
+            listen: self
+                .server
+                .listen
+                .parse()
+                .unwrap_or_else(|_| EdgeConfig::default().listen),
+            namespaces: self
+                .namespaces
+                .iter()
+                .map(|n| NamespaceConfig {
+                    name: n.name.clone(),
+                    partitions: n.partitions,
+                    retention_ms: (n.retention_ms > 0).then_some(n.retention_ms),
+                    subscribe: rule(&n.subscribe),
+                    publish: rule(&n.publish),
+                    history: rule(&n.history),
+                    max_message_bytes: (n.max_message_bytes > 0).then_some(n.max_message_bytes),
+                    publish_rate: (n.publish_rate > 0).then_some(n.publish_rate),
+                })
+                .collect(),
+            queue_messages: self.limits.queue_messages,
+            queue_bytes: self.limits.queue_bytes,
+            max_message_bytes: self.limits.max_message_bytes,
+            max_frame_bytes: self.limits.max_frame_bytes,
+            read_buffer_bytes: self.limits.read_buffer_bytes,
+            publish_rate: self.limits.publish_rate,
+            publish_burst: self.limits.publish_burst,
+            max_connections: self.limits.max_connections,
+            max_connections_per_ip: self.limits.max_connections_per_ip,
+            max_subscriptions: self.limits.max_subscriptions,
+            max_inflight_publishes: self.limits.max_inflight_publishes,
+            heartbeat: Duration::from_secs(self.server.heartbeat_secs),
+            idle_timeout: Duration::from_secs(self.server.idle_timeout_secs),
+            dedup_window: Duration::from_secs(self.cache.dedup_window_secs),
+            dedup_capacity: self.cache.dedup_capacity,
+            recent_messages: self.cache.recent_messages,
+            recent_bytes: self.cache.recent_bytes,
+            shutdown_grace: Duration::from_secs(self.server.shutdown_grace_secs),
+            drain_delay: Duration::from_millis(self.server.drain_delay_ms),
+            reconnect_jitter: Duration::from_millis(self.server.reconnect_jitter_ms),
+            history_max_limit: self.cache.history_max_limit,
+            history_max_bytes: self.cache.history_max_bytes,
+            history_max_scan: self.cache.history_max_scan,
+            history_concurrency: EdgeConfig::default().history_concurrency,
+            cursor_flush_interval: Duration::from_millis(self.cache.cursor_flush_ms),
+            cursor_partitions: self.cache.cursor_partitions,
+            cursor_cache_capacity: self.cache.cursor_cache_capacity,
+        }
+    }
+
+    /// Every scalar key path, for documentation checks.
+    #[cfg(test)]
+    pub fn key_paths() -> Vec<String> {
+        fn walk(path: &str, v: &toml::Value, out: &mut Vec<String>) {
+            match v {
+                toml::Value::Table(t) => {
+                    for (k, v) in t {
+                        let p = if path.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{path}.{k}")
+                        };
+                        if p == "kafka.client" {
+                            out.push(p);
+                        } else {
+                            walk(&p, v, out);
+                        }
+                    }
+                }
+                toml::Value::Array(a) if path == "namespace" => {
+                    if let Some(first) = a.first() {
+                        walk("namespace[]", first, out);
+                    }
+                }
+                _ => out.push(path.to_owned()),
+            }
+        }
+        let mut out = Vec::new();
+        if let Ok(v) = toml::Value::try_from(Settings::default()) {
+            walk("", &v, &mut out);
+        }
+        out
+    }
+}
+
+/// Lays `over`'s keys onto `base` (tables merge; anything else replaces).
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) if slot.is_table() && v.is_table() && k != "client" => {
+                        merge(slot, v)
+                    }
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+/// `herald genconfig`: the default configuration, every key commented.
+pub const DEFAULT_CONFIG: &str = include_str!("default-config.toml");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn the_commented_default_file_is_the_defaults() {
+        let s = Settings::from_toml(DEFAULT_CONFIG, &no_env).unwrap();
+        assert_eq!(s, Settings::default());
+        // Every key is written out (uncommented) in the template.
+        let parsed: toml::Table = DEFAULT_CONFIG.parse().unwrap();
+        let mut flat = Vec::new();
+        fn walk(p: &str, v: &toml::Value, out: &mut Vec<String>) {
+            match v {
+                toml::Value::Table(t) => {
+                    for (k, v) in t {
+                        let q = if p.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{p}.{k}")
+                        };
+                        if q == "kafka.client" {
+                            out.push(q);
+                        } else {
+                            walk(&q, v, out);
+                        }
+                    }
+                }
+                toml::Value::Array(a) if p == "namespace" => walk("namespace[]", &a[0], out),
+                _ => out.push(p.to_owned()),
+            }
+        }
+        walk("", &toml::Value::Table(parsed), &mut flat);
+        let mut want = Settings::key_paths();
+        want.sort();
+        flat.sort();
+        assert_eq!(flat, want);
+    }
+
+    #[test]
+    fn every_key_is_documented() {
+        let doc = include_str!("../../../docs/configuration.md");
+        for k in Settings::key_paths() {
+            let leaf = k.rsplit('.').next().unwrap_or(&k);
+            assert!(
+                doc.contains(&format!("`{k}`")) || doc.contains(&format!("`{leaf}`")),
+                "docs/configuration.md does not mention `{k}`"
+            );
+        }
+    }
+
+    #[test]
+    fn reports_every_error_with_its_path() {
+        let text = r#"
+            colour = "blue"
+            [server]
+            listen = 8080
+            speed = 3
+            [limits]
+            queue_messages = 0
+            [[namespace]]
+            name = "Chat"
+            publish = "everyone"
+            [[namespace]]
+            name = "user"
+            partitions = "four"
+        "#;
+        let e = Settings::from_toml(text, &no_env).unwrap_err();
+        let paths: Vec<&str> = e.0.iter().map(|e| e.path.as_str()).collect();
+        assert!(paths.contains(&"colour"), "{e}");
+        assert!(paths.contains(&"server.listen"), "{e}");
+        assert!(paths.contains(&"server.speed"), "{e}");
+        assert!(paths.contains(&"namespace[1].partitions"), "{e}");
+        // Shape errors come first; values are checked once the shape is right.
+        let text = r#"
+            [limits]
+            queue_messages = 0
+            [[namespace]]
+            name = "Chat"
+            publish = "everyone"
+            [[namespace]]
+            name = "ok"
+            subscribe = "grant"
+            retention_ms = -1
+        "#;
+        let e = Settings::from_toml(text, &no_env).unwrap_err();
+        let paths: Vec<&str> = e.0.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                "limits.queue_messages",
+                "namespace[0].name",
+                "namespace[0].publish",
+                "namespace[1].retention_ms"
+            ],
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let env = |k: &str| match k {
+            "HERALD_KAFKA_BROKERS" => Some("k1:9092,k2:9092".to_string()),
+            "HERALD_LIMITS_PUBLISH_RATE" => Some("5".to_string()),
+            _ => None,
+        };
+        let s = Settings::from_toml("[kafka]\nbrokers = \"file:9092\"\n", &env).unwrap();
+        assert_eq!(s.kafka.brokers, "k1:9092,k2:9092");
+        assert_eq!(s.limits.publish_rate, 5);
+        let bad = |k: &str| (k == "HERALD_LIMITS_PUBLISH_RATE").then(|| "fast".to_string());
+        let e = Settings::from_toml("", &bad).unwrap_err();
+        assert_eq!(
+            e.0[0].path,
+            "HERALD_LIMITS_PUBLISH_RATE (limits.publish_rate)"
+        );
+    }
+
+    #[test]
+    fn secure_by_default() {
+        let s = Settings::default();
+        assert!(s.namespaces.iter().all(|n| n.subscribe != "anonymous"
+            && n.publish != "anonymous"
+            && n.history != "anonymous"));
+        assert!(
+            s.auth.api_key.is_empty(),
+            "the HTTP API is off until a key is set"
+        );
+    }
+}
