@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Try herald: installs the broker if needed (first time: 15-25 min build,
 # cached in ~/.cache/herald), starts it, builds herald and runs one edge node
-# on ws://127.0.0.1:8080/ws with the `chat` namespace. Ctrl-C stops herald;
+# on ws://127.0.0.1:8080/ws with the clearly-labelled development config
+# infra/dev/herald.dev.toml (anonymous `chat`, private `user:{sub}`), and
+# prints a ready-to-use token. Ctrl-C stops herald;
 # `infra/dev/broker.sh stop` stops the broker. Extra arguments go to
 # `herald serve` (see `herald serve --help`).
 set -euo pipefail
@@ -14,12 +16,24 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HERALD_CACHE/target}"
 infra/dev/broker.sh start
 echo "run: building herald"
 cargo build -p herald -p herald-client --examples --bins
-cat <<'MSG'
+CONFIG="$ROOT/infra/dev/herald.dev.toml"
+HERALD="$CARGO_TARGET_DIR/debug/herald"
+TOKEN="$("$HERALD" gentoken --config "$CONFIG" --sub dev --ttl-secs 86400)"
+cat <<MSG
+run: DEVELOPMENT CONFIGURATION ($CONFIG): public secret and API key,
+     anonymous chat namespace. Not for production (see docs/configuration.md).
+
 run: connect with the bundled client in another terminal:
        cargo run -p herald-client --example chat -- ws://127.0.0.1:8080/ws chat:lobby
      (type a line to publish it; messages on the channel are printed), or any
      WebSocket client sending JSON frames, e.g. with websocat:
        {"type":"subscribe","channel":"chat:lobby"}
        {"type":"publish","channel":"chat:lobby","id":"<uuid>","data":{"text":"hi"}}
+
+run: a token for user "dev", valid 24 h (private channel user:dev):
+       $TOKEN
+     connect as ws://127.0.0.1:8080/ws?token=<token> or send {"type":"auth","token":"<token>"}.
+     Backends publish to it with the HTTP API:
+       curl -s -H 'X-Api-Key: herald-dev-api-key-public' -d '{"channel":"user:dev","data":{"text":"hi"}}' http://127.0.0.1:8080/api/publish
 MSG
-exec "$CARGO_TARGET_DIR/debug/herald" serve --fetch-wait-max-ms 5 "$@"
+exec "$HERALD" serve --config "$CONFIG" "$@"

@@ -148,6 +148,11 @@ pub enum Frame {
         #[serde(flatten)]
         page: HistoryPage,
     },
+    /// Reply to `auth` / `refresh`.
+    Authenticated {
+        sub: String,
+        expires_at: u64,
+    },
     Pong,
     /// The server is draining: reconnect after `after_ms`.
     Reconnect {
@@ -180,6 +185,12 @@ enum Request<'a> {
         channel: &'a str,
         #[serde(flatten)]
         query: &'a HistoryQuery,
+    },
+    Auth {
+        token: &'a str,
+    },
+    Refresh {
+        token: &'a str,
     },
     Unsubscribe {
         channel: &'a str,
@@ -473,6 +484,36 @@ impl Connection {
     /// Acknowledges everything up to `seq` on `channel` (no reply).
     pub async fn ack(&mut self, channel: &str, seq: i64) -> Result<(), ClientError> {
         self.send(&Request::Ack { channel, seq }).await
+    }
+
+    /// Authenticates the connection with its first frame (keeps the token
+    /// out of URLs); returns `(sub, expires_at)`.
+    pub async fn auth(&mut self, token: &str) -> Result<(String, u64), ClientError> {
+        self.send(&Request::Auth { token }).await?;
+        self.wait_authenticated().await
+    }
+
+    /// Replaces the connection's token before it expires (same `sub`).
+    pub async fn refresh(&mut self, token: &str) -> Result<(String, u64), ClientError> {
+        self.send(&Request::Refresh { token }).await?;
+        self.wait_authenticated().await
+    }
+
+    async fn wait_authenticated(&mut self) -> Result<(String, u64), ClientError> {
+        self.wait_for("authenticated", |f| match f {
+            Frame::Authenticated { sub, expires_at } => Some(Ok((sub.clone(), *expires_at))),
+            Frame::Error {
+                code,
+                reason,
+                channel: None,
+                id: None,
+            } if code == "bad_token" || code == "bad_frame" => Some(Err(ClientError::Server {
+                code: code.clone(),
+                reason: reason.clone(),
+            })),
+            _ => None,
+        })
+        .await?
     }
 
     pub async fn ping(&mut self) -> Result<(), ClientError> {

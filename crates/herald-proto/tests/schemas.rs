@@ -94,6 +94,22 @@ fn server_frames_validate() {
             seq: 4,
             duplicate: false,
         },
+        ServerFrame::Authenticated {
+            sub: "alice".into(),
+            expires_at: 1_800_000_000,
+        },
+        ServerFrame::Error {
+            code: herald_proto::codes::UNAUTHORIZED,
+            reason: "no".into(),
+            id: None,
+            channel: Some("user:bob".into()),
+        },
+        ServerFrame::Error {
+            code: herald_proto::codes::BAD_TOKEN,
+            reason: "token expired".into(),
+            id: None,
+            channel: None,
+        },
         ServerFrame::PublishAck {
             id,
             channel: "chat:a".into(),
@@ -146,6 +162,8 @@ fn client_frames_validate_and_decode() {
         r#"{"type":"history","id":"p2","channel":"chat:a","since_seq":-1,"limit":10}"#,
         r#"{"type":"history","channel":"chat:a","since_time":1700000000000,"reverse":true}"#,
         r#"{"type":"history","channel":"chat:a","before_seq":40,"limit":20}"#,
+        r#"{"type":"auth","token":"a.b.c"}"#,
+        r#"{"type":"refresh","token":"a.b.c"}"#,
         r#"{"type":"ping"}"#,
     ];
     for f in frames {

@@ -798,6 +798,14 @@ mod tests {
     }
 
     #[test]
+    fn the_dev_config_is_valid_and_says_what_it_is() {
+        let text = include_str!("../../../infra/dev/herald.dev.toml");
+        assert!(text.starts_with("# DEVELOPMENT CONFIGURATION - NOT FOR PRODUCTION"));
+        let s = Settings::from_toml(text, &no_env).unwrap();
+        assert_eq!(s.namespaces.len(), 2);
+    }
+
+    #[test]
     fn secure_by_default() {
         let s = Settings::default();
         assert!(s.namespaces.iter().all(|n| n.subscribe != "anonymous"

@@ -54,6 +54,16 @@ impl Server {
 
     /// Starts herald against `brokers`.
     pub fn start_with(brokers: &str, prefix: &str, extra: &[&str]) -> Server {
+        Self::start_full(brokers, prefix, extra, &[])
+    }
+
+    /// Starts herald with extra environment variables (`HERALD_*` settings,
+    /// `HERALD_LOG`).
+    pub fn start_env(prefix: &str, extra: &[&str], envs: &[(&str, &str)]) -> Server {
+        Self::start_full(&brokers(), prefix, extra, envs)
+    }
+
+    fn start_full(brokers: &str, prefix: &str, extra: &[&str], envs: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
         cmd.arg("serve");
         if !extra.contains(&"--listen") {
@@ -82,6 +92,7 @@ impl Server {
             "HERALD_LOG",
             std::env::var("HERALD_LOG").unwrap_or_else(|_| "warn".into()),
         )
+        .envs(envs.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawning herald");
