@@ -417,9 +417,12 @@ impl Settings {
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
-        let settings: Settings = merged
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigErrors(vec![err("(file)", e.message())]))?;
+        // Values of the right TOML type can still be out of range (a negative
+        // count): the path of that one comes from serde_path_to_error.
+        let settings: Settings = serde_path_to_error::deserialize(merged).map_err(|e| {
+            let path = e.path().to_string();
+            ConfigErrors(vec![err(path, e.into_inner().message().to_owned())])
+        })?;
         settings.validate().map_err(ConfigErrors)?;
         Ok(settings)
     }
