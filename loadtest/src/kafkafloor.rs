@@ -1,0 +1,173 @@
+//! The bare Kafka floor: what herald's path costs without herald. An rdkafka
+//! producer with herald's settings (idempotent, `acks=all`, `linger.ms=1`,
+//! explicit partition) writes timestamped records to a fresh topic; a
+//! consumer with herald's reader settings tails it. End-to-end latency is
+//! produce call → consumed, acks/s is producer confirmations per second.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+use crate::report::{Progress, Report};
+use crate::{latency_histogram, now_ns};
+
+#[derive(Clone, Debug)]
+pub struct FloorConfig {
+    pub brokers: String,
+    /// Records per second (open loop); 0: closed loop with `window`.
+    pub rate: u32,
+    pub window: usize,
+    pub duration: Duration,
+    pub size: usize,
+    pub fetch_wait_max_ms: u32,
+    pub progress: bool,
+}
+
+pub async fn run(cfg: FloorConfig) -> anyhow::Result<Report> {
+    let topic = format!(
+        "loadtest-floor-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let base = |c: &mut ClientConfig| {
+        c.set("bootstrap.servers", &cfg.brokers)
+            .set("log_level", "4");
+    };
+    let mut ac = ClientConfig::new();
+    base(&mut ac);
+    let admin: AdminClient<_> = ac.create()?;
+    let res = admin
+        .create_topics(
+            &[NewTopic::new(&topic, 1, TopicReplication::Fixed(-1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await?;
+    for r in res {
+        r.map_err(|(t, e)| anyhow!("creating {t}: {e}"))?;
+    }
+    let mut pc = ClientConfig::new();
+    base(&mut pc);
+    pc.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("max.in.flight.requests.per.connection", "5")
+        .set("message.timeout.ms", "10000")
+        .set("linger.ms", "1");
+    let producer: FutureProducer = pc.create()?;
+    let mut cc = ClientConfig::new();
+    base(&mut cc);
+    cc.set("group.id", format!("loadtest-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", cfg.fetch_wait_max_ms.to_string())
+        .set("fetch.min.bytes", "1")
+        .set("fetch.queue.backoff.ms", "5");
+    let consumer: StreamConsumer = cc.create()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, Offset::Beginning)?;
+    consumer.assign(&tpl).context("assign")?;
+
+    let delivered = Arc::new(AtomicU64::new(0));
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let d2 = delivered.clone();
+    let reader = tokio::spawn(async move {
+        let mut h = latency_histogram();
+        loop {
+            tokio::select! {
+                _ = stop_rx.wait_for(|s| *s) => break,
+                m = consumer.recv() => {
+                    if let Ok(m) = m {
+                        let now = now_ns();
+                        if let Some(p) = m.payload() {
+                            if p.len() >= 8 {
+                                let mut t = [0u8; 8];
+                                t.copy_from_slice(&p[..8]);
+                                let _ = h.record(now.saturating_sub(u64::from_be_bytes(t)) / 1_000);
+                            }
+                        }
+                        d2.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        h
+    });
+    // Let the consumer's assignment settle before timing anything.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let acked = Arc::new(AtomicU64::new(0));
+    let window = Arc::new(tokio::sync::Semaphore::new(cfg.window.max(1)));
+    let pad = vec![b'x'; cfg.size];
+    let started = Instant::now();
+    let period = Duration::from_secs_f64(1.0 / (cfg.rate.max(1)) as f64);
+    let mut sent = 0u64;
+    let mut waits = tokio::task::JoinSet::new();
+    let mut progress = Progress::new(cfg.progress);
+    while started.elapsed() < cfg.duration {
+        let permit = if cfg.rate == 0 {
+            Some(window.clone().acquire_owned().await?)
+        } else {
+            tokio::time::sleep_until((started + period.mul_f64(sent as f64)).into()).await;
+            None
+        };
+        let mut payload = now_ns().to_be_bytes().to_vec();
+        payload.extend_from_slice(&pad);
+        let fut = producer.send_result(
+            FutureRecord::to(&topic)
+                .partition(0)
+                .key("floor")
+                .payload(&payload),
+        );
+        let fut = fut.map_err(|(e, _)| anyhow!("enqueue: {e}"))?;
+        let acked2 = acked.clone();
+        waits.spawn(async move {
+            if let Ok(Ok(_)) = fut.await {
+                acked2.fetch_add(1, Ordering::Relaxed);
+            }
+            drop(permit);
+        });
+        sent += 1;
+        progress.tick(
+            started.elapsed(),
+            acked.load(Ordering::Relaxed),
+            delivered.load(Ordering::Relaxed),
+        );
+        while waits.try_join_next().is_some() {}
+    }
+    let publish_secs = started.elapsed().as_secs_f64();
+    while waits.join_next().await.is_some() {}
+    let acked_n = acked.load(Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while delivered.load(Ordering::Relaxed) < acked_n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let total_secs = started.elapsed().as_secs_f64();
+    stop_tx.send_replace(true);
+    let h = reader.await?;
+    progress.done();
+    // The topic is left in place: the dev broker (Tansu 0.6) is not trusted
+    // with deletions (its DeleteRecords panics it; BROKER.md).
+    let config = serde_json::json!({
+        "brokers": cfg.brokers, "rate": cfg.rate, "window": cfg.window,
+        "duration_secs": cfg.duration.as_secs_f64(), "size": cfg.size,
+    });
+    let delivered = delivered.load(Ordering::Relaxed);
+    let mut r = Report::new(
+        "kafka-floor",
+        &config,
+        sent,
+        acked_n,
+        sent - acked_n,
+        delivered,
+        publish_secs,
+        total_secs,
+        0.0,
+        &h,
+        None,
+    );
+    r.lost = acked_n.saturating_sub(delivered);
+    Ok(r)
+}

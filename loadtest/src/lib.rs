@@ -1,0 +1,33 @@
+//! herald's load generator and the baselines it is compared with
+//! (`docs/benchmarks.md`):
+//!
+//! - [`gen`]: WebSocket subscribers and publishers speaking herald's frames,
+//!   end-to-end latency in an HDR histogram, lost/duplicated per channel.
+//! - [`kafkafloor`]: the bare Kafka floor: an rdkafka producer (same
+//!   idempotence and `acks=all` as herald) and a consumer on the same broker.
+//! - [`wsfloor`]: the bare WebSocket floor: an in-memory broadcast server
+//!   with no Kafka, speaking the same frames.
+//! - [`verify`]: the verifier (every acked message to every subscriber of its
+//!   channel, exactly once).
+//! - [`report`]: the summary table and JSON.
+
+pub mod gen;
+pub mod kafkafloor;
+pub mod report;
+pub mod verify;
+pub mod wsfloor;
+
+/// Nanoseconds since the Unix epoch (the clock both ends of a latency
+/// sample read: they run on the same host).
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Latency in microseconds, 1 µs to 10 min, 3 significant digits.
+pub fn latency_histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3)
+        .unwrap_or_else(|_| hdrhistogram::Histogram::new(3).expect("3 significant digits is valid"))
+}

@@ -1,0 +1,238 @@
+//! `herald-loadtest`: the load generator and the side-by-side comparisons of
+//! `docs/benchmarks.md`. Every comparison runs its baseline and herald in
+//! the same command, so the ratio is meaningful on a noisy machine.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use herald_loadtest::gen::{self, GenConfig};
+use herald_loadtest::kafkafloor::{self, FloorConfig};
+use herald_loadtest::report::Report;
+use herald_loadtest::wsfloor;
+
+#[derive(Parser)]
+#[command(
+    name = "herald-loadtest",
+    about = "Load generator and baselines for herald"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct Load {
+    /// Subscriber connections.
+    #[arg(long, default_value_t = 100)]
+    subscribers: usize,
+    /// Channels (subscriber i takes channel i % channels).
+    #[arg(long, default_value_t = 1)]
+    channels: usize,
+    /// Publisher connections.
+    #[arg(long, default_value_t = 1)]
+    publishers: usize,
+    /// Total publishes per second, open loop (0: closed loop with --window).
+    #[arg(long, default_value_t = 100)]
+    rate: u32,
+    /// Publishes in flight per publisher when --rate is 0.
+    #[arg(long, default_value_t = 64)]
+    window: usize,
+    /// Seconds of publishing.
+    #[arg(long, default_value_t = 10)]
+    duration_secs: u64,
+    /// Payload padding in bytes.
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    /// Source addresses to spread connections over, e.g. 127.0.0.1-127.0.0.8.
+    #[arg(long)]
+    source_ips: Option<String>,
+    /// Seconds to wait for the last deliveries.
+    #[arg(long, default_value_t = 5)]
+    drain_secs: u64,
+    /// Write the report(s) as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Drive a herald node (or anything speaking its frames).
+    Ws {
+        #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+        url: String,
+        #[command(flatten)]
+        load: Load,
+    },
+    /// The bare Kafka floor alone.
+    KafkaFloor {
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        brokers: String,
+        #[arg(long, default_value_t = 10)]
+        fetch_wait_max_ms: u32,
+        #[command(flatten)]
+        load: Load,
+    },
+    /// Run the bare WebSocket floor server until killed.
+    WsFloorServer {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+    },
+    /// P1/P6: the bare Kafka floor, then herald, same rate (or window), one
+    /// subscriber; prints both and the ratios.
+    VsKafka {
+        #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+        url: String,
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        brokers: String,
+        #[arg(long, default_value_t = 10)]
+        fetch_wait_max_ms: u32,
+        #[command(flatten)]
+        load: Load,
+    },
+    /// P2: the bare WebSocket floor (in process), then herald, same fan-out;
+    /// prints both and the ratio of deliveries per second.
+    VsWs {
+        #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+        url: String,
+        #[command(flatten)]
+        load: Load,
+    },
+}
+
+fn source_ips(spec: &Option<String>) -> anyhow::Result<Vec<IpAddr>> {
+    let Some(s) = spec else {
+        return Ok(Vec::new());
+    };
+    let (a, b) = s.split_once('-').unwrap_or((s, s));
+    let (a, b): (std::net::Ipv4Addr, std::net::Ipv4Addr) = (
+        a.parse().context("--source-ips")?,
+        b.parse().context("--source-ips")?,
+    );
+    Ok((u32::from(a)..=u32::from(b))
+        .map(|n| IpAddr::V4(n.into()))
+        .collect())
+}
+
+fn gen_cfg(url: &str, l: &Load) -> anyhow::Result<GenConfig> {
+    Ok(GenConfig {
+        url: url.to_owned(),
+        subscribers: l.subscribers,
+        channels: l.channels,
+        publishers: l.publishers,
+        rate: l.rate,
+        window: l.window,
+        duration: Duration::from_secs(l.duration_secs),
+        size: l.size,
+        source_ips: source_ips(&l.source_ips)?,
+        drain: Duration::from_secs(l.drain_secs),
+        ..GenConfig::default()
+    })
+}
+
+fn floor_cfg(brokers: &str, fetch_wait_max_ms: u32, l: &Load) -> FloorConfig {
+    FloorConfig {
+        brokers: brokers.to_owned(),
+        rate: l.rate,
+        window: l.window,
+        duration: Duration::from_secs(l.duration_secs),
+        size: l.size,
+        fetch_wait_max_ms,
+        progress: true,
+    }
+}
+
+fn write_json(
+    path: &Option<PathBuf>,
+    reports: &[&Report],
+    ratios: serde_json::Value,
+) -> anyhow::Result<()> {
+    if let Some(p) = path {
+        let v = serde_json::json!({ "reports": reports, "ratios": ratios });
+        std::fs::write(p, serde_json::to_string_pretty(&v)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b == 0.0 {
+        f64::NAN
+    } else {
+        (a / b * 1000.0).round() / 1000.0
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Ws { url, load } => {
+            let r = gen::run(gen_cfg(&url, &load)?).await?;
+            r.print();
+            write_json(&load.json, &[&r], serde_json::json!({}))?;
+            if r.lost > 0 || r.duplicated > 0 {
+                anyhow::bail!("lost {} duplicated {}", r.lost, r.duplicated);
+            }
+        }
+        Cmd::KafkaFloor {
+            brokers,
+            fetch_wait_max_ms,
+            load,
+        } => {
+            let r = kafkafloor::run(floor_cfg(&brokers, fetch_wait_max_ms, &load)).await?;
+            r.print();
+            write_json(&load.json, &[&r], serde_json::json!({}))?;
+        }
+        Cmd::WsFloorServer { listen } => {
+            let addr = wsfloor::serve(listen).await?;
+            println!("ws-floor listening on ws://{addr}/ws");
+            tokio::signal::ctrl_c().await?;
+        }
+        Cmd::VsKafka {
+            url,
+            brokers,
+            fetch_wait_max_ms,
+            load,
+        } => {
+            let floor = kafkafloor::run(floor_cfg(&brokers, fetch_wait_max_ms, &load)).await?;
+            floor.print();
+            println!();
+            let one = Load {
+                subscribers: 1,
+                channels: 1,
+                ..load.clone()
+            };
+            let h = gen::run(gen_cfg(&url, &one)?).await?;
+            h.print();
+            let ratios = serde_json::json!({
+                "p50": ratio(h.latency.p50_ms, floor.latency.p50_ms),
+                "p99": ratio(h.latency.p99_ms, floor.latency.p99_ms),
+                "p999": ratio(h.latency.p999_ms, floor.latency.p999_ms),
+                "acks_per_sec": ratio(h.acks_per_sec, floor.acks_per_sec),
+            });
+            println!("\nherald / kafka floor: {ratios}");
+            write_json(&load.json, &[&floor, &h], ratios)?;
+        }
+        Cmd::VsWs { url, load } => {
+            let addr = wsfloor::serve("127.0.0.1:0".parse()?).await?;
+            let floor = gen::run(gen_cfg(&format!("ws://{addr}/ws"), &load)?).await?;
+            let mut floor = floor;
+            floor.target = "ws-floor".into();
+            floor.print();
+            println!();
+            let h = gen::run(gen_cfg(&url, &load)?).await?;
+            h.print();
+            let ratios = serde_json::json!({
+                "deliveries_per_sec": ratio(h.deliveries_per_sec, floor.deliveries_per_sec),
+                "p50": ratio(h.latency.p50_ms, floor.latency.p50_ms),
+                "p99": ratio(h.latency.p99_ms, floor.latency.p99_ms),
+            });
+            println!("\nherald / ws floor: {ratios}");
+            write_json(&load.json, &[&floor, &h], ratios)?;
+        }
+    }
+    Ok(())
+}

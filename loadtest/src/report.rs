@@ -1,0 +1,143 @@
+//! Results: a summary table on stdout and JSON for `docs/benchmarks.md`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::verify::ChannelCounts;
+
+/// Latency percentiles in milliseconds.
+#[derive(Clone, Debug, Serialize)]
+pub struct Latency {
+    pub samples: u64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Latency {
+    pub fn of(h: &Histogram<u64>) -> Latency {
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        Latency {
+            samples: h.len(),
+            p50_ms: ms(0.5),
+            p90_ms: ms(0.9),
+            p99_ms: ms(0.99),
+            p999_ms: ms(0.999),
+            max_ms: h.max() as f64 / 1000.0,
+        }
+    }
+}
+
+/// One run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub target: String,
+    pub config: serde_json::Value,
+    pub sent: u64,
+    pub acked: u64,
+    pub nacked: u64,
+    pub delivered: u64,
+    pub acks_per_sec: f64,
+    pub deliveries_per_sec: f64,
+    pub connect_secs: f64,
+    pub latency: Latency,
+    pub lost: u64,
+    pub duplicated: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channels: Option<BTreeMap<String, ChannelCounts>>,
+}
+
+impl Report {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        target: &str,
+        config: &serde_json::Value,
+        sent: u64,
+        acked: u64,
+        nacked: u64,
+        delivered: u64,
+        publish_secs: f64,
+        total_secs: f64,
+        connect_secs: f64,
+        latency: &Histogram<u64>,
+        channels: Option<BTreeMap<String, ChannelCounts>>,
+    ) -> Report {
+        let (lost, duplicated) = channels.as_ref().map_or((0, 0), |c| {
+            c.values()
+                .fold((0, 0), |(l, d), x| (l + x.lost, d + x.duplicated))
+        });
+        Report {
+            target: target.to_owned(),
+            config: config.clone(),
+            sent,
+            acked,
+            nacked,
+            delivered,
+            acks_per_sec: acked as f64 / publish_secs,
+            deliveries_per_sec: delivered as f64 / total_secs.max(1e-3),
+            connect_secs,
+            latency: Latency::of(latency),
+            lost,
+            duplicated,
+            channels,
+        }
+    }
+
+    /// The summary table.
+    pub fn print(&self) {
+        let l = &self.latency;
+        println!("target          {}", self.target);
+        println!("config          {}", self.config);
+        println!(
+            "publishes       sent {}  acked {}  nacked {}  ({:.0} acks/s)",
+            self.sent, self.acked, self.nacked, self.acks_per_sec
+        );
+        println!(
+            "deliveries      {}  ({:.0}/s)",
+            self.delivered, self.deliveries_per_sec
+        );
+        println!(
+            "latency ms      p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  (n={})",
+            l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms, l.samples
+        );
+        println!("lost            {}", self.lost);
+        println!("duplicated      {}", self.duplicated);
+    }
+}
+
+/// Progress lines on stderr every 5 s.
+pub struct Progress {
+    on: bool,
+    last: Instant,
+}
+
+impl Progress {
+    pub fn new(on: bool) -> Progress {
+        Progress {
+            on,
+            last: Instant::now(),
+        }
+    }
+
+    pub fn tick(&mut self, elapsed: Duration, acks: u64, delivered: u64) {
+        if !self.on || self.last.elapsed() < Duration::from_secs(5) {
+            return;
+        }
+        self.last = Instant::now();
+        eprintln!(
+            "loadtest: {:>5.0}s  acked {acks}  delivered {delivered}",
+            elapsed.as_secs_f64()
+        );
+    }
+
+    pub fn done(&self) {
+        if self.on {
+            eprintln!("loadtest: done");
+        }
+    }
+}

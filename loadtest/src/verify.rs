@@ -1,0 +1,175 @@
+//! The verifier: what was acked against what each subscriber got, per
+//! channel. Every acked message must reach every subscriber of its channel
+//! exactly once; anything else is counted as lost or duplicated.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::Serialize;
+use uuid::Uuid;
+
+/// Counts for one channel.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ChannelCounts {
+    /// Messages the server acknowledged on the channel.
+    pub acked: u64,
+    /// Subscribers of the channel.
+    pub subscribers: u64,
+    /// Deliveries expected: acked × subscribers.
+    pub expected: u64,
+    /// Deliveries received (including duplicates and unacked messages).
+    pub delivered: u64,
+    /// Expected deliveries that never arrived.
+    pub lost: u64,
+    /// Deliveries of a message a subscriber had already received.
+    pub duplicated: u64,
+    /// Deliveries of messages never acked (e.g. the ack was lost); not an
+    /// error, but reported.
+    pub unacked_delivered: u64,
+}
+
+/// Collects acks and deliveries, then judges them.
+#[derive(Default)]
+pub struct Verifier {
+    acked: HashMap<String, HashSet<Uuid>>,
+    /// subscriber → channel → ids in arrival order.
+    delivered: Vec<HashMap<String, Vec<Uuid>>>,
+    subscribed: Vec<Vec<String>>,
+}
+
+impl Verifier {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn acked(&mut self, channel: &str, id: Uuid) {
+        self.acked.entry(channel.to_owned()).or_default().insert(id);
+    }
+
+    /// Adds a subscriber with its channels and what it received.
+    pub fn subscriber(&mut self, channels: Vec<String>, got: HashMap<String, Vec<Uuid>>) {
+        self.subscribed.push(channels);
+        self.delivered.push(got);
+    }
+
+    /// Per channel counts.
+    pub fn report(&self) -> BTreeMap<String, ChannelCounts> {
+        let mut out: BTreeMap<String, ChannelCounts> = BTreeMap::new();
+        for (ch, ids) in &self.acked {
+            out.entry(ch.clone()).or_default().acked = ids.len() as u64;
+        }
+        for (subs, got) in self.subscribed.iter().zip(&self.delivered) {
+            for ch in subs {
+                let acked = self.acked.get(ch);
+                let c = out.entry(ch.clone()).or_default();
+                c.subscribers += 1;
+                c.expected += acked.map_or(0, |a| a.len() as u64);
+                let list = got.get(ch).map(Vec::as_slice).unwrap_or_default();
+                c.delivered += list.len() as u64;
+                let mut seen = HashSet::with_capacity(list.len());
+                for id in list {
+                    if !seen.insert(*id) {
+                        c.duplicated += 1;
+                    } else if !acked.is_some_and(|a| a.contains(id)) {
+                        c.unacked_delivered += 1;
+                    }
+                }
+                if let Some(a) = acked {
+                    c.lost += a.iter().filter(|id| !seen.contains(id)).count() as u64;
+                }
+            }
+            // Deliveries on channels the subscriber never asked for.
+            for (ch, list) in got {
+                if !subs.contains(ch) {
+                    out.entry(ch.clone()).or_default().delivered += list.len() as u64;
+                }
+            }
+        }
+        out
+    }
+
+    /// Totals over every channel.
+    pub fn totals(&self) -> ChannelCounts {
+        let mut t = ChannelCounts::default();
+        for c in self.report().values() {
+            t.acked += c.acked;
+            t.subscribers += c.subscribers;
+            t.expected += c.expected;
+            t.delivered += c.delivered;
+            t.lost += c.lost;
+            t.duplicated += c.duplicated;
+            t.unacked_delivered += c.unacked_delivered;
+        }
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(n: usize) -> Vec<Uuid> {
+        (0..n).map(|_| Uuid::new_v4()).collect()
+    }
+
+    #[test]
+    fn all_of_it_once() {
+        let a = ids(5);
+        let mut v = Verifier::new();
+        for id in &a {
+            v.acked("c:1", *id);
+        }
+        for _ in 0..3 {
+            v.subscriber(
+                vec!["c:1".into()],
+                HashMap::from([("c:1".into(), a.clone())]),
+            );
+        }
+        let t = v.totals();
+        assert_eq!(
+            (t.acked, t.expected, t.delivered, t.lost, t.duplicated),
+            (5, 15, 15, 0, 0)
+        );
+    }
+
+    #[test]
+    fn counts_loss_duplicates_and_unacked() {
+        let a = ids(4);
+        let extra = Uuid::new_v4();
+        let mut v = Verifier::new();
+        for id in &a {
+            v.acked("c:1", *id);
+        }
+        // Missing a[3], a[0] twice, one unacked message.
+        v.subscriber(
+            vec!["c:1".into()],
+            HashMap::from([("c:1".into(), vec![a[0], a[1], a[0], a[2], extra])]),
+        );
+        // A subscriber that got nothing.
+        v.subscriber(vec!["c:1".into()], HashMap::new());
+        let r = v.report();
+        let c = &r["c:1"];
+        assert_eq!(c.expected, 8);
+        assert_eq!(c.lost, 1 + 4);
+        assert_eq!(c.duplicated, 1);
+        assert_eq!(c.unacked_delivered, 1);
+        assert_eq!(c.delivered, 5);
+    }
+
+    #[test]
+    fn channels_are_judged_separately() {
+        let (a, b) = (ids(2), ids(3));
+        let mut v = Verifier::new();
+        a.iter().for_each(|id| v.acked("c:a", *id));
+        b.iter().for_each(|id| v.acked("c:b", *id));
+        // Subscribed to a only, but got b's messages too (a routing bug).
+        v.subscriber(
+            vec!["c:a".into()],
+            HashMap::from([("c:a".into(), a.clone()), ("c:b".into(), b.clone())]),
+        );
+        let r = v.report();
+        assert_eq!(r["c:a"].lost, 0);
+        assert_eq!(r["c:b"].subscribers, 0);
+        assert_eq!(r["c:b"].delivered, 3, "stray deliveries are visible");
+        assert_eq!(r["c:b"].expected, 0);
+    }
+}
