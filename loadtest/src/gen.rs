@@ -73,7 +73,7 @@ impl Default for GenConfig {
     }
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
 fn host_port(url: &str) -> anyhow::Result<SocketAddr> {
     let rest = url

@@ -7,6 +7,8 @@
 //!   idempotence and `acks=all` as herald) and a consumer on the same broker.
 //! - [`wsfloor`]: the bare WebSocket floor: an in-memory broadcast server
 //!   with no Kafka, speaking the same frames.
+//! - [`resume`]: P4, catching up N messages through herald against reading
+//!   them straight from Kafka.
 //! - [`verify`]: the verifier (every acked message to every subscriber of its
 //!   channel, exactly once).
 //! - [`report`]: the summary table and JSON.
@@ -14,6 +16,7 @@
 pub mod gen;
 pub mod kafkafloor;
 pub mod report;
+pub mod resume;
 pub mod verify;
 pub mod wsfloor;
 

@@ -92,6 +92,25 @@ enum Cmd {
         #[command(flatten)]
         load: Load,
     },
+    /// P4: a client N messages behind resumes through herald, against
+    /// reading the same N records straight from Kafka.
+    Resume {
+        #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+        url: String,
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        brokers: String,
+        /// herald's kafka.topic_prefix.
+        #[arg(long, default_value = "herald.")]
+        topic_prefix: String,
+        #[arg(long, default_value_t = 10_000)]
+        messages: usize,
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        #[arg(long, default_value_t = 10)]
+        fetch_wait_max_ms: u32,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// P2: the bare WebSocket floor (in process), then herald, same fan-out;
     /// prints both and the ratio of deliveries per second.
     VsWs {
@@ -215,6 +234,32 @@ async fn main() -> anyhow::Result<()> {
             });
             println!("\nherald / kafka floor: {ratios}");
             write_json(&load.json, &[&floor, &h], ratios)?;
+        }
+        Cmd::Resume {
+            url,
+            brokers,
+            topic_prefix,
+            messages,
+            size,
+            fetch_wait_max_ms,
+            json,
+        } => {
+            let r = herald_loadtest::resume::run(herald_loadtest::resume::ResumeConfig {
+                url,
+                brokers,
+                topic_prefix,
+                messages,
+                size,
+                fetch_wait_max_ms,
+            })
+            .await?;
+            println!(
+                "resume of {} messages: herald {:.3} s, raw Kafka {:.3} s, ratio {}",
+                r.messages, r.herald_secs, r.kafka_secs, r.ratio
+            );
+            if let Some(p) = json {
+                std::fs::write(&p, serde_json::to_string_pretty(&r)?)?;
+            }
         }
         Cmd::VsWs { url, load } => {
             let addr = wsfloor::serve("127.0.0.1:0".parse()?).await?;

@@ -171,6 +171,14 @@ impl OutboxReceiver {
         Some(item)
     }
 
+    /// The next item if one is queued right now (for writing in batches).
+    pub fn try_recv(&mut self) -> Option<Outbound> {
+        let item = self.rx.try_recv().ok()?;
+        self.shared.bytes.fetch_sub(item.len(), Ordering::AcqRel);
+        self.shared.queued.decrement(item.len() as f64);
+        Some(item)
+    }
+
     /// A handle that resolves once the queue has overflowed.
     pub fn overflow_watch(&self) -> OverflowWatch {
         OverflowWatch {

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The side-by-side benchmarks of docs/benchmarks.md, each baseline and herald
+# in the same command. Needs the broker (infra/dev/broker.sh start); builds
+# release binaries; starts its own herald node (anonymous `chat`, no publish
+# rate limit) and stops it at the end. JSON results go to $OUT.
+#
+#   loadtest/bench.sh [p1|p2|p4|p6|all]   (default all)
+#   SUBSCRIBERS=10000 loadtest/bench.sh p2
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${HERALD_CACHE:-$HOME/.cache/herald}/target}"
+WHAT="${1:-all}"
+OUT="${OUT:-$CARGO_TARGET_DIR/bench-results}"
+BROKERS="${HERALD_TEST_BROKERS:-127.0.0.1:9092}"
+SUBSCRIBERS="${SUBSCRIBERS:-1000}"
+P2_RATE="${P2_RATE:-100}"
+mkdir -p "$OUT"
+ulimit -n 65536 2>/dev/null || echo "bench: could not raise the fd limit"
+cargo build --release -q -p herald -p herald-loadtest
+BIN="$CARGO_TARGET_DIR/release"
+
+"$BIN/herald" serve --listen 127.0.0.1:0 --kafka-brokers "$BROKERS" \
+    --topic-prefix "bench-$$." --namespaces chat=8:anonymous --fetch-wait-max-ms 5 \
+    --publish-rate 0 --max-connections-per-ip 1000000 --queue-messages 100000 \
+    --queue-bytes 67108864 > "$OUT/herald.out" 2> "$OUT/herald.err" &
+srv=$!
+trap 'kill $srv 2>/dev/null || true' EXIT
+for _ in $(seq 1 300); do grep -q listening "$OUT/herald.out" && break; sleep 0.1; done
+URL="$(sed -n 's/^herald listening on //p' "$OUT/herald.out")"
+[[ -n "$URL" ]] || { echo "bench: herald did not start"; cat "$OUT/herald.err"; exit 1; }
+echo "bench: herald (release) at $URL, broker $BROKERS, results in $OUT"
+LT="$BIN/herald-loadtest"
+
+if [[ $WHAT == all || $WHAT == p1 ]]; then
+    echo "== P1: end-to-end latency at 200 msg/s, 100-byte messages, vs the bare Kafka floor"
+    "$LT" vs-kafka --url "$URL" --brokers "$BROKERS" --fetch-wait-max-ms 5 \
+        --rate 200 --duration-secs 20 --size 100 --json "$OUT/p1.json"
+fi
+if [[ $WHAT == all || $WHAT == p6 ]]; then
+    echo "== P6: ingest, closed loop with 64 in flight, vs the bare producer"
+    "$LT" vs-kafka --url "$URL" --brokers "$BROKERS" --fetch-wait-max-ms 5 \
+        --rate 0 --window 64 --duration-secs 15 --size 100 --json "$OUT/p6.json"
+fi
+if [[ $WHAT == all || $WHAT == p4 ]]; then
+    echo "== P4: resume of a client 10,000 messages behind, vs reading them from Kafka"
+    "$LT" resume --url "$URL" --brokers "$BROKERS" --topic-prefix "bench-$$." \
+        --messages "${P4_MESSAGES:-10000}" --size 100 --fetch-wait-max-ms 5 --json "$OUT/p4.json"
+fi
+if [[ $WHAT == all || $WHAT == p2 ]]; then
+    echo "== P2: fan-out, one channel, $SUBSCRIBERS subscribers, $P2_RATE msg/s, vs the bare WebSocket floor"
+    "$LT" vs-ws --url "$URL" --subscribers "$SUBSCRIBERS" --channels 1 --publishers 1 \
+        --rate "$P2_RATE" --duration-secs 10 --size 100 --drain-secs 30 \
+        --source-ips 127.0.0.1-127.0.0.4 --json "$OUT/p2-$SUBSCRIBERS-$P2_RATE.json"
+fi

@@ -1,0 +1,168 @@
+//! P4: how long a client N messages behind takes to catch up through herald,
+//! against reading the same N records straight from Kafka (assign at the
+//! offset, read to the end) in the same run.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use futures_util::{SinkExt, StreamExt};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
+use serde::Deserialize;
+use tokio_tungstenite::tungstenite::Message;
+use uuid::Uuid;
+
+use crate::gen::connect;
+
+#[derive(Clone, Debug)]
+pub struct ResumeConfig {
+    pub url: String,
+    pub brokers: String,
+    /// herald's topic prefix (the channel is in `{prefix}chat`).
+    pub topic_prefix: String,
+    pub messages: usize,
+    pub size: usize,
+    pub fetch_wait_max_ms: u32,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct ResumeReport {
+    pub messages: usize,
+    pub herald_secs: f64,
+    pub kafka_secs: f64,
+    pub ratio: f64,
+}
+
+#[derive(Deserialize)]
+struct F {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    position: Option<Pos>,
+    #[serde(default)]
+    recovered: Option<bool>,
+}
+
+#[derive(Deserialize, serde::Serialize, Clone)]
+struct Pos {
+    seq: i64,
+    epoch: String,
+}
+
+async fn next_of(ws: &mut crate::gen::Ws, kind: &str) -> anyhow::Result<F> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                let f: F = serde_json::from_str(t.as_str())?;
+                if f.kind == kind {
+                    return Ok(f);
+                }
+                if f.kind == "error" {
+                    bail!("server error: {t}");
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(e))) => return Err(e.into()),
+            Ok(None) => bail!("closed"),
+            Err(_) => bail!("no `{kind}` within 30 s"),
+        }
+    }
+}
+
+pub async fn run(cfg: ResumeConfig) -> anyhow::Result<ResumeReport> {
+    let channel = format!("chat:resume-{}", &Uuid::new_v4().simple().to_string()[..8]);
+    // Where the channel is now.
+    let mut ws = connect(&cfg.url, None).await?;
+    ws.send(Message::text(
+        serde_json::json!({"type": "subscribe", "channel": channel}).to_string(),
+    ))
+    .await?;
+    let pos = next_of(&mut ws, "subscribed")
+        .await?
+        .position
+        .ok_or_else(|| anyhow!("no position"))?;
+    let _ = ws.close(None).await;
+    // N messages behind: publish them, 256 in flight.
+    let mut p = connect(&cfg.url, None).await?;
+    let pad = "x".repeat(cfg.size);
+    let (mut sent, mut acked) = (0usize, 0usize);
+    while acked < cfg.messages {
+        while sent < cfg.messages && sent - acked < 256 {
+            let f = serde_json::json!({"type": "publish", "channel": channel, "id": Uuid::new_v4(), "data": {"n": sent, "pad": pad}});
+            p.send(Message::text(f.to_string())).await?;
+            sent += 1;
+        }
+        next_of(&mut p, "publish_ack").await?;
+        acked += 1;
+    }
+    // Through herald: subscribe with since, until all N are in.
+    let started = Instant::now();
+    let mut ws = connect(&cfg.url, None).await?;
+    ws.send(Message::text(
+        serde_json::json!({"type": "subscribe", "channel": channel, "since": pos}).to_string(),
+    ))
+    .await?;
+    let sub = next_of(&mut ws, "subscribed").await?;
+    if sub.recovered != Some(true) {
+        bail!("the resume was not recovered");
+    }
+    for _ in 0..cfg.messages {
+        next_of(&mut ws, "message").await?;
+    }
+    let herald_secs = started.elapsed().as_secs_f64();
+    let _ = ws.close(None).await;
+
+    // Straight from Kafka: the same records.
+    let brokers = cfg.brokers.clone();
+    let topic = format!("{}chat", cfg.topic_prefix);
+    let (n, from) = (cfg.messages, pos.seq + 1);
+    let wait = cfg.fetch_wait_max_ms;
+    let ch = channel.clone();
+    let kafka_secs = tokio::task::spawn_blocking(move || -> anyhow::Result<f64> {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", format!("loadtest-{}", Uuid::new_v4()))
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", wait.to_string())
+            .set("max.partition.fetch.bytes", "262144")
+            .set("log_level", "4")
+            .create()?;
+        let md = c.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+        // Found by name: a broker may answer with more topics than asked.
+        let parts = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .map(|t| t.partitions().len() as i32)
+            .filter(|n| *n > 0)
+            .with_context(|| format!("topic {topic} not found"))?;
+        let partition = herald_proto::partition::partition_for_key(ch.as_bytes(), parts);
+        let started = Instant::now();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, partition, Offset::Offset(from))?;
+        c.assign(&tpl)?;
+        let mut got = 0;
+        while got < n {
+            match c.poll(Duration::from_secs(60)) {
+                Some(Ok(m)) => {
+                    if m.key() == Some(ch.as_bytes()) {
+                        got += 1;
+                    }
+                }
+                Some(Err(e)) => return Err(e.into()),
+                None => {
+                    let wm = c.fetch_watermarks(&topic, partition, Duration::from_secs(10))?;
+                    bail!("Kafka read stalled after {got} records ({topic}/{partition} from {from}, watermarks {wm:?})")
+                }
+            }
+        }
+        Ok(started.elapsed().as_secs_f64())
+    })
+    .await??;
+    Ok(ResumeReport {
+        messages: cfg.messages,
+        herald_secs,
+        kafka_secs,
+        ratio: (herald_secs / kafka_secs * 1000.0).round() / 1000.0,
+    })
+}
