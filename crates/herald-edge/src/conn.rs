@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use herald_hub::{Claim, Dedup, DedupOutcome, HistoryLimits, HubError, Outbound, Outbox};
@@ -44,14 +44,6 @@ struct Subscription {
 /// Sent by subscribe tasks back to the connection loop.
 enum Event {
     SubscribeFailed { channel: String },
-}
-
-/// Resolves when the token expires; never for an anonymous connection.
-async fn token_expiry(who: Option<&Identity>) {
-    match who {
-        Some(id) => tokio::time::sleep(id.expires_in()).await,
-        None => std::future::pending().await,
-    }
 }
 
 fn now_ms() -> i64 {
@@ -188,16 +180,30 @@ async fn serve(
         heartbeat.tick().await;
         let mut last_seen = Instant::now();
         let overflow = rx.overflow_watch();
+        // One timer for the token's expiry, re-armed only when the identity
+        // changes (auth, refresh), not per loop turn.
+        let expiry = tokio::time::sleep(Duration::from_secs(86_400 * 365));
+        tokio::pin!(expiry);
+        let mut armed_for: Option<u64> = None;
         // Handles looked up once, not per frame.
         let frames_out = metrics::counter!("herald_edge_frames_out_total");
         let frames_in = metrics::counter!("herald_edge_frames_in_total");
         debug!("Connected");
 
         let close: Option<(u16, &'static str)> = loop {
+            let exp = conn.identity.as_ref().map(|i| i.exp);
+            if exp != armed_for {
+                if let Some(id) = &conn.identity {
+                    expiry
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + id.expires_in());
+                }
+                armed_for = exp;
+            }
             tokio::select! {
                 biased;
                 _ = overflow.overflowed() => break Some((codes::CLOSE_SLOW_CONSUMER, "slow consumer: resume with since")),
-                _ = token_expiry(conn.identity.as_ref()) => {
+                _ = &mut expiry, if armed_for.is_some() => {
                     metrics::counter!("herald_auth_expired_total").increment(1);
                     break Some((codes::CLOSE_TOKEN_EXPIRED, "token expired"));
                 }
