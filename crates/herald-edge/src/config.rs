@@ -23,6 +23,10 @@ pub struct NamespaceConfig {
     /// [`EdgeConfig::publish_rate`] for this namespace.
     pub max_message_bytes: Option<usize>,
     pub publish_rate: Option<u32>,
+    /// Every subscription of a connection with a client id (a token's `sub`
+    /// or `client_id`) stores its acks as a durable cursor, as if it had
+    /// subscribed with `durable: true`.
+    pub durable: bool,
 }
 
 impl NamespaceConfig {
@@ -37,6 +41,7 @@ impl NamespaceConfig {
             history: AccessRule::Authenticated,
             max_message_bytes: None,
             publish_rate: None,
+            durable: false,
         }
     }
 }

@@ -614,6 +614,14 @@ impl Conn {
                 Some(&name),
             ));
         }
+        // A namespace may make every subscription of an identified client
+        // durable; asking for it explicitly still needs an identity.
+        let ns_durable = self
+            .ctx
+            .namespaces
+            .get(channel.namespace())
+            .is_some_and(|n| n.durable);
+        let durable = durable || (ns_durable && self.client_id.is_some());
         let client = match (durable, &self.client_id) {
             (false, _) => None,
             (true, Some(c)) => Some(c.clone()),

@@ -108,6 +108,7 @@ pub struct Namespace {
     pub history: String,
     pub max_message_bytes: usize,
     pub publish_rate: u32,
+    pub durable: bool,
 }
 
 impl Default for Settings {
@@ -209,6 +210,7 @@ impl Default for Namespace {
             history: "authenticated".into(),
             max_message_bytes: 0,
             publish_rate: 0,
+            durable: false,
         }
     }
 }
@@ -591,6 +593,7 @@ impl Settings {
                     history: rule(&n.history),
                     max_message_bytes: (n.max_message_bytes > 0).then_some(n.max_message_bytes),
                     publish_rate: (n.publish_rate > 0).then_some(n.publish_rate),
+                    durable: n.durable,
                 })
                 .collect(),
             queue_messages: self.limits.queue_messages,

@@ -156,3 +156,45 @@ async fn durable_needs_an_id_and_plain_acks_are_not_stored() {
     let got = read_messages(&mut third, 1, Duration::from_secs(10)).await;
     assert_eq!(numbers(&got), vec![4]);
 }
+
+#[tokio::test]
+async fn a_durable_namespace_stores_acks_without_the_flag() {
+    let prefix = unique_prefix("cursor-ns");
+    let cfg = std::env::temp_dir().join(format!("herald-{prefix}toml"));
+    std::fs::write(
+        &cfg,
+        "[[namespace]]\nname = \"chat\"\npartitions = 4\nsubscribe = \"anonymous\"\npublish = \"anonymous\"\nhistory = \"anonymous\"\ndurable = true\n",
+    )
+    .unwrap();
+    let server = Server::start(
+        &prefix,
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--publish-rate",
+            "0",
+            "--cursor-flush-ms",
+            "50",
+        ],
+    );
+    // An anonymous connection without a client id is not refused: nothing to store.
+    let mut anon = server.connect().await;
+    anon.subscribe(CH, None).await.unwrap();
+    // With a client id, a plain subscribe is durable.
+    let mut kim = connect_as(&server, "kim").await;
+    kim.subscribe(CH, None).await.unwrap();
+    let seqs = publish_run(&server, 0, 4).await;
+    read_messages(&mut kim, 4, Duration::from_secs(10)).await;
+    kim.ack(CH, seqs[1]).await.unwrap();
+    kim.ping().await.unwrap();
+    wait_for_commits(&server, 1).await;
+    let mut tablet = connect_as(&server, "kim").await;
+    let (_, recovered) = tablet
+        .subscribe_from(CH, Start::Cursor, true)
+        .await
+        .unwrap();
+    assert!(recovered);
+    let got = read_messages(&mut tablet, 2, Duration::from_secs(10)).await;
+    assert_eq!(numbers(&got), vec![2, 3]);
+    let _ = std::fs::remove_file(cfg);
+}
