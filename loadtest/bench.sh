@@ -4,7 +4,7 @@
 # release binaries; starts its own herald node (anonymous `chat`, no publish
 # rate limit) and stops it at the end. JSON results go to $OUT.
 #
-#   loadtest/bench.sh [p1|p2|p4|p6|all]   (default all)
+#   loadtest/bench.sh [p1|p2|p2io|p4|p6|all]   (default all)
 #   SUBSCRIBERS=10000 loadtest/bench.sh p2
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -52,4 +52,13 @@ if [[ $WHAT == all || $WHAT == p2 ]]; then
     "$LT" vs-ws --url "$URL" --subscribers "$SUBSCRIBERS" --channels 1 --publishers 1 \
         --rate "$P2_RATE" --duration-secs 10 --size 100 --drain-secs 30 \
         --source-ips 127.0.0.1-127.0.0.4 --json "$OUT/p2-$SUBSCRIBERS-$P2_RATE.json"
+fi
+if [[ $WHAT == all || $WHAT == p2io ]]; then
+    echo "== P2 vs the peer: Socket.IO 4 (Redis Streams adapter, state recovery), $SUBSCRIBERS subscribers, $P2_RATE msg/s"
+    SIO_URL="$(OUT="$OUT" loadtest/socketio/start.sh | tail -1)"
+    trap 'kill $srv $(cat "$OUT/socketio.pids") 2>/dev/null || true' EXIT
+    [[ -n "$SIO_URL" ]] || { echo "bench: socket.io did not start"; cat "$OUT/socketio.err"; exit 1; }
+    "$LT" vs-socketio --url "$URL" --sio-url "$SIO_URL" --subscribers "$SUBSCRIBERS" --channels 1 \
+        --publishers 1 --rate "$P2_RATE" --duration-secs 10 --size 100 --drain-secs 30 \
+        --source-ips 127.0.0.1-127.0.0.4 --json "$OUT/p2io-$SUBSCRIBERS-$P2_RATE.json"
 fi

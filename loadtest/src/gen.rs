@@ -52,6 +52,69 @@ pub struct GenConfig {
     pub drain: Duration,
     /// Print progress lines to stderr.
     pub progress: bool,
+    /// The wire protocol of the server under test.
+    pub proto: Proto,
+}
+
+/// Which server the generator talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    /// herald's JSON frames (also the bare WebSocket floor).
+    Herald,
+    /// Socket.IO 4 (Engine.IO v4 over WebSocket) with the events of
+    /// `loadtest/socketio/server.js`: `subscribe`, `publish`, `message`,
+    /// `publish_ack`.
+    SocketIo,
+}
+
+fn subscribe_frame(proto: Proto, channel: &str) -> String {
+    match proto {
+        Proto::Herald => serde_json::json!({"type": "subscribe", "channel": channel}).to_string(),
+        Proto::SocketIo => format!("42{}", serde_json::json!(["subscribe", channel])),
+    }
+}
+
+fn publish_frame(proto: Proto, channel: &str, id: Uuid, t: u64, pad: &str) -> String {
+    let data = serde_json::json!({"t": t, "pad": pad});
+    match proto {
+        Proto::Herald => {
+            serde_json::json!({"type": "publish", "channel": channel, "id": id, "data": data})
+                .to_string()
+        }
+        Proto::SocketIo => format!(
+            "42{}",
+            serde_json::json!(["publish", {"channel": channel, "id": id, "data": data}])
+        ),
+    }
+}
+
+/// A frame as the generator needs it, from either protocol. `None` for
+/// frames it does not use (Socket.IO pings are answered by the caller).
+fn decode(proto: Proto, text: &str) -> Option<Incoming> {
+    match proto {
+        Proto::Herald => serde_json::from_str(text).ok(),
+        Proto::SocketIo => {
+            let body = text.strip_prefix("42")?;
+            // [name, payload, ...]: with connection state recovery on, the
+            // server appends the packet's offset.
+            let mut parts: Vec<serde_json::Value> = serde_json::from_str(body).ok()?;
+            if parts.len() < 2 {
+                return None;
+            }
+            let payload = parts.swap_remove(1);
+            let name = parts.first()?.as_str()?.to_owned();
+            let field = |k: &str| payload.get(k).cloned();
+            Some(Incoming {
+                kind: name,
+                channel: field("channel")
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .or_else(|| payload.as_str().map(str::to_owned)),
+                id: field("id").and_then(|v| serde_json::from_value(v).ok()),
+                data: field("data").and_then(|v| serde_json::from_value(v).ok()),
+                code: None,
+            })
+        }
+    }
 }
 
 impl Default for GenConfig {
@@ -69,6 +132,7 @@ impl Default for GenConfig {
             source_ips: Vec::new(),
             drain: Duration::from_secs(5),
             progress: true,
+            proto: Proto::Herald,
         }
     }
 }
@@ -82,6 +146,32 @@ fn host_port(url: &str) -> anyhow::Result<SocketAddr> {
     let hp = rest.split('/').next().unwrap_or(rest);
     hp.parse()
         .with_context(|| format!("`{hp}` is not an IP address and port"))
+}
+
+/// Opens a connection for `proto`: the WebSocket, and for Socket.IO its
+/// Engine.IO open and namespace connect.
+pub async fn connect_proto(url: &str, source: Option<IpAddr>, proto: Proto) -> anyhow::Result<Ws> {
+    let mut ws = connect(url, source).await?;
+    if proto == Proto::SocketIo {
+        let mut want = "0"; // Engine.IO open, then the namespace connect.
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) if t.as_str().starts_with(want) => {
+                    if want == "0" {
+                        ws.send(Message::text("40")).await?;
+                        want = "40";
+                    } else {
+                        break;
+                    }
+                }
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(e))) => return Err(e.into()),
+                Ok(None) => bail!("closed during the Socket.IO handshake"),
+                Err(_) => bail!("no Socket.IO handshake within 10 s"),
+            }
+        }
+    }
+    Ok(ws)
 }
 
 /// Opens a WebSocket from `source` (or any local address).
@@ -135,19 +225,19 @@ async fn subscriber(
     delivered: Arc<AtomicU64>,
     ready: Arc<AtomicU64>,
     mut stop: watch::Receiver<bool>,
+    proto: Proto,
 ) -> anyhow::Result<SubResult> {
     for ch in &channels {
-        ws.send(Message::text(
-            serde_json::json!({"type": "subscribe", "channel": ch}).to_string(),
-        ))
-        .await?;
+        ws.send(Message::text(subscribe_frame(proto, ch))).await?;
     }
     // Wait for every `subscribed`.
     let mut pending = channels.len();
     while pending > 0 {
         match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
             Ok(Some(Ok(Message::Text(t)))) => {
-                let f: Incoming = serde_json::from_str(t.as_str())?;
+                let Some(f) = decode(proto, t.as_str()) else {
+                    continue;
+                };
                 match f.kind.as_str() {
                     "subscribed" => pending -= 1,
                     "error" => bail!("subscribe refused: {:?}", f.code),
@@ -165,11 +255,15 @@ async fn subscriber(
     let mut latency = latency_histogram();
     loop {
         tokio::select! {
-            _ = stop.wait_for(|s| *s) => break,
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
             m = ws.next() => match m {
                 Some(Ok(Message::Text(t))) => {
                     let now = now_ns();
-                    let Ok(f) = serde_json::from_str::<Incoming>(t.as_str()) else { continue };
+                    if proto == Proto::SocketIo && t.as_str() == "2" {
+                        ws.send(Message::text("3")).await?;
+                        continue;
+                    }
+                    let Some(f) = decode(proto, t.as_str()) else { continue };
                     if f.kind != "message" {
                         continue;
                     }
@@ -210,6 +304,7 @@ async fn publisher(
     rate_each: f64,
     acks: Arc<AtomicU64>,
 ) -> anyhow::Result<PubResult> {
+    let proto = cfg.proto;
     let (mut sink, mut stream) = ws.split();
     let pad = "x".repeat(cfg.size);
     let outstanding: Arc<std::sync::Mutex<HashMap<Uuid, String>>> = Default::default();
@@ -228,7 +323,7 @@ async fn publisher(
                 }
                 continue;
             };
-            let Ok(f) = serde_json::from_str::<Incoming>(t.as_str()) else {
+            let Some(f) = decode(proto, t.as_str()) else {
                 continue;
             };
             let done = match f.kind.as_str() {
@@ -282,11 +377,8 @@ async fn publisher(
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, ch.clone());
-        let frame = serde_json::json!({
-            "type": "publish", "channel": ch, "id": id,
-            "data": {"t": now_ns(), "pad": pad},
-        });
-        sink.send(Message::text(frame.to_string())).await?;
+        let frame = publish_frame(proto, ch, id, now_ns(), &pad);
+        sink.send(Message::text(frame)).await?;
         sent += 1;
     }
     // Wait for the last answers.
@@ -331,11 +423,12 @@ pub async fn run(cfg: GenConfig) -> anyhow::Result<Report> {
     let mut conns = Vec::with_capacity(cfg.subscribers);
     for i in 0..cfg.subscribers {
         let url = cfg.url.clone();
+        let proto = cfg.proto;
         let src = source(i);
         let permit = conn_limit.clone();
         conns.push(tokio::spawn(async move {
             let _p = permit.acquire_owned().await;
-            connect(&url, src).await
+            connect_proto(&url, src, proto).await
         }));
     }
     for (i, r) in conns.into_iter().enumerate() {
@@ -347,6 +440,7 @@ pub async fn run(cfg: GenConfig) -> anyhow::Result<Report> {
             delivered.clone(),
             ready.clone(),
             stop_rx.clone(),
+            cfg.proto,
         )));
     }
     // Every subscription confirmed before anything is published.
@@ -371,7 +465,7 @@ pub async fn run(cfg: GenConfig) -> anyhow::Result<Report> {
     let rate_each = cfg.rate as f64 / cfg.publishers as f64;
     let mut pubs = Vec::with_capacity(cfg.publishers);
     for i in 0..cfg.publishers {
-        let ws = connect(&cfg.url, source(cfg.subscribers + i)).await?;
+        let ws = connect_proto(&cfg.url, source(cfg.subscribers + i), cfg.proto).await?;
         pubs.push(tokio::spawn(publisher(
             ws,
             i,
@@ -440,7 +534,10 @@ pub async fn run(cfg: GenConfig) -> anyhow::Result<Report> {
     progress.done();
     let totals = verifier.totals();
     Ok(Report::new(
-        "herald-ws",
+        match cfg.proto {
+            Proto::Herald => "herald-ws",
+            Proto::SocketIo => "socket.io",
+        },
         &cfg_summary(&cfg),
         sent,
         totals.acked,

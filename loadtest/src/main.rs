@@ -63,6 +63,9 @@ enum Cmd {
     Ws {
         #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
         url: String,
+        /// herald (its frames; also the WebSocket floor) or socketio.
+        #[arg(long, default_value = "herald")]
+        proto: String,
         #[command(flatten)]
         load: Load,
     },
@@ -110,6 +113,18 @@ enum Cmd {
         fetch_wait_max_ms: u32,
         #[arg(long)]
         json: Option<PathBuf>,
+    },
+    /// P2 against the peer: Socket.IO 4 (loadtest/socketio, Redis Streams
+    /// adapter, started by bench.sh), then herald, same fan-out; prints both
+    /// and the ratio of deliveries per second.
+    VsSocketio {
+        #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+        url: String,
+        /// The Socket.IO server's WebSocket URL (printed by server.js).
+        #[arg(long)]
+        sio_url: String,
+        #[command(flatten)]
+        load: Load,
     },
     /// P2: the bare WebSocket floor (in process), then herald, same fan-out;
     /// prints both and the ratio of deliveries per second.
@@ -188,8 +203,17 @@ fn ratio(a: f64, b: f64) -> f64 {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Ws { url, load } => {
-            let r = gen::run(gen_cfg(&url, &load)?).await?;
+        Cmd::Ws { url, proto, load } => {
+            let proto = match proto.as_str() {
+                "herald" => gen::Proto::Herald,
+                "socketio" => gen::Proto::SocketIo,
+                other => anyhow::bail!("--proto {other}: herald or socketio"),
+            };
+            let r = gen::run(GenConfig {
+                proto,
+                ..gen_cfg(&url, &load)?
+            })
+            .await?;
             r.print();
             write_json(&load.json, &[&r], serde_json::json!({}))?;
             if r.lost > 0 || r.duplicated > 0 {
@@ -260,6 +284,26 @@ async fn main() -> anyhow::Result<()> {
             if let Some(p) = json {
                 std::fs::write(&p, serde_json::to_string_pretty(&r)?)?;
             }
+        }
+        Cmd::VsSocketio { url, sio_url, load } => {
+            let sio = gen::run(GenConfig {
+                proto: gen::Proto::SocketIo,
+                ..gen_cfg(&sio_url, &load)?
+            })
+            .await?;
+            let mut sio = sio;
+            sio.target = "socket.io".into();
+            sio.print();
+            println!();
+            let h = gen::run(gen_cfg(&url, &load)?).await?;
+            h.print();
+            let ratios = serde_json::json!({
+                "deliveries_per_sec": ratio(h.deliveries_per_sec, sio.deliveries_per_sec),
+                "p50": ratio(h.latency.p50_ms, sio.latency.p50_ms),
+                "p99": ratio(h.latency.p99_ms, sio.latency.p99_ms),
+            });
+            println!("\nherald / socket.io: {ratios}");
+            write_json(&load.json, &[&sio, &h], ratios)?;
         }
         Cmd::VsWs { url, load } => {
             let addr = wsfloor::serve("127.0.0.1:0".parse()?).await?;
