@@ -13,7 +13,7 @@ if ! command -v redis-server >/dev/null; then
 fi
 if [[ ! -d "$HERE/node_modules" ]]; then
     echo "socketio: installing npm packages" >&2
-    (cd "$HERE" && npm install --no-audit --no-fund --silent >&2)
+    (cd "$HERE" && npm ci --no-audit --no-fund --silent >&2)
 fi
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
     > "$OUT/redis.log" 2>&1 &

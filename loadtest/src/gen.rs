@@ -563,3 +563,49 @@ fn cfg_summary(cfg: &GenConfig) -> serde_json::Value {
         "size": cfg.size,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socketio_frames_round_trip() {
+        let id = Uuid::new_v4();
+        let f = publish_frame(Proto::SocketIo, "chat:a", id, 7, "xx");
+        assert!(f.starts_with(r#"42["publish",{"#), "{f}");
+        // What server.js broadcasts, with the recovery offset appended.
+        let msg = format!(
+            r#"42["message",{{"channel":"chat:a","id":"{id}","data":{{"t":7,"pad":"xx"}}}},"1795-0"]"#
+        );
+        let d = decode(Proto::SocketIo, &msg).unwrap();
+        assert_eq!(d.kind, "message");
+        assert_eq!(d.channel.as_deref(), Some("chat:a"));
+        assert_eq!(d.id, Some(id));
+        assert_eq!(d.data.map(|p| p.t), Some(7));
+        let sub = decode(Proto::SocketIo, r#"42["subscribed","chat:a","1-0"]"#).unwrap();
+        assert_eq!(
+            (sub.kind.as_str(), sub.channel.as_deref()),
+            ("subscribed", Some("chat:a"))
+        );
+        assert!(decode(Proto::SocketIo, "2").is_none());
+        assert!(decode(Proto::SocketIo, "42not json").is_none());
+        assert_eq!(
+            subscribe_frame(Proto::SocketIo, "chat:a"),
+            r#"42["subscribe","chat:a"]"#
+        );
+    }
+
+    #[test]
+    fn herald_frames_round_trip() {
+        let id = Uuid::new_v4();
+        let f: serde_json::Value =
+            serde_json::from_str(&publish_frame(Proto::Herald, "chat:a", id, 9, "")).unwrap();
+        assert_eq!(f["type"], "publish");
+        assert_eq!(f["data"]["t"], 9);
+        let msg = format!(
+            r#"{{"type":"message","channel":"chat:a","seq":1,"epoch":"e","id":"{id}","ts":0,"data":{{"t":9}}}}"#
+        );
+        let d = decode(Proto::Herald, &msg).unwrap();
+        assert_eq!((d.kind.as_str(), d.id), ("message", Some(id)));
+    }
+}
