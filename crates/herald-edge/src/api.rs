@@ -196,7 +196,14 @@ async fn publish(ctx: Arc<Ctx>, body: bytes::Bytes) -> ApiResult {
         let since = now_ms() - ctx.cfg.dedup_window.as_millis() as i64;
         match ctx
             .kafka
-            .find_message(&topic, partition, channel.as_str(), id, since, 50_000)
+            .find_message(
+                &topic,
+                partition,
+                channel.as_str(),
+                id,
+                since,
+                crate::conn::RETRY_SCAN_RECORDS,
+            )
             .await
         {
             Ok(f) => found = f,
@@ -258,13 +265,7 @@ async fn publish(ctx: Arc<Ctx>, body: bytes::Bytes) -> ApiResult {
             Ok(answer(seq, duplicate))
         }
         Err(e) => {
-            let code = if e.is_too_large() {
-                codes::TOO_LARGE
-            } else if e.is_retriable() {
-                codes::UNAVAILABLE
-            } else {
-                codes::INTERNAL
-            };
+            let code = crate::conn::publish_error_code(&e);
             let reason = format!("not stored: {e}");
             metrics::counter!("herald_log_errors_total", "op" => "publish").increment(1);
             metrics::counter!("herald_publish_nacks_total", "code" => code).increment(1);

@@ -39,6 +39,19 @@ pub enum AccessRule {
     Nobody,
 }
 
+impl AccessRule {
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessRule::Anonymous => "anonymous",
+            AccessRule::Authenticated => "authenticated",
+            AccessRule::Grant => "grant",
+            AccessRule::Owner => "owner",
+            AccessRule::Nobody => "nobody",
+        }
+    }
+}
+
 impl std::str::FromStr for AccessRule {
     type Err = String;
 

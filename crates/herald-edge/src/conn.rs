@@ -913,7 +913,7 @@ const WRITE_BATCH: u64 = 64;
 
 /// How far back (in records of the channel's partition) a retried publish
 /// is looked for, besides the dedup window's time bound.
-const RETRY_SCAN_RECORDS: i64 = 50_000;
+pub(crate) const RETRY_SCAN_RECORDS: i64 = 50_000;
 
 /// Records the outcome of a first publish attempt and answers the client.
 #[allow(clippy::too_many_arguments)]
@@ -964,7 +964,8 @@ fn settle(
     let _ = outbox.try_push(reply);
 }
 
-fn publish_error_code(e: &LogError) -> &'static str {
+/// The nack code for a failed append.
+pub(crate) fn publish_error_code(e: &LogError) -> &'static str {
     if e.is_too_large() {
         codes::TOO_LARGE
     } else if e.is_retriable() {

@@ -466,6 +466,12 @@ impl Hub {
     /// node follows that partition.
     pub fn tail_seq(&self, topic: &str, channel: &str) -> Option<i64> {
         let partition = self.partition_of(topic, channel).ok()?;
+        let next = self.followed(topic, partition)?.lock().next_offset;
+        Some(next - 1)
+    }
+
+    /// The partition, when this node is tailing it.
+    fn followed(&self, topic: &str, partition: i32) -> Option<Arc<Partition>> {
         let part = self
             .parts
             .lock()
@@ -473,8 +479,7 @@ impl Hub {
             .get(&(Arc::from(topic), partition))
             .cloned()?;
         part.started.get()?;
-        let next = part.lock().next_offset;
-        Some(next - 1)
+        Some(part)
     }
 
     pub(crate) fn log_read(&self) -> &dyn LogRead {
@@ -491,13 +496,7 @@ impl Hub {
         from: i64,
         to: i64,
     ) -> Option<Vec<Arc<Delivery>>> {
-        let part = self
-            .parts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&(Arc::from(topic), partition))
-            .cloned()?;
-        part.started.get()?;
+        let part = self.followed(topic, partition)?;
         let st = part.lock();
         if from < st.recent_from || to > st.next_offset {
             return None;

@@ -217,16 +217,13 @@ impl ServeArgs {
         if let Some(list) = self.namespaces {
             s.namespaces = list
                 .into_iter()
-                .map(|n| {
-                    let rule = |r: herald_edge::AccessRule| format!("{r:?}").to_lowercase();
-                    config::Namespace {
-                        name: n.name,
-                        partitions: n.partitions,
-                        subscribe: rule(n.subscribe),
-                        publish: rule(n.publish),
-                        history: rule(n.history),
-                        ..config::Namespace::default()
-                    }
+                .map(|n| config::Namespace {
+                    name: n.name,
+                    partitions: n.partitions,
+                    subscribe: n.subscribe.as_str().into(),
+                    publish: n.publish.as_str().into(),
+                    history: n.history.as_str().into(),
+                    ..config::Namespace::default()
                 })
                 .collect();
         }

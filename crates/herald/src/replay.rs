@@ -190,47 +190,28 @@ pub async fn run(a: ReplayArgs) -> anyhow::Result<()> {
         }
     }
     let wm = LogRead::watermarks(&*kafka, &topic, a.partition).await?;
-    let from = match (a.from_offset, a.from_time) {
-        (Some(o), _) => {
-            if o < wm.low {
-                bail!(
-                    "--from-offset {o} is below the log start {} of {topic}/{} (older records were removed by retention)",
-                    wm.low,
-                    a.partition
-                );
-            }
-            if o > wm.high {
-                bail!(
-                    "--from-offset {o} is past the log end {} of {topic}/{}",
-                    wm.high,
-                    a.partition
-                );
-            }
-            o
-        }
-        (None, Some(t)) => kafka
-            .offset_for_time(&topic, a.partition, t)
-            .await?
-            .unwrap_or(wm.high),
-        (None, None) => wm.low,
-    };
-    let to = match (a.to_offset, a.to_time) {
-        (Some(o), _) => {
-            if o > wm.high {
-                bail!(
-                    "--to-offset {o} is past the log end {} of {topic}/{}",
-                    wm.high,
-                    a.partition
-                );
-            }
-            o
-        }
-        (None, Some(t)) => kafka
-            .offset_for_time(&topic, a.partition, t)
-            .await?
-            .unwrap_or(wm.high),
-        (None, None) => wm.high,
-    };
+    let from = bound(
+        &kafka,
+        &topic,
+        a.partition,
+        wm,
+        "from",
+        a.from_offset,
+        a.from_time,
+        wm.low,
+    )
+    .await?;
+    let to = bound(
+        &kafka,
+        &topic,
+        a.partition,
+        wm,
+        "to",
+        a.to_offset,
+        a.to_time,
+        wm.high,
+    )
+    .await?;
     if let (Some(f), Some(t)) = (a.from_time, a.to_time) {
         if f > t {
             bail!("--from-time is after --to-time");
@@ -337,6 +318,43 @@ pub async fn run(a: ReplayArgs) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// One end of the range: an explicit offset (which must be inside the log),
+/// the first offset at or after a time, or `default`.
+#[allow(clippy::too_many_arguments)]
+async fn bound(
+    kafka: &Kafka,
+    topic: &str,
+    partition: i32,
+    wm: herald_log::Watermarks,
+    flag: &str,
+    offset: Option<i64>,
+    time: Option<i64>,
+    default: i64,
+) -> anyhow::Result<i64> {
+    if let Some(o) = offset {
+        if o < wm.low {
+            bail!(
+                "--{flag}-offset {o} is below the log start {} of {topic}/{partition} (older records were removed by retention)",
+                wm.low
+            );
+        }
+        if o > wm.high {
+            bail!(
+                "--{flag}-offset {o} is past the log end {} of {topic}/{partition}",
+                wm.high
+            );
+        }
+        return Ok(o);
+    }
+    Ok(match time {
+        Some(t) => kafka
+            .offset_for_time(topic, partition, t)
+            .await?
+            .unwrap_or(wm.high),
+        None => default,
+    })
 }
 
 type Pending = Vec<herald_log::PendingPublish>;
