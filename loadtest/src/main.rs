@@ -199,6 +199,152 @@ fn ratio(a: f64, b: f64) -> f64 {
     }
 }
 
+/// The same fan-out against `base` (labelled `label`), then herald at `url`;
+/// prints both and herald / base.
+async fn fan_out_vs(base: GenConfig, label: &str, url: &str, load: &Load) -> anyhow::Result<()> {
+    let mut b = gen::run(base).await?;
+    b.target = label.into();
+    b.print();
+    println!();
+    let h = gen::run(gen_cfg(url, load)?).await?;
+    h.print();
+    let ratios = serde_json::json!({
+        "deliveries_per_sec": ratio(h.deliveries_per_sec, b.deliveries_per_sec),
+        "p50": ratio(h.latency.p50_ms, b.latency.p50_ms),
+        "p99": ratio(h.latency.p99_ms, b.latency.p99_ms),
+    });
+    println!("\nherald / {label}: {ratios}");
+    write_json(&load.json, &[&b, &h], ratios)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Ws { url, proto, load } => {
+            let proto = match proto.as_str() {
+                "herald" => gen::Proto::Herald,
+                "socketio" => gen::Proto::SocketIo,
+                other => anyhow::bail!("--proto {other}: herald or socketio"),
+            };
+            let r = gen::run(GenConfig {
+                proto,
+                ..gen_cfg(&url, &load)?
+            })
+            .await?;
+            r.print();
+            write_json(&load.json, &[&r], serde_json::json!({}))?;
+            if r.lost > 0 || r.duplicated > 0 {
+                anyhow::bail!("lost {} duplicated {}", r.lost, r.duplicated);
+            }
+        }
+        Cmd::KafkaFloor {
+            brokers,
+            fetch_wait_max_ms,
+            load,
+        } => {
+            let r = kafkafloor::run(floor_cfg(&brokers, fetch_wait_max_ms, &load)).await?;
+            r.print();
+            write_json(&load.json, &[&r], serde_json::json!({}))?;
+        }
+        Cmd::WsFloorServer { listen } => {
+            let addr = wsfloor::serve(listen).await?;
+            println!("ws-floor listening on ws://{addr}/ws");
+            tokio::signal::ctrl_c().await?;
+        }
+        Cmd::VsKafka {
+            url,
+            brokers,
+            fetch_wait_max_ms,
+            load,
+        } => {
+            let floor = kafkafloor::run(floor_cfg(&brokers, fetch_wait_max_ms, &load)).await?;
+            floor.print();
+            println!();
+            let one = Load {
+                subscribers: 1,
+                channels: 1,
+                ..load.clone()
+            };
+            let h = gen::run(gen_cfg(&url, &one)?).await?;
+            h.print();
+            let ratios = serde_json::json!({
+                "p50": ratio(h.latency.p50_ms, floor.latency.p50_ms),
+                "p99": ratio(h.latency.p99_ms, floor.latency.p99_ms),
+                "p999": ratio(h.latency.p999_ms, floor.latency.p999_ms),
+                "acks_per_sec": ratio(h.acks_per_sec, floor.acks_per_sec),
+            });
+            println!("\nherald / kafka floor: {ratios}");
+            write_json(&load.json, &[&floor, &h], ratios)?;
+        }
+        Cmd::Resume {
+            url,
+            brokers,
+            topic_prefix,
+            messages,
+            size,
+            fetch_wait_max_ms,
+            json,
+        } => {
+            let r = herald_loadtest::resume::run(herald_loadtest::resume::ResumeConfig {
+                url,
+                brokers,
+                topic_prefix,
+                messages,
+                size,
+                fetch_wait_max_ms,
+            })
+            .await?;
+            println!(
+                "resume of {} messages: herald {:.3} s, raw Kafka {:.3} s, ratio {}",
+                r.messages, r.herald_secs, r.kafka_secs, r.ratio
+            );
+            if let Some(p) = json {
+                std::fs::write(&p, serde_json::to_string_pretty(&r)?)?;
+            }
+        }
+        Cmd::VsSocketio { url, sio_url, load } => {
+            let base = GenConfig {
+                proto: gen::Proto::SocketIo,
+                ..gen_cfg(&sio_url, &load)?
+            };
+            fan_out_vs(base, "socket.io", &url, &load).await?;
+        }
+        Cmd::VsWs { url, load } => {
+            let addr = wsfloor::serve("127.0.0.1:0".parse()?).await?;
+            let base = gen_cfg(&format!("ws://{addr}/ws"), &load)?;
+            fan_out_vs(base, "ws-floor", &url, &load).await?;
+        }
+    }
+    Ok(())
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b == 0.0 {
+        f64::NAN
+    } else {
+        (a / b * 1000.0).round() / 1000.0
+    }
+}
+
+/// The same fan-out against `base` (labelled `label`), then herald at `url`;
+/// prints both and herald / base.
+async fn fan_out_vs(base: GenConfig, label: &str, url: &str, load: &Load) -> anyhow::Result<()> {
+    let mut b = gen::run(base).await?;
+    b.target = label.into();
+    b.print();
+    println!();
+    let h = gen::run(gen_cfg(url, load)?).await?;
+    h.print();
+    let ratios = serde_json::json!({
+        "deliveries_per_sec": ratio(h.deliveries_per_sec, b.deliveries_per_sec),
+        "p50": ratio(h.latency.p50_ms, b.latency.p50_ms),
+        "p99": ratio(h.latency.p99_ms, b.latency.p99_ms),
+    });
+    println!("\nherald / {label}: {ratios}");
+    write_json(&load.json, &[&b, &h], ratios)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
