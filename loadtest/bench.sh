@@ -6,6 +6,7 @@
 #
 #   loadtest/bench.sh [p1|p2|p2io|p4|p6|all]   (default all)
 #   SUBSCRIBERS=10000 loadtest/bench.sh p2
+#   MOCK=1 loadtest/bench.sh p1     (librdkafka's mock cluster as the broker)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -20,12 +21,28 @@ ulimit -n 65536 2>/dev/null || echo "bench: could not raise the fd limit"
 cargo build --release -q -p herald -p herald-loadtest
 BIN="$CARGO_TARGET_DIR/release"
 
+FLOOR_TOPIC=()
+mock=""
+if [[ -n "${MOCK:-}" ]]; then
+    # librdkafka's in-process mock cluster instead of the dev broker: a broker
+    # that is never the bottleneck. It times out CreateTopics, so the topics
+    # exist before anything starts.
+    "$BIN/herald-loadtest" mock-broker \
+        --topics "bench-$$.chat:8,bench-$$.meta:1,bench-$$.cursors:8,loadtest-floor:1" \
+        > "$OUT/mock.out" 2>&1 &
+    mock=$!
+    for _ in $(seq 1 50); do grep -q "mock broker at" "$OUT/mock.out" && break; sleep 0.1; done
+    BROKERS="$(sed -n 's/^mock broker at //p' "$OUT/mock.out")"
+    FLOOR_TOPIC=(--floor-topic loadtest-floor)
+    echo "bench: librdkafka mock cluster at $BROKERS"
+fi
+
 "$BIN/herald" serve --listen 127.0.0.1:0 --kafka-brokers "$BROKERS" \
     --topic-prefix "bench-$$." --namespaces chat=8:anonymous --fetch-wait-max-ms 5 \
     --publish-rate 0 --max-connections-per-ip 1000000 --queue-messages 100000 \
     --queue-bytes 67108864 > "$OUT/herald.out" 2> "$OUT/herald.err" &
 srv=$!
-trap 'kill $srv 2>/dev/null || true' EXIT
+trap 'kill $srv $mock 2>/dev/null || true' EXIT
 for _ in $(seq 1 300); do grep -q listening "$OUT/herald.out" && break; sleep 0.1; done
 URL="$(sed -n 's/^herald listening on //p' "$OUT/herald.out")"
 [[ -n "$URL" ]] || { echo "bench: herald did not start"; cat "$OUT/herald.err"; exit 1; }
@@ -35,12 +52,12 @@ LT="$BIN/herald-loadtest"
 if [[ $WHAT == all || $WHAT == p1 ]]; then
     echo "== P1: end-to-end latency at 200 msg/s, 100-byte messages, vs the bare Kafka floor"
     "$LT" vs-kafka --url "$URL" --brokers "$BROKERS" --fetch-wait-max-ms 5 \
-        --rate 200 --duration-secs 20 --size 100 --json "$OUT/p1.json"
+        --rate 200 --duration-secs 20 --size 100 "${FLOOR_TOPIC[@]}" --json "$OUT/p1${MOCK:+-mock}.json"
 fi
 if [[ $WHAT == all || $WHAT == p6 ]]; then
     echo "== P6: ingest, closed loop with 64 in flight, vs the bare producer"
     "$LT" vs-kafka --url "$URL" --brokers "$BROKERS" --fetch-wait-max-ms 5 \
-        --rate 0 --window 64 --duration-secs 15 --size 100 --json "$OUT/p6.json"
+        --rate 0 --window 64 --duration-secs 15 --size 100 "${FLOOR_TOPIC[@]}" --json "$OUT/p6${MOCK:+-mock}.json"
 fi
 if [[ $WHAT == all || $WHAT == p4 ]]; then
     echo "== P4: resume of a client 10,000 messages behind, vs reading them from Kafka"
@@ -56,7 +73,7 @@ fi
 if [[ $WHAT == all || $WHAT == p2io ]]; then
     echo "== P2 vs the peer: Socket.IO 4 (Redis Streams adapter, state recovery), $SUBSCRIBERS subscribers, $P2_RATE msg/s"
     SIO_URL="$(OUT="$OUT" loadtest/socketio/start.sh | tail -1)"
-    trap 'kill $srv $(cat "$OUT/socketio.pids") 2>/dev/null || true' EXIT
+    trap 'kill $srv $mock $(cat "$OUT/socketio.pids") 2>/dev/null || true' EXIT
     [[ -n "$SIO_URL" ]] || { echo "bench: socket.io did not start"; cat "$OUT/socketio.err"; exit 1; }
     "$LT" vs-socketio --url "$URL" --sio-url "$SIO_URL" --subscribers "$SUBSCRIBERS" --channels 1 \
         --publishers 1 --rate "$P2_RATE" --duration-secs 10 --size 100 --drain-secs 30 \

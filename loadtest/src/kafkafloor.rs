@@ -27,13 +27,18 @@ pub struct FloorConfig {
     pub size: usize,
     pub fetch_wait_max_ms: u32,
     pub progress: bool,
+    /// Use this existing topic (partition 0) instead of creating a fresh one.
+    pub topic: Option<String>,
 }
 
 pub async fn run(cfg: FloorConfig) -> anyhow::Result<Report> {
-    let topic = format!(
-        "loadtest-floor-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
+    let fresh = cfg.topic.is_none();
+    let topic = cfg.topic.clone().unwrap_or_else(|| {
+        format!(
+            "loadtest-floor-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        )
+    });
     let base = |c: &mut ClientConfig| {
         c.set("bootstrap.servers", &cfg.brokers)
             .set("log_level", "4");
@@ -41,14 +46,16 @@ pub async fn run(cfg: FloorConfig) -> anyhow::Result<Report> {
     let mut ac = ClientConfig::new();
     base(&mut ac);
     let admin: AdminClient<_> = ac.create()?;
-    let res = admin
-        .create_topics(
-            &[NewTopic::new(&topic, 1, TopicReplication::Fixed(-1))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
-        .await?;
-    for r in res {
-        r.map_err(|(t, e)| anyhow!("creating {t}: {e}"))?;
+    if fresh {
+        let res = admin
+            .create_topics(
+                &[NewTopic::new(&topic, 1, TopicReplication::Fixed(-1))],
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+            )
+            .await?;
+        for r in res {
+            r.map_err(|(t, e)| anyhow!("creating {t}: {e}"))?;
+        }
     }
     let mut pc = ClientConfig::new();
     base(&mut pc);
@@ -67,7 +74,8 @@ pub async fn run(cfg: FloorConfig) -> anyhow::Result<Report> {
         .set("fetch.queue.backoff.ms", "5");
     let consumer: StreamConsumer = cc.create()?;
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&topic, 0, Offset::Beginning)?;
+    // From the end: an existing topic may hold earlier runs' records.
+    tpl.add_partition_offset(&topic, 0, Offset::End)?;
     consumer.assign(&tpl).context("assign")?;
 
     let delivered = Arc::new(AtomicU64::new(0));

@@ -55,6 +55,10 @@ struct Load {
     /// Write the report(s) as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Kafka floor: use this existing topic instead of creating one (for
+    /// brokers that refuse CreateTopics, like librdkafka's mock cluster).
+    #[arg(long)]
+    floor_topic: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -77,6 +81,17 @@ enum Cmd {
         fetch_wait_max_ms: u32,
         #[command(flatten)]
         load: Load,
+    },
+    /// Run librdkafka's in-process mock Kafka cluster until killed; prints
+    /// its bootstrap address.
+    MockBroker {
+        #[arg(long, default_value_t = 1)]
+        brokers: i32,
+        /// Topics to create as NAME:PARTITIONS, comma-separated (the mock
+        /// cluster times out admin CreateTopics requests, so herald's topics
+        /// must exist before it starts).
+        #[arg(long, value_delimiter = ',')]
+        topics: Vec<String>,
     },
     /// Run the bare WebSocket floor server until killed.
     WsFloorServer {
@@ -168,6 +183,7 @@ fn gen_cfg(url: &str, l: &Load) -> anyhow::Result<GenConfig> {
 
 fn floor_cfg(brokers: &str, fetch_wait_max_ms: u32, l: &Load) -> FloorConfig {
     FloorConfig {
+        topic: l.floor_topic.clone(),
         brokers: brokers.to_owned(),
         rate: l.rate,
         window: l.window,
@@ -247,6 +263,18 @@ async fn main() -> anyhow::Result<()> {
             let r = kafkafloor::run(floor_cfg(&brokers, fetch_wait_max_ms, &load)).await?;
             r.print();
             write_json(&load.json, &[&r], serde_json::json!({}))?;
+        }
+        Cmd::MockBroker { brokers, topics } => {
+            let cluster = rdkafka::mocking::MockCluster::new(brokers)?;
+            for t in &topics {
+                let (name, parts) = t
+                    .split_once(':')
+                    .with_context(|| format!("--topics {t}: NAME:PARTITIONS"))?;
+                cluster.create_topic(name, parts.parse().context("partitions")?, 1)?;
+            }
+            println!("mock broker at {}", cluster.bootstrap_servers());
+            tokio::signal::ctrl_c().await?;
+            drop(cluster);
         }
         Cmd::WsFloorServer { listen } => {
             let addr = wsfloor::serve(listen).await?;
