@@ -86,31 +86,14 @@ fn expected(topic: &str) -> Counts {
         else {
             continue;
         };
-        let minute = chrono_minute(env.ts);
+        // Same formatting as the recipes, computed independently.
+        let minute = format!(
+            "{}00Z",
+            &rfc3339_utc(env.ts.div_euclid(60_000) * 60_000)[..17]
+        );
         *c.entry((minute, env.channel)).or_default() += 1;
     }
     c
-}
-
-fn chrono_minute(ts: i64) -> String {
-    // Same formatting as the recipes, computed independently.
-    let secs = ts.div_euclid(60_000) * 60;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:00Z",
-        rem / 3600,
-        rem % 3600 / 60
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,10 +29,7 @@ async fn history_by_seq_time_and_latest_pages() {
         }
         if i == 29 {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            middle_ts = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_millis() as i64;
+            middle_ts = now_ms();
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

@@ -76,7 +76,7 @@ async fn replay_by_offset_and_time_to_stdout_file_and_topic() {
         }
         if i == 19 {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            middle = chrono_now();
+            middle = rfc3339_utc(now_ms());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -191,37 +191,6 @@ async fn replay_by_offset_and_time_to_stdout_file_and_topic() {
             .expect("herald-id header");
         assert_eq!(std::str::from_utf8(id).unwrap(), v["id"].as_str().unwrap());
     }
-}
-
-fn chrono_now() -> String {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    // RFC 3339 with milliseconds, UTC, built without a date library.
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ms.rem_euclid(1000)
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day) (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
