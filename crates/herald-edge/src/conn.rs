@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -19,19 +19,19 @@ use herald_proto::{codes, Channel, HistoryRequest, Position, ServerFrame, Since}
 use crate::auth::{Capability, Identity};
 use hyper_util::rt::TokioIo;
 use serde_json::value::RawValue;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
-use tracing::{debug, info_span, Instrument};
+use tracing::{debug, debug_span, Instrument};
 use uuid::Uuid;
 
 /// The socket of one connection.
 pub type WebSocket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
-use crate::server::Ctx;
+use crate::server::{ConnSlot, Ctx};
 
 struct Subscription {
     topic: String,
@@ -39,11 +39,17 @@ struct Subscription {
     durable: bool,
     /// The subscribe task while it is still catching up.
     task: Option<JoinHandle<()>>,
+    /// Set by the subscribe task, before it tells the client, when the
+    /// subscription failed: the hub registered nothing and the connection
+    /// forgets it the next time it looks (a flag per subscription instead of
+    /// a channel per connection: 32 bytes against 1.3 KB).
+    failed: Arc<AtomicBool>,
 }
 
-/// Sent by subscribe tasks back to the connection loop.
-enum Event {
-    SubscribeFailed { channel: String },
+impl Subscription {
+    fn failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
 }
 
 fn now_ms() -> i64 {
@@ -92,24 +98,32 @@ fn nack_after(
 
 type Limiter = governor::DefaultDirectRateLimiter;
 
-/// Runs one connection to its end.
-pub async fn run(
-    socket: WebSocket,
-    ctx: Arc<Ctx>,
-    remote: Option<SocketAddr>,
-    client_id: Option<String>,
-    identity: Option<Identity>,
-) {
-    let id = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
-    let span = info_span!("conn", id, remote = ?remote, client = ?client_id);
-    let live = ctx.live.clone();
-    metrics::gauge!("herald_edge_connections").increment(1.0);
-    metrics::counter!("herald_edge_connections_total").increment(1);
-    let (mut conn, rx, events) = Conn::new(id, ctx, client_id);
-    conn.identity = identity;
-    serve(conn, rx, events, socket).instrument(span).await;
-    metrics::gauge!("herald_edge_connections").decrement(1.0);
-    drop(live);
+/// An accepted upgrade request, everything its connection starts from.
+pub struct Accepted {
+    pub on_upgrade: hyper::upgrade::OnUpgrade,
+    pub config: WebSocketConfig,
+    pub ctx: Arc<Ctx>,
+    pub remote: Option<SocketAddr>,
+    pub client_id: Option<String>,
+    pub identity: Option<Identity>,
+    /// Its place under the connection limits, released at the end.
+    pub slot: ConnSlot,
+}
+
+/// Runs one connection to its end: the task spawned per connection.
+///
+/// Memory per idle connection is mostly this task (`docs/benchmarks.md`,
+/// P3), so it is one flat state machine: the request comes boxed and is
+/// unpacked once, the WebSocket is built and split in place, and what runs
+/// rarely (publishes, history, the drain on shutdown) is boxed while it runs.
+/// Passing the parts by value through nested `async fn`s kept a copy of each
+/// in every layer (3.3 KB per task before, measured with DHAT).
+pub async fn run(accepted: Box<Accepted>) {
+    let id = accepted.ctx.next_conn.fetch_add(1, Ordering::Relaxed);
+    // A debug span: at the default level it is off and costs nothing; an
+    // enabled span keeps its formatted fields per connection (~250 bytes).
+    let span = debug_span!("conn", id, remote = ?accepted.remote, client = ?accepted.client_id);
+    serve(id, accepted).instrument(span).await;
 }
 
 struct Conn {
@@ -118,7 +132,6 @@ struct Conn {
     outbox: Outbox,
     subs: HashMap<String, Subscription>,
     publish_permits: Arc<Semaphore>,
-    events: mpsc::UnboundedSender<Event>,
     /// Per-connection publish rate limit; `None` when unlimited.
     limiter: Option<Limiter>,
     /// Who owns this connection's durable cursors (`/ws?client_id=`).
@@ -134,7 +147,6 @@ struct Conn {
 impl Conn {
     fn new(id: u64, ctx: Arc<Ctx>, client_id: Option<String>) -> Parts {
         let (outbox, rx) = Outbox::new(id, ctx.cfg.queue_messages, ctx.cfg.queue_bytes);
-        let (events, events_rx) = mpsc::unbounded_channel();
         let permits = Arc::new(Semaphore::new(ctx.cfg.max_inflight_publishes));
         let history_permits = Arc::new(Semaphore::new(ctx.cfg.history_concurrency.max(1)));
         let limiter = std::num::NonZeroU32::new(ctx.cfg.publish_rate).map(|rate| {
@@ -147,7 +159,6 @@ impl Conn {
                 outbox,
                 subs: HashMap::new(),
                 publish_permits: permits,
-                events,
                 limiter,
                 client_id: client_id.map(Arc::from),
                 history_permits,
@@ -156,25 +167,39 @@ impl Conn {
                 ctx,
             },
             rx,
-            events_rx,
         )
     }
 }
 
-type Parts = (
-    Conn,
-    herald_hub::OutboxReceiver,
-    mpsc::UnboundedReceiver<Event>,
-);
+type Parts = (Conn, herald_hub::OutboxReceiver);
 
-async fn serve(
-    mut conn: Conn,
-    mut rx: herald_hub::OutboxReceiver,
-    mut events: mpsc::UnboundedReceiver<Event>,
-    socket: WebSocket,
-) {
+async fn serve(id: u64, accepted: Box<Accepted>) {
+    let Accepted {
+        on_upgrade,
+        config,
+        ctx,
+        remote: _,
+        client_id,
+        identity,
+        slot,
+    } = *accepted;
+    let upgraded = match on_upgrade.await {
+        Ok(u) => u,
+        Err(e) => {
+            debug!(%e, "WebSocket upgrade failed");
+            return;
+        }
+    };
+    let (mut sink, mut stream) =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+            .await
+            .split();
+    let live = ctx.live.clone();
+    metrics::gauge!("herald_edge_connections").increment(1.0);
+    metrics::counter!("herald_edge_connections_total").increment(1);
+    let (mut conn, mut rx) = Conn::new(id, ctx, client_id);
+    conn.identity = identity;
     {
-        let (mut sink, mut stream) = socket.split();
         let mut shutdown = conn.ctx.shutdown.subscribe();
         let mut heartbeat = tokio::time::interval(conn.ctx.cfg.heartbeat);
         heartbeat.tick().await;
@@ -185,9 +210,8 @@ async fn serve(
         let expiry = tokio::time::sleep(Duration::from_secs(86_400 * 365));
         tokio::pin!(expiry);
         let mut armed_for: Option<u64> = None;
-        // Handles looked up once, not per frame.
-        let frames_out = metrics::counter!("herald_edge_frames_out_total");
-        let frames_in = metrics::counter!("herald_edge_frames_in_total");
+        let ctx = conn.ctx.clone();
+        let (frames_in, frames_out) = (&ctx.frames_in, &ctx.frames_out);
         debug!("Connected");
 
         let close: Option<(u16, &'static str)> = loop {
@@ -226,11 +250,6 @@ async fn serve(
                     }
                     frames_out.increment(n);
                 }
-                Some(ev) = events.recv() => match ev {
-                    Event::SubscribeFailed { channel } => {
-                        conn.subs.remove(&channel);
-                    }
-                },
                 msg = stream.next() => {
                     let msg = match msg {
                         None => break None,
@@ -292,7 +311,9 @@ async fn serve(
                 let _ = sink
                     .send(Message::text(ServerFrame::Reconnect { after_ms }.to_json()))
                     .await;
-                conn.drain_publishes(&mut rx, &mut sink).await;
+                // Boxed: the connection task would otherwise carry this
+                // rarely used state for its whole life.
+                Box::pin(conn.drain_publishes(&mut rx, &mut sink)).await;
             }
             let _ = sink
                 .send(Message::Close(Some(CloseFrame {
@@ -304,6 +325,10 @@ async fn serve(
         let _ = sink.close().await;
         debug!("Disconnected");
     }
+    drop(conn);
+    metrics::gauge!("herald_edge_connections").decrement(1.0);
+    drop(live);
+    drop(slot);
 }
 
 impl Conn {
@@ -466,7 +491,10 @@ impl Conn {
             } => self.subscribe(channel, since, durable),
             ClientFrame::Unsubscribe { channel } => self.unsubscribe(channel),
             ClientFrame::Ack { channel, seq } => self.ack(channel, seq),
-            ClientFrame::History(req) => self.history(req).await,
+            // The two frames that wait are boxed, so that their state is
+            // allocated while they run rather than carried by every idle
+            // connection's task.
+            ClientFrame::History(req) => Box::pin(self.history(req)).await,
             ClientFrame::Auth { token } => self.authenticate(&token, false),
             ClientFrame::Refresh { token } => self.authenticate(&token, true),
             ClientFrame::Publish {
@@ -474,11 +502,14 @@ impl Conn {
                 id,
                 data,
                 retry,
-            } => self.publish(channel, id, data, retry).await,
+            } => Box::pin(self.publish(channel, id, data, retry)).await,
         }
     }
 
     fn ack(&mut self, channel: String, seq: i64) {
+        if self.subs.get(&channel).is_some_and(Subscription::failed) {
+            self.subs.remove(&channel);
+        }
         let Some(sub) = self.subs.get(&channel) else {
             return self.reply(error_frame(
                 codes::NOT_SUBSCRIBED,
@@ -597,6 +628,7 @@ impl Conn {
             Ok(x) => x,
             Err((code, reason)) => return self.reply(error_frame(code, reason, Some(&name))),
         };
+        self.subs.retain(|_, s| !s.failed());
         if self.subs.contains_key(&name) {
             return self.reply(error_frame(
                 codes::ALREADY_SUBSCRIBED,
@@ -636,7 +668,8 @@ impl Conn {
         let hub = self.ctx.hub.clone();
         let cursors = self.ctx.cursors.clone();
         let outbox = self.outbox.clone();
-        let events = self.events.clone();
+        let failed = Arc::new(AtomicBool::new(false));
+        let failed_flag = failed.clone();
         let t = topic.clone();
         let task = tokio::spawn(async move {
             let since = match (since, &client) {
@@ -667,15 +700,15 @@ impl Conn {
                 Err(HubError::SlowConsumer) | Err(HubError::Closed) => {}
                 Err(e) => {
                     tracing::warn!(channel = %channel, %e, "Subscribe failed");
+                    // The hub registered nothing: the connection forgets the
+                    // subscription (flagged before the client hears of it,
+                    // so its retry is not refused as already subscribed).
+                    failed_flag.store(true, Ordering::Release);
                     let _ = outbox.try_push(error_frame(
                         codes::UNAVAILABLE,
                         format!("subscribe failed: {e}; retry"),
                         Some(channel.as_str()),
                     ));
-                    // The hub registered nothing; forget the subscription.
-                    let _ = events.send(Event::SubscribeFailed {
-                        channel: channel.as_str().to_owned(),
-                    });
                 }
             }
         });
@@ -685,13 +718,14 @@ impl Conn {
                 topic,
                 durable,
                 task: Some(task),
+                failed,
             },
         );
     }
 
     fn unsubscribe(&mut self, name: String) {
         match self.subs.remove(&name) {
-            Some(sub) => {
+            Some(sub) if !sub.failed() => {
                 if let Some(t) = &sub.task {
                     t.abort();
                 }
@@ -700,7 +734,7 @@ impl Conn {
                     ServerFrame::Unsubscribed { channel: name }.to_json(),
                 ));
             }
-            None => self.reply(error_frame(
+            _ => self.reply(error_frame(
                 codes::NOT_SUBSCRIBED,
                 "not subscribed to this channel",
                 Some(&name),
@@ -972,5 +1006,25 @@ pub(crate) fn publish_error_code(e: &LogError) -> &'static str {
         codes::UNAVAILABLE
     } else {
         codes::INTERNAL
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future an `async fn` of one argument returns.
+    fn future_size<A, F>(_: fn(A) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every idle connection carries this future (docs/benchmarks.md, P3:
+    /// 7.6 KB per idle connection in all). It was 2.9 KB in test builds
+    /// before the parts were boxed and the layers flattened, 1.4 KB after;
+    /// the bound catches a large state creeping back in.
+    #[test]
+    fn connection_task_stays_small() {
+        let n = future_size(run as fn(_) -> _);
+        assert!(n <= 2048, "the connection task's future is {n} bytes");
     }
 }

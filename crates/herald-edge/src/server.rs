@@ -10,13 +10,11 @@ use std::time::{Duration, Instant};
 
 use herald_hub::{Dedup, Hub, HubConfig};
 use herald_log::{CursorStore, Kafka, LogConfig, LogError};
-use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::{info, warn};
 use warp::http::{HeaderMap, StatusCode};
 use warp::{Filter, Reply};
@@ -63,6 +61,10 @@ pub struct Ctx {
     pub per_ip: std::sync::Mutex<HashMap<IpAddr, usize>>,
     /// Open connections on this node, for the global limit.
     pub open: AtomicUsize,
+    /// Frame counters, registered once for every connection (a handle per
+    /// connection costs an allocation each).
+    pub frames_in: metrics::Counter,
+    pub frames_out: metrics::Counter,
 }
 
 /// A connection's place under the connection limits, released on drop.
@@ -231,6 +233,8 @@ impl Edge {
                 live: Arc::new(()),
                 per_ip: std::sync::Mutex::new(HashMap::new()),
                 open: AtomicUsize::new(0),
+                frames_in: metrics::counter!("herald_edge_frames_in_total"),
+                frames_out: metrics::counter!("herald_edge_frames_out_total"),
             }),
             listener,
             metrics,
@@ -390,21 +394,15 @@ fn upgrade(
         .read_buffer_size(ctx.cfg.read_buffer_bytes)
         .max_message_size(Some(ctx.cfg.max_frame_bytes))
         .max_frame_size(Some(ctx.cfg.max_frame_bytes));
-    tokio::spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(config),
-                )
-                .await;
-                crate::conn::run(ws, ctx, remote, client_id, identity).await;
-                drop(slot);
-            }
-            Err(e) => tracing::debug!(%e, "WebSocket upgrade failed"),
-        }
-    });
+    tokio::spawn(crate::conn::run(Box::new(crate::conn::Accepted {
+        on_upgrade,
+        config,
+        ctx,
+        remote,
+        client_id,
+        identity,
+        slot,
+    })));
     let reply = warp::reply::with_status(warp::reply(), StatusCode::SWITCHING_PROTOCOLS);
     let reply = warp::reply::with_header(reply, "connection", "upgrade");
     let reply = warp::reply::with_header(reply, "upgrade", "websocket");

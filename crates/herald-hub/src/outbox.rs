@@ -1,9 +1,10 @@
 //! Per-connection outbound queue, bounded by messages and by bytes.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 use crate::hub::Delivery;
 
@@ -40,51 +41,123 @@ impl Outbound {
 }
 
 struct Shared {
+    queue: Mutex<Queue>,
+    max_messages: usize,
     /// Bytes queued and not yet taken by the writer.
     bytes: AtomicUsize,
     max_bytes: usize,
     /// Set once, when a live message could not be queued.
     overflowed: AtomicBool,
-    /// The process-wide queued-bytes gauge, looked up once per connection
-    /// rather than on every message.
-    queued: metrics::Gauge,
-    notify: Notify,
+    /// Live `Outbox` handles; the receiver sees the end when none is left.
+    senders: AtomicUsize,
+    /// Wakes the writer: something was queued, or the last sender left.
+    readable: Notify,
+    /// Wakes a `push` waiting for a free slot, or the receiver dropped.
+    writable: Notify,
+    /// Wakes [`OverflowWatch`].
+    overflow: Notify,
+}
+
+struct Queue {
+    items: VecDeque<Outbound>,
+    /// The receiver is gone: nothing more is accepted.
+    closed: bool,
+}
+
+/// A queue that drained after a burst gives its memory back once it held
+/// more than this many entries (an idle connection keeps no buffer at all).
+const KEEP_CAPACITY: usize = 64;
+
+/// The process-wide queued-bytes gauge, registered once (a handle per queue
+/// would cost an allocation per connection).
+fn queued_gauge() -> &'static metrics::Gauge {
+    static GAUGE: OnceLock<metrics::Gauge> = OnceLock::new();
+    GAUGE.get_or_init(|| metrics::gauge!(QUEUED_BYTES))
 }
 
 /// The sending side, held by the hub (live dispatch, catch-up) and by the
 /// connection's own request handlers.
-#[derive(Clone)]
 pub struct Outbox {
     id: u64,
-    tx: mpsc::Sender<Outbound>,
     shared: Arc<Shared>,
 }
 
 /// The connection's writer side.
 pub struct OutboxReceiver {
-    rx: mpsc::Receiver<Outbound>,
     shared: Arc<Shared>,
+}
+
+impl Clone for Outbox {
+    fn clone(&self) -> Self {
+        self.shared.senders.fetch_add(1, Ordering::Relaxed);
+        Outbox {
+            id: self.id,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        if self.shared.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared.readable.notify_one();
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        // The lock is never held across a panic-prone call; a poisoned
+        // queue is still a consistent queue.
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the oldest item (the receiver's side).
+    fn pop(&self) -> Option<Outbound> {
+        let item = {
+            let mut q = self.lock();
+            let item = q.items.pop_front()?;
+            if q.items.is_empty() && q.items.capacity() > KEEP_CAPACITY {
+                q.items = VecDeque::new();
+            }
+            item
+        };
+        // A slot is free: one waiting `push` may go on.
+        self.writable.notify_one();
+        self.bytes.fetch_sub(item.len(), Ordering::AcqRel);
+        queued_gauge().decrement(item.len() as f64);
+        Some(item)
+    }
 }
 
 impl Outbox {
     /// A queue of at most `max_messages` entries and about `max_bytes` bytes.
     /// `id` identifies the connection in the hub's index.
+    ///
+    /// A `VecDeque` behind a mutex rather than a tokio mpsc channel: the
+    /// channel allocates a 32-slot block and its state up front (1.3 KB per
+    /// connection, measured), an empty `VecDeque` allocates nothing.
     pub fn new(id: u64, max_messages: usize, max_bytes: usize) -> (Outbox, OutboxReceiver) {
-        let (tx, rx) = mpsc::channel(max_messages.max(1));
         let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                items: VecDeque::new(),
+                closed: false,
+            }),
+            max_messages: max_messages.max(1),
             bytes: AtomicUsize::new(0),
             max_bytes: max_bytes.max(1),
             overflowed: AtomicBool::new(false),
-            queued: metrics::gauge!(QUEUED_BYTES),
-            notify: Notify::new(),
+            senders: AtomicUsize::new(1),
+            readable: Notify::new(),
+            writable: Notify::new(),
+            overflow: Notify::new(),
         });
         (
             Outbox {
                 id,
-                tx,
                 shared: shared.clone(),
             },
-            OutboxReceiver { rx, shared },
+            OutboxReceiver { shared },
         )
     }
 
@@ -94,7 +167,8 @@ impl Outbox {
 
     /// Free message slots right now.
     pub fn capacity(&self) -> usize {
-        self.tx.capacity()
+        let q = self.shared.lock();
+        self.shared.max_messages.saturating_sub(q.items.len())
     }
 
     /// True when `bytes` more would stay within the byte bound right now.
@@ -120,44 +194,59 @@ impl Outbox {
             self.overflow();
             return false;
         }
-        match self.tx.try_send(item) {
-            Ok(()) => {
-                self.shared.queued.increment(len as f64);
-                true
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.shared.bytes.fetch_sub(len, Ordering::AcqRel);
-                self.overflow();
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.shared.bytes.fetch_sub(len, Ordering::AcqRel);
-                false
-            }
+        let mut q = self.shared.lock();
+        if q.closed {
+            drop(q);
+            self.shared.bytes.fetch_sub(len, Ordering::AcqRel);
+            return false;
         }
+        if q.items.len() >= self.shared.max_messages {
+            drop(q);
+            self.shared.bytes.fetch_sub(len, Ordering::AcqRel);
+            self.overflow();
+            return false;
+        }
+        q.items.push_back(item);
+        drop(q);
+        queued_gauge().increment(len as f64);
+        self.shared.readable.notify_one();
+        true
     }
 
     /// Queues, waiting for a free slot. Used for replies and catch-up, where
     /// the producer of messages can wait for the client. `false` when the
     /// connection is gone.
     pub async fn push(&self, item: Outbound) -> bool {
-        if self.is_overflowed() {
-            return false;
-        }
         let len = item.len();
-        self.shared.bytes.fetch_add(len, Ordering::AcqRel);
-        if self.tx.send(item).await.is_err() {
-            self.shared.bytes.fetch_sub(len, Ordering::AcqRel);
-            return false;
+        loop {
+            if self.is_overflowed() {
+                return false;
+            }
+            // Registered before looking, so a slot freed in between is not
+            // missed.
+            let writable = self.shared.writable.notified();
+            {
+                let mut q = self.shared.lock();
+                if q.closed {
+                    return false;
+                }
+                if q.items.len() < self.shared.max_messages {
+                    q.items.push_back(item);
+                    drop(q);
+                    self.shared.bytes.fetch_add(len, Ordering::AcqRel);
+                    queued_gauge().increment(len as f64);
+                    self.shared.readable.notify_one();
+                    return true;
+                }
+            }
+            writable.await;
         }
-        self.shared.queued.increment(len as f64);
-        true
     }
 
     fn overflow(&self) {
         if !self.shared.overflowed.swap(true, Ordering::AcqRel) {
             metrics::counter!("herald_hub_slow_consumers_total").increment(1);
-            self.shared.notify.notify_one();
+            self.shared.overflow.notify_one();
         }
     }
 }
@@ -165,18 +254,23 @@ impl Outbox {
 impl OutboxReceiver {
     /// The next item to write; `None` when every sender is gone.
     pub async fn recv(&mut self) -> Option<Outbound> {
-        let item = self.rx.recv().await?;
-        self.shared.bytes.fetch_sub(item.len(), Ordering::AcqRel);
-        self.shared.queued.decrement(item.len() as f64);
-        Some(item)
+        let shared = &*self.shared;
+        loop {
+            let readable = shared.readable.notified();
+            if let Some(item) = shared.pop() {
+                return Some(item);
+            }
+            if shared.senders.load(Ordering::Acquire) == 0 {
+                // A sender may have queued just before leaving.
+                return shared.pop();
+            }
+            readable.await;
+        }
     }
 
     /// The next item if one is queued right now (for writing in batches).
     pub fn try_recv(&mut self) -> Option<Outbound> {
-        let item = self.rx.try_recv().ok()?;
-        self.shared.bytes.fetch_sub(item.len(), Ordering::AcqRel);
-        self.shared.queued.decrement(item.len() as f64);
-        Some(item)
+        self.shared.pop()
     }
 
     /// A handle that resolves once the queue has overflowed.
@@ -198,25 +292,28 @@ impl OutboxReceiver {
 
     /// Messages queued now.
     pub fn queued(&self) -> usize {
-        self.rx.len()
+        self.shared.lock().items.len()
     }
 }
 
 impl Drop for OutboxReceiver {
     fn drop(&mut self) {
-        // Whatever was still queued is discarded with the connection. A
-        // sender racing this drop may add a few bytes the gauge keeps; the
-        // connection is gone, so that error is bounded by one queue.
-        self.rx.close();
-        let mut left = 0usize;
-        while let Ok(item) = self.rx.try_recv() {
-            left += item.len();
-        }
+        // Whatever was still queued is discarded with the connection; from
+        // now on senders are refused.
+        let left: usize = {
+            let mut q = self.shared.lock();
+            q.closed = true;
+            let left = q.items.iter().map(Outbound::len).sum();
+            q.items = VecDeque::new();
+            left
+        };
         self.shared.bytes.fetch_sub(
             left.min(self.shared.bytes.load(Ordering::Acquire)),
             Ordering::AcqRel,
         );
-        self.shared.queued.decrement(left as f64);
+        queued_gauge().decrement(left as f64);
+        // Every waiting `push` must see `closed`.
+        self.shared.writable.notify_waiters();
     }
 }
 
@@ -229,7 +326,7 @@ impl OverflowWatch {
     /// Resolves once the queue has overflowed.
     pub async fn overflowed(&self) {
         loop {
-            let notified = self.shared.notify.notified();
+            let notified = self.shared.overflow.notified();
             if self.shared.overflowed.load(Ordering::Acquire) {
                 return;
             }
@@ -263,6 +360,66 @@ mod tests {
         assert!(!tx.try_push(Outbound::Frame("123456".into())));
         rx.recv().await.unwrap();
         assert_eq!(rx.queued_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn push_waits_for_a_slot() {
+        let (tx, mut rx) = Outbox::new(1, 1, 1 << 20);
+        assert!(tx.push(Outbound::Frame("a".into())).await);
+        let tx2 = tx.clone();
+        let waiting = tokio::spawn(async move { tx2.push(Outbound::Frame("b".into())).await });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "the queue is full: push waits");
+        assert_eq!(rx.recv().await.unwrap().text(), "a");
+        assert!(waiting.await.unwrap());
+        assert_eq!(rx.recv().await.unwrap().text(), "b");
+        assert!(!tx.is_overflowed(), "waiting is not overflowing");
+    }
+
+    #[tokio::test]
+    async fn a_waiting_push_fails_when_the_receiver_goes() {
+        let (tx, rx) = Outbox::new(1, 1, 1 << 20);
+        assert!(tx.try_push(Outbound::Frame("a".into())));
+        let tx2 = tx.clone();
+        let waiting = tokio::spawn(async move { tx2.push(Outbound::Frame("b".into())).await });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        drop(rx);
+        assert!(!waiting.await.unwrap());
+        assert!(!tx.try_push(Outbound::Frame("c".into())));
+    }
+
+    #[tokio::test]
+    async fn recv_ends_when_every_sender_is_gone() {
+        let (tx, mut rx) = Outbox::new(1, 10, 1 << 20);
+        let tx2 = tx.clone();
+        assert!(tx2.try_push(Outbound::Frame("last".into())));
+        drop(tx);
+        drop(tx2);
+        assert_eq!(rx.recv().await.unwrap().text(), "last");
+        assert!(rx.recv().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn recv_wakes_for_a_later_push() {
+        let (tx, mut rx) = Outbox::new(1, 10, 1 << 20);
+        let reader = tokio::spawn(async move { rx.recv().await.map(|o| o.text().to_owned()) });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(tx.try_push(Outbound::Frame("x".into())));
+        assert_eq!(reader.await.unwrap().as_deref(), Some("x"));
+    }
+
+    #[tokio::test]
+    async fn a_drained_burst_gives_its_memory_back() {
+        let (tx, mut rx) = Outbox::new(1, 10_000, 1 << 20);
+        for i in 0..1000 {
+            assert!(tx.try_push(Outbound::Frame(i.to_string())));
+        }
+        assert_eq!((rx.queued(), tx.capacity()), (1000, 9000));
+        for i in 0..1000 {
+            assert_eq!(rx.try_recv().unwrap().text(), i.to_string());
+        }
+        assert_eq!(rx.queued_bytes(), 0);
+        assert_eq!(rx.shared.lock().items.capacity(), 0);
     }
 
     #[tokio::test]
