@@ -4,8 +4,9 @@
 # release binaries; starts its own herald node (anonymous `chat`, no publish
 # rate limit) and stops it at the end. JSON results go to $OUT.
 #
-#   loadtest/bench.sh [p1|p2|p2io|p4|p6|all]   (default all)
+#   loadtest/bench.sh [p1|p2|p2io|p4|p5|p6|all]   (default all)
 #   SUBSCRIBERS=10000 loadtest/bench.sh p2
+#   STORM_CLIENTS=10000 STORM_JITTER_MS=1000 loadtest/bench.sh p5
 #   MOCK=1 loadtest/bench.sh p1     (librdkafka's mock cluster as the broker)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,7 +18,7 @@ BROKERS="${HERALD_TEST_BROKERS:-127.0.0.1:9092}"
 SUBSCRIBERS="${SUBSCRIBERS:-1000}"
 P2_RATE="${P2_RATE:-100}"
 mkdir -p "$OUT"
-ulimit -n 65536 2>/dev/null || echo "bench: could not raise the fd limit"
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || echo "bench: could not raise the fd limit"
 cargo build --release -q -p herald -p herald-loadtest
 BIN="$CARGO_TARGET_DIR/release"
 
@@ -37,15 +38,22 @@ if [[ -n "${MOCK:-}" ]]; then
     echo "bench: librdkafka mock cluster at $BROKERS"
 fi
 
-"$BIN/herald" serve --listen 127.0.0.1:0 --kafka-brokers "$BROKERS" \
-    --topic-prefix "bench-$$." --namespaces chat=8:anonymous --fetch-wait-max-ms 5 \
-    --publish-rate 0 --max-connections-per-ip 1000000 --queue-messages 100000 \
-    --queue-bytes 67108864 > "$OUT/herald.out" 2> "$OUT/herald.err" &
-srv=$!
+# start_herald NAME: a release herald node on a free port, all nodes on the
+# same topics; sets PID and NODE_URL.
+start_herald() {
+    "$BIN/herald" serve --listen 127.0.0.1:0 --kafka-brokers "$BROKERS" \
+        --topic-prefix "bench-$$." --namespaces chat=8:anonymous --fetch-wait-max-ms 5 \
+        --publish-rate 0 --max-connections-per-ip 1000000 --queue-messages 100000 \
+        --queue-bytes 67108864 > "$OUT/$1.out" 2> "$OUT/$1.err" &
+    PID=$!
+    for _ in $(seq 1 300); do grep -q listening "$OUT/$1.out" && break; sleep 0.1; done
+    NODE_URL="$(sed -n 's/^herald listening on //p' "$OUT/$1.out")"
+    [[ -n "$NODE_URL" ]] || { echo "bench: herald ($1) did not start"; cat "$OUT/$1.err"; exit 1; }
+}
+start_herald herald
+srv=$PID
+URL=$NODE_URL
 trap 'kill $srv $mock 2>/dev/null || true' EXIT
-for _ in $(seq 1 300); do grep -q listening "$OUT/herald.out" && break; sleep 0.1; done
-URL="$(sed -n 's/^herald listening on //p' "$OUT/herald.out")"
-[[ -n "$URL" ]] || { echo "bench: herald did not start"; cat "$OUT/herald.err"; exit 1; }
 echo "bench: herald (release) at $URL, broker $BROKERS, results in $OUT"
 LT="$BIN/herald-loadtest"
 
@@ -78,4 +86,16 @@ if [[ $WHAT == all || $WHAT == p2io ]]; then
     "$LT" vs-socketio --url "$URL" --sio-url "$SIO_URL" --subscribers "$SUBSCRIBERS" --channels 1 \
         --publishers 1 --rate "$P2_RATE" --duration-secs 10 --size 100 --drain-secs 30 \
         --source-ips 127.0.0.1-127.0.0.4 --json "$OUT/p2io-$SUBSCRIBERS-$P2_RATE.json"
+fi
+if [[ $WHAT == all || $WHAT == p5 ]]; then
+    STORM_CLIENTS="${STORM_CLIENTS:-1000}"
+    echo "== P5: reconnect storm, $STORM_CLIENTS clients on edge A, A killed, all resume on edge B"
+    start_herald herald-a
+    srv_a=$PID
+    disown "$srv_a" 2>/dev/null || true   # its SIGKILL is the point, not news
+    trap 'kill $srv $srv_a $mock 2>/dev/null || true' EXIT
+    "$LT" storm --url-a "$NODE_URL" --pid-a "$srv_a" --url-b "$URL" \
+        --subscribers "$STORM_CLIENTS" --channels 10 --rate 50 --before-secs 5 --after-secs 15 \
+        --jitter-ms "${STORM_JITTER_MS:-0}" --source-ips 127.0.0.1-127.0.0.4 \
+        --json "$OUT/p5-$STORM_CLIENTS-${STORM_JITTER_MS:-0}.json"
 fi

@@ -289,14 +289,15 @@ async fn subscriber(
     })
 }
 
-struct PubResult {
-    acked: Vec<(String, Uuid)>,
-    nacks: u64,
-    sent: u64,
+pub(crate) struct PubResult {
+    /// Channel, id and when the ack arrived.
+    pub(crate) acked: Vec<(String, Uuid, Instant)>,
+    pub(crate) nacks: u64,
+    pub(crate) sent: u64,
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn publisher(
+pub(crate) async fn publisher(
     ws: Ws,
     index: usize,
     channels: Arc<Vec<String>>,
@@ -331,7 +332,7 @@ async fn publisher(
                     if let Some(id) = f.id {
                         if let Some(ch) = out2.lock().unwrap_or_else(|p| p.into_inner()).remove(&id)
                         {
-                            acked.push((ch, id));
+                            acked.push((ch, id, Instant::now()));
                             acks2.fetch_add(1, Ordering::Relaxed);
                         }
                     }
@@ -498,7 +499,7 @@ pub async fn run(cfg: GenConfig) -> anyhow::Result<Report> {
         let r = p.await??;
         sent += r.sent;
         nacks += r.nacks;
-        for (ch, id) in r.acked {
+        for (ch, id, _) in r.acked {
             verifier.acked(&ch, id);
         }
     }

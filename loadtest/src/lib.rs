@@ -9,6 +9,7 @@
 //!   with no Kafka, speaking the same frames.
 //! - [`resume`]: P4, catching up N messages through herald against reading
 //!   them straight from Kafka.
+//! - [`storm`]: P5, the reconnect storm after an edge is killed.
 //! - [`verify`]: the verifier (every acked message to every subscriber of its
 //!   channel, exactly once).
 //! - [`report`]: the summary table and JSON.
@@ -17,6 +18,7 @@ pub mod gen;
 pub mod kafkafloor;
 pub mod report;
 pub mod resume;
+pub mod storm;
 pub mod verify;
 pub mod wsfloor;
 

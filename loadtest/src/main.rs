@@ -141,6 +141,43 @@ enum Cmd {
         #[command(flatten)]
         load: Load,
     },
+    /// P5: subscribers on edge A, a publisher on edge B; A is killed and
+    /// every subscriber resumes on B. Time to all resumed, lost, duplicated.
+    Storm {
+        /// The edge the subscribers start on (it is killed).
+        #[arg(long)]
+        url_a: String,
+        /// Edge A's process id.
+        #[arg(long)]
+        pid_a: u32,
+        /// The surviving edge.
+        #[arg(long)]
+        url_b: String,
+        #[arg(long, default_value_t = 1000)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 10)]
+        channels: usize,
+        /// Publishes per second over all channels, for the whole run.
+        #[arg(long, default_value_t = 50)]
+        rate: u32,
+        /// Seconds of publishing before the kill.
+        #[arg(long, default_value_t = 5)]
+        before_secs: u64,
+        /// Seconds of publishing after the kill.
+        #[arg(long, default_value_t = 15)]
+        after_secs: u64,
+        /// Each client's first reconnect waits a random time up to this.
+        #[arg(long, default_value_t = 0)]
+        jitter_ms: u64,
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        #[arg(long)]
+        source_ips: Option<String>,
+        #[arg(long, default_value_t = 60)]
+        drain_secs: u64,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// P2: the bare WebSocket floor (in process), then herald, same fan-out;
     /// prints both and the ratio of deliveries per second.
     VsWs {
@@ -338,6 +375,52 @@ async fn main() -> anyhow::Result<()> {
                 ..gen_cfg(&sio_url, &load)?
             };
             fan_out_vs(base, "socket.io", &url, &load).await?;
+        }
+        Cmd::Storm {
+            url_a,
+            pid_a,
+            url_b,
+            subscribers,
+            channels,
+            rate,
+            before_secs,
+            after_secs,
+            jitter_ms,
+            size,
+            source_ips: ips,
+            drain_secs,
+            json,
+        } => {
+            let r = herald_loadtest::storm::run(herald_loadtest::storm::StormConfig {
+                url_a,
+                pid_a,
+                url_b,
+                subscribers,
+                channels,
+                rate,
+                before: Duration::from_secs(before_secs),
+                after: Duration::from_secs(after_secs),
+                jitter: Duration::from_millis(jitter_ms),
+                size,
+                source_ips: source_ips(&ips)?,
+                drain: Duration::from_secs(drain_secs),
+                channel_prefix: GenConfig::default().channel_prefix,
+                progress: true,
+            })
+            .await?;
+            r.print();
+            if let Some(p) = json {
+                std::fs::write(&p, serde_json::to_string_pretty(&r)?)?;
+            }
+            let t = &r.totals;
+            if t.lost > 0 || t.duplicated > 0 || r.not_recovered > 0 {
+                anyhow::bail!(
+                    "lost {} duplicated {} not recovered {}",
+                    t.lost,
+                    t.duplicated,
+                    r.not_recovered
+                );
+            }
         }
         Cmd::VsWs { url, load } => {
             let addr = wsfloor::serve("127.0.0.1:0".parse()?).await?;
