@@ -8,6 +8,7 @@
 #   SUBSCRIBERS=10000 loadtest/bench.sh p2
 #   STORM_CLIENTS=10000 STORM_JITTER_MS=1000 loadtest/bench.sh p5
 #   MOCK=1 loadtest/bench.sh p1     (librdkafka's mock cluster as the broker)
+#   P2_DRAIN=150 SUBSCRIBERS=10000 P2_RATE=40 loadtest/bench.sh p2io   (a slow peer needs time to drain)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -74,8 +75,15 @@ if [[ $WHAT == all || $WHAT == p4 ]]; then
 fi
 if [[ $WHAT == all || $WHAT == p2 ]]; then
     echo "== P2: fan-out, one channel, $SUBSCRIBERS subscribers, $P2_RATE msg/s, vs the bare WebSocket floor"
-    "$LT" vs-ws --url "$URL" --subscribers "$SUBSCRIBERS" --channels 1 --publishers 1 \
-        --rate "$P2_RATE" --duration-secs 10 --size 100 --drain-secs 30 \
+    # The floor in its own process, like herald (and the generator's open
+    # files stay under the limit at 10,000 subscribers).
+    "$LT" ws-floor-server --listen 127.0.0.1:0 > "$OUT/wsfloor.out" 2>&1 &
+    floor=$!
+    trap 'kill $srv $floor $mock 2>/dev/null || true' EXIT
+    for _ in $(seq 1 50); do grep -q "ws-floor listening" "$OUT/wsfloor.out" && break; sleep 0.1; done
+    FLOOR_URL="$(sed -n 's/^ws-floor listening on //p' "$OUT/wsfloor.out")"
+    "$LT" vs-ws --url "$URL" --floor-url "$FLOOR_URL" --subscribers "$SUBSCRIBERS" --channels 1 --publishers 1 \
+        --rate "$P2_RATE" --duration-secs 10 --size 100 --drain-secs "${P2_DRAIN:-30}" \
         --source-ips 127.0.0.1-127.0.0.4 --json "$OUT/p2-$SUBSCRIBERS-$P2_RATE.json"
 fi
 if [[ $WHAT == all || $WHAT == p2io ]]; then
@@ -84,7 +92,7 @@ if [[ $WHAT == all || $WHAT == p2io ]]; then
     trap 'kill $srv $mock $(cat "$OUT/socketio.pids") 2>/dev/null || true' EXIT
     [[ -n "$SIO_URL" ]] || { echo "bench: socket.io did not start"; cat "$OUT/socketio.err"; exit 1; }
     "$LT" vs-socketio --url "$URL" --sio-url "$SIO_URL" --subscribers "$SUBSCRIBERS" --channels 1 \
-        --publishers 1 --rate "$P2_RATE" --duration-secs 10 --size 100 --drain-secs 30 \
+        --publishers 1 --rate "$P2_RATE" --duration-secs 10 --size 100 --drain-secs "${P2_DRAIN:-30}" \
         --source-ips 127.0.0.1-127.0.0.4 --json "$OUT/p2io-$SUBSCRIBERS-$P2_RATE.json"
 fi
 if [[ $WHAT == all || $WHAT == p5 ]]; then

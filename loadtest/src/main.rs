@@ -98,7 +98,8 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: std::net::SocketAddr,
     },
-    /// P1/P6: the bare Kafka floor, then herald, same rate (or window), one
+    /// P1/P6: the bare Kafka floor (in a child process), then herald, same
+    /// rate (or window), one
     /// subscriber; prints both and the ratios.
     VsKafka {
         #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
@@ -183,6 +184,11 @@ enum Cmd {
     VsWs {
         #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
         url: String,
+        /// A floor already running (`ws-floor-server`, its own process);
+        /// without it the floor runs inside this process, which then holds
+        /// both ends of every floor connection.
+        #[arg(long)]
+        floor_url: Option<String>,
         #[command(flatten)]
         load: Load,
     },
@@ -250,6 +256,46 @@ fn ratio(a: f64, b: f64) -> f64 {
     } else {
         (a / b * 1000.0).round() / 1000.0
     }
+}
+
+/// The bare Kafka floor, run by this same program as a child process
+/// (`kafka-floor`), its report read back from JSON: the floor's librdkafka
+/// clients (and their threads) never share the generator's process with the
+/// herald run that follows.
+async fn floor_in_child(
+    brokers: &str,
+    fetch_wait_max_ms: u32,
+    load: &Load,
+) -> anyhow::Result<Report> {
+    let json = std::env::temp_dir().join(format!("herald-floor-{}.json", uuid::Uuid::new_v4()));
+    let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
+    cmd.arg("kafka-floor")
+        .args(["--brokers", brokers])
+        .args(["--fetch-wait-max-ms", &fetch_wait_max_ms.to_string()])
+        .args(["--rate", &load.rate.to_string()])
+        .args(["--window", &load.window.to_string()])
+        .args(["--duration-secs", &load.duration_secs.to_string()])
+        .args(["--size", &load.size.to_string()])
+        .arg("--json")
+        .arg(&json);
+    if let Some(t) = &load.floor_topic {
+        cmd.args(["--floor-topic", t]);
+    }
+    let status = cmd.status().await.context("running the kafka floor")?;
+    if !status.success() {
+        anyhow::bail!("the kafka floor failed: {status}");
+    }
+    let text = std::fs::read_to_string(&json).context("the kafka floor's report")?;
+    let _ = std::fs::remove_file(&json);
+    #[derive(serde::Deserialize)]
+    struct Out {
+        reports: Vec<Report>,
+    }
+    let out: Out = serde_json::from_str(&text).context("the kafka floor's report")?;
+    out.reports
+        .into_iter()
+        .next()
+        .context("the kafka floor wrote no report")
 }
 
 /// The same fan-out against `base` (labelled `label`), then herald at `url`;
@@ -324,8 +370,7 @@ async fn main() -> anyhow::Result<()> {
             fetch_wait_max_ms,
             load,
         } => {
-            let floor = kafkafloor::run(floor_cfg(&brokers, fetch_wait_max_ms, &load)).await?;
-            floor.print();
+            let floor = floor_in_child(&brokers, fetch_wait_max_ms, &load).await?;
             println!();
             let one = Load {
                 subscribers: 1,
@@ -422,9 +467,16 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
         }
-        Cmd::VsWs { url, load } => {
-            let addr = wsfloor::serve("127.0.0.1:0".parse()?).await?;
-            let base = gen_cfg(&format!("ws://{addr}/ws"), &load)?;
+        Cmd::VsWs {
+            url,
+            floor_url,
+            load,
+        } => {
+            let floor_url = match floor_url {
+                Some(u) => u,
+                None => format!("ws://{}/ws", wsfloor::serve("127.0.0.1:0".parse()?).await?),
+            };
+            let base = gen_cfg(&floor_url, &load)?;
             fan_out_vs(base, "ws-floor", &url, &load).await?;
         }
     }

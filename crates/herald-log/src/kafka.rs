@@ -619,9 +619,18 @@ impl Kafka {
         }
         tokio::spawn(async move {
             let mut topics: HashMap<String, Arc<str>> = HashMap::new();
+            // Handles looked up once, not per record.
+            let records = metrics::counter!("herald_log_tail_records_total");
+            let delay = metrics::histogram!("herald_log_tail_delay_seconds");
             loop {
                 match consumer.recv().await {
                     Ok(m) => {
+                        // How long the record took from the producer to the
+                        // tail (its CreateTime; same clock on one host, a
+                        // cross-host skew shows up here too).
+                        if let Some(ts) = m.timestamp().to_millis() {
+                            delay.record((now_ms() - ts).max(0) as f64 / 1000.0);
+                        }
                         let topic = match topics.get(m.topic()) {
                             Some(t) => t.clone(),
                             None => {
@@ -630,7 +639,7 @@ impl Kafka {
                                 t
                             }
                         };
-                        metrics::counter!("herald_log_tail_records_total").increment(1);
+                        records.increment(1);
                         sink.on_record(Record::from_message(&m, topic));
                     }
                     Err(e) => {
