@@ -67,6 +67,9 @@ pub struct Ctx {
     pub frames_out: metrics::Counter,
 }
 
+/// How often histogram samples are folded into their buckets.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
 /// A connection's place under the connection limits, released on drop.
 pub struct ConnSlot {
     ctx: Arc<Ctx>,
@@ -250,6 +253,21 @@ impl Edge {
     /// 1001, the producer is flushed.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let ctx = self.ctx.clone();
+        // The recorder keeps every histogram sample until upkeep drains it
+        // into the buckets; `install_recorder` leaves that to the caller.
+        // Without it a node nobody scrapes grows by 8 bytes per publish and
+        // per tailed record, and the next scrape drains it all at once.
+        let upkeep = {
+            let handle = self.metrics.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(METRICS_UPKEEP);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    handle.run_upkeep();
+                }
+            })
+        };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = warp::serve(routes(ctx.clone(), self.metrics))
             .incoming(self.listener)
@@ -291,6 +309,7 @@ impl Edge {
             warn!(%e, "Producer flush incomplete at shutdown");
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
+        upkeep.abort();
         info!("Shutdown complete");
     }
 }
