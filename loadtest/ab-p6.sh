@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# A/B of herald builds on P6 (ingest, closed loop, 64 in flight) on
+# librdkafka's mock cluster: each build against the bare producer in the same
+# command, alternating, twice; also herald's CPU per 1,000 acked publishes
+# (from /proc/PID/stat), which the machine's noise moves less than acks/s.
+#
+#   loadtest/ab-p6.sh /path/to/herald-before /path/to/herald-after
+#   (DUR=10 seconds per run by default)
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${HERALD_CACHE:-$HOME/.cache/herald}/target}"
+(cd "$ROOT" && cargo build --release -q -p herald-loadtest)
+BIN="$CARGO_TARGET_DIR/release"
+OUT="$(mktemp -d)"
+"$BIN/herald-loadtest" mock-broker --topics "ab.chat:8,ab.meta:1,ab.cursors:8,loadtest-floor:1" \
+    > "$OUT/mock.out" 2>&1 &
+mock=$!
+trap 'kill $mock 2>/dev/null || true' EXIT
+for _ in $(seq 1 50); do grep -q "mock broker at" "$OUT/mock.out" && break; sleep 0.1; done
+BROKERS="$(sed -n 's/^mock broker at //p' "$OUT/mock.out")"
+for round in 1 2; do
+    for H in "$@"; do
+        "$H" serve --listen 127.0.0.1:0 --kafka-brokers "$BROKERS" --topic-prefix ab. \
+            --namespaces chat=8:anonymous --fetch-wait-max-ms 5 --publish-rate 0 \
+            --queue-messages 100000 --queue-bytes 67108864 > "$OUT/h.out" 2> "$OUT/h.err" &
+        srv=$!
+        for _ in $(seq 1 300); do grep -q listening "$OUT/h.out" && break; sleep 0.1; done
+        URL="$(sed -n 's/^herald listening on //p' "$OUT/h.out")"
+        result="$("$BIN/herald-loadtest" vs-kafka --url "$URL" --brokers "$BROKERS" --fetch-wait-max-ms 5 \
+            --rate 0 --window 64 --duration-secs "${DUR:-10}" --size 100 --floor-topic loadtest-floor 2>/dev/null \
+            | grep -E 'acks/s|herald /' | sed 's/publishes *sent [0-9]* *acked [0-9]* *nacked 0 *//' | tr '\n' ' ')"
+        ticks=$(awk '{print $14+$15}' "/proc/$srv/stat")
+        HTTP="$(echo "${URL%/ws}" | sed 's#ws://#http://#')"
+        acked=$(curl -s "$HTTP/metrics" | awk '/^herald_publish_acks_total/ {print $2}')
+        echo "== $H, round $round: $result"
+        echo "   herald CPU: $(awk -v t="$ticks" -v a="$acked" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", t * 1000 / hz / (a / 1000)}') ms per 1,000 acks"
+        kill "$srv"; wait "$srv" 2>/dev/null || true
+    done
+done
