@@ -530,6 +530,32 @@ impl Hub {
             // Already dispatched (a re-fetch after a broker reconnect).
             return;
         }
+        if r.offset > st.next_offset {
+            // The tail skipped records: herald's topics have no offset gaps
+            // (no transactions, no compaction), so this is librdkafka
+            // resetting a tail that fell behind the log start (the records
+            // were deleted before it read them). No live subscriber of the
+            // partition got them, and the ring is no longer contiguous. Every
+            // subscriber of the partition is cut (it resumes with `since` and
+            // learns `recovered: false` if the records are gone) instead of
+            // carrying on with a silent gap.
+            let (from, to) = (st.next_offset, r.offset);
+            warn!(topic = %r.topic, partition = r.partition, from, to, "The tail skipped records; cutting the partition's subscribers");
+            metrics::counter!("herald_hub_tail_gaps_total").increment(1);
+            metrics::counter!("herald_hub_tail_skipped_records_total")
+                .increment((to - from) as u64);
+            st.recent.clear();
+            st.recent_bytes = 0;
+            st.recent_from = r.offset;
+            let mut cut = 0usize;
+            for (_, list) in st.subs.drain() {
+                for sub in list {
+                    sub.outbox.cut();
+                    cut += 1;
+                }
+            }
+            metrics::gauge!("herald_hub_subscriptions").decrement(cut as f64);
+        }
         st.next_offset = r.offset + 1;
         let Some(d) = delivery else {
             return;

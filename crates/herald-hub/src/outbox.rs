@@ -243,6 +243,15 @@ impl Outbox {
         }
     }
 
+    /// Closes the connection the way an overflow does (the client resumes
+    /// with `since`), for a reason other than a slow reader: the hub lost
+    /// track of what the subscriber should have got.
+    pub fn cut(&self) {
+        if !self.shared.overflowed.swap(true, Ordering::AcqRel) {
+            self.shared.overflow.notify_one();
+        }
+    }
+
     fn overflow(&self) {
         if !self.shared.overflowed.swap(true, Ordering::AcqRel) {
             metrics::counter!("herald_hub_slow_consumers_total").increment(1);

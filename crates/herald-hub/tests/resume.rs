@@ -210,3 +210,47 @@ async fn hand_off_under_concurrent_dispatch() {
         assert_eq!(got, want, "round {round}");
     }
 }
+
+/// The tail skips records (librdkafka reset a tail that fell behind the log
+/// start): the partition's subscribers are cut instead of carrying on with a
+/// silent gap, the ring forgets the range it no longer covers, and a resume
+/// gets what the log still holds, or `recovered: false` when it is gone.
+#[tokio::test]
+async fn a_gap_in_the_tail_cuts_the_partitions_subscribers() {
+    let log = Arc::new(MemLog::default());
+    let h = hub(log.clone(), 100);
+    let (a, mut a_rx) = Outbox::new(1, 100, 1 << 20);
+    let (b, _b_rx) = Outbox::new(2, 100, 1 << 20);
+    h.subscribe(&a, TOPIC, "chat:a", None).await.unwrap();
+    h.subscribe(&b, TOPIC, "chat:b", None).await.unwrap();
+    for i in 0..5 {
+        h.on_record(log.append("chat:a", i));
+    }
+    // Offsets 5..=9 are written but the tail never sees them.
+    for i in 5..10 {
+        log.append("chat:a", i);
+    }
+    h.on_record(log.append("chat:a", 10));
+    assert!(a.is_overflowed() && b.is_overflowed(), "both are cut");
+    a_rx.overflowed().await;
+    assert_eq!(seqs(&drain(&mut a_rx).await), vec![0, 1, 2, 3, 4]);
+    assert!(!h.unsubscribe(&a, TOPIC, "chat:a"), "out of the index");
+
+    // Resume from 4 while the log still has 5..: everything, from the log.
+    let (c, mut c_rx) = Outbox::new(3, 100, 1 << 20);
+    let out = h
+        .subscribe(&c, TOPIC, "chat:a", Some(&position(4)))
+        .await
+        .unwrap();
+    assert!(out.recovered);
+    assert_eq!(seqs(&drain(&mut c_rx).await), vec![5, 6, 7, 8, 9, 10]);
+
+    // Once the log start has moved past them, the resume says so.
+    *log.low.lock().unwrap() = 8;
+    let (d, _d_rx) = Outbox::new(4, 100, 1 << 20);
+    let out = h
+        .subscribe(&d, TOPIC, "chat:a", Some(&position(4)))
+        .await
+        .unwrap();
+    assert!(!out.recovered);
+}
