@@ -73,6 +73,12 @@ pub async fn run(cfg: FloorConfig) -> anyhow::Result<Report> {
         .set("fetch.min.bytes", "1")
         .set("fetch.queue.backoff.ms", "5");
     let consumer: StreamConsumer = cc.create()?;
+    // Look the topic up first: librdkafka's assign() of a topic the client
+    // has not asked about waits for its once-a-second scan of unknown topics
+    // (herald-log does the same for its tail and readers).
+    consumer
+        .fetch_metadata(Some(&topic), Duration::from_secs(10))
+        .context("topic metadata")?;
     let mut tpl = TopicPartitionList::new();
     // From the end: an existing topic may hold earlier runs' records.
     tpl.add_partition_offset(&topic, 0, Offset::End)?;

@@ -27,6 +27,28 @@ use crate::{BoxFuture, LogConfig, LogError, LogRead, RangeBatch, Record, RecordS
 const IDLE_READERS: usize = 4;
 /// Range reads running at once (a reconnect storm queues here, not in librdkafka).
 const CONCURRENT_READS: usize = 16;
+/// How long a reader trusts that librdkafka still knows a topic it asked
+/// about (its metadata cache keeps entries far longer; see [`warm_topic`]).
+const WARM_FOR: Duration = Duration::from_secs(60);
+
+/// Makes a client know `topic`'s partition leaders before (or right after)
+/// it assigns one of its partitions. librdkafka's `assign()` of a topic the
+/// client has never looked up does not ask for its metadata: the partition
+/// waits for the once-a-second scan of unknown topics, so its first fetch
+/// came up to a second late (measured: 330-530 ms of delay on the first
+/// messages a node delivered after a subscriber made its tail follow a new
+/// partition; docs/benchmarks.md, P1). A metadata request for the topic fills
+/// the client's cache, which `assign()` reads, and updates an already
+/// assigned partition at once.
+fn warm_topic(consumer: &impl Consumer, topic: &str, timeout: Duration) -> Result<(), KafkaError> {
+    consumer.fetch_metadata(Some(topic), timeout).map(|_| ())
+}
+
+/// A pooled range reader and the topics it has looked up.
+struct Reader {
+    consumer: Arc<StreamConsumer>,
+    warmed: HashMap<String, Instant>,
+}
 
 /// A topic herald uses, as found (or created) at start.
 #[derive(Clone, Debug)]
@@ -63,7 +85,7 @@ pub struct Kafka {
     /// Metadata and watermark lookups (blocking calls, run on the blocking pool).
     lookup: Arc<BaseConsumer>,
     /// Idle range readers.
-    readers: Mutex<Vec<StreamConsumer>>,
+    readers: Mutex<Vec<Reader>>,
     read_permits: Semaphore,
     tail: OnceLock<Tail>,
 }
@@ -521,15 +543,18 @@ impl Kafka {
         Ok(None)
     }
 
-    fn take_reader(&self) -> Result<StreamConsumer, LogError> {
+    fn take_reader(&self) -> Result<Reader, LogError> {
         if let Some(r) = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop() {
             return Ok(r);
         }
-        Ok(Self::consumer_config(&self.cfg, true).create()?)
+        Ok(Reader {
+            consumer: Arc::new(Self::consumer_config(&self.cfg, true).create()?),
+            warmed: HashMap::new(),
+        })
     }
 
-    fn return_reader(&self, r: StreamConsumer) {
-        if r.unassign().is_err() {
+    fn return_reader(&self, r: Reader) {
+        if r.consumer.unassign().is_err() {
             return;
         }
         let mut idle = self.readers.lock().unwrap_or_else(|p| p.into_inner());
@@ -557,10 +582,25 @@ impl Kafka {
             .acquire()
             .await
             .map_err(|e| LogError::Task(e.to_string()))?;
-        let reader = self.take_reader()?;
+        let mut reader = self.take_reader()?;
+        if reader
+            .warmed
+            .get(topic)
+            .is_none_or(|at| at.elapsed() > WARM_FOR)
+        {
+            let (c, name, t) = (
+                reader.consumer.clone(),
+                topic.to_owned(),
+                self.cfg.request_timeout,
+            );
+            tokio::task::spawn_blocking(move || warm_topic(&*c, &name, t))
+                .await
+                .map_err(|e| LogError::Task(format!("metadata: {e}")))??;
+            reader.warmed.insert(topic.to_owned(), Instant::now());
+        }
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, partition, Offset::Offset(from))?;
-        reader.assign(&tpl)?;
+        reader.consumer.assign(&tpl)?;
         let topic_arc: Arc<str> = Arc::from(topic);
         let mut out = Vec::new();
         let mut next = from;
@@ -570,7 +610,9 @@ impl Kafka {
             }
             // The deadline is per record, not per batch: a large catch-up on
             // a busy broker is slow but making progress, and must not fail.
-            let msg = match tokio::time::timeout(self.cfg.request_timeout, reader.recv()).await {
+            let msg = match tokio::time::timeout(self.cfg.request_timeout, reader.consumer.recv())
+                .await
+            {
                 Err(_) => break Err(LogError::Timeout(self.cfg.request_timeout, "a range read")),
                 Ok(Err(KafkaError::PartitionEOF(_))) => {
                     // Everything up to the high watermark was read.
@@ -723,8 +765,31 @@ impl LogRead for Kafka {
         }
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, partition, Offset::Offset(from))?;
+        let first_of_topic = !followed.keys().any(|(t, _)| t == topic);
         tail.consumer.incremental_assign(&tpl)?;
         followed.insert((topic.to_owned(), partition), from);
+        if first_of_topic {
+            // Off the caller's thread: the answer updates the assigned
+            // partition inside librdkafka; if it fails, the once-a-second
+            // scan still finds the leader, only later.
+            let (c, name, t) = (
+                tail.consumer.clone(),
+                topic.to_owned(),
+                self.cfg.request_timeout,
+            );
+            let spawned = std::thread::Builder::new()
+                .name("herald-tail-metadata".into())
+                .spawn(move || {
+                    if let Err(e) = warm_topic(&*c, &name, t) {
+                        metrics::counter!("herald_log_errors_total", "op" => "metadata")
+                            .increment(1);
+                        warn!(%e, topic = %name, "Metadata for a newly tailed topic failed; librdkafka finds its leader within a second");
+                    }
+                });
+            if let Err(e) = spawned {
+                warn!(%e, "Could not start the tail's metadata lookup");
+            }
+        }
         debug!(topic, partition, from, "Tailing partition");
         metrics::gauge!("herald_log_tailed_partitions").set(followed.len() as f64);
         Ok(())
