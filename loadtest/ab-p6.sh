@@ -2,7 +2,8 @@
 # A/B of herald builds on P6 (ingest, closed loop, 64 in flight) on
 # librdkafka's mock cluster: each build against the bare producer in the same
 # command, alternating, twice; also herald's CPU per 1,000 acked publishes
-# (from /proc/PID/stat), which the machine's noise moves less than acks/s.
+# (from /proc/PID/stat), which the machine's noise moves less than acks/s,
+# and herald's peak RSS (VmHWM).
 #
 #   loadtest/ab-p6.sh /path/to/herald-before /path/to/herald-after
 #   (DUR=10 seconds per run by default)
@@ -33,7 +34,8 @@ for round in 1 2; do
         HTTP="$(echo "${URL%/ws}" | sed 's#ws://#http://#')"
         acked=$(curl -s "$HTTP/metrics" | awk '/^herald_publish_acks_total/ {print $2}')
         echo "== $H, round $round: $result"
-        echo "   herald CPU: $(awk -v t="$ticks" -v a="$acked" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", t * 1000 / hz / (a / 1000)}') ms per 1,000 acks"
+        peak=$(awk '/^VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$srv/status")
+        echo "   herald CPU: $(awk -v t="$ticks" -v a="$acked" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", t * 1000 / hz / (a / 1000)}') ms per 1,000 acks; peak RSS $peak MiB"
         kill "$srv"; wait "$srv" 2>/dev/null || true
     done
 done
