@@ -44,10 +44,37 @@ fn warm_topic(consumer: &impl Consumer, topic: &str, timeout: Duration) -> Resul
     consumer.fetch_metadata(Some(topic), timeout).map(|_| ())
 }
 
+/// How long a range read waits for a record after an end-of-partition event
+/// that the high watermark contradicts.
+const EOF_DOUBT: Duration = Duration::from_secs(1);
+/// How long an idle reader stays assigned where its last range read ended,
+/// for the next read to continue without a new assignment.
+const CONTINUE_FOR: Duration = Duration::from_secs(2);
+
 /// A pooled range reader and the topics it has looked up.
 struct Reader {
     consumer: Arc<StreamConsumer>,
     warmed: HashMap<String, Instant>,
+    /// Still assigned at (topic, partition, next offset) since the instant:
+    /// the previous read stopped at its record limit and the next record is
+    /// already on its way.
+    at: Option<(String, i32, i64, Instant)>,
+}
+
+impl Reader {
+    fn continues(&self, topic: &str, partition: i32, from: i64) -> bool {
+        matches!(&self.at, Some((t, p, o, since))
+            if t == topic && *p == partition && *o == from && since.elapsed() < CONTINUE_FOR)
+    }
+
+    /// Drops a stale assignment (librdkafka keeps fetching for an assigned
+    /// partition until its queue is full).
+    fn release(&mut self) -> Result<(), KafkaError> {
+        if self.at.take().is_some() {
+            self.consumer.unassign()?;
+        }
+        Ok(())
+    }
 }
 
 /// A topic herald uses, as found (or created) at start.
@@ -126,7 +153,12 @@ impl Kafka {
         .set("fetch.wait.max.ms", cfg.fetch_wait_max_ms.to_string())
         .set("fetch.min.bytes", "1")
         .set("fetch.queue.backoff.ms", "5")
-        .set("queued.max.messages.kbytes", "16384");
+        // Readers stop at a record limit (and may stay assigned for a read
+        // that continues): a smaller prefetch bounds what an idle one holds.
+        .set(
+            "queued.max.messages.kbytes",
+            if eof { "4096" } else { "16384" },
+        );
         c
     }
 
@@ -543,21 +575,63 @@ impl Kafka {
         Ok(None)
     }
 
-    fn take_reader(&self) -> Result<Reader, LogError> {
-        if let Some(r) = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop() {
-            return Ok(r);
+    /// An idle reader: the one whose last read ended at `from` of this
+    /// partition if there is one (true: it is still assigned there), else
+    /// any, unassigned.
+    fn take_reader(
+        &self,
+        topic: &str,
+        partition: i32,
+        from: i64,
+    ) -> Result<(Reader, bool), LogError> {
+        let found = {
+            let mut idle = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+            match idle
+                .iter()
+                .position(|r| r.continues(topic, partition, from))
+            {
+                Some(i) => return Ok((idle.swap_remove(i), true)),
+                None => idle.pop(),
+            }
+        };
+        if let Some(mut r) = found {
+            r.release()?;
+            return Ok((r, false));
         }
-        Ok(Reader {
-            consumer: Arc::new(Self::consumer_config(&self.cfg, true).create()?),
-            warmed: HashMap::new(),
-        })
+        Ok((
+            Reader {
+                consumer: Arc::new(Self::consumer_config(&self.cfg, true).create()?),
+                warmed: HashMap::new(),
+                at: None,
+            },
+            false,
+        ))
     }
 
-    fn return_reader(&self, r: Reader) {
-        if r.consumer.unassign().is_err() {
-            return;
+    /// Back to the pool; `next` when the read stopped at its record limit, so
+    /// that a read continuing from there keeps this assignment.
+    fn return_reader(&self, mut r: Reader, topic: &str, partition: i32, next: Option<i64>) {
+        match next {
+            Some(o) => r.at = Some((topic.to_owned(), partition, o, Instant::now())),
+            None => {
+                if r.consumer.unassign().is_err() {
+                    return;
+                }
+                r.at = None;
+            }
         }
         let mut idle = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        // Readers left assigned and not continued in time are released here,
+        // as other reads come and go.
+        for other in idle.iter_mut() {
+            if other
+                .at
+                .as_ref()
+                .is_some_and(|a| a.3.elapsed() >= CONTINUE_FOR)
+            {
+                let _ = other.release();
+            }
+        }
         if idle.len() < IDLE_READERS {
             idle.push(r);
         }
@@ -582,11 +656,12 @@ impl Kafka {
             .acquire()
             .await
             .map_err(|e| LogError::Task(e.to_string()))?;
-        let mut reader = self.take_reader()?;
-        if reader
-            .warmed
-            .get(topic)
-            .is_none_or(|at| at.elapsed() > WARM_FOR)
+        let (mut reader, continuing) = self.take_reader(topic, partition, from)?;
+        if !continuing
+            && reader
+                .warmed
+                .get(topic)
+                .is_none_or(|at| at.elapsed() > WARM_FOR)
         {
             let (c, name, t) = (
                 reader.consumer.clone(),
@@ -598,48 +673,70 @@ impl Kafka {
                 .map_err(|e| LogError::Task(format!("metadata: {e}")))??;
             reader.warmed.insert(topic.to_owned(), Instant::now());
         }
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, partition, Offset::Offset(from))?;
-        reader.consumer.assign(&tpl)?;
+        if !continuing {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(topic, partition, Offset::Offset(from))?;
+            reader.consumer.assign(&tpl)?;
+        }
         let topic_arc: Arc<str> = Arc::from(topic);
         let mut out = Vec::new();
         let mut next = from;
+        // Ok(true): stopped at `to` or at `max` records, the consumer's next
+        // record being `next`; Ok(false): stopped at the end of the log.
+        // `doubted_eof`: an end-of-partition event came while records exist
+        // past `next` (see below); the next record gets a short wait.
+        let mut doubted_eof = false;
         let result = loop {
             if next >= to || out.len() >= max {
-                break Ok(());
+                break Ok(true);
             }
             // The deadline is per record, not per batch: a large catch-up on
             // a busy broker is slow but making progress, and must not fail.
-            let msg = match tokio::time::timeout(self.cfg.request_timeout, reader.consumer.recv())
-                .await
-            {
+            let wait = if doubted_eof {
+                self.cfg.request_timeout.min(EOF_DOUBT)
+            } else {
+                self.cfg.request_timeout
+            };
+            let msg = match tokio::time::timeout(wait, reader.consumer.recv()).await {
+                Err(_) if doubted_eof => {
+                    // The end was real: what lies past `next` is not
+                    // deliverable (e.g. transaction markers).
+                    next = to;
+                    break Ok(false);
+                }
                 Err(_) => break Err(LogError::Timeout(self.cfg.request_timeout, "a range read")),
                 Ok(Err(KafkaError::PartitionEOF(_))) => {
-                    // Everything up to the high watermark was read.
-                    next = next.max(to.min(self.watermarks_now(topic, partition).await?.high));
-                    if next < to {
-                        // The broker's view is behind `to`: nothing more exists yet.
-                        next = to;
+                    if !doubted_eof && self.watermarks_now(topic, partition).await?.high > next {
+                        // Records exist past this reader's position: the end
+                        // it reached was passed since, or the event is left
+                        // over from this reader's previous read (a continued
+                        // reader). Read on, briefly.
+                        doubted_eof = true;
+                        continue;
                     }
-                    break Ok(());
+                    // Everything that exists was read; the broker's view may
+                    // be behind `to`, but nothing more exists yet.
+                    next = to;
+                    break Ok(false);
                 }
                 Ok(Err(e)) => break Err(LogError::Kafka(e)),
                 Ok(Ok(m)) => m,
             };
+            doubted_eof = false;
             if msg.topic() != topic || msg.partition() != partition || msg.offset() < next {
                 // A leftover of this reader's previous assignment, or a re-fetch.
                 continue;
             }
             if msg.offset() >= to {
                 next = to;
-                break Ok(());
+                break Ok(false);
             }
             next = msg.offset() + 1;
             out.push(Record::from_message(&msg, topic_arc.clone()));
         };
         match result {
-            Ok(()) => {
-                self.return_reader(reader);
+            Ok(positioned) => {
+                self.return_reader(reader, topic, partition, positioned.then_some(next));
                 Ok(RangeBatch { records: out, next })
             }
             // A reader that failed mid-read is dropped, not reused.

@@ -89,3 +89,47 @@ async fn publish_watermarks_ranges_and_time_lookups() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Range reads that continue where the last one stopped reuse the reader's
+/// assignment. Its prefetch may meanwhile have reached the end of the
+/// partition; records appended after that must still be read, not skipped
+/// because of that old end-of-partition event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continued_range_reads_miss_nothing_appended_after_the_end() -> anyhow::Result<()> {
+    let cfg = config();
+    let topic = cfg.topic_for("chat");
+    let k = Kafka::connect(cfg)?;
+    k.ensure_topic(&topic, 1, &[]).await?;
+    let publish = |n: i64| {
+        let k = k.clone();
+        let topic = topic.clone();
+        async move {
+            let mut last = -1;
+            for _ in 0..n {
+                last = k.publish(&topic, 0, b"chat:a", b"{}", &[])?.await?;
+            }
+            anyhow::Ok(last)
+        }
+    };
+    assert_eq!(publish(50).await?, 49);
+    let mut got = Vec::new();
+    let mut from = 0;
+    while from < 50 {
+        // Stops at 20 records: the next read continues on the same reader.
+        let b = k.read_range(&topic, 0, from, 50, 20).await?;
+        got.extend(b.records.iter().map(|r| r.offset));
+        from = b.next;
+    }
+    assert_eq!(got, (0..50).collect::<Vec<_>>());
+    // The idle reader, still assigned at 50, reaches the end of the partition.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(publish(30).await?, 79);
+    let b = k.read_range(&topic, 0, 50, 80, 100).await?;
+    assert_eq!(
+        b.records.iter().map(|r| r.offset).collect::<Vec<_>>(),
+        (50..80).collect::<Vec<_>>(),
+        "records appended after the reader saw the end are read"
+    );
+    assert_eq!(b.next, 80);
+    Ok(())
+}
