@@ -257,14 +257,19 @@ impl Edge {
         // into the buckets; `install_recorder` leaves that to the caller.
         // Without it a node nobody scrapes grows by 8 bytes per publish and
         // per tailed record, and the next scrape drains it all at once.
+        // The same task drops dedup keys that outlived the window on a node
+        // that no longer receives publishes, and reports the window's size.
         let upkeep = {
             let handle = self.metrics.clone();
+            let dedup = ctx.dedup.clone();
             tokio::spawn(async move {
                 let mut every = tokio::time::interval(METRICS_UPKEEP);
                 every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let entries = metrics::gauge!("herald_dedup_entries");
                 loop {
                     every.tick().await;
                     handle.run_upkeep();
+                    entries.set(dedup.entries() as f64);
                 }
             })
         };

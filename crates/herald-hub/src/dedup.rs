@@ -4,22 +4,26 @@
 //! outcome; anyone claiming the same key meanwhile (a client retry racing the
 //! original) waits for that outcome instead of appending again. A failed
 //! append is forgotten so that a retry appends afresh. Appended keys live for
-//! the dedup window and that cache is bounded by entry count.
+//! the dedup window, at most `capacity` of them, oldest dropped first.
 //!
-//! Two maps: the appends in flight (a small map of watch channels, one per
-//! publish being appended now) and the window of appended keys (moka, key →
-//! seq, nothing else). A watch channel is ~400 bytes; keeping one per entry
-//! for the whole window made a full window of 1,000,000 entries cost ~550 MB
-//! of RSS (measured in the ingest benchmark, P6), now ~200 MB.
+//! Two maps under one lock: the appends in flight (a watch channel each, for
+//! the waiters) and the window of appended keys (key → seq, in the order they
+//! were appended). The window is a hash map and a FIFO, not a moka cache:
+//! every key lives exactly the window and leaves in insertion order, so
+//! moka's admission policy, access-order lists and timer wheel bought nothing
+//! here, and in the ingest benchmark (P6, `perf record`) moka was ~16% of the
+//! node's CPU (its table's rehashing alone ~5%) at ~300 bytes per remembered
+//! id. This costs ~100 bytes per id. (Before that, a watch channel per
+//! remembered id, ~400 bytes more: a full default window of 1,000,000 ids
+//! was ~550 MB of RSS.)
 //!
 //! This window is per node. A retry that reaches another node after the first
 //! node died is not caught here (the `retry` scan of the partition does that).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use moka::sync::Cache;
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -52,40 +56,59 @@ pub enum Claim {
 
 /// A dedup key: the channel's keyed 64-bit hash and the publish id. No
 /// allocation per publish (the channel name is not copied), and hashed with
-/// aHash rather than SipHash: the cache was ~9% of the node's CPU in the
-/// ingest benchmark (P6, `perf record`), mostly hashing. Two channels
-/// would share a key only if their hashes collided (seeded per process, so
-/// not something a client can aim for) *and* a publish id were reused
-/// across them.
+/// aHash rather than SipHash. Two channels would share a key only if their
+/// hashes collided (seeded per process, so not something a client can aim
+/// for) *and* a publish id were reused across them.
 type Key = (u64, Uuid);
 
 /// In-flight entries whose first claimant vanished are swept once the map
 /// has grown past this many entries (and twice its size after the last sweep).
 const SWEEP_AT: usize = 1024;
 
-struct InFlight {
-    map: HashMap<Key, watch::Receiver<Option<DedupOutcome>>, ahash::RandomState>,
+struct State {
+    /// Appended keys: seq, and when (to tell a key's current entry from an
+    /// older one still queued in `order`).
+    appended: HashMap<Key, (i64, Instant), ahash::RandomState>,
+    /// Appended keys, oldest first.
+    order: VecDeque<(Key, Instant)>,
+    in_flight: HashMap<Key, watch::Receiver<Option<DedupOutcome>>, ahash::RandomState>,
     sweep_at: usize,
+}
+
+impl State {
+    /// Drops keys older than the window, and the oldest beyond `capacity`.
+    fn evict(&mut self, now: Instant, window: Duration, capacity: usize) {
+        while let Some(&(key, at)) = self.order.front() {
+            if self.order.len() <= capacity && now.duration_since(at) < window {
+                break;
+            }
+            self.order.pop_front();
+            if self.appended.get(&key).is_some_and(|e| e.1 == at) {
+                self.appended.remove(&key);
+            }
+        }
+    }
 }
 
 #[derive(Clone)]
 pub struct Dedup {
-    appended: Cache<Key, i64, ahash::RandomState>,
-    in_flight: Arc<Mutex<InFlight>>,
+    state: Arc<Mutex<State>>,
+    window: Duration,
+    capacity: usize,
     channels: ahash::RandomState,
 }
 
 impl Dedup {
     pub fn new(window: Duration, max_entries: u64) -> Self {
         Dedup {
-            appended: Cache::builder()
-                .max_capacity(max_entries)
-                .time_to_live(window)
-                .build_with_hasher(ahash::RandomState::new()),
-            in_flight: Arc::new(Mutex::new(InFlight {
-                map: HashMap::with_hasher(ahash::RandomState::new()),
+            state: Arc::new(Mutex::new(State {
+                appended: HashMap::with_hasher(ahash::RandomState::new()),
+                order: VecDeque::new(),
+                in_flight: HashMap::with_hasher(ahash::RandomState::new()),
                 sweep_at: SWEEP_AT,
             })),
+            window,
+            capacity: usize::try_from(max_entries).unwrap_or(usize::MAX),
             channels: ahash::RandomState::new(),
         }
     }
@@ -94,41 +117,46 @@ impl Dedup {
         (self.channels.hash_one(channel), id)
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn claim(&self, channel: &str, id: Uuid) -> Claim {
         let key = self.key(channel, id);
-        // The window is read under the lock: `complete` adds to it before it
-        // takes the lock to drop the in-flight entry, so a claim sees one or
-        // the other, never neither.
-        let mut inf = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(seq) = self.appended.get(&key) {
-            return Claim::Seen(Seen::Appended(seq));
+        let mut st = self.lock();
+        if let Some(&(seq, at)) = st.appended.get(&key) {
+            if at.elapsed() < self.window {
+                return Claim::Seen(Seen::Appended(seq));
+            }
         }
-        if let Some(rx) = inf.map.get(&key) {
+        if let Some(rx) = st.in_flight.get(&key) {
             // A closed channel is a first claimant that vanished: claim anew.
             if rx.has_changed().is_ok() {
                 return Claim::Seen(Seen::InFlight(rx.clone()));
             }
         }
-        if inf.map.len() >= inf.sweep_at {
-            inf.map.retain(|_, rx| rx.has_changed().is_ok());
-            inf.sweep_at = (inf.map.len() * 2).max(SWEEP_AT);
+        if st.in_flight.len() >= st.sweep_at {
+            st.in_flight.retain(|_, rx| rx.has_changed().is_ok());
+            st.sweep_at = (st.in_flight.len() * 2).max(SWEEP_AT);
         }
         let (tx, rx) = watch::channel(None);
-        inf.map.insert(key, rx);
+        st.in_flight.insert(key, rx);
         Claim::First(Arc::new(tx))
     }
 
     /// Records the outcome of a [`Claim::First`].
     pub fn complete(&self, channel: &str, id: Uuid, slot: &Slot, outcome: DedupOutcome) {
         let key = self.key(channel, id);
-        if let DedupOutcome::Appended(seq) = outcome {
-            self.appended.insert(key, seq);
+        {
+            let mut st = self.lock();
+            if let DedupOutcome::Appended(seq) = outcome {
+                let now = Instant::now();
+                st.appended.insert(key, (seq, now));
+                st.order.push_back((key, now));
+                st.evict(now, self.window, self.capacity);
+            }
+            st.in_flight.remove(&key);
         }
-        self.in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .map
-            .remove(&key);
         slot.send_replace(Some(outcome));
     }
 
@@ -154,15 +182,13 @@ impl Dedup {
         outcome
     }
 
-    /// Keys in the window plus appends in flight.
+    /// Keys in the window plus appends in flight, after dropping the keys
+    /// that have outlived the window (a node that stopped receiving
+    /// publishes lets go of them here).
     pub fn entries(&self) -> u64 {
-        let in_flight = self
-            .in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .map
-            .len();
-        self.appended.entry_count() + in_flight as u64
+        let mut st = self.lock();
+        st.evict(Instant::now(), self.window, self.capacity);
+        (st.appended.len() + st.in_flight.len()) as u64
     }
 }
 
@@ -296,5 +322,61 @@ mod tests {
                 DedupOutcome::Appended(n as i64)
             );
         }
+    }
+
+    #[test]
+    fn the_window_keeps_the_newest_keys_up_to_its_capacity() {
+        let d = Dedup::new(Duration::from_secs(60), 3);
+        let ids: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
+        for (n, id) in ids.iter().enumerate() {
+            let Claim::First(slot) = d.claim("chat:a", *id) else {
+                panic!()
+            };
+            d.complete("chat:a", *id, &slot, DedupOutcome::Appended(n as i64));
+        }
+        assert_eq!(d.entries(), 3);
+        // The two oldest were dropped: claimed anew (then failed, forgotten).
+        for id in &ids[..2] {
+            let Claim::First(slot) = d.claim("chat:a", *id) else {
+                panic!("an id beyond the capacity is forgotten")
+            };
+            d.complete(
+                "chat:a",
+                *id,
+                &slot,
+                DedupOutcome::Failed("unavailable", String::new()),
+            );
+        }
+        for (n, id) in ids.iter().enumerate().skip(2) {
+            assert!(
+                matches!(d.claim("chat:a", *id), Claim::Seen(Seen::Appended(s)) if s == n as i64)
+            );
+        }
+    }
+
+    #[test]
+    fn keys_leave_after_the_window() {
+        let d = Dedup::new(Duration::from_millis(50), 100);
+        let id = Uuid::new_v4();
+        let Claim::First(slot) = d.claim("chat:a", id) else {
+            panic!()
+        };
+        d.complete("chat:a", id, &slot, DedupOutcome::Appended(1));
+        assert!(matches!(
+            d.claim("chat:a", id),
+            Claim::Seen(Seen::Appended(1))
+        ));
+        std::thread::sleep(Duration::from_millis(80));
+        assert_eq!(d.entries(), 0, "expired keys are dropped");
+        let Claim::First(slot) = d.claim("chat:a", id) else {
+            panic!("an id older than the window is appended afresh")
+        };
+        // Appended again: the key's new entry outlives its old place in the
+        // queue.
+        d.complete("chat:a", id, &slot, DedupOutcome::Appended(2));
+        assert!(matches!(
+            d.claim("chat:a", id),
+            Claim::Seen(Seen::Appended(2))
+        ));
     }
 }

@@ -12,7 +12,7 @@
 //!   ring per partition, live dispatch and [`Hub::subscribe`] with resume.
 //! - [`history`]: [`Hub::history`], bounded pages of one channel's messages
 //!   (ring first, Kafka otherwise).
-//! - [`dedup`]: [`Dedup`], the publish dedup window (moka), which also makes
+//! - [`dedup`]: [`Dedup`], the publish dedup window (a map and a FIFO of appended keys), which also makes
 //!   concurrent retries of one id wait for the first instead of appending twice.
 //!
 //! # Invariants
