@@ -13,7 +13,8 @@
 //! moka's admission policy, access-order lists and timer wheel bought nothing
 //! here, and in the ingest benchmark (P6, `perf record`) moka was ~16% of the
 //! node's CPU (its table's rehashing alone ~5%) at ~300 bytes per remembered
-//! id. This costs ~100 bytes per id. (Before that, a watch channel per
+//! id. This costs ~150 bytes per id (hash table and queue at their growth
+//! factors). (Before that, a watch channel per
 //! remembered id, ~400 bytes more: a full default window of 1,000,000 ids
 //! was ~550 MB of RSS.)
 //!
