@@ -269,7 +269,7 @@ impl Edge {
                 loop {
                     every.tick().await;
                     handle.run_upkeep();
-                    entries.set(dedup.entries() as f64);
+                    entries.set(dedup.upkeep() as f64);
                 }
             })
         };

@@ -183,12 +183,17 @@ impl Dedup {
         outcome
     }
 
-    /// Keys in the window plus appends in flight, after dropping the keys
-    /// that have outlived the window (a node that stopped receiving
-    /// publishes lets go of them here).
-    pub fn entries(&self) -> u64 {
+    /// Drops the keys that have outlived the window (a node that stopped
+    /// receiving publishes lets go of them here), gives back the memory of a
+    /// burst once the window holds a quarter of it, and returns the keys in
+    /// the window plus the appends in flight. Call it periodically.
+    pub fn upkeep(&self) -> u64 {
         let mut st = self.lock();
         st.evict(Instant::now(), self.window, self.capacity);
+        if st.appended.capacity() > 4 * st.appended.len() + SWEEP_AT {
+            st.appended.shrink_to_fit();
+            st.order.shrink_to_fit();
+        }
         (st.appended.len() + st.in_flight.len()) as u64
     }
 }
@@ -272,7 +277,7 @@ mod tests {
             };
             drop(slot);
         }
-        assert!(d.entries() <= SWEEP_AT as u64, "{} left", d.entries());
+        assert!(d.upkeep() <= SWEEP_AT as u64, "{} left", d.upkeep());
     }
 
     /// Claims racing on two threads with completes: every key is appended
@@ -335,7 +340,7 @@ mod tests {
             };
             d.complete("chat:a", *id, &slot, DedupOutcome::Appended(n as i64));
         }
-        assert_eq!(d.entries(), 3);
+        assert_eq!(d.upkeep(), 3);
         // The two oldest were dropped: claimed anew (then failed, forgotten).
         for id in &ids[..2] {
             let Claim::First(slot) = d.claim("chat:a", *id) else {
@@ -368,7 +373,7 @@ mod tests {
             Claim::Seen(Seen::Appended(1))
         ));
         std::thread::sleep(Duration::from_millis(80));
-        assert_eq!(d.entries(), 0, "expired keys are dropped");
+        assert_eq!(d.upkeep(), 0, "expired keys are dropped");
         let Claim::First(slot) = d.claim("chat:a", id) else {
             panic!("an id older than the window is appended afresh")
         };
@@ -379,5 +384,28 @@ mod tests {
             d.claim("chat:a", id),
             Claim::Seen(Seen::Appended(2))
         ));
+    }
+
+    #[test]
+    fn the_memory_of_a_burst_is_given_back() {
+        let d = Dedup::new(Duration::from_secs(60), 1_000_000);
+        for n in 0..20_000 {
+            let id = Uuid::new_v4();
+            let Claim::First(slot) = d.claim("chat:a", id) else {
+                panic!()
+            };
+            d.complete("chat:a", id, &slot, DedupOutcome::Appended(n));
+        }
+        assert_eq!(d.upkeep(), 20_000);
+        assert!(d.lock().appended.capacity() >= 20_000);
+        // The same window, seen by a clock past it.
+        let later = Dedup {
+            window: Duration::ZERO,
+            ..d.clone()
+        };
+        assert_eq!(later.upkeep(), 0);
+        let st = d.lock();
+        assert!(st.appended.capacity() < 1_000, "{}", st.appended.capacity());
+        assert!(st.order.capacity() < 1_000, "{}", st.order.capacity());
     }
 }

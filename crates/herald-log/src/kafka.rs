@@ -44,9 +44,6 @@ fn warm_topic(consumer: &impl Consumer, topic: &str, timeout: Duration) -> Resul
     consumer.fetch_metadata(Some(topic), timeout).map(|_| ())
 }
 
-/// How long a range read waits for a record after an end-of-partition event
-/// that the high watermark contradicts.
-const EOF_DOUBT: Duration = Duration::from_secs(1);
 /// How long an idle reader stays assigned where its last range read ended,
 /// for the next read to continue without a new assignment.
 const CONTINUE_FOR: Duration = Duration::from_secs(2);
@@ -657,23 +654,22 @@ impl Kafka {
             .await
             .map_err(|e| LogError::Task(e.to_string()))?;
         let (mut reader, continuing) = self.take_reader(topic, partition, from)?;
-        if !continuing
-            && reader
+        if !continuing {
+            if reader
                 .warmed
                 .get(topic)
                 .is_none_or(|at| at.elapsed() > WARM_FOR)
-        {
-            let (c, name, t) = (
-                reader.consumer.clone(),
-                topic.to_owned(),
-                self.cfg.request_timeout,
-            );
-            tokio::task::spawn_blocking(move || warm_topic(&*c, &name, t))
-                .await
-                .map_err(|e| LogError::Task(format!("metadata: {e}")))??;
-            reader.warmed.insert(topic.to_owned(), Instant::now());
-        }
-        if !continuing {
+            {
+                let (c, name, t) = (
+                    reader.consumer.clone(),
+                    topic.to_owned(),
+                    self.cfg.request_timeout,
+                );
+                tokio::task::spawn_blocking(move || warm_topic(&*c, &name, t))
+                    .await
+                    .map_err(|e| LogError::Task(format!("metadata: {e}")))??;
+                reader.warmed.insert(topic.to_owned(), Instant::now());
+            }
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(topic, partition, Offset::Offset(from))?;
             reader.consumer.assign(&tpl)?;
@@ -683,35 +679,25 @@ impl Kafka {
         let mut next = from;
         // Ok(true): stopped at `to` or at `max` records, the consumer's next
         // record being `next`; Ok(false): stopped at the end of the log.
-        // `doubted_eof`: an end-of-partition event came while records exist
-        // past `next` (see below); the next record gets a short wait.
-        let mut doubted_eof = false;
         let result = loop {
             if next >= to || out.len() >= max {
                 break Ok(true);
             }
             // The deadline is per record, not per batch: a large catch-up on
             // a busy broker is slow but making progress, and must not fail.
-            let wait = if doubted_eof {
-                self.cfg.request_timeout.min(EOF_DOUBT)
-            } else {
-                self.cfg.request_timeout
-            };
-            let msg = match tokio::time::timeout(wait, reader.consumer.recv()).await {
-                Err(_) if doubted_eof => {
-                    // The end was real: what lies past `next` is not
-                    // deliverable (e.g. transaction markers).
-                    next = to;
-                    break Ok(false);
-                }
+            let msg = match tokio::time::timeout(self.cfg.request_timeout, reader.consumer.recv())
+                .await
+            {
                 Err(_) => break Err(LogError::Timeout(self.cfg.request_timeout, "a range read")),
                 Ok(Err(KafkaError::PartitionEOF(_))) => {
-                    if !doubted_eof && self.watermarks_now(topic, partition).await?.high > next {
+                    if self.watermarks_now(topic, partition).await?.high > next {
                         // Records exist past this reader's position: the end
                         // it reached was passed since, or the event is left
                         // over from this reader's previous read (a continued
-                        // reader). Read on, briefly.
-                        doubted_eof = true;
+                        // reader). Read on; never skip them. (Should what
+                        // lies there be undeliverable, such as a foreign
+                        // producer's transaction markers, the read times out
+                        // with an error rather than jump over it.)
                         continue;
                     }
                     // Everything that exists was read; the broker's view may
@@ -722,7 +708,6 @@ impl Kafka {
                 Ok(Err(e)) => break Err(LogError::Kafka(e)),
                 Ok(Ok(m)) => m,
             };
-            doubted_eof = false;
             if msg.topic() != topic || msg.partition() != partition || msg.offset() < next {
                 // A leftover of this reader's previous assignment, or a re-fetch.
                 continue;
