@@ -14,9 +14,8 @@
 //! here, and in the ingest benchmark (P6, `perf record`) moka was ~16% of the
 //! node's CPU (its table's rehashing alone ~5%) at ~300 bytes per remembered
 //! id. This costs ~150 bytes per id (hash table and queue at their growth
-//! factors). (Before that, a watch channel per
-//! remembered id, ~400 bytes more: a full default window of 1,000,000 ids
-//! was ~550 MB of RSS.)
+//! factors). Before that, a watch channel was kept per remembered id, ~400
+//! bytes more: a full default window of 1,000,000 ids was ~550 MB of RSS.
 //!
 //! This window is per node. A retry that reaches another node after the first
 //! node died is not caught here (the `retry` scan of the partition does that).
