@@ -304,6 +304,14 @@ impl Kafka {
         for (k, v) in config {
             nt = nt.set(k, v);
         }
+        // Said before asking: a broker that never answers CreateTopics
+        // otherwise leaves nothing in the log until the request times out.
+        info!(
+            topic,
+            partitions,
+            replication = self.cfg.replication,
+            "Creating topic"
+        );
         let opts = AdminOptions::new().operation_timeout(Some(self.cfg.request_timeout));
         let results = self.admin.create_topics([&nt], &opts).await?;
         let mut created = false;
