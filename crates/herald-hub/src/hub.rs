@@ -241,6 +241,7 @@ impl Hub {
         channel: &str,
         since: Option<&Position>,
     ) -> Result<SubscribeOutcome, HubError> {
+        let began = std::time::Instant::now();
         let partition = self.partition_of(topic, channel)?;
         let part = self.started(topic, partition).await?;
         let chan: Arc<str> = Arc::from(channel);
@@ -297,6 +298,7 @@ impl Hub {
         }
 
         let mut caught_up = 0u64;
+        let mut from_log = false;
         loop {
             // Decide under the lock; anything that waits happens after it.
             let step = {
@@ -354,6 +356,7 @@ impl Hub {
                     s = upto - 1;
                 }
                 Step::FromLog(upto) => {
+                    from_log = true;
                     caught_up += self
                         .catch_up_from_log(outbox, &part, channel, s + 1, upto)
                         .await?;
@@ -362,6 +365,9 @@ impl Hub {
             }
         }
         metrics::counter!("herald_hub_resume_total", "outcome" => "recovered").increment(1);
+        // Until live: every missed message is in the connection's queue.
+        metrics::histogram!("herald_hub_resume_seconds", "source" => if from_log { "log" } else { "cache" })
+            .record(began.elapsed().as_secs_f64());
         metrics::gauge!("herald_hub_subscriptions").increment(1.0);
         Ok(SubscribeOutcome {
             position,
