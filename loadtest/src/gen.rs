@@ -400,18 +400,24 @@ pub(crate) async fn publisher(
     Ok(PubResult { acked, nacks, sent })
 }
 
+/// A scenario's channel names: `{prefix}0` to `{prefix}{n - 1}`.
+pub(crate) fn channel_names(prefix: &str, n: usize) -> Arc<Vec<String>> {
+    Arc::new((0..n).map(|i| format!("{prefix}{i}")).collect())
+}
+
+/// The source address of connection `i`: round robin over `ips`, or the
+/// system's choice when there are none.
+pub(crate) fn source_for(ips: &[IpAddr], i: usize) -> Option<IpAddr> {
+    (!ips.is_empty()).then(|| ips[i % ips.len()])
+}
+
 /// Runs one scenario and judges it.
 pub async fn run(cfg: GenConfig) -> anyhow::Result<Report> {
     if cfg.channels == 0 || cfg.publishers == 0 {
         bail!("channels and publishers must be at least 1");
     }
-    let channels: Arc<Vec<String>> = Arc::new(
-        (0..cfg.channels)
-            .map(|i| format!("{}{i}", cfg.channel_prefix))
-            .collect(),
-    );
-    let source =
-        |i: usize| (!cfg.source_ips.is_empty()).then(|| cfg.source_ips[i % cfg.source_ips.len()]);
+    let channels = channel_names(&cfg.channel_prefix, cfg.channels);
+    let source = |i: usize| source_for(&cfg.source_ips, i);
     let delivered = Arc::new(AtomicU64::new(0));
     let acks = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop_rx) = watch::channel(false);

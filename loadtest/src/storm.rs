@@ -338,13 +338,8 @@ pub async fn run(cfg: StormConfig) -> anyhow::Result<StormReport> {
     if cfg.channels == 0 || cfg.subscribers == 0 {
         bail!("channels and subscribers must be at least 1");
     }
-    let channels: Arc<Vec<String>> = Arc::new(
-        (0..cfg.channels)
-            .map(|i| format!("{}{i}", cfg.channel_prefix))
-            .collect(),
-    );
-    let source =
-        |i: usize| (!cfg.source_ips.is_empty()).then(|| cfg.source_ips[i % cfg.source_ips.len()]);
+    let channels = gen::channel_names(&cfg.channel_prefix, cfg.channels);
+    let source = |i: usize| gen::source_for(&cfg.source_ips, i);
     let (kill_tx, killed) = tokio::sync::watch::channel(false);
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let sh = Arc::new(Shared {
