@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Try herald: installs the broker if needed (first time: 15-25 min build,
-# cached in ~/.cache/herald), starts it, builds herald and runs one edge node
+# Try herald: installs Apache Kafka from Maven Central if needed (first time
+# ~35 s, cached in ~/.cache/herald), starts one KRaft broker on
+# 127.0.0.1:9092 (infra/dev/broker.sh), builds herald and runs one edge node
 # on ws://127.0.0.1:8080/ws with the clearly-labelled development config
 # infra/dev/herald.dev.toml (anonymous `chat`, private `user:{sub}`), and
 # prints a ready-to-use token. Ctrl-C stops herald;

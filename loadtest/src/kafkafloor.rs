@@ -162,8 +162,8 @@ pub async fn run(cfg: FloorConfig) -> anyhow::Result<Report> {
     stop_tx.send_replace(true);
     let h = reader.await?;
     progress.done();
-    // The topic is left in place: the dev broker (Tansu 0.6) is not trusted
-    // with deletions (its DeleteRecords panics it; BROKER.md).
+    // The topic (unique to this run) is left in place: the benchmark
+    // brokers' data is thrown away with them.
     let config = serde_json::json!({
         "brokers": cfg.brokers, "rate": cfg.rate, "window": cfg.window,
         "duration_secs": cfg.duration.as_secs_f64(), "size": cfg.size,

@@ -11,9 +11,9 @@ pub struct LogConfig {
     /// `{prefix}meta`). Lets several herald installations, or test runs,
     /// share one cluster.
     pub topic_prefix: String,
-    /// `fetch.wait.max.ms` of the tail and range readers. Kafka's default is
-    /// 500; the dev broker (Tansu) sleeps out the whole wait even when data is
-    /// there, so the dev config uses 5-10 ms to keep delivery latency low.
+    /// `fetch.wait.max.ms` of the tail and range readers: how long the
+    /// broker may hold a Fetch that found no new data. Kafka answers as soon
+    /// as a record arrives, so this bounds idle polling, not latency.
     pub fetch_wait_max_ms: u32,
     /// How long Kafka has to confirm a publish (`message.timeout.ms`) before
     /// it is nacked as `unavailable`.
@@ -22,6 +22,10 @@ pub struct LogConfig {
     pub request_timeout: Duration,
     /// Replication factor of topics herald creates; -1 = broker default.
     pub replication: i32,
+    /// `min.insync.replicas` of topics herald creates; -1 = broker default.
+    /// With `acks=all`, a publish is acked only once this many replicas have
+    /// it.
+    pub min_insync_replicas: i32,
     /// Extra librdkafka settings applied to every client (security, tuning).
     pub overrides: Vec<(String, String)>,
 }
@@ -31,10 +35,11 @@ impl Default for LogConfig {
         LogConfig {
             brokers: "127.0.0.1:9092".into(),
             topic_prefix: "herald.".into(),
-            fetch_wait_max_ms: 10,
+            fetch_wait_max_ms: 100,
             publish_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
             replication: -1,
+            min_insync_replicas: -1,
             overrides: Vec::new(),
         }
     }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
@@ -206,7 +206,7 @@ impl Kafka {
 
     /// Asks the broker for the metadata of one topic (the meta topic, which
     /// may not exist yet): the readiness probe. Not all topics: on a cluster
-    /// with thousands of topics that request is slow, and on Tansu very slow.
+    /// with thousands of topics that request is slow.
     pub async fn ping(&self) -> Result<(), LogError> {
         let t = self.cfg.request_timeout.min(Duration::from_secs(3));
         let topic = self.cfg.meta_topic();
@@ -294,8 +294,20 @@ impl Kafka {
         config: &[(&str, &str)],
     ) -> Result<(i32, bool), LogError> {
         if let Some(n) = self.partition_count(topic).await? {
+            self.check_replication(topic).await;
             return Ok((n, false));
         }
+        let created = self.create(topic, partitions, config).await?;
+        self.check_replication(topic).await;
+        Ok(created)
+    }
+
+    async fn create(
+        &self,
+        topic: &str,
+        partitions: i32,
+        config: &[(&str, &str)],
+    ) -> Result<(i32, bool), LogError> {
         let mut nt = NewTopic::new(
             topic,
             partitions,
@@ -303,6 +315,10 @@ impl Kafka {
         );
         for (k, v) in config {
             nt = nt.set(k, v);
+        }
+        let min_isr = self.cfg.min_insync_replicas.to_string();
+        if self.cfg.min_insync_replicas > 0 {
+            nt = nt.set("min.insync.replicas", &min_isr);
         }
         // Said before asking: a broker that never answers CreateTopics
         // otherwise leaves nothing in the log until the request times out.
@@ -341,6 +357,84 @@ impl Kafka {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Warns (log and `herald_log_topic_below_configured`) when an existing
+    /// topic has a lower replication factor or `min.insync.replicas` than
+    /// configured: herald does not change a topic it did not create, but an
+    /// operator must know that its acks promise less than the configuration
+    /// says. A failed lookup is logged and counted, never fatal.
+    async fn check_replication(&self, topic: &str) {
+        if self.cfg.replication <= 0 && self.cfg.min_insync_replicas <= 0 {
+            return;
+        }
+        match self.topic_replication(topic).await {
+            Ok((rf, min_isr)) => {
+                for (setting, actual, wanted) in [
+                    ("replication", rf, self.cfg.replication),
+                    ("min_insync_replicas", min_isr, self.cfg.min_insync_replicas),
+                ] {
+                    let below = wanted > 0 && actual.is_some_and(|a| a < wanted);
+                    if below {
+                        warn!(
+                            topic,
+                            setting,
+                            actual = actual.unwrap_or(-1),
+                            configured = wanted,
+                            "Existing topic is below the configured replication setting; \
+                             herald does not change it (kafka-configs / kafka-reassign-partitions do)"
+                        );
+                    }
+                    metrics::gauge!("herald_log_topic_below_configured",
+                        "topic" => topic.to_owned(), "setting" => setting)
+                    .set(if below { 1.0 } else { 0.0 });
+                }
+            }
+            Err(e) => {
+                warn!(topic, %e, "Could not check the topic's replication settings");
+                metrics::counter!("herald_log_errors_total", "op" => "describe_configs")
+                    .increment(1);
+            }
+        }
+    }
+
+    /// The replication factor (the smallest replica count of any partition)
+    /// and `min.insync.replicas` of `topic`, each `None` if not reported.
+    pub async fn topic_replication(
+        &self,
+        topic: &str,
+    ) -> Result<(Option<i32>, Option<i32>), LogError> {
+        let t = self.cfg.request_timeout;
+        let name = topic.to_owned();
+        let rf = self
+            .blocking("metadata", move |c| {
+                let md = c.fetch_metadata(Some(&name), t)?;
+                Ok(md
+                    .topics()
+                    .iter()
+                    .find(|tp| tp.name() == name)
+                    .and_then(|tp| {
+                        tp.partitions()
+                            .iter()
+                            .map(|p| p.replicas().len() as i32)
+                            .min()
+                    }))
+            })
+            .await?;
+        let opts = AdminOptions::new().request_timeout(Some(t));
+        let res = self
+            .admin
+            .describe_configs([&ResourceSpecifier::Topic(topic)], &opts)
+            .await?;
+        let mut min_isr = None;
+        for r in res {
+            let r = r.map_err(|e| LogError::Other(format!("describing {topic}: {e}")))?;
+            min_isr = r
+                .get("min.insync.replicas")
+                .and_then(|e| e.value.as_deref())
+                .and_then(|v| v.parse().ok());
+        }
+        Ok((rf, min_isr))
     }
 
     /// The epoch herald recorded for `topic`, if any.
@@ -505,16 +599,6 @@ impl Kafka {
     ) -> Result<Option<i64>, LogError> {
         if wm.high <= wm.low {
             return Ok(None);
-        }
-        // Tansu 0.6 answers a time past the last record with offset 0 instead
-        // of -1 (BROKER.md), so rule that case out with the last record first.
-        let last = self
-            .range(topic, partition, wm.high - 1, wm.high, 1)
-            .await?;
-        if let Some(r) = last.records.last() {
-            if r.timestamp_ms.is_some_and(|t| t < ts_ms) {
-                return Ok(None);
-            }
         }
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, partition, Offset::Offset(ts_ms))?;

@@ -18,8 +18,8 @@
 //! - Channels are placed with Kafka's murmur2 partitioner
 //!   ([`herald_proto::partition`]); the producer is always given the partition.
 //! - The tail hands records to the [`RecordSink`] in offset order per partition.
-//! - Nothing here depends on broker defects; where the dev broker (Tansu) needs
-//!   a workaround the code says so at that spot.
+//! - Nothing here depends on one broker's quirks; what guards against a
+//!   Kafka-protocol broker answering oddly says so at that spot.
 
 pub mod config;
 pub mod cursors;

@@ -47,6 +47,7 @@ pub struct Kafka {
     pub brokers: String,
     pub topic_prefix: String,
     pub replication: i32,
+    pub min_insync_replicas: i32,
     pub fetch_wait_max_ms: u32,
     pub publish_timeout_ms: u64,
     pub request_timeout_ms: u64,
@@ -128,6 +129,7 @@ impl Default for Settings {
                 brokers: l.brokers,
                 topic_prefix: l.topic_prefix,
                 replication: l.replication,
+                min_insync_replicas: l.min_insync_replicas,
                 fetch_wait_max_ms: l.fetch_wait_max_ms,
                 publish_timeout_ms: l.publish_timeout.as_millis() as u64,
                 request_timeout_ms: l.request_timeout.as_millis() as u64,
@@ -442,6 +444,20 @@ impl Settings {
         if self.kafka.brokers.trim().is_empty() {
             out.push(err("kafka.brokers", "must not be empty"));
         }
+        for (path, v) in [
+            ("kafka.replication", self.kafka.replication),
+            ("kafka.min_insync_replicas", self.kafka.min_insync_replicas),
+        ] {
+            if v == 0 || v < -1 {
+                out.push(err(path, "must be -1 (the broker's default) or at least 1"));
+            }
+        }
+        if self.kafka.replication > 0 && self.kafka.min_insync_replicas > self.kafka.replication {
+            out.push(err(
+                "kafka.min_insync_replicas",
+                "must not exceed kafka.replication (no publish could ever be acked)",
+            ));
+        }
         if self.kafka.topic_prefix.is_empty()
             || !self
                 .kafka
@@ -563,6 +579,7 @@ impl Settings {
             publish_timeout: Duration::from_millis(self.kafka.publish_timeout_ms),
             request_timeout: Duration::from_millis(self.kafka.request_timeout_ms),
             replication: self.kafka.replication,
+            min_insync_replicas: self.kafka.min_insync_replicas,
             overrides: self
                 .kafka
                 .client
@@ -782,6 +799,28 @@ mod tests {
                 "namespace[1].retention_ms"
             ],
             "{e}"
+        );
+    }
+
+    #[test]
+    fn replication_settings_are_checked() {
+        let paths = |text: &str| -> Vec<String> {
+            match Settings::from_toml(text, &no_env) {
+                Ok(_) => Vec::new(),
+                Err(e) => e.0.into_iter().map(|e| e.path).collect(),
+            }
+        };
+        assert!(paths("[kafka]\nreplication = 3\nmin_insync_replicas = 2").is_empty());
+        assert!(paths("[kafka]\nreplication = -1\nmin_insync_replicas = 2").is_empty());
+        assert_eq!(paths("[kafka]\nreplication = 0"), ["kafka.replication"]);
+        assert_eq!(
+            paths("[kafka]\nmin_insync_replicas = -2"),
+            ["kafka.min_insync_replicas"]
+        );
+        // More replicas in sync than there are replicas: nothing could be acked.
+        assert_eq!(
+            paths("[kafka]\nreplication = 2\nmin_insync_replicas = 3"),
+            ["kafka.min_insync_replicas"]
         );
     }
 

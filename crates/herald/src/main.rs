@@ -108,6 +108,9 @@ struct ServeArgs {
     /// kafka.replication
     #[arg(long, allow_negative_numbers = true)]
     replication: Option<i32>,
+    /// kafka.min_insync_replicas
+    #[arg(long, allow_negative_numbers = true)]
+    min_insync_replicas: Option<i32>,
     /// limits.queue_messages
     #[arg(long)]
     queue_messages: Option<usize>,
@@ -192,6 +195,7 @@ impl ServeArgs {
         set!(self.fetch_wait_max_ms => s.kafka.fetch_wait_max_ms);
         set!(self.publish_timeout_ms => s.kafka.publish_timeout_ms);
         set!(self.replication => s.kafka.replication);
+        set!(self.min_insync_replicas => s.kafka.min_insync_replicas);
         set!(self.queue_messages => s.limits.queue_messages);
         set!(self.queue_bytes => s.limits.queue_bytes);
         set!(self.max_message_bytes => s.limits.max_message_bytes);

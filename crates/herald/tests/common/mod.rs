@@ -227,12 +227,24 @@ pub async fn assert_no_message(c: &mut Connection, wait: Duration) {
     }
 }
 
+/// The three-broker test cluster (`infra/dev/cluster.sh`, started by
+/// `infra/dev/test.sh`): `HERALD_TEST_CLUSTER`, default its fixed ports.
+pub fn cluster_brokers() -> String {
+    std::env::var("HERALD_TEST_CLUSTER")
+        .unwrap_or_else(|_| "127.0.0.1:29092,127.0.0.1:29093,127.0.0.1:29094".into())
+}
+
 /// A plain rdkafka consumer (not herald's reader) reading a whole topic.
 pub fn read_topic(topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
+    read_topic_from(&brokers(), topic)
+}
+
+/// [`read_topic`] on the brokers at `bootstrap`.
+pub fn read_topic_from(bootstrap: &str, topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
     let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("test-{}", Uuid::new_v4()))
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "5")
@@ -287,8 +299,7 @@ impl PrivateBroker {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../infra/dev/broker.sh");
         let out = Command::new(script)
             .arg(action)
-            .env("HERALD_BROKER_PORT", self.port.to_string())
-            .env("HERALD_BROKER_DATA", &self.data)
+            .envs(self.env())
             .output()
             .expect("running broker.sh");
         assert!(
@@ -297,6 +308,22 @@ impl PrivateBroker {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// broker.sh's settings for this broker: its own ports (the controller's
+    /// 1,000 above the client's), its own data, and no topics made in
+    /// advance (herald creates what it needs).
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("HERALD_BROKER_PORT", self.port.to_string()),
+            (
+                "HERALD_BROKER_CONTROLLER_PORT",
+                (self.port + 1000).to_string(),
+            ),
+            ("HERALD_BROKER_DATA", self.data.display().to_string()),
+            ("HERALD_BROKER_TOPICS", String::new()),
+            ("HERALD_BROKER_HEAP", "256m".into()),
+        ]
     }
 
     pub fn start(port: u16) -> PrivateBroker {
@@ -329,11 +356,7 @@ impl PrivateBroker {
 impl Drop for PrivateBroker {
     fn drop(&mut self) {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../infra/dev/broker.sh");
-        let _ = Command::new(script)
-            .arg("stop")
-            .env("HERALD_BROKER_PORT", self.port.to_string())
-            .env("HERALD_BROKER_DATA", &self.data)
-            .output();
+        let _ = Command::new(script).arg("stop").envs(self.env()).output();
         if std::env::var_os("HERALD_TEST_KEEP_BROKER_DATA").is_none() {
             let _ = std::fs::remove_dir_all(&self.data);
         }
