@@ -291,7 +291,16 @@ impl Auth {
         let mut validation = Validation::new(header.alg);
         validation.leeway = self.leeway.as_secs();
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // A configured `aud` / `iss` must be present (a claim of another
+        // type counts as absent), not only equal when present.
+        let mut required = vec!["exp", "sub"];
+        if self.audience.is_some() {
+            required.push("aud");
+        }
+        if self.issuer.is_some() {
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
         match &self.audience {
             Some(a) => validation.set_audience(&[a]),
             None => validation.validate_aud = false,
@@ -479,6 +488,44 @@ mod tests {
             &EncodingKey::from_secret(secret),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn configured_audience_and_issuer_are_required() {
+        let a = Auth::new(&AuthConfig {
+            hs256_secret: Some(SECRET.to_vec()),
+            leeway: Duration::from_secs(0),
+            audience: Some("herald".into()),
+            issuer: Some("https://id.example".into()),
+            ..AuthConfig::default()
+        })
+        .unwrap();
+        let exp = now() + 60;
+        let with = |extra: serde_json::Value| {
+            let mut c = serde_json::json!({"sub": "alice", "exp": exp});
+            for (k, v) in extra.as_object().unwrap() {
+                c[k] = v.clone();
+            }
+            a.verify(&token(c, SECRET)).map(|i| i.sub)
+        };
+        let ok = serde_json::json!({"aud": "herald", "iss": "https://id.example"});
+        assert_eq!(with(ok).unwrap(), "alice");
+        let err = |r: Result<String, AuthError>| r.unwrap_err().to_string();
+        assert_eq!(err(with(serde_json::json!({"iss": "https://id.example"}))), "missing claim `aud`");
+        assert_eq!(err(with(serde_json::json!({"aud": "herald"}))), "missing claim `iss`");
+        assert_eq!(err(with(serde_json::json!({}))), "missing claim `aud`");
+        // Claims of the wrong type do not slip through as "absent".
+        assert!(with(serde_json::json!({"aud": 7, "iss": "https://id.example"})).is_err());
+        assert!(with(serde_json::json!({"aud": "herald", "iss": ["https://id.example"]})).is_err());
+        assert!(with(serde_json::json!({"aud": "herald", "iss": {"x": 1}})).is_err());
+        assert_eq!(
+            err(with(serde_json::json!({"aud": "other", "iss": "https://id.example"}))),
+            "wrong audience"
+        );
+        assert_eq!(
+            err(with(serde_json::json!({"aud": "herald", "iss": "https://evil.example"}))),
+            "wrong issuer"
+        );
     }
 
     #[test]

@@ -122,10 +122,11 @@ impl Shared {
             }
             item
         };
-        // A slot is free: one waiting `push` may go on.
-        self.writable.notify_one();
+        // The bytes first: a `push` woken next looks at them.
         self.bytes.fetch_sub(item.len(), Ordering::AcqRel);
         queued_gauge().decrement(item.len() as f64);
+        // A slot and room are free: one waiting `push` may go on.
+        self.writable.notify_one();
         Some(item)
     }
 }
@@ -213,9 +214,12 @@ impl Outbox {
         true
     }
 
-    /// Queues, waiting for a free slot. Used for replies and catch-up, where
-    /// the producer of messages can wait for the client. `false` when the
-    /// connection is gone.
+    /// Queues, waiting for a free slot and for room within the byte bound
+    /// (an item larger than the whole bound goes into an empty queue). Used
+    /// for replies and catch-up, where the producer of messages can wait for
+    /// the client: a catch-up of large messages to a client that stops
+    /// reading holds at most the byte bound here. `false` when the connection
+    /// is gone.
     pub async fn push(&self, item: Outbound) -> bool {
         let len = item.len();
         loop {
@@ -230,10 +234,14 @@ impl Outbox {
                 if q.closed {
                     return false;
                 }
-                if q.items.len() < self.shared.max_messages {
+                let queued = self.shared.bytes.load(Ordering::Acquire);
+                let room = queued == 0 || queued + len <= self.shared.max_bytes;
+                if q.items.len() < self.shared.max_messages && room {
+                    // Counted under the lock, so that pushes racing each
+                    // other cannot all see the same room.
+                    self.shared.bytes.fetch_add(len, Ordering::AcqRel);
                     q.items.push_back(item);
                     drop(q);
-                    self.shared.bytes.fetch_add(len, Ordering::AcqRel);
                     queued_gauge().increment(len as f64);
                     self.shared.readable.notify_one();
                     return true;
@@ -382,6 +390,26 @@ mod tests {
         assert_eq!(rx.recv().await.unwrap().text(), "a");
         assert!(waiting.await.unwrap());
         assert_eq!(rx.recv().await.unwrap().text(), "b");
+        assert!(!tx.is_overflowed(), "waiting is not overflowing");
+    }
+
+    #[tokio::test]
+    async fn push_waits_for_room_within_the_byte_bound() {
+        // Plenty of slots, 10 bytes: catch-up and replies may not queue more
+        // bytes than that, however many messages the count would allow.
+        let (tx, mut rx) = Outbox::new(1, 100, 10);
+        assert!(tx.push(Outbound::Frame("123456".into())).await);
+        let tx2 = tx.clone();
+        let waiting = tokio::spawn(async move { tx2.push(Outbound::Frame("abcdef".into())).await });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "12 bytes would exceed 10: push waits");
+        assert_eq!(rx.queued_bytes(), 6);
+        assert_eq!(rx.recv().await.unwrap().text(), "123456");
+        assert!(waiting.await.unwrap());
+        assert_eq!(rx.queued_bytes(), 6);
+        // An item larger than the whole bound still goes into an empty queue.
+        assert_eq!(rx.recv().await.unwrap().text(), "abcdef");
+        assert!(tx.push(Outbound::Frame("x".repeat(50))).await);
         assert!(!tx.is_overflowed(), "waiting is not overflowing");
     }
 

@@ -44,6 +44,14 @@ fn warm_topic(consumer: &impl Consumer, topic: &str, timeout: Duration) -> Resul
     consumer.fetch_metadata(Some(topic), timeout).map(|_| ())
 }
 
+/// `fetch.wait.max.ms` of range readers (`kafka.fetch_wait_max_ms` when
+/// lower). A range read asks for records that exist, up to a known end; a
+/// long wait buys it nothing, and a Fetch left waiting at the end of the log
+/// when a read ends delays the reader's next read (another partition or
+/// offset) until it returns: with 100 ms, a 10,000-message resume from Kafka
+/// took 120-180 ms instead of 50-75 (docs/benchmarks.md, P4 on Kafka).
+const RANGE_FETCH_WAIT_MS: u32 = 5;
+
 /// How long an idle reader stays assigned where its last range read ended,
 /// for the next read to continue without a new assignment.
 const CONTINUE_FOR: Duration = Duration::from_secs(2);
@@ -147,7 +155,15 @@ impl Kafka {
         .set("enable.partition.eof", if eof { "true" } else { "false" })
         .set("auto.offset.reset", "earliest")
         .set("allow.auto.create.topics", "false")
-        .set("fetch.wait.max.ms", cfg.fetch_wait_max_ms.to_string())
+        .set(
+            "fetch.wait.max.ms",
+            if eof {
+                RANGE_FETCH_WAIT_MS.min(cfg.fetch_wait_max_ms)
+            } else {
+                cfg.fetch_wait_max_ms
+            }
+            .to_string(),
+        )
         .set("fetch.min.bytes", "1")
         .set("fetch.queue.backoff.ms", "5")
         // Readers stop at a record limit (and may stay assigned for a read

@@ -114,3 +114,62 @@ async fn subscriptions_per_connection_are_limited() {
     c.send_text(r#"{"type":"ping"}"#).await.unwrap();
     assert!(matches!(c.next_frame().await.unwrap(), Frame::Pong));
 }
+
+/// The outbound byte bound holds for catch-up too, not only for live
+/// deliveries: a client that resumes from the start of a channel of large
+/// messages and stops reading makes the node queue at most `queue_bytes` for
+/// it (it used to queue up to `queue_messages` messages of any size), and
+/// once it reads it gets everything, in order, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_catch_up_to_a_client_that_stops_reading_stays_within_the_byte_bound() {
+    const QUEUE_BYTES: usize = 1 << 20;
+    let s = Server::start(
+        &unique_prefix("catchupbytes"),
+        &[
+            "--queue-bytes",
+            &QUEUE_BYTES.to_string(),
+            // Most of the catch-up comes from Kafka, not the ring.
+            "--recent-messages",
+            "20",
+            "--publish-rate",
+            "0",
+        ],
+    );
+    let ch = "chat:big";
+    let mut first = s.connect().await;
+    let (pos, _) = first.subscribe(ch, None).await.unwrap();
+    let pad = "z".repeat(60_000);
+    let mut p = s.connect().await;
+    let mut acked = Vec::new();
+    for i in 0..300 {
+        acked.push(publish_ok(&mut p, ch, json!({ "i": i, "pad": pad })).await);
+    }
+    let mut never = s.connect().await;
+    let start = herald_client::Position {
+        seq: -1,
+        epoch: pos.epoch.clone(),
+    };
+    never.subscribe(ch, Some(&start)).await.unwrap();
+    let mut max_queued = 0f64;
+    for _ in 0..30 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let m = http_get(&s.http, "/metrics").await.1;
+        let q = m
+            .lines()
+            .find(|l| l.starts_with("herald_hub_outbound_queued_bytes"))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        max_queued = max_queued.max(q);
+    }
+    eprintln!("catch-up to a stalled reader: 300 x 60 KB, max queued bytes {max_queued}");
+    assert!(max_queued > 0.0, "the catch-up queued something");
+    assert!(
+        max_queued <= (QUEUE_BYTES + 64 * 1024) as f64,
+        "queued bytes {max_queued} exceed the bound {QUEUE_BYTES}"
+    );
+    // Reading now, it gets every message once, in order.
+    let got = read_messages(&mut never, 300, std::time::Duration::from_secs(60)).await;
+    let seqs: Vec<i64> = got.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, acked.iter().map(|a| a.1).collect::<Vec<_>>());
+}
