@@ -402,7 +402,10 @@ mod tests {
         let tx2 = tx.clone();
         let waiting = tokio::spawn(async move { tx2.push(Outbound::Frame("abcdef".into())).await });
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        assert!(!waiting.is_finished(), "12 bytes would exceed 10: push waits");
+        assert!(
+            !waiting.is_finished(),
+            "12 bytes would exceed 10: push waits"
+        );
         assert_eq!(rx.queued_bytes(), 6);
         assert_eq!(rx.recv().await.unwrap().text(), "123456");
         assert!(waiting.await.unwrap());
