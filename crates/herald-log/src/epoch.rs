@@ -4,12 +4,18 @@
 //! client's `seq` is only meaningful together with the incarnation it came
 //! from. herald names each incarnation with a random id, written to the
 //! compacted `{prefix}meta` topic (key = topic name) by the node that created
-//! the topic, or by the first node that finds a topic without one. The newest
-//! record for a topic wins. Kafka's own topic ids (KIP-516) are not exposed by
-//! librdkafka's metadata API, hence this record.
+//! the topic. The newest record for a topic wins (what compaction keeps).
+//! Nodes starting together must agree: a node that finds the topic already
+//! there waits a few seconds for the creator's record; if none comes (the
+//! topic was made outside herald), it records one, waits a second for the
+//! records of nodes doing the same, and takes the newest. Kafka's own topic
+//! ids (KIP-516) are not exposed by librdkafka's metadata API, hence this
+//! record.
 //!
-//! Known limit: a topic deleted and re-created by another tool while every
-//! herald node keeps running is not noticed until a node restarts.
+//! Known limits: a topic deleted and re-created by another tool while every
+//! herald node keeps running is not noticed until a node restarts; and when
+//! herald re-creates a deleted topic while other nodes start, those may take
+//! the old incarnation's record before the creator writes the new one.
 
 use serde::{Deserialize, Serialize};
 

@@ -52,6 +52,13 @@ fn warm_topic(consumer: &impl Consumer, topic: &str, timeout: Duration) -> Resul
 /// took 120-180 ms instead of 50-75 (docs/benchmarks.md, P4 on Kafka).
 const RANGE_FETCH_WAIT_MS: u32 = 5;
 
+/// How long a node that found a topic (rather than creating it) waits for
+/// the creator's epoch record before recording one itself.
+const EPOCH_WAIT: Duration = Duration::from_secs(3);
+/// How long such a node waits after recording one, before reading back the
+/// newest (other nodes in the same position write at about the same time).
+const EPOCH_SETTLE: Duration = Duration::from_secs(1);
+
 /// How long an idle reader stays assigned where its last range read ended,
 /// for the next read to continue without a new assignment.
 const CONTINUE_FOR: Duration = Duration::from_secs(2);
@@ -502,9 +509,23 @@ impl Kafka {
         self.create_if_missing(&meta, 1, &[("cleanup.policy", "compact")])
             .await?;
         if !created {
-            if let Some(e) = self.read_epochs().await?.remove(topic) {
-                return Ok(e);
+            // The node that created the topic records its epoch a moment
+            // after: wait for that record rather than race it with one of
+            // our own (several nodes deployed at once must agree).
+            let deadline = Instant::now() + EPOCH_WAIT;
+            loop {
+                if let Some(e) = self.read_epochs().await?.remove(topic) {
+                    return Ok(e);
+                }
+                if Instant::now() >= deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
+            info!(
+                topic,
+                "No epoch recorded for an existing topic (created outside herald?); recording one"
+            );
         }
         let rec = EpochRecord {
             epoch: new_epoch(),
@@ -514,7 +535,13 @@ impl Kafka {
         let value = serde_json::to_vec(&rec).map_err(|e| LogError::Other(e.to_string()))?;
         self.publish(&meta, 0, topic.as_bytes(), &value, &[])?
             .await?;
-        // Another node may have recorded one at the same moment: the newest wins.
+        // Another node may have recorded one at the same moment: the newest
+        // wins (the only rule compaction keeps). Nodes that found a topic
+        // without an epoch all waited as long and wrote about now: give
+        // their records time to land before reading the newest.
+        if !created {
+            tokio::time::sleep(EPOCH_SETTLE).await;
+        }
         let epochs = self.read_epochs().await?;
         let epoch = epochs.get(topic).cloned().unwrap_or(rec.epoch);
         info!(topic, epoch, "Recorded topic epoch");

@@ -1,14 +1,22 @@
 //! herald on the three-broker Apache Kafka cluster (`infra/dev/cluster.sh`,
 //! RF 3, `min.insync.replicas=2`): topics are created with the configured
 //! replication, every acked publish is in the topic and reaches subscribers,
-//! and an existing topic below the configured replication is reported.
+//! an existing topic below the configured replication is reported, and the
+//! broker faults inside the cluster (a partition leader killed, a rolling
+//! restart, the whole cluster restarted, a broker paused, two of three down)
+//! lose nothing acked and deliver nothing twice. Each fault test prints a
+//! `FAULT-REPORT` line (quoted in docs/reliability.md) and puts every broker
+//! back when it ends. The tests run one at a time (`infra/dev/test.sh`).
 
 mod common;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use common::scenario::*;
 use common::*;
+use herald_client::Published;
+use herald_proto::partition::partition_for_key;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::message::{Headers, Message};
@@ -168,5 +176,232 @@ async fn an_existing_topic_below_the_configured_replication_is_reported() {
     assert!(
         log.contains("below the configured replication setting"),
         "no warning in the log:\n{log}"
+    );
+}
+
+/// herald on the cluster with production replication settings and a short
+/// publish timeout (a publish stuck behind a dead leader is nacked and
+/// re-sent by the client rather than waiting 10 s).
+fn cluster_server(prefix: &str) -> Server {
+    Server::start_with(
+        &cluster_brokers(),
+        prefix,
+        &[
+            "--replication",
+            "3",
+            "--min-insync-replicas",
+            "2",
+            "--publish-timeout-ms",
+            "5000",
+        ],
+    )
+}
+
+const CHANS: [&str; 3] = ["chat:f0", "chat:f1", "chat:f2"];
+
+/// The node leading the partition of `CHANS[0]` (the busiest of the test).
+fn leader_of_first_channel(prefix: &str) -> i32 {
+    let topic = format!("{prefix}chat");
+    let p = partition_for_key(CHANS[0].as_bytes(), 4);
+    Cluster::leader_of(&topic, p)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partition_leader_killed_mid_stream() {
+    let _restore = Cluster::restore_on_drop();
+    let prefix = unique_prefix("leaderkill");
+    let s = cluster_server(&prefix);
+    let leader = leader_of_first_channel(&prefix);
+    let o = scenario(
+        vec![s.url.clone()],
+        &CHANS,
+        300,
+        150,
+        move || Cluster::kill(leader),
+        None,
+    )
+    .await;
+    assert_all_once(
+        &format!("cluster: leader (node {leader}) SIGKILLed mid-stream"),
+        &o,
+    );
+    assert_ne!(
+        leader_of_first_channel(&prefix),
+        leader,
+        "a new leader took over"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rolling_restart_of_all_three_brokers_under_load() {
+    let _restore = Cluster::restore_on_drop();
+    let s = cluster_server(&unique_prefix("rolling"));
+    // About 30 s of publishing at ~60/s in all, across the three restarts.
+    let o = scenario_paced(
+        vec![s.url.clone()],
+        &CHANS,
+        600,
+        Duration::from_millis(50),
+        60,
+        || {
+            for n in 1..=3 {
+                Cluster::stop(n);
+                Cluster::start(n);
+            }
+        },
+        None,
+    )
+    .await;
+    assert_all_once(
+        "cluster: rolling restart of all three brokers (SIGTERM, start)",
+        &o,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn whole_cluster_stopped_and_started_with_publishes_in_flight() {
+    let _restore = Cluster::restore_on_drop();
+    let s = cluster_server(&unique_prefix("wholecluster"));
+    let o = scenario(
+        vec![s.url.clone()],
+        &CHANS,
+        200,
+        150,
+        || {
+            Cluster::script(&["stop"]);
+            std::thread::sleep(Duration::from_secs(2));
+            Cluster::script(&["start"]);
+        },
+        None,
+    )
+    .await;
+    assert_all_once("cluster: all three brokers stopped and started", &o);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broker_paused_longer_than_the_request_timeout_then_resumed() {
+    let _restore = Cluster::restore_on_drop();
+    let prefix = unique_prefix("pause");
+    let s = cluster_server(&prefix);
+    let leader = leader_of_first_channel(&prefix);
+    let o = scenario_paced(
+        vec![s.url.clone()],
+        &CHANS,
+        400,
+        Duration::from_millis(20),
+        60,
+        move || {
+            // Longer than herald's publish timeout (5 s) and the brokers'
+            // session timeout (6 s): the controller fences it, leadership
+            // moves, publishes in flight to it time out and are re-sent.
+            Cluster::pause(leader);
+            std::thread::sleep(Duration::from_secs(12));
+            Cluster::resume(leader);
+        },
+        None,
+    )
+    .await;
+    assert_all_once(
+        &format!("cluster: leader (node {leader}) paused 12 s, resumed"),
+        &o,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_of_three_down_publishes_are_refused_and_reads_go_on() {
+    let _restore = Cluster::restore_on_drop();
+    let prefix = unique_prefix("twodown");
+    let s = Server::start_with(
+        &cluster_brokers(),
+        &prefix,
+        &[
+            "--replication",
+            "3",
+            "--min-insync-replicas",
+            "2",
+            "--publish-timeout-ms",
+            "3000",
+        ],
+    );
+    let ch = CHANS[0];
+    let mut live = s.connect().await;
+    let (pos, _) = live.subscribe(ch, None).await.unwrap();
+    let mut p = s.connect().await;
+    let mut acked: Acked = HashMap::new();
+    for i in 0..50 {
+        let (id, seq) = publish_ok(&mut p, ch, json!({ "before": i })).await;
+        acked.entry(ch.to_string()).or_default().push((id, seq));
+    }
+    let mut got = read_messages(&mut live, 50, Duration::from_secs(30)).await;
+
+    let leader = leader_of_first_channel(&prefix);
+    let down: Vec<i32> = (1..=3).filter(|n| *n != leader).collect();
+    for n in &down {
+        Cluster::kill(*n);
+    }
+    // With one replica left, min.insync.replicas=2 cannot be met: a publish
+    // is nacked `unavailable`, never acked.
+    let mut refused = 0;
+    for i in 0..5 {
+        match p
+            .publish(ch, Uuid::new_v4(), &json!({ "during": i }))
+            .await
+            .unwrap()
+        {
+            Published::Nack { code, .. } => {
+                assert_eq!(code, "unavailable");
+                refused += 1;
+            }
+            Published::Ack { seq, .. } => {
+                panic!("acked at seq {seq} with two of three brokers down")
+            }
+        }
+    }
+    // A client resuming from the start still reads everything that was acked.
+    let mut reader = s.connect().await;
+    let from_start = herald_client::Position {
+        seq: -1,
+        epoch: pos.epoch.clone(),
+    };
+    let (_, recovered) = reader.subscribe(ch, Some(&from_start)).await.unwrap();
+    assert!(recovered, "resume with two brokers down");
+    let resumed = read_messages(&mut reader, 50, Duration::from_secs(30)).await;
+    assert_eq!(
+        resumed.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        acked[ch].iter().map(|a| a.1).collect::<Vec<_>>()
+    );
+
+    // One broker back: publishing works again and the live subscriber gets
+    // the new messages, nothing refused among them.
+    Cluster::start(down[0]);
+    let mut after = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while after < 50 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "publishes not acked after a broker returned"
+        );
+        let id = Uuid::new_v4();
+        match p.publish(ch, id, &json!({ "after": after })).await.unwrap() {
+            Published::Ack { seq, .. } => {
+                acked.get_mut(ch).unwrap().push((id, seq));
+                after += 1;
+            }
+            Published::Nack { code, .. } => {
+                assert_eq!(code, "unavailable");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    got.extend(read_messages(&mut live, 50, Duration::from_secs(30)).await);
+    let t = tally(&acked, &got);
+    report(
+        "cluster: two of three brokers down, then one back",
+        &t,
+        &format!("refused_while_down={refused}"),
+    );
+    assert_eq!(
+        (t.acked, t.delivered, t.lost, t.duplicated),
+        (100, 100, 0, 0)
     );
 }

@@ -5,138 +5,15 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::scenario::*;
 use common::*;
-use herald_client::resilient::{Publisher, Stats, Subscriber};
+use herald_client::resilient::{Publisher, Subscriber};
 use herald_client::{Connection, Msg};
 use serde_json::json;
 use uuid::Uuid;
-
-type Acked = HashMap<String, Vec<(Uuid, i64)>>;
-
-struct Outcome {
-    tally: Tally,
-    sub: Stats,
-    publisher_retries: u64,
-}
-
-/// Publishers (one per channel, each with its own resilient connection) and
-/// one resilient subscriber on every channel. `fault` runs once `fault_at`
-/// publishes were acked; `abort_sub_at` cuts the subscriber with a TCP reset.
-async fn scenario(
-    urls: Vec<String>,
-    channels: &[&str],
-    per_channel: usize,
-    fault_at: usize,
-    fault: impl FnOnce() + Send + 'static,
-    abort_sub_at: Option<usize>,
-) -> Outcome {
-    let channels: Vec<String> = channels.iter().map(|s| s.to_string()).collect();
-    let progress = Arc::new(AtomicUsize::new(0));
-    let delivered: Arc<Mutex<Vec<Msg>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-
-    let mut sub = Subscriber::new(urls.clone(), channels.clone());
-    sub.connect().await.expect("subscriber connects");
-    let sub_task = {
-        let (delivered, stop, progress) = (delivered.clone(), stop.clone(), progress.clone());
-        tokio::spawn(async move {
-            let mut aborted = false;
-            loop {
-                if let Some(at) = abort_sub_at {
-                    if !aborted && progress.load(Ordering::SeqCst) >= at {
-                        sub.abort();
-                        aborted = true;
-                    }
-                }
-                match sub.next_within(Duration::from_millis(100)).await {
-                    Some(m) => delivered.lock().unwrap().push(m),
-                    None if stop.load(Ordering::SeqCst) => break,
-                    None => {}
-                }
-            }
-            sub.stats
-        })
-    };
-
-    let mut pubs = Vec::new();
-    for ch in channels.clone() {
-        let (urls, progress) = (urls.clone(), progress.clone());
-        pubs.push(tokio::spawn(async move {
-            let mut p = Publisher::new(urls);
-            let mut acked = Vec::new();
-            for i in 0..per_channel {
-                let id = Uuid::new_v4();
-                let seq = p
-                    .publish(&ch, id, &json!({ "n": i }))
-                    .await
-                    .unwrap_or_else(|e| panic!("publish {i} on {ch} never acked: {e}"));
-                acked.push((id, seq));
-                progress.fetch_add(1, Ordering::SeqCst);
-            }
-            (ch, acked, p.stats.retries)
-        }));
-    }
-
-    let fault_task = {
-        let progress = progress.clone();
-        tokio::spawn(async move {
-            while progress.load(Ordering::SeqCst) < fault_at {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            tokio::task::spawn_blocking(fault).await.unwrap();
-        })
-    };
-
-    let mut acked: Acked = HashMap::new();
-    let mut publisher_retries = 0;
-    for p in pubs {
-        let (ch, list, retries) = p.await.unwrap();
-        acked.insert(ch, list);
-        publisher_retries += retries;
-    }
-    fault_task.await.unwrap();
-    let total: usize = acked.values().map(Vec::len).sum();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while delivered.lock().unwrap().len() < total && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // Anything extra (a duplicate) would arrive now.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::SeqCst);
-    let sub = sub_task.await.unwrap();
-    let delivered = delivered.lock().unwrap().clone();
-    Outcome {
-        tally: tally(&acked, &delivered),
-        sub,
-        publisher_retries,
-    }
-}
-
-fn assert_all_once(name: &str, o: &Outcome) {
-    report(
-        name,
-        &o.tally,
-        &format!(
-            "publisher_retries={} subscriber_reconnects={} duplicates_dropped_by_client={} not_recovered={} close_codes={:?}",
-            o.publisher_retries,
-            o.sub.connects.saturating_sub(1),
-            o.sub.duplicates_dropped,
-            o.sub.not_recovered,
-            o.sub.close_codes
-        ),
-    );
-    assert_eq!(o.tally.lost, 0, "{name}: lost");
-    assert_eq!(o.tally.duplicated, 0, "{name}: duplicated");
-    assert_eq!(
-        o.tally.delivered, o.tally.acked,
-        "{name}: delivered == acked"
-    );
-    assert_eq!(o.sub.not_recovered, 0, "{name}: every resume recovered");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn edge_killed_clients_fail_over_to_another_edge() {
@@ -156,16 +33,6 @@ async fn edge_killed_clients_fail_over_to_another_edge() {
     assert!(o.sub.connects >= 2, "the subscriber failed over");
     assert_all_once("edge SIGKILL, failover to a second edge", &o);
     drop(b);
-}
-
-async fn burst(p: &mut Publisher, acked: &mut Acked, chans: &[&str], n: usize) {
-    for ch in chans {
-        for i in 0..n {
-            let id = Uuid::new_v4();
-            let seq = p.publish(ch, id, &json!({ "n": i })).await.unwrap();
-            acked.entry(ch.to_string()).or_default().push((id, seq));
-        }
-    }
 }
 
 /// The broker goes away while subscribers are connected (and one of them

@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod scenario;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -482,4 +484,80 @@ pub fn rfc3339_utc(ms: i64) -> String {
         rem % 60,
         ms.rem_euclid(1000)
     )
+}
+
+/// The three-broker test cluster, driven through `infra/dev/cluster.sh` (its
+/// data directory comes from `HERALD_CLUSTER_DATA`, as `infra/dev/test.sh`
+/// sets it). Dropping it resumes and restarts every node a test stopped,
+/// so the next test finds all three serving.
+pub struct Cluster;
+
+impl Cluster {
+    pub fn script(args: &[&str]) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../infra/dev/cluster.sh");
+        let out = Command::new(script)
+            .args(args)
+            .output()
+            .expect("running cluster.sh");
+        assert!(
+            out.status.success(),
+            "cluster.sh {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn kill(n: i32) {
+        Self::script(&["kill", &n.to_string()]);
+    }
+
+    /// SIGTERM, waiting for the node to exit.
+    pub fn stop(n: i32) {
+        Self::script(&["stop", &n.to_string()]);
+    }
+
+    /// Starts the node again on its data and waits until it serves.
+    pub fn start(n: i32) {
+        Self::script(&["start", &n.to_string()]);
+    }
+
+    pub fn pause(n: i32) {
+        Self::script(&["pause", &n.to_string()]);
+    }
+
+    pub fn resume(n: i32) {
+        Self::script(&["resume", &n.to_string()]);
+    }
+
+    /// The node (`node.id` 1-3) leading `partition` of `topic` now.
+    pub fn leader_of(topic: &str, partition: i32) -> i32 {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let c: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", cluster_brokers())
+            .create()
+            .expect("consumer");
+        let md = c
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .expect("metadata");
+        md.topics()[0].partitions()[partition as usize].leader()
+    }
+
+    /// A guard that brings every node back when the test ends, however it ends.
+    pub fn restore_on_drop() -> ClusterRestore {
+        ClusterRestore
+    }
+}
+
+pub struct ClusterRestore;
+
+impl Drop for ClusterRestore {
+    fn drop(&mut self) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../infra/dev/cluster.sh");
+        for n in ["1", "2", "3"] {
+            let _ = Command::new(script).args(["resume", n]).output();
+        }
+        for n in ["1", "2", "3"] {
+            let _ = Command::new(script).args(["start", n]).output();
+        }
+    }
 }
