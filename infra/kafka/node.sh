@@ -134,7 +134,9 @@ wait_up() {
     pid="$(cat "$PIDFILE" 2>/dev/null || echo)"
     for i in $(seq 1 1200); do
         # Serving: the server says it started and the client port answers.
-        if tail -c +"$((off + 1))" "$LOG" 2>/dev/null | grep -q "Kafka Server started" \
+        # (`|| true`: grep -q stops reading at the first match, and the
+        # SIGPIPE tail then gets must not fail the pipeline under pipefail.)
+        if { tail -c +"$((off + 1))" "$LOG" 2>/dev/null || true; } | grep -q "Kafka Server started" \
             && port_open "$KAFKA_PORT"; then
             say "up after $((i / 10)).$((i % 10)) s (pid $pid)"
             return 0
@@ -187,7 +189,14 @@ signal() {
 }
 
 case "${1:-}" in
-    start) launch; wait_up ;;
+    start)
+        if pid="$(running_pid)"; then
+            say "already running (pid $pid)"
+        else
+            launch
+            wait_up
+        fi
+        ;;
     launch) launch ;;
     wait) wait_up ;;
     stop) stop ;;

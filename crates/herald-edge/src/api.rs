@@ -15,7 +15,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use herald_hub::{Claim, Dedup, DedupOutcome, HistoryLimits};
+use herald_hub::{Claim, DedupOutcome, HistoryLimits};
 use herald_proto::envelope::{self, Envelope, HEADER_ID, HEADER_VERSION};
 use herald_proto::frame::{json_depth, HISTORY_DEFAULT_LIMIT, MAX_DATA_DEPTH};
 use herald_proto::{codes, Channel, HistoryFrom};
@@ -26,6 +26,7 @@ use uuid::Uuid;
 use warp::http::StatusCode;
 use warp::{Filter, Reply};
 
+use crate::confirm::{confirm_append, unconfirmed_reason, wait_for_first, Confirmed};
 use crate::server::Ctx;
 
 /// The OpenAPI 3 document of this API.
@@ -165,16 +166,21 @@ async fn publish(ctx: Arc<Ctx>, body: bytes::Bytes) -> ApiResult {
         } else {
             StatusCode::INTERNAL_SERVER_ERROR
         };
+        metrics::counter!("herald_publish_nacks_total", "code" => code).increment(1);
         api_err(status, code, reason)
     };
     let slot = match ctx.dedup.claim(channel.as_str(), id) {
         Claim::Seen(rx) => {
-            return match Dedup::wait(rx).await {
-                DedupOutcome::Appended(seq) => {
+            return match wait_for_first(&ctx, rx).await {
+                Some(DedupOutcome::Appended(seq)) => {
                     metrics::counter!("herald_publish_duplicates_total").increment(1);
                     Ok(answer(seq, true))
                 }
-                DedupOutcome::Failed(code, reason) => Err(failed(code, reason)),
+                Some(DedupOutcome::Failed(code, reason)) => Err(failed(code, reason)),
+                None => {
+                    let (code, reason) = unconfirmed_reason(ctx.kafka.config().publish_timeout);
+                    Err(failed(code, reason))
+                }
             }
         }
         Claim::First(slot) => slot,
@@ -219,8 +225,12 @@ async fn publish(ctx: Arc<Ctx>, body: bytes::Bytes) -> ApiResult {
             }
         }
     }
-    let (result, duplicate) = match found {
-        Some(seq) => (Ok(seq), true),
+    let (answer_of_kafka, duplicate) = match found {
+        Some(seq) => {
+            ctx.dedup
+                .complete(channel.as_str(), id, &slot, DedupOutcome::Appended(seq));
+            (Confirmed::Answer(Ok(seq)), true)
+        }
         None => {
             let env = Envelope {
                 v: envelope::ENVELOPE_VERSION,
@@ -244,17 +254,12 @@ async fn publish(ctx: Arc<Ctx>, body: bytes::Bytes) -> ApiResult {
                     (HEADER_VERSION, v.as_bytes()),
                 ],
             );
-            let r = match pending {
-                Ok(p) => p.await,
-                Err(e) => Err(e),
-            };
-            (r, false)
+            let confirmed = confirm_append(&ctx, channel.as_str(), id, slot, pending, ()).await;
+            (confirmed, false)
         }
     };
-    match result {
-        Ok(seq) => {
-            ctx.dedup
-                .complete(channel.as_str(), id, &slot, DedupOutcome::Appended(seq));
+    match answer_of_kafka {
+        Confirmed::Answer(Ok(seq)) => {
             if duplicate {
                 metrics::counter!("herald_publish_duplicates_total").increment(1);
             } else {
@@ -264,17 +269,13 @@ async fn publish(ctx: Arc<Ctx>, body: bytes::Bytes) -> ApiResult {
             }
             Ok(answer(seq, duplicate))
         }
-        Err(e) => {
+        Confirmed::Answer(Err(e)) => {
             let code = crate::conn::publish_error_code(&e);
-            let reason = format!("not stored: {e}");
             metrics::counter!("herald_log_errors_total", "op" => "publish").increment(1);
-            metrics::counter!("herald_publish_nacks_total", "code" => code).increment(1);
-            ctx.dedup.complete(
-                channel.as_str(),
-                id,
-                &slot,
-                DedupOutcome::Failed(code, reason.clone()),
-            );
+            Err(failed(code, format!("not stored: {e}")))
+        }
+        Confirmed::Pending(limit) => {
+            let (code, reason) = unconfirmed_reason(limit);
             Err(failed(code, reason))
         }
     }

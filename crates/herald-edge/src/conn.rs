@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
-use herald_hub::{Claim, Dedup, DedupOutcome, HistoryLimits, HubError, Outbound, Outbox};
+use herald_hub::{Claim, DedupOutcome, HistoryLimits, HubError, Outbound, Outbox};
 use herald_log::LogError;
 use herald_proto::envelope::{self, Envelope, HEADER_ID, HEADER_VERSION};
 use herald_proto::frame::{decode_client, ClientFrame};
@@ -31,6 +31,7 @@ use uuid::Uuid;
 /// The socket of one connection.
 pub type WebSocket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
+use crate::confirm::{confirm_append, outcome_of, unconfirmed_reason, wait_for_first, Confirmed};
 use crate::server::{ConnSlot, Ctx};
 
 struct Subscription {
@@ -810,9 +811,13 @@ impl Conn {
         match ctx.dedup.claim(channel.as_str(), id) {
             Claim::Seen(rx) => {
                 tokio::spawn(async move {
-                    let outcome = Dedup::wait(rx).await;
-                    let reply = match outcome {
-                        DedupOutcome::Appended(seq) => {
+                    let reply = match wait_for_first(&ctx, rx).await {
+                        None => {
+                            let (code, reason) =
+                                unconfirmed_reason(ctx.kafka.config().publish_timeout);
+                            nack(id, channel.as_str(), code, reason)
+                        }
+                        Some(DedupOutcome::Appended(seq)) => {
                             metrics::counter!("herald_publish_duplicates_total").increment(1);
                             Outbound::Frame(
                                 ServerFrame::PublishAck {
@@ -824,7 +829,7 @@ impl Conn {
                                 .to_json(),
                             )
                         }
-                        DedupOutcome::Failed(code, reason) => {
+                        Some(DedupOutcome::Failed(code, reason)) => {
                             nack(id, channel.as_str(), code, reason)
                         }
                     };
@@ -875,12 +880,9 @@ impl Conn {
                     // Enqueued here, in the connection's order; confirmed in the task.
                     let pending = append(&ctx);
                     tokio::spawn(async move {
-                        let result = match pending {
-                            Ok(p) => p.await,
-                            Err(e) => Err(e),
-                        };
-                        settle(&ctx, &outbox, &slot, &channel, id, started, result, false);
-                        drop(permit);
+                        let answer =
+                            confirm_append(&ctx, channel.as_str(), id, slot, pending, permit).await;
+                        settle(&outbox, &channel, id, started, answer, false);
                     });
                 } else {
                     // A retry: the first attempt may have been appended by a
@@ -903,25 +905,36 @@ impl Conn {
                                 RETRY_SCAN_RECORDS,
                             )
                             .await;
-                        let (result, duplicate) = match found {
+                        let (answer, duplicate) = match found {
                             Ok(Some(seq)) => {
                                 metrics::counter!("herald_publish_retries_found_total")
                                     .increment(1);
-                                (Ok(seq), true)
+                                let o = DedupOutcome::Appended(seq);
+                                ctx.dedup.complete(channel.as_str(), id, &slot, o);
+                                drop(permit);
+                                (Confirmed::Answer(Ok(seq)), true)
                             }
                             Ok(None) => {
-                                let result = match append(&ctx) {
-                                    Ok(p) => p.await,
-                                    Err(e) => Err(e),
-                                };
-                                (result, false)
+                                let pending = append(&ctx);
+                                let answer = confirm_append(
+                                    &ctx,
+                                    channel.as_str(),
+                                    id,
+                                    slot,
+                                    pending,
+                                    permit,
+                                )
+                                .await;
+                                (answer, false)
                             }
-                            Err(e) => (Err(e), false),
+                            Err(e) => {
+                                ctx.dedup
+                                    .complete(channel.as_str(), id, &slot, outcome_of(&e));
+                                drop(permit);
+                                (Confirmed::Answer(Err(e)), false)
+                            }
                         };
-                        settle(
-                            &ctx, &outbox, &slot, &channel, id, started, result, duplicate,
-                        );
-                        drop(permit);
+                        settle(&outbox, &channel, id, started, answer, duplicate);
                     });
                 }
             }
@@ -951,20 +964,18 @@ pub(crate) const RETRY_SCAN_RECORDS: i64 = 50_000;
 
 /// Records the outcome of a first publish attempt and answers the client.
 #[allow(clippy::too_many_arguments)]
+/// Answers a publish whose dedup slot is already settled (or left to the
+/// task waiting for Kafka; see [`crate::confirm`]).
 fn settle(
-    ctx: &Ctx,
     outbox: &Outbox,
-    slot: &herald_hub::dedup::Slot,
     channel: &Channel,
     id: Uuid,
     started: Instant,
-    result: Result<i64, LogError>,
+    answer: Confirmed,
     duplicate: bool,
 ) {
-    let reply = match result {
-        Ok(seq) => {
-            ctx.dedup
-                .complete(channel.as_str(), id, slot, DedupOutcome::Appended(seq));
+    let reply = match answer {
+        Confirmed::Answer(Ok(seq)) => {
             if duplicate {
                 metrics::counter!("herald_publish_duplicates_total").increment(1);
             } else {
@@ -982,16 +993,13 @@ fn settle(
                 .to_json(),
             )
         }
-        Err(e) => {
+        Confirmed::Answer(Err(e)) => {
             let code = publish_error_code(&e);
-            let reason = format!("not stored: {e}");
             metrics::counter!("herald_log_errors_total", "op" => "publish").increment(1);
-            ctx.dedup.complete(
-                channel.as_str(),
-                id,
-                slot,
-                DedupOutcome::Failed(code, reason.clone()),
-            );
+            nack(id, channel.as_str(), code, format!("not stored: {e}"))
+        }
+        Confirmed::Pending(limit) => {
+            let (code, reason) = unconfirmed_reason(limit);
             nack(id, channel.as_str(), code, reason)
         }
     };

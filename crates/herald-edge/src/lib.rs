@@ -7,6 +7,9 @@
 //! - [`api`]: the server HTTP API for backends (`/api/*`).
 //! - [`server`]: [`Edge`]: start-up (topics, epochs, hub, tail), the routes
 //!   (`/ws`, `/healthz`, `/readyz`, `/metrics`) and graceful shutdown.
+//! - `confirm`: waiting for Kafka's answer to an append with a deadline for
+//!   the client's answer and none for the append (a late record is never
+//!   appended twice).
 //! - [`conn`]: one task per WebSocket connection: decode frames, subscribe,
 //!   publish with dedup, write the outbound queue, heartbeats, idle timeout.
 //!
@@ -24,6 +27,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+mod confirm;
 pub mod conn;
 pub mod server;
 

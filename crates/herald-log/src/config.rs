@@ -15,8 +15,9 @@ pub struct LogConfig {
     /// broker may hold a Fetch that found no new data. Kafka answers as soon
     /// as a record arrives, so this bounds idle polling, not latency.
     pub fetch_wait_max_ms: u32,
-    /// How long Kafka has to confirm a publish (`message.timeout.ms`) before
-    /// it is nacked as `unavailable`.
+    /// How long Kafka has to confirm a publish before its client is told
+    /// `unavailable`. The append itself goes on for at least
+    /// [`crate::kafka::DELIVERY_TIMEOUT`] (`message.timeout.ms`).
     pub publish_timeout: Duration,
     /// Metadata, watermark and range-read deadline.
     pub request_timeout: Duration,

@@ -52,6 +52,10 @@ fn warm_topic(consumer: &impl Consumer, topic: &str, timeout: Duration) -> Resul
 /// took 120-180 ms instead of 50-75 (docs/benchmarks.md, P4 on Kafka).
 const RANGE_FETCH_WAIT_MS: u32 = 5;
 
+/// The least time librdkafka keeps trying to deliver an append
+/// (`message.timeout.ms`; librdkafka's own default).
+pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// How long a node that found a topic (rather than creating it) waits for
 /// the creator's epoch record before recording one itself.
 const EPOCH_WAIT: Duration = Duration::from_secs(3);
@@ -190,9 +194,17 @@ impl Kafka {
         p.set("enable.idempotence", "true")
             .set("acks", "all")
             .set("max.in.flight.requests.per.connection", "5")
+            // How long librdkafka keeps retrying an append (same producer
+            // sequence, so never stored twice). Far longer than the publish
+            // timeout on purpose: a publish that times out for its client is
+            // not abandoned while its record may still be committed (a
+            // leader failover); see herald-edge's `confirm`.
             .set(
                 "message.timeout.ms",
-                cfg.publish_timeout.as_millis().to_string(),
+                cfg.publish_timeout
+                    .max(DELIVERY_TIMEOUT)
+                    .as_millis()
+                    .to_string(),
             )
             .set("linger.ms", "1")
             // Only used if a partition were not given; herald always gives one.

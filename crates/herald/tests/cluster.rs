@@ -340,23 +340,21 @@ async fn two_of_three_down_publishes_are_refused_and_reads_go_on() {
         Cluster::kill(*n);
     }
     // With one replica left, min.insync.replicas=2 cannot be met: a publish
-    // is nacked `unavailable`, never acked.
-    let mut refused = 0;
+    // is nacked `unavailable`, never acked. Its outcome is unknown, not
+    // failed: herald keeps the append going, and it may be stored once a
+    // broker returns; the client re-sends it with `retry: true` below.
+    let mut to_send: Vec<(Uuid, serde_json::Value, bool)> = Vec::new();
     for i in 0..5 {
-        match p
-            .publish(ch, Uuid::new_v4(), &json!({ "during": i }))
-            .await
-            .unwrap()
-        {
-            Published::Nack { code, .. } => {
-                assert_eq!(code, "unavailable");
-                refused += 1;
-            }
+        let (id, data) = (Uuid::new_v4(), json!({ "during": i }));
+        match p.publish(ch, id, &data).await.unwrap() {
+            Published::Nack { code, .. } => assert_eq!(code, "unavailable"),
             Published::Ack { seq, .. } => {
                 panic!("acked at seq {seq} with two of three brokers down")
             }
         }
+        to_send.push((id, data, true));
     }
+    let refused = to_send.len();
     // A client resuming from the start still reads everything that was acked.
     let mut reader = s.connect().await;
     let from_start = herald_client::Position {
@@ -371,37 +369,48 @@ async fn two_of_three_down_publishes_are_refused_and_reads_go_on() {
         acked[ch].iter().map(|a| a.1).collect::<Vec<_>>()
     );
 
-    // One broker back: publishing works again and the live subscriber gets
-    // the new messages, nothing refused among them.
+    // One broker back: publishing works again. Every publish nacked from
+    // here on is re-sent with the same id and `retry: true`, as a client
+    // must, until it is acked.
     Cluster::start(down[0]);
-    let mut after = 0;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while after < 50 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "publishes not acked after a broker returned"
-        );
-        let id = Uuid::new_v4();
-        match p.publish(ch, id, &json!({ "after": after })).await.unwrap() {
-            Published::Ack { seq, .. } => {
-                acked.get_mut(ch).unwrap().push((id, seq));
-                after += 1;
+    to_send.extend((0..50).map(|i| (Uuid::new_v4(), json!({ "after": i }), false)));
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let mut found_stored = 0;
+    for (id, data, mut retry) in to_send {
+        loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not acked after a broker returned"
+            );
+            if retry {
+                p.send_publish_retry(ch, id, &data).await.unwrap();
+            } else {
+                p.send_publish(ch, id, &data).await.unwrap();
             }
-            Published::Nack { code, .. } => {
-                assert_eq!(code, "unavailable");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+            match p.publish_result(id).await.unwrap() {
+                Published::Ack { seq, duplicate } => {
+                    found_stored += usize::from(duplicate);
+                    acked.get_mut(ch).unwrap().push((id, seq));
+                    break;
+                }
+                Published::Nack { code, .. } => {
+                    assert_eq!(code, "unavailable");
+                    retry = true;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
             }
         }
     }
-    got.extend(read_messages(&mut live, 50, Duration::from_secs(30)).await);
+    got.extend(read_messages(&mut live, 55, Duration::from_secs(30)).await);
+    assert_no_message(&mut live, Duration::from_millis(500)).await;
     let t = tally(&acked, &got);
     report(
         "cluster: two of three brokers down, then one back",
         &t,
-        &format!("refused_while_down={refused}"),
+        &format!("refused_while_down={refused} found_stored_on_retry={found_stored}"),
     );
     assert_eq!(
         (t.acked, t.delivered, t.lost, t.duplicated),
-        (100, 100, 0, 0)
+        (105, 105, 0, 0)
     );
 }
