@@ -33,14 +33,7 @@ fn admin() -> AdminClient<DefaultClientContext> {
 
 /// (smallest replica count of any partition, min.insync.replicas) of `topic`.
 async fn replication_of(topic: &str) -> (usize, String) {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", cluster_brokers())
-        .create()
-        .expect("consumer");
-    let md = c
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("metadata");
+    let md = Cluster::metadata(topic);
     let rf = md.topics()[0]
         .partitions()
         .iter()
@@ -183,6 +176,10 @@ async fn an_existing_topic_below_the_configured_replication_is_reported() {
 /// publish timeout (a publish stuck behind a dead leader is nacked and
 /// re-sent by the client rather than waiting 10 s).
 fn cluster_server(prefix: &str) -> Server {
+    cluster_server_with(prefix, "5000")
+}
+
+fn cluster_server_with(prefix: &str, publish_timeout_ms: &str) -> Server {
     Server::start_with(
         &cluster_brokers(),
         prefix,
@@ -192,7 +189,7 @@ fn cluster_server(prefix: &str) -> Server {
             "--min-insync-replicas",
             "2",
             "--publish-timeout-ms",
-            "5000",
+            publish_timeout_ms,
         ],
     )
 }
@@ -311,18 +308,7 @@ async fn a_broker_paused_longer_than_the_request_timeout_then_resumed() {
 async fn two_of_three_down_publishes_are_refused_and_reads_go_on() {
     let _restore = Cluster::restore_on_drop();
     let prefix = unique_prefix("twodown");
-    let s = Server::start_with(
-        &cluster_brokers(),
-        &prefix,
-        &[
-            "--replication",
-            "3",
-            "--min-insync-replicas",
-            "2",
-            "--publish-timeout-ms",
-            "3000",
-        ],
-    );
+    let s = cluster_server_with(&prefix, "3000");
     let ch = CHANS[0];
     let mut live = s.connect().await;
     let (pos, _) = live.subscribe(ch, None).await.unwrap();

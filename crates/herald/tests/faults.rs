@@ -209,15 +209,6 @@ async fn slow_consumer_is_disconnected_and_resumes() {
     assert_all_once("slow consumer cut (4008) and resumed", &o);
 }
 
-fn gauge(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(name) && !l.starts_with('#'))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 async fn metrics_text(http: &str) -> String {
     http_get(http, "/metrics").await.1
 }

@@ -156,13 +156,7 @@ async fn a_catch_up_to_a_client_that_stops_reading_stays_within_the_byte_bound()
     for _ in 0..30 {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         let m = http_get(&s.http, "/metrics").await.1;
-        let q = m
-            .lines()
-            .find(|l| l.starts_with("herald_hub_outbound_queued_bytes"))
-            .and_then(|l| l.split_whitespace().last())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
-        max_queued = max_queued.max(q);
+        max_queued = max_queued.max(gauge(&m, "herald_hub_outbound_queued_bytes"));
     }
     eprintln!("catch-up to a stalled reader: 300 x 60 KB, max queued bytes {max_queued}");
     assert!(max_queued > 0.0, "the catch-up queued something");

@@ -529,17 +529,20 @@ impl Cluster {
         Self::script(&["resume", &n.to_string()]);
     }
 
-    /// The node (`node.id` 1-3) leading `partition` of `topic` now.
-    pub fn leader_of(topic: &str, partition: i32) -> i32 {
+    /// The cluster's metadata of `topic`.
+    pub fn metadata(topic: &str) -> rdkafka::metadata::Metadata {
         use rdkafka::consumer::{BaseConsumer, Consumer};
         let c: BaseConsumer = rdkafka::ClientConfig::new()
             .set("bootstrap.servers", cluster_brokers())
             .create()
             .expect("consumer");
-        let md = c
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .expect("metadata");
-        md.topics()[0].partitions()[partition as usize].leader()
+        c.fetch_metadata(Some(topic), Duration::from_secs(10))
+            .expect("metadata")
+    }
+
+    /// The node (`node.id` 1-3) leading `partition` of `topic` now.
+    pub fn leader_of(topic: &str, partition: i32) -> i32 {
+        Self::metadata(topic).topics()[0].partitions()[partition as usize].leader()
     }
 
     /// A guard that brings every node back when the test ends, however it ends.
@@ -560,4 +563,15 @@ impl Drop for ClusterRestore {
             let _ = Command::new(script).args(["start", n]).output();
         }
     }
+}
+
+/// The value of the first sample of metric `name` in a Prometheus text page
+/// (0 when absent).
+pub fn gauge(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name) && !l.starts_with('#'))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }
