@@ -407,14 +407,20 @@ impl Identity {
     }
 
     /// Time left before the token expires (zero when it has).
+    /// Time left until `exp`, at most [`MAX_EXPIRY_TIMER`]: an `exp` near
+    /// the end of time must not overflow the timer (`Instant + Duration`).
     pub fn expires_in(&self) -> Duration {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        Duration::from_secs(self.exp.saturating_sub(now))
+        Duration::from_secs(self.exp.saturating_sub(now)).min(MAX_EXPIRY_TIMER)
     }
 }
+
+/// The longest expiry timer a connection arms (about ten years); a token
+/// valid longer is treated as valid that long.
+pub const MAX_EXPIRY_TIMER: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// `*` matches any run of characters (including none); nothing else is special.
 fn glob(pattern: &str, s: &str) -> bool {
@@ -488,6 +494,19 @@ mod tests {
             &EncodingKey::from_secret(secret),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn an_exp_near_the_end_of_time_cannot_overflow_the_expiry_timer() {
+        let a = auth();
+        for exp in [i64::MAX as u64, 9_000_000_000_000_000_000, u64::MAX / 2] {
+            let t = token(serde_json::json!({"sub": "alice", "exp": exp}), SECRET);
+            let id = a.verify(&t).expect("a far-future exp is valid");
+            let left = id.expires_in();
+            assert!(left <= MAX_EXPIRY_TIMER);
+            assert!(std::time::Instant::now().checked_add(left).is_some());
+            assert!(tokio::time::Instant::now().checked_add(left).is_some());
+        }
     }
 
     #[test]

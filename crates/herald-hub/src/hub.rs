@@ -430,12 +430,14 @@ impl Hub {
         }
         {
             let st = part.lock();
-            if seq + 1 >= st.recent_from && seq < st.next_offset {
+            // `seq >= from - 1`, not `seq + 1 >= from`: a client's seq may
+            // be i64::MAX.
+            if seq >= st.recent_from - 1 && seq < st.next_offset {
                 return Ok(Some(seq));
             }
         }
         let wm = self.log.watermarks(&part.topic, part.partition).await?;
-        Ok((seq + 1 >= wm.low && seq < wm.high).then_some(seq))
+        Ok((seq >= wm.low - 1 && seq < wm.high).then_some(seq))
     }
 
     /// Removes `outbox`'s subscription to `channel`. True if there was one.

@@ -133,6 +133,9 @@ async fn positions_outside_the_log_or_epoch_are_not_recovered() {
         position(2),  // below the log start - 1
         position(10), // at the log end: never assigned
         position(-2),
+        // Far past the end, where `seq + 1` would overflow.
+        position(i64::MAX),
+        position(i64::MIN),
         Position {
             seq: 7,
             epoch: "other".into(),
