@@ -133,6 +133,10 @@ pub struct EdgeConfig {
     /// Close a connection that sent nothing (not even a pong) for this long.
     /// Default 60 s.
     pub idle_timeout: Duration,
+    /// A batched write to a connection (at most 64 frames) that does not
+    /// complete within this long ends the connection: the peer stopped
+    /// reading (its TCP window is full). Default 30 s.
+    pub write_timeout: Duration,
     /// How long a publish id is remembered for dedup. Default 10 min.
     pub dedup_window: Duration,
     /// Most ids remembered. Default 1,000,000.
@@ -187,6 +191,7 @@ impl Default for EdgeConfig {
             max_inflight_publishes: 256,
             heartbeat: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(30),
             dedup_window: Duration::from_secs(600),
             dedup_capacity: 1_000_000,
             recent_messages: 10_000,

@@ -213,6 +213,10 @@ async fn serve(id: u64, accepted: Box<Accepted>) {
         let mut armed_for: Option<u64> = None;
         let ctx = conn.ctx.clone();
         let (frames_in, frames_out) = (&ctx.frames_in, &ctx.frames_out);
+        let write_timeout = ctx.cfg.write_timeout;
+        // Set when a write made no progress for `write_timeout`: nothing more
+        // is written to the socket, it is dropped.
+        let mut stalled = false;
         debug!("Connected");
 
         let close: Option<(u16, &'static str)> = loop {
@@ -239,17 +243,26 @@ async fn serve(id: u64, accepted: Box<Accepted>) {
                     let Some(item) = item else { break None };
                     // Whatever else is queued goes out with it: one flush
                     // (one write syscall) per batch instead of per message.
-                    let mut ok = sink.feed(Message::text(item.text())).await.is_ok();
-                    let mut n = 1u64;
-                    while ok && n < WRITE_BATCH {
-                        let Some(next) = rx.try_recv() else { break };
-                        ok = sink.feed(Message::text(next.text())).await.is_ok();
-                        n += 1;
+                    // Bounded in time: a peer that stopped reading must not
+                    // hold this loop (overflow, expiry, drain) forever.
+                    let batch = async {
+                        let mut ok = sink.feed(Message::text(item.text())).await.is_ok();
+                        let mut n = 1u64;
+                        while ok && n < WRITE_BATCH {
+                            let Some(next) = rx.try_recv() else { break };
+                            ok = sink.feed(Message::text(next.text())).await.is_ok();
+                            n += 1;
+                        }
+                        (ok && sink.flush().await.is_ok()).then_some(n)
+                    };
+                    match tokio::time::timeout(write_timeout, batch).await {
+                        Ok(Some(n)) => frames_out.increment(n),
+                        Ok(None) => break None,
+                        Err(_) => {
+                            stalled = true;
+                            break None;
+                        }
                     }
-                    if !ok || sink.flush().await.is_err() {
-                        break None;
-                    }
-                    frames_out.increment(n);
                 }
                 msg = stream.next() => {
                     let msg = match msg {
@@ -293,8 +306,13 @@ async fn serve(id: u64, accepted: Box<Accepted>) {
                     if last_seen.elapsed() > conn.ctx.cfg.idle_timeout {
                         break Some((codes::CLOSE_IDLE_TIMEOUT, "idle timeout"));
                     }
-                    if sink.send(Message::Ping(Default::default())).await.is_err() {
-                        break None;
+                    match tokio::time::timeout(write_timeout, sink.send(Message::Ping(Default::default()))).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => break None,
+                        Err(_) => {
+                            stalled = true;
+                            break None;
+                        }
                     }
                 }
             }
@@ -302,6 +320,12 @@ async fn serve(id: u64, accepted: Box<Accepted>) {
 
         // Stop subscriptions first so nothing new is queued.
         conn.unsubscribe_all();
+        if stalled {
+            metrics::counter!("herald_edge_write_stalls_total").increment(1);
+            debug!(?write_timeout, "Write stalled; dropping the connection");
+        }
+        // Every write from here on is bounded too (the peer may stall now).
+        let close = if stalled { None } else { close };
         if let Some((code, reason)) = close {
             debug!(code, reason, "Closing");
             if code == codes::CLOSE_GOING_AWAY {
@@ -309,21 +333,30 @@ async fn serve(id: u64, accepted: Box<Accepted>) {
                 // publishes get their answer before closing.
                 let jitter = conn.ctx.cfg.reconnect_jitter.as_millis();
                 let after_ms = (Uuid::new_v4().as_u128() % (jitter + 1)) as u64;
-                let _ = sink
-                    .send(Message::text(ServerFrame::Reconnect { after_ms }.to_json()))
-                    .await;
+                let reconnect = ServerFrame::Reconnect { after_ms }.to_json();
+                let _ =
+                    tokio::time::timeout(write_timeout, sink.send(Message::text(reconnect))).await;
                 // Boxed: the connection task would otherwise carry this
                 // rarely used state for its whole life.
-                Box::pin(conn.drain_publishes(&mut rx, &mut sink)).await;
+                Box::pin(tokio::time::timeout(
+                    conn.ctx.cfg.shutdown_grace + write_timeout,
+                    conn.drain_publishes(&mut rx, &mut sink),
+                ))
+                .await
+                .ok();
             }
-            let _ = sink
-                .send(Message::Close(Some(CloseFrame {
+            let _ = tokio::time::timeout(
+                write_timeout,
+                sink.send(Message::Close(Some(CloseFrame {
                     code: CloseCode::from(code),
                     reason: reason.into(),
-                })))
-                .await;
+                }))),
+            )
+            .await;
         }
-        let _ = sink.close().await;
+        if !stalled {
+            let _ = tokio::time::timeout(write_timeout, sink.close()).await;
+        }
         debug!("Disconnected");
     }
     drop(conn);

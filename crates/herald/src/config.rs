@@ -36,6 +36,7 @@ pub struct Server {
     pub listen: String,
     pub heartbeat_secs: u64,
     pub idle_timeout_secs: u64,
+    pub write_timeout_secs: u64,
     pub drain_delay_ms: u64,
     pub reconnect_jitter_ms: u64,
     pub shutdown_grace_secs: u64,
@@ -121,6 +122,7 @@ impl Default for Settings {
                 listen: e.listen.to_string(),
                 heartbeat_secs: e.heartbeat.as_secs(),
                 idle_timeout_secs: e.idle_timeout.as_secs(),
+                write_timeout_secs: e.write_timeout.as_secs(),
                 drain_delay_ms: e.drain_delay.as_millis() as u64,
                 reconnect_jitter_ms: e.reconnect_jitter.as_millis() as u64,
                 shutdown_grace_secs: e.shutdown_grace.as_secs(),
@@ -505,6 +507,9 @@ impl Settings {
         if self.server.heartbeat_secs == 0 {
             out.push(err("server.heartbeat_secs", "must be at least 1"));
         }
+        if self.server.write_timeout_secs == 0 {
+            out.push(err("server.write_timeout_secs", "must be at least 1"));
+        }
         if !self.auth.hs256_secret.is_empty() && self.auth.hs256_secret.len() < 32 {
             out.push(err(
                 "auth.hs256_secret",
@@ -626,6 +631,7 @@ impl Settings {
             max_inflight_publishes: self.limits.max_inflight_publishes,
             heartbeat: Duration::from_secs(self.server.heartbeat_secs),
             idle_timeout: Duration::from_secs(self.server.idle_timeout_secs),
+            write_timeout: Duration::from_secs(self.server.write_timeout_secs),
             dedup_window: Duration::from_secs(self.cache.dedup_window_secs),
             dedup_capacity: self.cache.dedup_capacity,
             recent_messages: self.cache.recent_messages,

@@ -147,6 +147,9 @@ struct ServeArgs {
     /// server.idle_timeout_secs
     #[arg(long)]
     idle_timeout_secs: Option<u64>,
+    /// server.write_timeout_secs
+    #[arg(long)]
+    write_timeout_secs: Option<u64>,
     /// cache.dedup_window_secs
     #[arg(long)]
     dedup_window_secs: Option<u64>,
@@ -208,6 +211,7 @@ impl ServeArgs {
         set!(self.max_subscriptions => s.limits.max_subscriptions);
         set!(self.heartbeat_secs => s.server.heartbeat_secs);
         set!(self.idle_timeout_secs => s.server.idle_timeout_secs);
+        set!(self.write_timeout_secs => s.server.write_timeout_secs);
         set!(self.dedup_window_secs => s.cache.dedup_window_secs);
         set!(self.recent_messages => s.cache.recent_messages);
         set!(self.drain_delay_ms => s.server.drain_delay_ms);

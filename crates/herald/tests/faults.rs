@@ -423,3 +423,73 @@ async fn rolling_restart_of_two_edges_loses_nothing() {
     assert_all_once("rolling restart of two edges (SIGTERM, drain)", &o);
     drop(restarted);
 }
+
+/// A client that stops reading with its TCP window full cannot hold its
+/// connection task forever: the server's batched write makes no progress,
+/// and after `--write-timeout-secs` the socket is dropped and counted. Before
+/// that bound the task stayed blocked inside the write, deaf to overflow,
+/// token expiry, drain and shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_socket_is_cut_after_the_write_timeout() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let s = Server::start(
+        &unique_prefix("stalled"),
+        &["--write-timeout-secs", "2", "--publish-rate", "0"],
+    );
+    let ch = "chat:stall";
+    // A raw client with a tiny receive buffer that subscribes and then never
+    // reads: the server's writes stall once the buffers between are full.
+    let addr = s
+        .url
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse::<std::net::SocketAddr>()
+        .unwrap();
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let tcp = sock.connect(addr).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(s.url.as_str(), tcp)
+        .await
+        .expect("handshake");
+    ws.send(Message::text(
+        json!({ "type": "subscribe", "channel": ch }).to_string(),
+    ))
+    .await
+    .unwrap();
+    // Let the subscription take effect before publishing.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut p = s.connect().await;
+    let pad = "s".repeat(60_000);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut published = 0;
+    // Two connections open (the stalled one and the publisher) until the
+    // stalled one is cut.
+    loop {
+        let m = http_get(&s.http, "/metrics").await.1;
+        if gauge(&m, "herald_edge_connections ") <= 1.0 {
+            assert!(gauge(&m, "herald_edge_write_stalls_total") >= 1.0, "{m}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stalled connection was not cut ({published} x 60 KB published)"
+        );
+        if published < 400 {
+            for _ in 0..20 {
+                publish_ok(&mut p, ch, json!({ "pad": pad })).await;
+            }
+            published += 20;
+        } else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    eprintln!(
+        "FAULT-REPORT stalled socket: cut after {published} x 60 KB published, write timeout 2 s"
+    );
+    // The node still serves everyone else.
+    publish_ok(&mut p, ch, json!("after")).await;
+    drop(ws);
+}
