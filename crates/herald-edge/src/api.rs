@@ -122,6 +122,41 @@ struct PublishRequest {
     retry: bool,
 }
 
+/// Reads a request body of at most `max` bytes (its declared length was
+/// checked by `content_length_limit`; this holds a lying one to it too).
+async fn read_body<S, B>(body: S, max: usize) -> Result<bytes::Bytes, ApiError>
+where
+    S: futures_util::Stream<Item = Result<B, warp::Error>>,
+    B: bytes::Buf,
+{
+    use futures_util::StreamExt;
+    let mut out = bytes::BytesMut::new();
+    let mut body = std::pin::pin!(body);
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk.map_err(|e| {
+            api_err(
+                StatusCode::BAD_REQUEST,
+                codes::BAD_FRAME,
+                format!("reading the body: {e}"),
+            )
+        })?;
+        if out.len() + chunk.remaining() > max {
+            return Err(api_err(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                codes::TOO_LARGE,
+                format!("the body exceeds {max} bytes"),
+            ));
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            let n = part.len();
+            out.extend_from_slice(part);
+            chunk.advance(n);
+        }
+    }
+    Ok(out.freeze())
+}
+
 async fn publish(ctx: Arc<Ctx>, body: bytes::Bytes) -> ApiResult {
     let req: PublishRequest = serde_json::from_slice(&body).map_err(|e| {
         api_err(
@@ -480,16 +515,19 @@ pub fn routes(
         .and(warp::post())
         .and(keyed.clone())
         .and(warp::body::content_length_limit(max_body))
-        .and(warp::body::bytes())
-        .then(
-            |ctx: Result<Arc<Ctx>, ApiError>, body: bytes::Bytes| async move {
-                let r = match ctx {
-                    Ok(ctx) => publish(ctx, body).await,
+        .and(warp::body::stream())
+        .then(move |ctx: Result<Arc<Ctx>, ApiError>, body| async move {
+            // The key first: a request without a valid one is answered
+            // without its body ever being read.
+            let r = match ctx {
+                Ok(ctx) => match read_body(body, max_body as usize).await {
+                    Ok(body) => publish(ctx, body).await,
                     Err(e) => Err(e),
-                };
-                respond("publish", r)
-            },
-        );
+                },
+                Err(e) => Err(e),
+            };
+            respond("publish", r)
+        });
     let history_route = warp::path!("api" / "history")
         .and(warp::get())
         .and(keyed.clone())

@@ -735,3 +735,28 @@ async fn rs256_from_jwks_and_es256_from_pem() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The API key is checked before the body is read: a request that declares
+/// a large body and sends none of it is refused at once, not held open
+/// waiting for bytes that an unauthenticated client chose to drip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_key_is_checked_before_the_body_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = start("sec-api-body", 5, &[]);
+    let addr = s.http.trim_start_matches("http://").trim_end_matches('/');
+    for key in ["", "X-Api-Key: wrong-key-wrong-key-1\r\n"] {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST /api/publish HTTP/1.1\r\nHost: x\r\n{key}Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n"
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        // No body at all.
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(3), tcp.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no answer without the body ({key:?})"))
+            .unwrap();
+        let answer = String::from_utf8_lossy(&buf[..n]);
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    }
+}
