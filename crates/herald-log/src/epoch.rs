@@ -8,7 +8,9 @@
 //! Nodes starting together must agree: a node that finds the topic already
 //! there waits a few seconds for the creator's record; if none comes (the
 //! topic was made outside herald), it records one, waits a second for the
-//! records of nodes doing the same, and takes the newest. Kafka's own topic
+//! records of nodes doing the same, and takes the newest. A node that finds a
+//! record written less than a second ago waits out that second too and takes
+//! the newest, so it does not settle on the first of several. Kafka's own topic
 //! ids (KIP-516) are not exposed by librdkafka's metadata API, hence this
 //! record.
 //!

@@ -481,11 +481,12 @@ impl Kafka {
         {
             return Ok(None);
         }
-        Ok(self.read_epochs().await?.remove(topic))
+        Ok(self.read_epochs().await?.remove(topic).map(|e| e.epoch))
     }
 
     /// Reads every epoch record in the meta topic: topic → newest epoch.
-    async fn read_epochs(&self) -> Result<HashMap<String, String>, LogError> {
+    /// Reads every epoch record in the meta topic: topic -> newest record.
+    async fn read_epochs(&self) -> Result<HashMap<String, EpochRecord>, LogError> {
         let meta = self.cfg.meta_topic();
         let wm = self.watermarks_now(&meta, 0).await?;
         let mut out = HashMap::new();
@@ -498,7 +499,7 @@ impl Kafka {
                 };
                 match serde_json::from_slice::<EpochRecord>(v) {
                     Ok(e) => {
-                        out.insert(String::from_utf8_lossy(k).into_owned(), e.epoch);
+                        out.insert(String::from_utf8_lossy(k).into_owned(), e);
                     }
                     Err(e) => warn!(offset = r.offset, %e, "Skipping malformed epoch record"),
                 }
@@ -527,7 +528,17 @@ impl Kafka {
             let deadline = Instant::now() + EPOCH_WAIT;
             loop {
                 if let Some(e) = self.read_epochs().await?.remove(topic) {
-                    return Ok(e);
+                    // A record written a moment ago may be one of several
+                    // that nodes starting together wrote at about the same
+                    // time: let the others land, then take the newest.
+                    let age = now_ms().saturating_sub(e.recorded_at_ms).max(0) as u64;
+                    let settle = EPOCH_SETTLE.as_millis() as u64;
+                    if age >= settle {
+                        return Ok(e.epoch);
+                    }
+                    tokio::time::sleep(Duration::from_millis(settle - age + 100)).await;
+                    let newest = self.read_epochs().await?.remove(topic);
+                    return Ok(newest.map(|n| n.epoch).unwrap_or(e.epoch));
                 }
                 if Instant::now() >= deadline {
                     break;
@@ -555,7 +566,10 @@ impl Kafka {
             tokio::time::sleep(EPOCH_SETTLE).await;
         }
         let epochs = self.read_epochs().await?;
-        let epoch = epochs.get(topic).cloned().unwrap_or(rec.epoch);
+        let epoch = epochs
+            .get(topic)
+            .map(|e| e.epoch.clone())
+            .unwrap_or(rec.epoch);
         info!(topic, epoch, "Recorded topic epoch");
         Ok(epoch)
     }
