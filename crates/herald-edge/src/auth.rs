@@ -259,6 +259,11 @@ impl Auth {
         })
     }
 
+    /// How long past `exp` a token is still accepted (clock skew).
+    pub fn leeway(&self) -> Duration {
+        self.leeway
+    }
+
     /// True when some key can verify tokens.
     pub fn accepts_tokens(&self) -> bool {
         !self.keys.is_empty()

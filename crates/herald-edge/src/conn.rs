@@ -16,7 +16,7 @@ use herald_proto::envelope::{self, Envelope, HEADER_ID, HEADER_VERSION};
 use herald_proto::frame::{decode_client, ClientFrame};
 use herald_proto::{codes, Channel, HistoryRequest, Position, ServerFrame, Since};
 
-use crate::auth::{Capability, Identity};
+use crate::auth::{Capability, Identity, MAX_EXPIRY_TIMER};
 use hyper_util::rt::TokioIo;
 use serde_json::value::RawValue;
 use tokio::sync::Semaphore;
@@ -223,9 +223,12 @@ async fn serve(id: u64, accepted: Box<Accepted>) {
             let exp = conn.identity.as_ref().map(|i| i.exp);
             if exp != armed_for {
                 if let Some(id) = &conn.identity {
-                    expiry
-                        .as_mut()
-                        .reset(tokio::time::Instant::now() + id.expires_in());
+                    // The same leeway as at verification: a token accepted
+                    // within it is not closed the moment it is accepted.
+                    let left = id.expires_in().saturating_add(conn.ctx.auth.leeway());
+                    let now = tokio::time::Instant::now();
+                    let at = now.checked_add(left).unwrap_or(now + MAX_EXPIRY_TIMER);
+                    expiry.as_mut().reset(at);
                 }
                 armed_for = exp;
             }

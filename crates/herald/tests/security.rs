@@ -760,3 +760,35 @@ async fn the_api_key_is_checked_before_the_body_is_read() {
         assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
     }
 }
+
+/// A token accepted only thanks to `auth.leeway_secs` (its `exp` a moment
+/// ago) lives out the leeway, like at verification, and is then closed with
+/// 4003; it used to be accepted and closed at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_inside_the_leeway_lives_out_the_leeway() {
+    let s = start("sec-leeway", 5, &[]);
+    let exp = now() - 2;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({ "sub": "erin", "exp": exp }),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let mut c = s.connect().await;
+    c.auth(&token).await.expect("accepted within the leeway");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    c.ping().await.expect("still open inside the leeway");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        match c.next_frame_within(Duration::from_secs(1)).await {
+            Err(ClientError::Closed(code)) => break code,
+            Err(ClientError::Timeout(_)) | Ok(_) => {}
+            Err(e) => panic!("{e}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not closed after the leeway"
+        );
+    };
+    assert_eq!(code, Some(4003));
+}
