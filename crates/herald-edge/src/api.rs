@@ -289,7 +289,15 @@ async fn publish(ctx: Arc<Ctx>, body: bytes::Bytes) -> ApiResult {
                     (HEADER_VERSION, v.as_bytes()),
                 ],
             );
-            let confirmed = confirm_append(&ctx, channel.as_str(), id, slot, pending, ()).await;
+            // In a task of its own: a request whose client hangs up drops
+            // this handler, and the append must still settle its dedup slot.
+            let (task_ctx, ch) = (ctx.clone(), channel.as_str().to_owned());
+            let confirmed =
+                tokio::spawn(
+                    async move { confirm_append(&task_ctx, &ch, id, slot, pending, ()).await },
+                )
+                .await
+                .unwrap_or(Confirmed::Answer(Err(herald_log::LogError::Canceled)));
             (confirmed, false)
         }
     };

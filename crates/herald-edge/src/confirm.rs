@@ -29,10 +29,10 @@ pub(crate) enum Confirmed {
     Pending(Duration),
 }
 
-/// Hands `pending` to a task that waits for Kafka's answer, completes the
-/// publish's dedup slot with it and then drops `guard` (the connection's
-/// in-flight permit: unconfirmed appends still count against it). Returns
-/// the answer if it comes within the publish timeout.
+/// Waits up to the publish timeout for Kafka's answer to `pending`, completes
+/// the publish's dedup slot with it and drops `guard` (the connection's
+/// in-flight permit: unconfirmed appends still count against it). When the
+/// answer is late, a task takes the append over and does both when it comes.
 pub(crate) async fn confirm_append(
     ctx: &Arc<Ctx>,
     channel: &str,
@@ -48,28 +48,35 @@ pub(crate) async fn confirm_append(
             return Confirmed::Answer(Err(e));
         }
     };
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let task_ctx = ctx.clone();
-    let ch = channel.to_owned();
-    tokio::spawn(async move {
-        let result = pending.await;
-        let outcome = match &result {
-            Ok(seq) => DedupOutcome::Appended(*seq),
-            Err(e) => outcome_of(e),
-        };
-        task_ctx.dedup.complete(&ch, id, &slot, outcome);
-        drop(guard);
-        let _ = tx.send(result);
-    });
+    let mut pending = pending;
     let limit = ctx.kafka.config().publish_timeout;
-    match tokio::time::timeout(limit, rx).await {
-        Ok(Ok(result)) => Confirmed::Answer(result),
-        Ok(Err(_)) => Confirmed::Answer(Err(LogError::Canceled)),
+    // The usual case stays in the caller's task: no second task per publish.
+    match tokio::time::timeout(limit, &mut pending).await {
+        Ok(result) => {
+            complete(&ctx.dedup, channel, id, &slot, &result);
+            drop(guard);
+            Confirmed::Answer(result)
+        }
         Err(_) => {
             metrics::counter!("herald_publish_unconfirmed_total").increment(1);
+            let ctx = ctx.clone();
+            let channel = channel.to_owned();
+            tokio::spawn(async move {
+                let result = pending.await;
+                complete(&ctx.dedup, &channel, id, &slot, &result);
+                drop(guard);
+            });
             Confirmed::Pending(limit)
         }
     }
+}
+
+fn complete(dedup: &Dedup, channel: &str, id: Uuid, slot: &Slot, result: &Result<i64, LogError>) {
+    let outcome = match result {
+        Ok(seq) => DedupOutcome::Appended(*seq),
+        Err(e) => outcome_of(e),
+    };
+    dedup.complete(channel, id, slot, outcome);
 }
 
 /// Waits, up to the publish timeout, for the outcome of an earlier attempt

@@ -998,8 +998,6 @@ const WRITE_BATCH: u64 = 64;
 /// is looked for, besides the dedup window's time bound.
 pub(crate) const RETRY_SCAN_RECORDS: i64 = 50_000;
 
-/// Records the outcome of a first publish attempt and answers the client.
-#[allow(clippy::too_many_arguments)]
 /// Answers a publish whose dedup slot is already settled (or left to the
 /// task waiting for Kafka; see [`crate::confirm`]).
 fn settle(

@@ -435,10 +435,7 @@ impl Kafka {
 
     /// The replication factor (the smallest replica count of any partition)
     /// and `min.insync.replicas` of `topic`, each `None` if not reported.
-    pub async fn topic_replication(
-        &self,
-        topic: &str,
-    ) -> Result<(Option<i32>, Option<i32>), LogError> {
+    async fn topic_replication(&self, topic: &str) -> Result<(Option<i32>, Option<i32>), LogError> {
         let t = self.cfg.request_timeout;
         let name = topic.to_owned();
         let rf = self
