@@ -13,10 +13,10 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
-use herald_hub::{Claim, DedupOutcome, HistoryLimits};
-use herald_proto::envelope::{self, Envelope, HEADER_ID, HEADER_VERSION};
+use herald_hub::publish::refused;
+use herald_hub::{HistoryLimits, PublishOutcome, PublishRequest};
 use herald_proto::frame::{json_depth, HISTORY_DEFAULT_LIMIT, MAX_DATA_DEPTH};
 use herald_proto::{codes, Channel, HistoryFrom};
 use serde::Deserialize;
@@ -26,8 +26,7 @@ use uuid::Uuid;
 use warp::http::StatusCode;
 use warp::{Filter, Reply};
 
-use crate::confirm::{confirm_append, unconfirmed_reason, wait_for_first, Confirmed};
-use crate::server::Ctx;
+use crate::ctx::Ctx;
 
 /// The OpenAPI 3 document of this API.
 pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
@@ -59,13 +58,6 @@ fn respond(route: &'static str, r: ApiResult) -> warp::reply::Response {
     warp::reply::with_status(warp::reply::json(&body), status).into_response()
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// The key from `Authorization: Bearer KEY` or `X-Api-Key: KEY`.
 fn check_key(
     ctx: &Ctx,
@@ -94,26 +86,23 @@ fn check_key(
     }
 }
 
+/// The channel and its topic (the API is trusted: no access rules).
 fn resolve(ctx: &Ctx, name: &str) -> Result<(Channel, String), ApiError> {
-    let channel = Channel::parse(name)
-        .map_err(|e| api_err(StatusCode::BAD_REQUEST, codes::BAD_CHANNEL, e.to_string()))?;
-    let topic = ctx
-        .topics
-        .get(channel.namespace())
-        .cloned()
-        .ok_or_else(|| {
-            api_err(
-                StatusCode::NOT_FOUND,
-                codes::UNKNOWN_NAMESPACE,
-                format!("namespace `{}` is not configured", channel.namespace()),
-            )
-        })?;
-    Ok((channel, topic))
+    let (channel, _, topic) = ctx.resolve(name).map_err(|(code, reason)| {
+        let status = if code == codes::UNKNOWN_NAMESPACE {
+            StatusCode::NOT_FOUND
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        api_err(status, code, reason)
+    })?;
+    Ok((channel, topic.to_owned()))
 }
 
+/// The body of `POST /api/publish`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PublishRequest {
+struct PublishBody {
     channel: String,
     #[serde(default)]
     id: Option<Uuid>,
@@ -157,8 +146,15 @@ where
     Ok(out.freeze())
 }
 
+/// A refusal before the pipeline, counted like the pipeline's nacks.
+fn refuse(status: StatusCode, code: &'static str, reason: impl Into<String>) -> ApiError {
+    refused(code);
+    api_err(status, code, reason)
+}
+
 async fn publish(ctx: Arc<Ctx>, body: bytes::Bytes) -> ApiResult {
-    let req: PublishRequest = serde_json::from_slice(&body).map_err(|e| {
+    let started = Instant::now();
+    let req: PublishBody = serde_json::from_slice(&body).map_err(|e| {
         api_err(
             StatusCode::BAD_REQUEST,
             codes::BAD_FRAME,
@@ -172,154 +168,71 @@ async fn publish(ctx: Arc<Ctx>, body: bytes::Bytes) -> ApiResult {
         .and_then(|n| n.max_message_bytes)
         .unwrap_or(ctx.cfg.max_message_bytes);
     if req.data.get().len() > max {
-        return Err(api_err(
+        return Err(refuse(
             StatusCode::PAYLOAD_TOO_LARGE,
             codes::TOO_LARGE,
             format!("data is {} bytes; the limit is {max}", req.data.get().len()),
         ));
     }
     if json_depth(req.data.get()) > MAX_DATA_DEPTH {
-        return Err(api_err(
+        return Err(refuse(
             StatusCode::BAD_REQUEST,
             codes::BAD_FRAME,
             format!("`data` is nested deeper than {MAX_DATA_DEPTH} levels"),
         ));
     }
     if ctx.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
-        return Err(api_err(
+        return Err(refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             codes::SHUTTING_DOWN,
             "server is shutting down; retry on another node with the same id",
         ));
     }
-    let id = req.id.unwrap_or_else(Uuid::new_v4);
-    let started = Instant::now();
-    let answer = |seq: i64, duplicate: bool| json!({ "channel": channel.as_str(), "id": id, "seq": seq, "duplicate": duplicate });
-    let failed = |code: &'static str, reason: String| {
-        let status = if code == codes::UNAVAILABLE {
-            StatusCode::SERVICE_UNAVAILABLE
-        } else {
-            StatusCode::INTERNAL_SERVER_ERROR
-        };
-        metrics::counter!("herald_publish_nacks_total", "code" => code).increment(1);
-        api_err(status, code, reason)
-    };
-    let slot = match ctx.dedup.claim(channel.as_str(), id) {
-        Claim::Seen(rx) => {
-            return match wait_for_first(&ctx, rx).await {
-                Some(DedupOutcome::Appended(seq)) => {
-                    metrics::counter!("herald_publish_duplicates_total").increment(1);
-                    Ok(answer(seq, true))
-                }
-                Some(DedupOutcome::Failed(code, reason)) => Err(failed(code, reason)),
-                None => {
-                    let (code, reason) = unconfirmed_reason(ctx.kafka.config().publish_timeout);
-                    Err(failed(code, reason))
-                }
-            }
-        }
-        Claim::First(slot) => slot,
-    };
-    let partition = match ctx.hub.partition_of(&topic, channel.as_str()) {
-        Ok(p) => p,
-        Err(e) => {
-            ctx.dedup.complete(
-                channel.as_str(),
-                id,
-                &slot,
-                DedupOutcome::Failed(codes::INTERNAL, e.to_string()),
-            );
-            return Err(failed(codes::INTERNAL, e.to_string()));
-        }
-    };
-    let mut found = None;
-    if req.retry {
-        let since = now_ms() - ctx.cfg.dedup_window.as_millis() as i64;
-        match ctx
-            .kafka
-            .find_message(
-                &topic,
-                partition,
-                channel.as_str(),
-                id,
-                since,
-                crate::conn::RETRY_SCAN_RECORDS,
+    let partition = ctx
+        .hub
+        .partition_of(&topic, channel.as_str())
+        .map_err(|e| {
+            refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                codes::INTERNAL,
+                e.to_string(),
             )
-            .await
-        {
-            Ok(f) => found = f,
-            Err(e) => {
-                let reason = format!("not stored: {e}");
-                ctx.dedup.complete(
-                    channel.as_str(),
-                    id,
-                    &slot,
-                    DedupOutcome::Failed(codes::UNAVAILABLE, reason.clone()),
-                );
-                return Err(failed(codes::UNAVAILABLE, reason));
-            }
+        })?;
+    let id = req.id.unwrap_or_else(Uuid::new_v4);
+    let answer = ctx.publisher.start(
+        PublishRequest {
+            topic,
+            partition,
+            channel: channel.as_str().to_owned(),
+            id,
+            data: req.data,
+            publisher: Some("api".into()),
+            retry: req.retry,
+            replayed: None,
+            started,
+        },
+        (),
+    );
+    // In a task of its own: a client that hangs up drops this handler, and
+    // the publish must still settle its dedup claim.
+    let outcome = tokio::spawn(answer).await.map_err(|e| {
+        api_err(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            codes::INTERNAL,
+            format!("publish task failed: {e}"),
+        )
+    })?;
+    match outcome {
+        PublishOutcome::Acked { seq, duplicate } => {
+            Ok(json!({ "channel": channel.as_str(), "id": id, "seq": seq, "duplicate": duplicate }))
         }
-    }
-    let (answer_of_kafka, duplicate) = match found {
-        Some(seq) => {
-            ctx.dedup
-                .complete(channel.as_str(), id, &slot, DedupOutcome::Appended(seq));
-            (Confirmed::Answer(Ok(seq)), true)
-        }
-        None => {
-            let env = Envelope {
-                v: envelope::ENVELOPE_VERSION,
-                id,
-                channel: channel.as_str().to_owned(),
-                publisher: Some("api".into()),
-                ts: now_ms(),
-                content_type: envelope::CONTENT_TYPE_JSON.to_owned(),
-                data: req.data,
-                replayed: None,
+        PublishOutcome::Nacked { code, reason } => {
+            let status = match code {
+                codes::UNAVAILABLE => StatusCode::SERVICE_UNAVAILABLE,
+                codes::TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
             };
-            let idstr = id.to_string();
-            let v = envelope::ENVELOPE_VERSION.to_string();
-            let pending = ctx.kafka.publish(
-                &topic,
-                partition,
-                channel.as_str().as_bytes(),
-                env.to_json().as_bytes(),
-                &[
-                    (HEADER_ID, idstr.as_bytes()),
-                    (HEADER_VERSION, v.as_bytes()),
-                ],
-            );
-            // In a task of its own: a request whose client hangs up drops
-            // this handler, and the append must still settle its dedup slot.
-            let (task_ctx, ch) = (ctx.clone(), channel.as_str().to_owned());
-            let confirmed =
-                tokio::spawn(
-                    async move { confirm_append(&task_ctx, &ch, id, slot, pending, ()).await },
-                )
-                .await
-                .unwrap_or(Confirmed::Answer(Err(herald_log::LogError::Canceled)));
-            (confirmed, false)
-        }
-    };
-    match answer_of_kafka {
-        Confirmed::Answer(Ok(seq)) => {
-            if duplicate {
-                metrics::counter!("herald_publish_duplicates_total").increment(1);
-            } else {
-                metrics::counter!("herald_publish_acks_total").increment(1);
-                metrics::histogram!("herald_publish_latency_seconds")
-                    .record(started.elapsed().as_secs_f64());
-            }
-            Ok(answer(seq, duplicate))
-        }
-        Confirmed::Answer(Err(e)) => {
-            let code = crate::conn::publish_error_code(&e);
-            metrics::counter!("herald_log_errors_total", "op" => "publish").increment(1);
-            Err(failed(code, format!("not stored: {e}")))
-        }
-        Confirmed::Pending(limit) => {
-            let (code, reason) = unconfirmed_reason(limit);
-            Err(failed(code, reason))
+            Err(api_err(status, code, reason))
         }
     }
 }
@@ -481,15 +394,13 @@ async fn position(ctx: Arc<Ctx>, raw: String) -> ApiResult {
             e.to_string(),
         )
     })?;
-    let wm = herald_log::LogRead::watermarks(&*ctx.kafka, &topic, partition)
-        .await
-        .map_err(|e| {
-            api_err(
-                StatusCode::SERVICE_UNAVAILABLE,
-                codes::UNAVAILABLE,
-                e.to_string(),
-            )
-        })?;
+    let wm = ctx.log.watermarks(&topic, partition).await.map_err(|e| {
+        api_err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            codes::UNAVAILABLE,
+            e.to_string(),
+        )
+    })?;
     Ok(json!({
         "channel": channel.as_str(),
         "topic": topic,

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use herald_proto::Channel;
+use herald_proto::{codes, Channel};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
@@ -466,6 +466,31 @@ pub fn permits(
         }),
         AccessRule::Nobody => false,
     }
+}
+
+/// Applies a namespace's `rule` for `cap` to `who`: `Ok` or the
+/// `unauthorized` error to send.
+pub fn authorize(
+    rule: AccessRule,
+    who: Option<&Identity>,
+    channel: &Channel,
+    cap: Capability,
+) -> Result<(), (&'static str, String)> {
+    if permits(rule, who, channel, cap) {
+        return Ok(());
+    }
+    metrics::counter!("herald_auth_denied_total", "capability" => cap.as_str()).increment(1);
+    let needs = match rule {
+        AccessRule::Anonymous => "nothing",
+        AccessRule::Authenticated => "a valid token",
+        AccessRule::Grant => "a token granting it on this channel",
+        AccessRule::Owner => "the token of the channel's owner",
+        AccessRule::Nobody => "the server HTTP API",
+    };
+    Err((
+        codes::UNAUTHORIZED,
+        format!("{} on `{}` needs {needs}", cap.as_str(), channel.as_str()),
+    ))
 }
 
 #[cfg(test)]

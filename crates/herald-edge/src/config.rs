@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::auth::AccessRule;
+use crate::auth::{AccessRule, Capability};
 
 /// A namespace: the channels `name:*`, stored in topic `{prefix}{name}`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,6 +30,16 @@ pub struct NamespaceConfig {
 }
 
 impl NamespaceConfig {
+    /// The access rule for `cap` (presence has none yet: nobody).
+    pub fn rule(&self, cap: Capability) -> AccessRule {
+        match cap {
+            Capability::Subscribe => self.subscribe,
+            Capability::Publish => self.publish,
+            Capability::History => self.history,
+            Capability::Presence => AccessRule::Nobody,
+        }
+    }
+
     /// A namespace with the secure default rules: authenticated users only.
     pub fn new(name: &str, partitions: i32) -> NamespaceConfig {
         NamespaceConfig {

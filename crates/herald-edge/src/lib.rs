@@ -5,13 +5,17 @@
 //! - [`auth`]: [`Auth`]: JWT connection tokens, access rules per namespace,
 //!   the HTTP API key.
 //! - [`api`]: the server HTTP API for backends (`/api/*`).
-//! - [`server`]: [`Edge`]: start-up (topics, epochs, hub, tail), the routes
-//!   (`/ws`, `/healthz`, `/readyz`, `/metrics`) and graceful shutdown.
-//! - `confirm`: waiting for Kafka's answer to an append with a deadline for
-//!   the client's answer and none for the append (a late record is never
-//!   appended twice).
-//! - [`conn`]: one task per WebSocket connection: decode frames, subscribe,
-//!   publish with dedup, write the outbound queue, heartbeats, idle timeout.
+//! - [`ctx`]: [`ctx::Ctx`], the state a node's connections and requests
+//!   share, connection slots under the limits, channel resolution.
+//! - [`server`]: [`Edge`]: start-up (topics, epochs, hub, tail) on Kafka or
+//!   any [`herald_log::Log`], the routes (`/ws`, `/healthz`, `/readyz`,
+//!   `/metrics`) and graceful shutdown.
+//! - [`conn`]: one task per WebSocket connection: the select loop and close
+//!   sequence, with its frame handlers in one module per group (subscribe,
+//!   publish, history, auth).
+//!
+//! Publishes from WebSocket and from the HTTP API go through the same
+//! pipeline, [`herald_hub::publish::Publisher`].
 //!
 //! # Invariants
 //! - A `publish_ack` is sent only after Kafka confirmed the record
@@ -27,8 +31,8 @@
 pub mod api;
 pub mod auth;
 pub mod config;
-mod confirm;
 pub mod conn;
+pub mod ctx;
 pub mod server;
 
 pub use auth::{AccessRule, Auth, AuthConfig, AuthError, Capability, Identity};

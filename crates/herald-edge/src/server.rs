@@ -3,13 +3,13 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use herald_hub::{Dedup, Hub, HubConfig};
-use herald_log::{CursorStore, Kafka, LogConfig, LogError};
+use herald_hub::{Dedup, Hub, HubConfig, Publisher};
+use herald_log::{CursorStore, Kafka, Log, LogConfig, LogError, LogRead};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -19,9 +19,9 @@ use tracing::{info, warn};
 use warp::http::{HeaderMap, StatusCode};
 use warp::{Filter, Reply};
 
-use crate::auth::{permits, AccessRule, Auth, Capability, Identity};
-use crate::config::{EdgeConfig, NamespaceConfig};
-use herald_proto::codes;
+use crate::auth::{AccessRule, Auth};
+use crate::config::EdgeConfig;
+use crate::ctx::{ConnSlot, Ctx};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
@@ -36,93 +36,8 @@ pub enum EdgeError {
     Config(String),
 }
 
-/// Shared state of one edge node.
-pub struct Ctx {
-    pub cfg: EdgeConfig,
-    pub kafka: Arc<Kafka>,
-    pub hub: Arc<Hub>,
-    pub dedup: Dedup,
-    /// Durable cursors of this node's clients.
-    pub cursors: Arc<CursorStore>,
-    /// Token and API-key checks.
-    pub auth: Arc<Auth>,
-    /// namespace → Kafka topic.
-    pub topics: HashMap<String, String>,
-    /// namespace → its settings (access rules, limits).
-    pub namespaces: HashMap<String, NamespaceConfig>,
-    /// Set first on shutdown: `/readyz` fails and new upgrades are refused.
-    pub shutting_down: AtomicBool,
-    /// Flipped to true to tell every connection to finish and close.
-    pub shutdown: watch::Sender<bool>,
-    pub next_conn: AtomicU64,
-    /// One clone per live connection; shutdown waits for the count to drop.
-    pub live: Arc<()>,
-    /// Open connections per client IP, for the per-IP limit.
-    pub per_ip: std::sync::Mutex<HashMap<IpAddr, usize>>,
-    /// Open connections on this node, for the global limit.
-    pub open: AtomicUsize,
-    /// Frame counters, registered once for every connection (a handle per
-    /// connection costs an allocation each).
-    pub frames_in: metrics::Counter,
-    pub frames_out: metrics::Counter,
-}
-
 /// How often histogram samples are folded into their buckets.
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
-
-/// A connection's place under the connection limits, released on drop.
-pub struct ConnSlot {
-    ctx: Arc<Ctx>,
-    ip: Option<IpAddr>,
-}
-
-impl ConnSlot {
-    /// Takes a slot, or says which limit refuses it.
-    fn acquire(ctx: &Arc<Ctx>, ip: Option<IpAddr>) -> Result<ConnSlot, (StatusCode, &'static str)> {
-        let open = ctx.open.fetch_add(1, Ordering::SeqCst);
-        if open >= ctx.cfg.max_connections {
-            ctx.open.fetch_sub(1, Ordering::SeqCst);
-            metrics::counter!("herald_edge_connections_refused_total", "reason" => "max_connections").increment(1);
-            return Err((
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too many connections on this node",
-            ));
-        }
-        if let Some(ip) = ip {
-            let mut per_ip = ctx.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-            let n = per_ip.entry(ip).or_insert(0);
-            if *n >= ctx.cfg.max_connections_per_ip {
-                drop(per_ip);
-                ctx.open.fetch_sub(1, Ordering::SeqCst);
-                metrics::counter!("herald_edge_connections_refused_total", "reason" => "max_connections_per_ip").increment(1);
-                return Err((
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too many connections from this address",
-                ));
-            }
-            *n += 1;
-        }
-        Ok(ConnSlot {
-            ctx: ctx.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for ConnSlot {
-    fn drop(&mut self) {
-        self.ctx.open.fetch_sub(1, Ordering::SeqCst);
-        if let Some(ip) = self.ip {
-            let mut per_ip = self.ctx.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(n) = per_ip.get_mut(&ip) {
-                *n -= 1;
-                if *n == 0 {
-                    per_ip.remove(&ip);
-                }
-            }
-        }
-    }
-}
 
 /// A started edge node, bound to its address and ready to serve.
 pub struct Edge {
@@ -143,14 +58,6 @@ impl Edge {
         if cfg.namespaces.is_empty() {
             return Err(EdgeError::Config("at least one namespace is needed".into()));
         }
-        let needs_tokens = cfg.namespaces.iter().any(|n| {
-            [n.subscribe, n.publish, n.history]
-                .iter()
-                .any(|r| matches!(r, AccessRule::Grant | AccessRule::Owner))
-        });
-        if needs_tokens && !auth.accepts_tokens() {
-            warn!("A namespace needs token grants or owners but no token key is configured (auth.*): nobody can use it over WebSocket");
-        }
         let kafka = Kafka::connect(log_cfg)?;
         // A broker that is still starting (or busy) gets a few chances.
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -164,8 +71,31 @@ impl Edge {
                 Err(e) => return Err(e.into()),
             }
         }
+        Edge::with_log(cfg, kafka, auth, metrics).await
+    }
+
+    /// [`Edge::start`] on a log the caller connected: Kafka, or an in-memory
+    /// log ([`herald_log::memory::MemLog`]) for tests without a broker.
+    pub async fn with_log(
+        cfg: EdgeConfig,
+        log: Arc<dyn Log>,
+        auth: Auth,
+        metrics: PrometheusHandle,
+    ) -> Result<Edge, EdgeError> {
+        if cfg.namespaces.is_empty() {
+            return Err(EdgeError::Config("at least one namespace is needed".into()));
+        }
+        let needs_tokens = cfg.namespaces.iter().any(|n| {
+            [n.subscribe, n.publish, n.history]
+                .iter()
+                .any(|r| matches!(r, AccessRule::Grant | AccessRule::Owner))
+        });
+        if needs_tokens && !auth.accepts_tokens() {
+            warn!("A namespace needs token grants or owners but no token key is configured (auth.*): nobody can use it over WebSocket");
+        }
+        let reader: Arc<dyn LogRead> = log.clone();
         let hub = Hub::new(
-            kafka.clone(),
+            reader,
             HubConfig {
                 recent_messages: cfg.recent_messages,
                 recent_bytes: cfg.recent_bytes,
@@ -174,15 +104,13 @@ impl Edge {
         );
         let mut topics = HashMap::new();
         for ns in &cfg.namespaces {
-            let topic = kafka.config().topic_for(&ns.name);
+            let topic = log.config().topic_for(&ns.name);
             let retention = ns.retention_ms.map(|r| r.to_string());
             let mut topic_cfg = Vec::new();
             if let Some(r) = &retention {
                 topic_cfg.push(("retention.ms", r.as_str()));
             }
-            let info = kafka
-                .ensure_topic(&topic, ns.partitions, &topic_cfg)
-                .await?;
+            let info = log.ensure_topic(&topic, ns.partitions, &topic_cfg).await?;
             if info.partitions != ns.partitions {
                 return Err(EdgeError::Config(format!(
                     "namespace `{}`: topic {} has {} partitions but the configuration says {}; \
@@ -202,18 +130,22 @@ impl Edge {
             topics.insert(ns.name.clone(), info.name);
         }
         let cursors = CursorStore::open(
-            kafka.clone(),
+            log.clone(),
             cfg.cursor_partitions,
             cfg.cursor_cache_capacity,
         )
         .await?;
         cursors.spawn_flusher(cfg.cursor_flush_interval);
-        kafka.start_tail(hub.clone())?;
+        log.start_tail(hub.clone())?;
         let listener = listen(cfg.listen).map_err(|source| EdgeError::Bind {
             addr: cfg.listen,
             source,
         })?;
-        let dedup = Dedup::new(cfg.dedup_window, cfg.dedup_capacity);
+        let publisher = Publisher::new(
+            log.clone(),
+            Dedup::new(cfg.dedup_window, cfg.dedup_capacity),
+            log.config().publish_timeout,
+        );
         let namespaces = cfg
             .namespaces
             .iter()
@@ -223,9 +155,9 @@ impl Edge {
         Ok(Edge {
             ctx: Arc::new(Ctx {
                 cfg,
-                kafka,
+                log,
                 hub,
-                dedup,
+                publisher,
                 cursors,
                 auth: Arc::new(auth),
                 namespaces,
@@ -261,7 +193,7 @@ impl Edge {
         // that no longer receives publishes, and reports the window's size.
         let upkeep = {
             let handle = self.metrics.clone();
-            let dedup = ctx.dedup.clone();
+            let dedup = ctx.publisher.dedup().clone();
             tokio::spawn(async move {
                 let mut every = tokio::time::interval(METRICS_UPKEEP);
                 every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -310,7 +242,7 @@ impl Edge {
             Err(_) => warn!("Cursor commit at shutdown timed out"),
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
-        if let Err(e) = ctx.kafka.flush(remaining.max(Duration::from_millis(100))) {
+        if let Err(e) = ctx.log.flush(remaining.max(Duration::from_millis(100))) {
             warn!(%e, "Producer flush incomplete at shutdown");
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
@@ -451,37 +383,6 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     sock.listen(4096)
 }
 
-/// Applies a namespace's rule for `cap` to `who`: `Ok` or the `unauthorized`
-/// error to send.
-pub fn authorize(
-    ns: &NamespaceConfig,
-    who: Option<&Identity>,
-    channel: &herald_proto::Channel,
-    cap: Capability,
-) -> Result<(), (&'static str, String)> {
-    let rule = match cap {
-        Capability::Subscribe => ns.subscribe,
-        Capability::Publish => ns.publish,
-        Capability::History => ns.history,
-        Capability::Presence => AccessRule::Nobody,
-    };
-    if permits(rule, who, channel, cap) {
-        return Ok(());
-    }
-    metrics::counter!("herald_auth_denied_total", "capability" => cap.as_str()).increment(1);
-    let needs = match rule {
-        AccessRule::Anonymous => "nothing",
-        AccessRule::Authenticated => "a valid token",
-        AccessRule::Grant => "a token granting it on this channel",
-        AccessRule::Owner => "the token of the channel's owner",
-        AccessRule::Nobody => "the server HTTP API",
-    };
-    Err((
-        codes::UNAUTHORIZED,
-        format!("{} on `{}` needs {needs}", cap.as_str(), channel.as_str()),
-    ))
-}
-
 /// A client id names the owner of durable cursors. Until connection auth
 /// exists it is the client's own claim (`/ws?client_id=...`).
 pub fn valid_client_id(s: &str) -> bool {
@@ -524,7 +425,7 @@ fn routes(
                     StatusCode::SERVICE_UNAVAILABLE,
                 );
             }
-            match tokio::time::timeout(Duration::from_secs(3), ctx.kafka.ping()).await {
+            match tokio::time::timeout(Duration::from_secs(3), ctx.log.ping()).await {
                 Ok(Ok(())) => warp::reply::with_status("ready".to_string(), StatusCode::OK),
                 Ok(Err(e)) => warp::reply::with_status(
                     format!("kafka unreachable: {e}"),

@@ -121,6 +121,11 @@ impl Dedup {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// How long an appended id is remembered.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
     pub fn claim(&self, channel: &str, id: Uuid) -> Claim {
         let key = self.key(channel, id);
         let mut st = self.lock();

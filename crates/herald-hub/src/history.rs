@@ -13,7 +13,8 @@ use std::sync::Arc;
 
 use herald_proto::HistoryFrom;
 
-use crate::hub::{Delivery, Hub};
+use crate::delivery::Delivery;
+use crate::hub::Hub;
 use crate::HubError;
 
 /// Bounds of one history page.

@@ -1,5 +1,6 @@
-//! herald's fan-out: who is subscribed to what, per-connection bounded queues,
-//! the resume hand-off from history to live delivery, and publish dedup.
+//! herald's fan-out and publish pipeline: who is subscribed to what,
+//! per-connection bounded queues, the resume hand-off from history to live
+//! delivery, and publishing with dedup.
 //!
 //! The hub does no socket I/O and does not know rdkafka: it reads the log
 //! through [`herald_log::LogRead`] and is fed live records as a
@@ -12,8 +13,13 @@
 //!   ring per partition, live dispatch and [`Hub::subscribe`] with resume.
 //! - [`history`]: [`Hub::history`], bounded pages of one channel's messages
 //!   (ring first, Kafka otherwise).
-//! - [`dedup`]: [`Dedup`], the publish dedup window (a map and a FIFO of appended keys), which also makes
-//!   concurrent retries of one id wait for the first instead of appending twice.
+//! - [`dedup`]: [`Dedup`], the publish dedup window (a map and a FIFO of
+//!   appended keys), which also makes concurrent retries of one id wait for
+//!   the first instead of appending twice.
+//! - [`publish`]: [`Publisher`], the one publish pipeline (claim, retry scan,
+//!   append, confirm with a deadline, settle, metrics) every entry point uses.
+//! - [`delivery`]: [`Delivery`], a message serialised once for every
+//!   subscriber.
 //!
 //! # Invariants
 //! - Per channel, a subscriber is handed messages in strictly increasing `seq`,
@@ -26,14 +32,18 @@
 //!   consumer, disconnected, never a stalled partition.
 
 pub mod dedup;
+pub mod delivery;
 pub mod history;
 pub mod hub;
 pub mod outbox;
+pub mod publish;
 
 pub use dedup::{Claim, Dedup, DedupOutcome};
+pub use delivery::Delivery;
 pub use history::{HistoryLimits, HistoryPage};
-pub use hub::{Delivery, Hub, HubConfig, SubscribeOutcome};
+pub use hub::{Hub, HubConfig, SubscribeOutcome};
 pub use outbox::{Outbound, Outbox, OutboxReceiver, OverflowWatch};
+pub use publish::{PublishOutcome, PublishRequest, Publisher};
 
 /// Errors of the hub.
 #[derive(Debug, thiserror::Error)]

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::Notify;
 
-use crate::hub::Delivery;
+use crate::delivery::Delivery;
 
 /// Gauge of bytes waiting in all outbound queues of the process.
 const QUEUED_BYTES: &str = "herald_hub_outbound_queued_bytes";

@@ -20,13 +20,14 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use herald_proto::envelope::now_ms;
 use herald_proto::partition::partition_for_key;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
-use crate::{Kafka, LogError, LogRead};
+use crate::{Kafka, Log, LogError, LogRead};
 
 /// The cursor record format version this code writes.
 pub const CURSOR_VERSION: u32 = 1;
@@ -70,18 +71,11 @@ struct Known {
 
 /// Reads and writes durable cursors. One per node.
 pub struct CursorStore {
-    kafka: Arc<Kafka>,
+    log: Arc<dyn Log>,
     topic: String,
     partitions: i32,
     known: moka::sync::Cache<Key, Known>,
     pending: Mutex<HashMap<Key, CursorRecord>>,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl CursorStore {
@@ -89,16 +83,16 @@ impl CursorStore {
     /// missing; an existing topic's count is used). `cache_capacity` bounds
     /// the lookup cache in entries.
     pub async fn open(
-        kafka: Arc<Kafka>,
+        log: Arc<dyn Log>,
         partitions: i32,
         cache_capacity: u64,
     ) -> Result<Arc<CursorStore>, LogError> {
-        let topic = kafka.config().cursor_topic();
-        let partitions = kafka
+        let topic = log.config().cursor_topic();
+        let partitions = log
             .ensure_internal_topic(&topic, partitions, &[("cleanup.policy", "compact")])
             .await?;
         Ok(Arc::new(CursorStore {
-            kafka,
+            log,
             topic,
             partitions,
             known: moka::sync::Cache::new(cache_capacity),
@@ -156,7 +150,10 @@ impl CursorStore {
             let k = cursor_key(&key.0, &key.1);
             let partition = partition_for_key(&k, self.partitions);
             let value = serde_json::to_vec(rec).map_err(|e| LogError::Other(e.to_string()))?;
-            waits.push(self.kafka.publish(&self.topic, partition, &k, &value, &[]));
+            waits.push(
+                self.log
+                    .append_record(&self.topic, partition, &k, &value, &[]),
+            );
         }
         let mut written = 0usize;
         let mut first_err = None;
@@ -226,7 +223,7 @@ impl CursorStore {
         let key = (client.to_owned(), channel.to_owned());
         let k = cursor_key(client, channel);
         let partition = partition_for_key(&k, self.partitions);
-        let wm = LogRead::watermarks(&*self.kafka, &self.topic, partition).await?;
+        let wm = self.log.watermarks(&self.topic, partition).await?;
         let mut known = self.known.get(&key).unwrap_or(Known {
             cursor: None,
             scanned_to: wm.low,
@@ -234,9 +231,10 @@ impl CursorStore {
         let mut from = known.scanned_to.max(wm.low);
         let mut scanned = 0u64;
         while from < wm.high {
-            let batch =
-                LogRead::read_range(&*self.kafka, &self.topic, partition, from, wm.high, 1000)
-                    .await?;
+            let batch = self
+                .log
+                .read_range(&self.topic, partition, from, wm.high, 1000)
+                .await?;
             scanned += (batch.next - from).max(0) as u64;
             for r in &batch.records {
                 if r.key.as_deref() != Some(k.as_slice()) {

@@ -1,12 +1,18 @@
 //! herald's Kafka side. Everything that talks to the broker lives here, behind
-//! the small [`LogRead`] trait the fan-out hub uses, so the hub stays free of
-//! rdkafka and can be unit-tested with an in-memory log.
+//! three traits: [`LogRead`] (what the fan-out hub reads), [`LogWrite`]
+//! (appends and finding a record by id) and [`Log`] (what a node's start-up
+//! needs besides). The hub and the edge depend on the traits only, so both are
+//! tested in-process with the in-memory [`memory::MemLog`].
 //!
 //! # Layout
 //! - [`config`]: [`LogConfig`], the broker address and client settings.
-//! - [`kafka`]: [`Kafka`], the one client a node needs: the idempotent `acks=all`
-//!   producer, topic creation with epochs, watermark and time lookups, pooled
-//!   range readers, and the partition tail that feeds live delivery.
+//! - [`kafka`]: [`Kafka`], the one client a node needs, a folder by
+//!   component: `admin` (topics, epochs), `producer` (the idempotent
+//!   `acks=all` producer), `ranges` (lookups and pooled range readers), `tail`
+//!   (the partition tail that feeds live delivery).
+//! - [`memory`]: [`memory::MemLog`], an in-memory log for tests, with
+//!   switches for slow or failing appends.
+//! - [`scan`]: [`scan::find_message`], looking a record up by message id.
 //! - [`epoch`]: topic incarnation ids kept in a compacted meta topic.
 //! - [`cursors`]: [`CursorStore`], durable per-client channel cursors in a
 //!   compacted topic, written in batches.
@@ -25,14 +31,21 @@ pub mod config;
 pub mod cursors;
 pub mod epoch;
 pub mod kafka;
+pub mod memory;
 pub mod record;
+pub mod scan;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use herald_proto::Envelope;
 
 pub use config::LogConfig;
 pub use cursors::{CursorRecord, CursorStore};
-pub use kafka::{Kafka, PartitionSummary, PendingPublish, TopicInfo};
+pub use kafka::{Kafka, PartitionSummary, TopicInfo};
 pub use record::Record;
 
 /// A boxed future, so the trait stays object-safe.
@@ -47,6 +60,9 @@ pub enum LogError {
     Canceled,
     #[error("timed out after {0:?} waiting for {1}")]
     Timeout(std::time::Duration, &'static str),
+    /// The log could not be reached (an in-memory log told to fail).
+    #[error("log unavailable: {0}")]
+    Unavailable(String),
     #[error("background task failed: {0}")]
     Task(String),
     #[error("{0}")]
@@ -59,7 +75,7 @@ impl LogError {
     pub fn is_retriable(&self) -> bool {
         match self {
             LogError::Kafka(_) => !self.is_too_large(),
-            LogError::Timeout(..) | LogError::Canceled => true,
+            LogError::Timeout(..) | LogError::Canceled | LogError::Unavailable(_) => true,
             _ => false,
         }
     }
@@ -127,4 +143,127 @@ pub trait LogRead: Send + Sync + 'static {
 /// Receives the records the tail reads, in offset order per partition.
 pub trait RecordSink: Send + Sync + 'static {
     fn on_record(&self, record: Record);
+}
+
+/// An append the log has not confirmed yet. Resolves to the record's offset
+/// once it is durable (for Kafka: acknowledged with `acks=all`).
+pub struct PendingPublish {
+    inner: Pending,
+}
+
+enum Pending {
+    Kafka(rdkafka::producer::DeliveryFuture),
+    Other(BoxFuture<'static, Result<i64, LogError>>),
+}
+
+impl PendingPublish {
+    pub(crate) fn kafka(f: rdkafka::producer::DeliveryFuture) -> Self {
+        PendingPublish {
+            inner: Pending::Kafka(f),
+        }
+    }
+
+    /// An append confirmed (or failed) when `f` resolves: for logs other
+    /// than Kafka.
+    pub fn from_future(f: impl Future<Output = Result<i64, LogError>> + Send + 'static) -> Self {
+        PendingPublish {
+            inner: Pending::Other(Box::pin(f)),
+        }
+    }
+}
+
+impl Future for PendingPublish {
+    type Output = Result<i64, LogError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.inner {
+            Pending::Kafka(f) => Pin::new(f).poll(cx).map(|r| match r {
+                Ok(Ok(delivery)) => Ok(delivery.offset),
+                Ok(Err((e, _msg))) => Err(LogError::Kafka(e)),
+                Err(_canceled) => Err(LogError::Canceled),
+            }),
+            Pending::Other(f) => f.as_mut().poll(cx),
+        }
+    }
+}
+
+/// The write side: appends, and finding an appended record by message id.
+/// Implemented by [`Kafka`] and by [`memory::MemLog`].
+pub trait LogWrite: LogRead {
+    /// Enqueues a record for `partition` of `topic`. Records enqueued in
+    /// order are appended in order; the future resolves to the offset once
+    /// the record is durable.
+    fn append_record(
+        &self,
+        topic: &str,
+        partition: i32,
+        key: &[u8],
+        value: &[u8],
+        headers: &[(&str, &[u8])],
+    ) -> Result<PendingPublish, LogError>;
+
+    /// Enqueues a herald record: the envelope's key, JSON value and headers
+    /// (the one record format, [`herald_proto::envelope`]).
+    fn append(
+        &self,
+        topic: &str,
+        partition: i32,
+        env: &Envelope,
+    ) -> Result<PendingPublish, LogError> {
+        let headers = env.headers();
+        self.append_record(
+            topic,
+            partition,
+            env.key(),
+            env.to_json().as_bytes(),
+            &headers.pairs(),
+        )
+    }
+
+    /// The offset of `channel`'s record with message id `id`, if one is
+    /// among the partition's records newer than `since_ms` and at most
+    /// `max_scan` records back from the end ([`scan::find_message`]).
+    fn find_message<'a>(
+        &'a self,
+        topic: &'a str,
+        partition: i32,
+        channel: &'a str,
+        id: uuid::Uuid,
+        since_ms: i64,
+        max_scan: i64,
+    ) -> BoxFuture<'a, Result<Option<i64>, LogError>>;
+
+    /// Waits up to `timeout` for every enqueued append to be confirmed.
+    fn flush(&self, timeout: Duration) -> Result<(), LogError>;
+}
+
+/// Everything an edge node needs from its log: reads, writes, and the steps
+/// of start-up and readiness.
+pub trait Log: LogWrite {
+    fn config(&self) -> &LogConfig;
+
+    /// Whether the log answers (the readiness probe).
+    fn ping(&self) -> BoxFuture<'_, Result<(), LogError>>;
+
+    /// Makes sure `topic` exists (created with `partitions` and `config` when
+    /// missing) and returns its real partition count and epoch.
+    fn ensure_topic<'a>(
+        &'a self,
+        topic: &'a str,
+        partitions: i32,
+        config: &'a [(&'a str, &'a str)],
+    ) -> BoxFuture<'a, Result<TopicInfo, LogError>>;
+
+    /// Makes sure one of herald's bookkeeping topics exists (no epoch);
+    /// returns its partition count.
+    fn ensure_internal_topic<'a>(
+        &'a self,
+        topic: &'a str,
+        partitions: i32,
+        config: &'a [(&'a str, &'a str)],
+    ) -> BoxFuture<'a, Result<i32, LogError>>;
+
+    /// Starts the partition tail feeding `sink`. Call once, before
+    /// [`LogRead::follow`].
+    fn start_tail(&self, sink: Arc<dyn RecordSink>) -> Result<(), LogError>;
 }

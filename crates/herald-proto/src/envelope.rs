@@ -29,8 +29,9 @@ pub struct Envelope {
     pub id: Uuid,
     /// Channel name; equal to the record key.
     pub channel: String,
-    /// Who published: the authenticated subject, or `conn:<id>` for an
-    /// anonymous WebSocket connection. Null when unknown.
+    /// Who published: the token's `sub` on an authenticated WebSocket
+    /// connection, `conn:<id>` on an anonymous one, `api` for the server HTTP
+    /// API, `herald-replay` for `herald replay --live`. Null when unknown.
     pub publisher: Option<String>,
     /// Milliseconds since the Unix epoch when the edge accepted the publish.
     pub ts: i64,
@@ -54,7 +55,69 @@ pub enum EnvelopeError {
     KeyMismatch { envelope: String, key: String },
 }
 
+/// Milliseconds since the Unix epoch by the wall clock (0 before 1970).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The headers of an envelope's record, owned, ready to be borrowed as
+/// `(name, value)` pairs by a producer.
+pub struct RecordHeaders {
+    id: String,
+    version: String,
+}
+
+impl RecordHeaders {
+    pub fn pairs(&self) -> [(&'static str, &[u8]); 2] {
+        [
+            (HEADER_ID, self.id.as_bytes()),
+            (HEADER_VERSION, self.version.as_bytes()),
+        ]
+    }
+}
+
+/// The message id of a record value, reading nothing else of it; `None`
+/// when the value is not an envelope.
+pub fn peek_id(value: &[u8]) -> Option<Uuid> {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        id: Uuid,
+    }
+    serde_json::from_slice::<IdOnly>(value).ok().map(|e| e.id)
+}
+
 impl Envelope {
+    /// The envelope of a new publish of `data` to `channel`, stamped now.
+    pub fn new(id: Uuid, channel: &str, publisher: Option<String>, data: Box<RawValue>) -> Self {
+        Envelope {
+            v: ENVELOPE_VERSION,
+            id,
+            channel: channel.to_owned(),
+            publisher,
+            ts: now_ms(),
+            content_type: CONTENT_TYPE_JSON.to_owned(),
+            data,
+            replayed: None,
+        }
+    }
+
+    /// The record key: the channel name.
+    pub fn key(&self) -> &[u8] {
+        self.channel.as_bytes()
+    }
+
+    /// The record headers: `herald-id` and `herald-v`.
+    pub fn headers(&self) -> RecordHeaders {
+        RecordHeaders {
+            id: self.id.to_string(),
+            version: self.v.to_string(),
+        }
+    }
+
+    /// The record value.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }

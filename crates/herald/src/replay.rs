@@ -4,14 +4,16 @@
 
 use std::io::Write;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use herald_hub::{Dedup, PublishOutcome, PublishRequest, Publisher};
 use herald_log::{Kafka, LogConfig, LogRead, Record};
-use herald_proto::envelope::{self, Envelope, HEADER_ID, HEADER_VERSION};
 use herald_proto::partition::partition_for_key;
-use herald_proto::Replayed;
+use herald_proto::{Envelope, Replayed};
 
 use crate::Topics;
 
@@ -67,18 +69,18 @@ fn parse_time(s: &str) -> Result<i64, String> {
         .map_err(|e| format!("`{s}` is not an RFC 3339 time ({e}); e.g. 2026-11-22T10:00:00Z"))
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// Where the replayed records go.
 enum Sink {
     Lines(Box<dyn Write>),
-    Topic { name: String, partitions: i32 },
-    Live { topic: String },
+    Topic {
+        name: String,
+        partitions: i32,
+    },
+    /// Through the publish pipeline, as a backend's publish would go.
+    Live {
+        topic: String,
+        publisher: Arc<Publisher>,
+    },
     Count,
 }
 
@@ -236,8 +238,13 @@ pub async fn run(a: ReplayArgs) -> anyhow::Result<()> {
             partitions: n,
         }
     } else if a.live {
+        // Every replayed record gets a new id, so the dedup window only
+        // needs to hold the records in flight.
+        let dedup = Dedup::new(Duration::from_secs(60), 10_000);
+        let timeout = kafka.config().publish_timeout;
         Sink::Live {
             topic: topic.clone(),
+            publisher: Publisher::new(kafka.clone(), dedup, timeout),
         }
     } else if let Some(path) = &a.output {
         let f =
@@ -357,13 +364,15 @@ async fn bound(
     })
 }
 
-type Pending = Vec<herald_log::PendingPublish>;
+/// Appends waiting for Kafka's answer: an error names why one failed.
+type Pending = Vec<BoxFuture<'static, Result<(), String>>>;
 
 /// Waits for every republished record to be confirmed.
 async fn settle(pending: &mut Pending) -> anyhow::Result<()> {
     for p in pending.drain(..) {
-        p.await
-            .context("Kafka did not confirm a republished record")?;
+        if let Err(e) = p.await {
+            bail!("Kafka did not confirm a republished record: {e}");
+        }
     }
     Ok(())
 }
@@ -398,47 +407,50 @@ fn write_one(
         Sink::Topic { name, partitions } => {
             let key = r.key.as_deref().unwrap_or_default();
             let value = r.value.as_deref().unwrap_or_default();
-            let env = Envelope::decode(value, None).ok();
-            let id = env.as_ref().map(|e| e.id.to_string());
-            let v = env.as_ref().map(|e| e.v.to_string());
-            let mut headers: Vec<(&str, &[u8])> = Vec::new();
-            if let (Some(id), Some(v)) = (&id, &v) {
-                headers.push((HEADER_ID, id.as_bytes()));
-                headers.push((HEADER_VERSION, v.as_bytes()));
-            }
+            // Copied unchanged; herald's headers go with a herald record.
+            let headers = Envelope::decode(value, None).ok().map(|e| e.headers());
+            let pairs = headers.as_ref().map(|h| h.pairs());
             let p = partition_for_key(key, *partitions);
-            pending.push(kafka.publish(name, p, key, value, &headers)?);
+            let append = kafka.publish(name, p, key, value, pairs.as_ref().map_or(&[], |p| p))?;
+            pending.push(
+                append
+                    .map(|r| r.map(drop).map_err(|e| e.to_string()))
+                    .boxed(),
+            );
         }
-        Sink::Live { topic } => {
+        Sink::Live { topic, publisher } => {
             let value = r.value.as_deref().unwrap_or_default();
             let Ok(orig) = Envelope::decode(value, r.key.as_deref()) else {
                 // Not a herald record: nothing a subscriber could receive.
                 return Ok(());
             };
-            let env = Envelope {
-                v: envelope::ENVELOPE_VERSION,
-                id: uuid::Uuid::new_v4(),
-                channel: orig.channel.clone(),
-                publisher: Some("herald-replay".into()),
-                ts: now_ms(),
-                content_type: orig.content_type.clone(),
-                data: orig.data,
-                replayed: Some(Replayed {
-                    topic: r.topic.to_string(),
+            let answer = publisher.start(
+                PublishRequest {
+                    topic: topic.clone(),
                     partition: r.partition,
-                    offset: r.offset,
-                    id: orig.id,
-                }),
-            };
-            let id = env.id.to_string();
-            let v = envelope::ENVELOPE_VERSION.to_string();
-            pending.push(kafka.publish(
-                topic,
-                r.partition,
-                env.channel.as_bytes(),
-                env.to_json().as_bytes(),
-                &[(HEADER_ID, id.as_bytes()), (HEADER_VERSION, v.as_bytes())],
-            )?);
+                    channel: orig.channel,
+                    id: uuid::Uuid::new_v4(),
+                    data: orig.data,
+                    publisher: Some("herald-replay".into()),
+                    retry: false,
+                    replayed: Some(Replayed {
+                        topic: r.topic.to_string(),
+                        partition: r.partition,
+                        offset: r.offset,
+                        id: orig.id,
+                    }),
+                    started: Instant::now(),
+                },
+                (),
+            );
+            pending.push(
+                answer
+                    .map(|o| match o {
+                        PublishOutcome::Acked { .. } => Ok(()),
+                        PublishOutcome::Nacked { code, reason } => Err(format!("{code}: {reason}")),
+                    })
+                    .boxed(),
+            );
         }
     }
     Ok(())

@@ -1,0 +1,87 @@
+//! `auth` and `refresh`, and the access check every channel frame makes.
+
+use std::sync::Arc;
+
+use herald_hub::Outbound;
+use herald_proto::{codes, Channel, ServerFrame};
+
+use super::{error_frame, Conn};
+use crate::auth::{authorize, Capability};
+use crate::ctx::Refusal;
+
+impl Conn {
+    /// The channel and its topic, when the name is valid, the namespace
+    /// configured, and the namespace's rule lets this connection use `cap`.
+    pub(super) fn resolve(
+        &self,
+        name: &str,
+        cap: Capability,
+    ) -> Result<(Channel, String), Refusal> {
+        let (channel, ns, topic) = self.ctx.resolve(name)?;
+        authorize(ns.rule(cap), self.identity.as_ref(), &channel, cap)?;
+        Ok((channel, topic.to_owned()))
+    }
+
+    pub(super) fn authenticate(&mut self, token: &str, refresh: bool) {
+        let id = match self.ctx.auth.verify(token) {
+            Ok(id) => id,
+            Err(e) => {
+                metrics::counter!("herald_auth_failures_total", "reason" => "bad_token")
+                    .increment(1);
+                return self.reply(error_frame(codes::BAD_TOKEN, e.to_string(), None));
+            }
+        };
+        match (&self.identity, refresh) {
+            (Some(_), false) => {
+                return self.reply(error_frame(
+                    codes::BAD_FRAME,
+                    "already authenticated; send `refresh` to replace the token",
+                    None,
+                ))
+            }
+            (None, true) => {
+                return self.reply(error_frame(
+                    codes::BAD_FRAME,
+                    "not authenticated; send `auth` first",
+                    None,
+                ))
+            }
+            (Some(old), true) if old.sub != id.sub => {
+                metrics::counter!("herald_auth_failures_total", "reason" => "other_sub")
+                    .increment(1);
+                return self.reply(error_frame(
+                    codes::BAD_TOKEN,
+                    "a refresh token must be for the same `sub`",
+                    None,
+                ));
+            }
+            _ => {}
+        }
+        metrics::counter!("herald_auth_total", "kind" => if refresh { "refresh" } else { "auth" })
+            .increment(1);
+        let reply = ServerFrame::Authenticated {
+            sub: id.sub.clone(),
+            expires_at: id.exp,
+        };
+        self.client_id = Some(Arc::from(id.sub.as_str()));
+        self.identity = Some(id);
+        self.reply(Outbound::Frame(reply.to_json()));
+        if refresh {
+            // The new token may grant less: drop what it no longer allows.
+            let lost: Vec<String> = self
+                .subs
+                .keys()
+                .filter(|name| self.resolve(name, Capability::Subscribe).is_err())
+                .cloned()
+                .collect();
+            for name in lost {
+                self.reply(error_frame(
+                    codes::UNAUTHORIZED,
+                    "the refreshed token does not allow this subscription",
+                    Some(&name),
+                ));
+                self.unsubscribe(name);
+            }
+        }
+    }
+}

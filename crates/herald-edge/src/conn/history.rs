@@ -1,0 +1,113 @@
+//! `history`: a page of a channel's messages, served in a task of its own.
+
+use std::time::Instant;
+
+use herald_hub::{HistoryLimits, Outbound};
+use herald_proto::{codes, HistoryRequest, ServerFrame};
+use serde_json::value::RawValue;
+
+use super::Conn;
+use crate::auth::Capability;
+
+impl Conn {
+    /// Serves a `history` request in its own task; at most
+    /// `history_concurrency` per connection (waiting stops reading, like
+    /// publishes).
+    pub(super) async fn history(&mut self, req: HistoryRequest) {
+        let (_, topic) = match self.resolve(&req.channel, Capability::History) {
+            Ok(x) => x,
+            Err((code, reason)) => return self.reply(history_error(&req, code, reason)),
+        };
+        let max = self.ctx.cfg.history_max_limit;
+        let limit = req
+            .limit
+            .unwrap_or(herald_proto::frame::HISTORY_DEFAULT_LIMIT.min(max));
+        if limit > max {
+            return self.reply(history_error(
+                &req,
+                codes::BAD_FRAME,
+                format!("`limit` is at most {max}"),
+            ));
+        }
+        let permit = match self.history_permits.clone().acquire_owned().await {
+            Ok(p) => p,
+            Err(_) => return,
+        };
+        let ctx = self.ctx.clone();
+        let outbox = self.outbox.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let limits = HistoryLimits {
+                limit,
+                max_bytes: ctx
+                    .cfg
+                    .history_max_bytes
+                    .min(ctx.cfg.queue_bytes / 2)
+                    .max(1),
+                max_scan: ctx.cfg.history_max_scan,
+            };
+            let reply = match ctx
+                .hub
+                .history(&topic, &req.channel, req.from, limits)
+                .await
+            {
+                Ok(page) => {
+                    let source = if page.from_cache { "cache" } else { "log" };
+                    metrics::counter!("herald_history_requests_total", "source" => source)
+                        .increment(1);
+                    metrics::histogram!("herald_history_messages")
+                        .record(page.messages.len() as f64);
+                    metrics::histogram!("herald_history_latency_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    let mut messages: Vec<Box<RawValue>> = page
+                        .messages
+                        .iter()
+                        .filter_map(|d| RawValue::from_string(d.text.to_string()).ok())
+                        .collect();
+                    if req.reverse {
+                        messages.reverse();
+                    }
+                    metrics::counter!("herald_history_bytes_total")
+                        .increment(messages.iter().map(|m| m.get().len() as u64).sum());
+                    Outbound::Frame(
+                        ServerFrame::History {
+                            id: req.id,
+                            channel: req.channel,
+                            epoch: page.epoch.to_string(),
+                            messages,
+                            next: page.next,
+                            done: page.done,
+                            truncated: page.truncated,
+                        }
+                        .to_json(),
+                    )
+                }
+                Err(e) => {
+                    metrics::counter!("herald_history_errors_total").increment(1);
+                    tracing::warn!(channel = %req.channel, %e, "History failed");
+                    history_error(
+                        &req,
+                        codes::UNAVAILABLE,
+                        format!("history failed: {e}; retry"),
+                    )
+                }
+            };
+            // A reply that does not fit is a slow consumer, like any frame.
+            let _ = outbox.try_push(reply);
+            drop(permit);
+        });
+    }
+}
+
+fn history_error(req: &HistoryRequest, code: &'static str, reason: impl Into<String>) -> Outbound {
+    metrics::counter!("herald_edge_errors_total", "code" => code).increment(1);
+    Outbound::Frame(
+        ServerFrame::Error {
+            code,
+            reason: reason.into(),
+            id: req.id.clone(),
+            channel: Some(req.channel.clone()),
+        }
+        .to_json(),
+    )
+}

@@ -1,0 +1,420 @@
+//! One WebSocket connection: a single task selecting over the socket, the
+//! outbound queue, the heartbeat, token expiry and shutdown, and the close
+//! sequence. Subscriptions (which may replay history) and publishes (which
+//! wait for Kafka) run as their own tasks and answer through the outbound
+//! queue. The frame handlers are grouped by module:
+//! - `subscribe`: `subscribe`, `unsubscribe`, `ack`;
+//! - `publish`: `publish`, through the node's publish pipeline;
+//! - `history`: `history`;
+//! - `auth`: `auth`, `refresh`, and the access check of every channel frame.
+
+mod auth;
+mod history;
+mod publish;
+mod subscribe;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use herald_hub::{Outbound, Outbox};
+use herald_proto::frame::{decode_client, ClientFrame};
+use herald_proto::{codes, ServerFrame};
+use hyper_util::rt::TokioIo;
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use tracing::{debug, debug_span, Instrument};
+use uuid::Uuid;
+
+use crate::auth::{Identity, MAX_EXPIRY_TIMER};
+use crate::ctx::{ConnSlot, Ctx};
+use subscribe::Subscription;
+
+/// The socket of one connection.
+pub type WebSocket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+fn error_frame(code: &'static str, reason: impl Into<String>, channel: Option<&str>) -> Outbound {
+    metrics::counter!("herald_edge_errors_total", "code" => code).increment(1);
+    Outbound::Frame(
+        ServerFrame::Error {
+            code,
+            reason: reason.into(),
+            id: None,
+            channel: channel.map(str::to_owned),
+        }
+        .to_json(),
+    )
+}
+
+type Limiter = governor::DefaultDirectRateLimiter;
+
+/// An accepted upgrade request, everything its connection starts from.
+pub struct Accepted {
+    pub on_upgrade: hyper::upgrade::OnUpgrade,
+    pub config: WebSocketConfig,
+    pub ctx: Arc<Ctx>,
+    pub remote: Option<SocketAddr>,
+    pub client_id: Option<String>,
+    pub identity: Option<Identity>,
+    /// Its place under the connection limits, released at the end.
+    pub slot: ConnSlot,
+}
+
+/// Runs one connection to its end: the task spawned per connection.
+///
+/// Memory per idle connection is mostly this task (`docs/benchmarks.md`,
+/// P3), so it is one flat state machine: the request comes boxed and is
+/// unpacked once, the WebSocket is built and split in place, and what runs
+/// rarely (publishes, history, the drain on shutdown) is boxed while it runs.
+/// Parts are not passed by value through nested `async fn`s: each layer
+/// would keep a copy of them.
+pub async fn run(accepted: Box<Accepted>) {
+    let id = accepted.ctx.next_conn.fetch_add(1, Ordering::Relaxed);
+    // A debug span: at the default level it is off and costs nothing; an
+    // enabled span keeps its formatted fields per connection (~250 bytes).
+    let span = debug_span!("conn", id, remote = ?accepted.remote, client = ?accepted.client_id);
+    serve(id, accepted).instrument(span).await;
+}
+
+struct Conn {
+    id: u64,
+    ctx: Arc<Ctx>,
+    outbox: Outbox,
+    subs: HashMap<String, Subscription>,
+    publish_permits: Arc<Semaphore>,
+    /// Per-connection publish rate limit; `None` when unlimited.
+    limiter: Option<Limiter>,
+    /// Who owns this connection's durable cursors (`/ws?client_id=`).
+    client_id: Option<Arc<str>>,
+    /// Bounds the `history` requests served at once.
+    history_permits: Arc<Semaphore>,
+    /// Who the connection acts as, from its token; `None`: anonymous.
+    identity: Option<Identity>,
+    /// Publish limits of namespaces with their own `publish_rate`.
+    ns_limiters: HashMap<String, Limiter>,
+}
+
+impl Conn {
+    fn new(id: u64, ctx: Arc<Ctx>, client_id: Option<String>) -> Parts {
+        let (outbox, rx) = Outbox::new(id, ctx.cfg.queue_messages, ctx.cfg.queue_bytes);
+        let permits = Arc::new(Semaphore::new(ctx.cfg.max_inflight_publishes));
+        let history_permits = Arc::new(Semaphore::new(ctx.cfg.history_concurrency.max(1)));
+        let limiter = std::num::NonZeroU32::new(ctx.cfg.publish_rate).map(|rate| {
+            let burst = std::num::NonZeroU32::new(ctx.cfg.publish_burst).unwrap_or(rate);
+            governor::RateLimiter::direct(governor::Quota::per_second(rate).allow_burst(burst))
+        });
+        (
+            Conn {
+                id,
+                outbox,
+                subs: HashMap::new(),
+                publish_permits: permits,
+                limiter,
+                client_id: client_id.map(Arc::from),
+                history_permits,
+                identity: None,
+                ns_limiters: HashMap::new(),
+                ctx,
+            },
+            rx,
+        )
+    }
+}
+
+type Parts = (Conn, herald_hub::OutboxReceiver);
+
+async fn serve(id: u64, accepted: Box<Accepted>) {
+    let Accepted {
+        on_upgrade,
+        config,
+        ctx,
+        remote: _,
+        client_id,
+        identity,
+        slot,
+    } = *accepted;
+    let upgraded = match on_upgrade.await {
+        Ok(u) => u,
+        Err(e) => {
+            debug!(%e, "WebSocket upgrade failed");
+            return;
+        }
+    };
+    let (mut sink, mut stream) =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+            .await
+            .split();
+    let live = ctx.live.clone();
+    metrics::gauge!("herald_edge_connections").increment(1.0);
+    metrics::counter!("herald_edge_connections_total").increment(1);
+    let (mut conn, mut rx) = Conn::new(id, ctx, client_id);
+    conn.identity = identity;
+    {
+        let mut shutdown = conn.ctx.shutdown.subscribe();
+        let mut heartbeat = tokio::time::interval(conn.ctx.cfg.heartbeat);
+        heartbeat.tick().await;
+        let mut last_seen = Instant::now();
+        let overflow = rx.overflow_watch();
+        // One timer for the token's expiry, re-armed only when the identity
+        // changes (auth, refresh), not per loop turn.
+        let expiry = tokio::time::sleep(Duration::from_secs(86_400 * 365));
+        tokio::pin!(expiry);
+        let mut armed_for: Option<u64> = None;
+        let ctx = conn.ctx.clone();
+        let (frames_in, frames_out) = (&ctx.frames_in, &ctx.frames_out);
+        let write_timeout = ctx.cfg.write_timeout;
+        // Set when a write made no progress for `write_timeout`: nothing more
+        // is written to the socket, it is dropped.
+        let mut stalled = false;
+        debug!("Connected");
+
+        let close: Option<(u16, &'static str)> = loop {
+            let exp = conn.identity.as_ref().map(|i| i.exp);
+            if exp != armed_for {
+                if let Some(id) = &conn.identity {
+                    // The same leeway as at verification: a token accepted
+                    // within it is not closed the moment it is accepted.
+                    let left = id.expires_in().saturating_add(conn.ctx.auth.leeway());
+                    let now = tokio::time::Instant::now();
+                    let at = now.checked_add(left).unwrap_or(now + MAX_EXPIRY_TIMER);
+                    expiry.as_mut().reset(at);
+                }
+                armed_for = exp;
+            }
+            tokio::select! {
+                biased;
+                _ = overflow.overflowed() => break Some((codes::CLOSE_SLOW_CONSUMER, "slow consumer: resume with since")),
+                _ = &mut expiry, if armed_for.is_some() => {
+                    metrics::counter!("herald_auth_expired_total").increment(1);
+                    break Some((codes::CLOSE_TOKEN_EXPIRED, "token expired"));
+                }
+                _ = async { let _ = shutdown.wait_for(|s| *s).await; } => {
+                    break Some((codes::CLOSE_GOING_AWAY, "server shutting down"));
+                }
+                item = rx.recv() => {
+                    let Some(item) = item else { break None };
+                    // Whatever else is queued goes out with it: one flush
+                    // (one write syscall) per batch instead of per message.
+                    // Bounded in time: a peer that stopped reading must not
+                    // hold this loop (overflow, expiry, drain) forever.
+                    let batch = async {
+                        let mut ok = sink.feed(Message::text(item.text())).await.is_ok();
+                        let mut n = 1u64;
+                        while ok && n < WRITE_BATCH {
+                            let Some(next) = rx.try_recv() else { break };
+                            ok = sink.feed(Message::text(next.text())).await.is_ok();
+                            n += 1;
+                        }
+                        (ok && sink.flush().await.is_ok()).then_some(n)
+                    };
+                    match tokio::time::timeout(write_timeout, batch).await {
+                        Ok(Some(n)) => frames_out.increment(n),
+                        Ok(None) => break None,
+                        Err(_) => {
+                            stalled = true;
+                            break None;
+                        }
+                    }
+                }
+                msg = stream.next() => {
+                    let msg = match msg {
+                        None => break None,
+                        Some(Err(e)) => {
+                            // Protocol violations end the connection with the
+                            // matching close code (RFC 6455 section 7.4.1).
+                            use tokio_tungstenite::tungstenite::Error as WsError;
+                            debug!(%e, "WebSocket error");
+                            let close = match &e {
+                                WsError::Capacity(_) => Some((codes::CLOSE_TOO_BIG, "message too big")),
+                                WsError::Utf8(_) => Some((codes::CLOSE_INVALID_DATA, "invalid UTF-8 in a text message")),
+                                WsError::Protocol(_) => Some((codes::CLOSE_PROTOCOL_ERROR, "WebSocket protocol error")),
+                                _ => None,
+                            };
+                            if close.is_some() {
+                                metrics::counter!("herald_edge_protocol_errors_total").increment(1);
+                            }
+                            break close;
+                        }
+                        Some(Ok(m)) => m,
+                    };
+                    last_seen = Instant::now();
+                    if let Message::Text(text) = &msg {
+                        frames_in.increment(1);
+                        conn.on_text(text.as_str()).await;
+                    } else if msg.is_binary() {
+                        frames_in.increment(1);
+                        conn.reply(error_frame(
+                            codes::BINARY_UNSUPPORTED,
+                            "binary frames are not supported; send JSON text frames",
+                            None,
+                        ));
+                    } else if msg.is_close() {
+                        break None;
+                    }
+                    // Pings are answered by the WebSocket layer; pongs only
+                    // count as liveness.
+                }
+                _ = heartbeat.tick() => {
+                    if last_seen.elapsed() > conn.ctx.cfg.idle_timeout {
+                        break Some((codes::CLOSE_IDLE_TIMEOUT, "idle timeout"));
+                    }
+                    match tokio::time::timeout(write_timeout, sink.send(Message::Ping(Default::default()))).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => break None,
+                        Err(_) => {
+                            stalled = true;
+                            break None;
+                        }
+                    }
+                }
+            }
+        };
+
+        // Stop subscriptions first so nothing new is queued.
+        conn.unsubscribe_all();
+        if stalled {
+            metrics::counter!("herald_edge_write_stalls_total").increment(1);
+            debug!(?write_timeout, "Write stalled; dropping the connection");
+        }
+        // Every write from here on is bounded too (the peer may stall now).
+        let close = if stalled { None } else { close };
+        if let Some((code, reason)) = close {
+            debug!(code, reason, "Closing");
+            if code == codes::CLOSE_GOING_AWAY {
+                // Tell the client where things stand, then let in-flight
+                // publishes get their answer before closing.
+                let jitter = conn.ctx.cfg.reconnect_jitter.as_millis();
+                let after_ms = (Uuid::new_v4().as_u128() % (jitter + 1)) as u64;
+                let reconnect = ServerFrame::Reconnect { after_ms }.to_json();
+                let _ =
+                    tokio::time::timeout(write_timeout, sink.send(Message::text(reconnect))).await;
+                // Boxed: the connection task would otherwise carry this
+                // rarely used state for its whole life.
+                Box::pin(tokio::time::timeout(
+                    conn.ctx.cfg.shutdown_grace + write_timeout,
+                    conn.drain_publishes(&mut rx, &mut sink),
+                ))
+                .await
+                .ok();
+            }
+            let _ = tokio::time::timeout(
+                write_timeout,
+                sink.send(Message::Close(Some(CloseFrame {
+                    code: CloseCode::from(code),
+                    reason: reason.into(),
+                }))),
+            )
+            .await;
+        }
+        if !stalled {
+            let _ = tokio::time::timeout(write_timeout, sink.close()).await;
+        }
+        debug!("Disconnected");
+    }
+    drop(conn);
+    metrics::gauge!("herald_edge_connections").decrement(1.0);
+    drop(live);
+    drop(slot);
+}
+
+impl Conn {
+    /// Queues a reply without waiting (see the crate invariants).
+    fn reply(&self, item: Outbound) {
+        let _ = self.outbox.try_push(item);
+    }
+
+    async fn drain_publishes(
+        &mut self,
+        rx: &mut herald_hub::OutboxReceiver,
+        sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    ) {
+        let total = self.ctx.cfg.max_inflight_publishes as u32;
+        let all = self.publish_permits.clone().acquire_many_owned(total);
+        tokio::pin!(all);
+        let deadline = tokio::time::sleep(self.ctx.cfg.shutdown_grace);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut all => break,
+                _ = &mut deadline => break,
+                item = rx.recv() => {
+                    let Some(item) = item else { break };
+                    if sink.send(Message::text(item.text())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        // Flush what the finished publishes queued.
+        while rx.queued() > 0 {
+            match rx.recv().await {
+                Some(item) => {
+                    if sink.send(Message::text(item.text())).await.is_err() {
+                        return;
+                    }
+                }
+                None => break,
+            }
+        }
+    }
+
+    async fn on_text(&mut self, text: &str) {
+        let frame = match decode_client(text) {
+            Ok(f) => f,
+            Err(e) => {
+                metrics::counter!("herald_edge_errors_total", "code" => e.code).increment(1);
+                self.reply(Outbound::Frame(ServerFrame::error(&e).to_json()));
+                return;
+            }
+        };
+        match frame {
+            ClientFrame::Ping => self.reply(Outbound::Frame(ServerFrame::Pong.to_json())),
+            ClientFrame::Subscribe {
+                channel,
+                since,
+                durable,
+            } => self.subscribe(channel, since, durable),
+            ClientFrame::Unsubscribe { channel } => self.unsubscribe(channel),
+            ClientFrame::Ack { channel, seq } => self.ack(channel, seq),
+            // The two frames that wait are boxed, so that their state is
+            // allocated while they run rather than carried by every idle
+            // connection's task.
+            ClientFrame::History(req) => Box::pin(self.history(req)).await,
+            ClientFrame::Auth { token } => self.authenticate(&token, false),
+            ClientFrame::Refresh { token } => self.authenticate(&token, true),
+            ClientFrame::Publish {
+                channel,
+                id,
+                data,
+                retry,
+            } => Box::pin(self.publish(channel, id, data, retry)).await,
+        }
+    }
+}
+
+/// Most frames written per flush.
+const WRITE_BATCH: u64 = 64;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future an `async fn` of one argument returns.
+    fn future_size<A, F>(_: fn(A) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every idle connection carries this future (docs/benchmarks.md, P3);
+    /// the bound catches a large state creeping back in.
+    #[test]
+    fn connection_task_stays_small() {
+        let n = future_size(run as fn(_) -> _);
+        assert!(n <= 2048, "the connection task's future is {n} bytes");
+    }
+}

@@ -1,0 +1,145 @@
+//! `publish`: the connection's own limits (size, rate, in-flight permits),
+//! then the node's publish pipeline ([`herald_hub::publish`]). Publishes
+//! are started in the order the client sent them and answered from a task
+//! each, through the outbound queue.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use herald_hub::publish::refused;
+use herald_hub::{Outbound, PublishOutcome, PublishRequest};
+use herald_proto::{codes, ServerFrame};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use super::{Conn, Limiter};
+use crate::auth::Capability;
+
+impl Conn {
+    pub(super) async fn publish(
+        &mut self,
+        name: String,
+        id: Uuid,
+        data: Box<RawValue>,
+        retry: bool,
+    ) {
+        let started = Instant::now();
+        let (channel, topic) = match self.resolve(&name, Capability::Publish) {
+            Ok(x) => x,
+            Err((code, reason)) => return self.reply(nack(id, &name, code, reason, None)),
+        };
+        let ns = self.ctx.namespaces.get(channel.namespace());
+        let max_bytes = ns
+            .and_then(|n| n.max_message_bytes)
+            .unwrap_or(self.ctx.cfg.max_message_bytes);
+        if data.get().len() > max_bytes {
+            let reason = format!(
+                "data is {} bytes; the limit is {max_bytes}",
+                data.get().len()
+            );
+            return self.reply(nack(id, &name, codes::TOO_LARGE, reason, None));
+        }
+        // A namespace with its own rate has its own bucket per connection.
+        let (limiter, rate) = match ns.and_then(|n| n.publish_rate) {
+            Some(rate) => {
+                let l = self
+                    .ns_limiters
+                    .entry(channel.namespace().to_owned())
+                    .or_insert_with(|| {
+                        let r =
+                            std::num::NonZeroU32::new(rate).unwrap_or(std::num::NonZeroU32::MIN);
+                        governor::RateLimiter::direct(governor::Quota::per_second(r))
+                    });
+                (Some(&*l as &Limiter), rate)
+            }
+            None => (self.limiter.as_ref(), self.ctx.cfg.publish_rate),
+        };
+        if let Some(limiter) = limiter {
+            if let Err(not_until) = limiter.check() {
+                use governor::clock::{Clock, DefaultClock};
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                let reason = format!("more than {rate} publishes per second on this connection");
+                let after = Some(wait.as_millis() as u64 + 1);
+                return self.reply(nack(id, &name, codes::RATE_LIMITED, reason, after));
+            }
+        }
+        if self.ctx.shutting_down.load(Ordering::SeqCst) {
+            let reason = "server is shutting down; reconnect and retry with the same id";
+            return self.reply(nack(id, &name, codes::SHUTTING_DOWN, reason, None));
+        }
+        let partition = match self.ctx.hub.partition_of(&topic, channel.as_str()) {
+            Ok(p) => p,
+            Err(e) => return self.reply(nack(id, &name, codes::INTERNAL, e.to_string(), None)),
+        };
+        // Bounded in-flight publishes per connection: waiting here stops
+        // reading from this client, which is the backpressure it gets.
+        let Ok(permit) = self.publish_permits.clone().acquire_owned().await else {
+            return;
+        };
+        let publisher = match &self.identity {
+            Some(who) => who.sub.clone(),
+            None => format!("conn:{}", self.id),
+        };
+        let answer = self.ctx.publisher.start(
+            PublishRequest {
+                topic,
+                partition,
+                channel: name,
+                id,
+                data,
+                publisher: Some(publisher),
+                retry,
+                replayed: None,
+                started,
+            },
+            permit,
+        );
+        let outbox = self.outbox.clone();
+        let channel = channel.as_str().to_owned();
+        tokio::spawn(async move {
+            let reply = answer_frame(id, channel, answer.await);
+            let _ = outbox.try_push(reply);
+        });
+    }
+}
+
+/// The `publish_ack` or `publish_nack` of a pipeline outcome (counted there).
+fn answer_frame(id: Uuid, channel: String, outcome: PublishOutcome) -> Outbound {
+    let frame = match outcome {
+        PublishOutcome::Acked { seq, duplicate } => ServerFrame::PublishAck {
+            id,
+            channel,
+            seq,
+            duplicate,
+        },
+        PublishOutcome::Nacked { code, reason } => ServerFrame::PublishNack {
+            id,
+            channel,
+            code,
+            reason,
+            retry_after_ms: None,
+        },
+    };
+    Outbound::Frame(frame.to_json())
+}
+
+/// A publish refused before the pipeline, counted like the pipeline's nacks.
+fn nack(
+    id: Uuid,
+    channel: &str,
+    code: &'static str,
+    reason: impl Into<String>,
+    retry_after_ms: Option<u64>,
+) -> Outbound {
+    refused(code);
+    Outbound::Frame(
+        ServerFrame::PublishNack {
+            id,
+            channel: channel.to_owned(),
+            code,
+            reason: reason.into(),
+            retry_after_ms,
+        }
+        .to_json(),
+    )
+}

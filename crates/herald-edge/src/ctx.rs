@@ -1,0 +1,133 @@
+//! [`Ctx`], the state every connection and request of a node shares; a
+//! connection's place under the connection limits; channel resolution.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use herald_hub::{Hub, Publisher};
+use herald_log::{CursorStore, Log};
+use herald_proto::{codes, Channel};
+use tokio::sync::watch;
+use warp::http::StatusCode;
+
+use crate::auth::Auth;
+use crate::config::{EdgeConfig, NamespaceConfig};
+
+/// Shared state of one edge node.
+pub struct Ctx {
+    pub cfg: EdgeConfig,
+    /// The log: Kafka, or an in-memory log in tests.
+    pub log: Arc<dyn Log>,
+    pub hub: Arc<Hub>,
+    /// The publish pipeline, with the node's dedup window.
+    pub publisher: Arc<Publisher>,
+    /// Durable cursors of this node's clients.
+    pub cursors: Arc<CursorStore>,
+    /// Token and API-key checks.
+    pub auth: Arc<Auth>,
+    /// namespace → Kafka topic.
+    pub topics: HashMap<String, String>,
+    /// namespace → its settings (access rules, limits).
+    pub namespaces: HashMap<String, NamespaceConfig>,
+    /// Set first on shutdown: `/readyz` fails and new upgrades are refused.
+    pub shutting_down: AtomicBool,
+    /// Flipped to true to tell every connection to finish and close.
+    pub shutdown: watch::Sender<bool>,
+    pub next_conn: AtomicU64,
+    /// One clone per live connection; shutdown waits for the count to drop.
+    pub live: Arc<()>,
+    /// Open connections per client IP, for the per-IP limit.
+    pub per_ip: std::sync::Mutex<HashMap<IpAddr, usize>>,
+    /// Open connections on this node, for the global limit.
+    pub open: AtomicUsize,
+    /// Frame counters, registered once for every connection (a handle per
+    /// connection costs an allocation each).
+    pub frames_in: metrics::Counter,
+    pub frames_out: metrics::Counter,
+}
+
+/// Why a channel name cannot be used: a code and a reason.
+pub type Refusal = (&'static str, String);
+
+impl Ctx {
+    /// The channel, its namespace's settings and its topic, when the name is
+    /// valid and its namespace configured (access rules are the caller's).
+    pub fn resolve(&self, name: &str) -> Result<(Channel, &NamespaceConfig, &str), Refusal> {
+        let channel = Channel::parse(name).map_err(|e| (codes::BAD_CHANNEL, e.to_string()))?;
+        let found = self
+            .namespaces
+            .get(channel.namespace())
+            .zip(self.topics.get(channel.namespace()));
+        match found {
+            Some((ns, topic)) => Ok((channel, ns, topic.as_str())),
+            None => Err((
+                codes::UNKNOWN_NAMESPACE,
+                format!("namespace `{}` is not configured", channel.namespace()),
+            )),
+        }
+    }
+
+    /// The most bytes of `data` a publish to a namespace may carry.
+    pub fn max_message_bytes(&self, ns: &NamespaceConfig) -> usize {
+        ns.max_message_bytes.unwrap_or(self.cfg.max_message_bytes)
+    }
+}
+
+/// A connection's place under the connection limits, released on drop.
+pub struct ConnSlot {
+    ctx: Arc<Ctx>,
+    ip: Option<IpAddr>,
+}
+
+impl ConnSlot {
+    /// Takes a slot, or says which limit refuses it.
+    pub(crate) fn acquire(
+        ctx: &Arc<Ctx>,
+        ip: Option<IpAddr>,
+    ) -> Result<ConnSlot, (StatusCode, &'static str)> {
+        let open = ctx.open.fetch_add(1, Ordering::SeqCst);
+        if open >= ctx.cfg.max_connections {
+            ctx.open.fetch_sub(1, Ordering::SeqCst);
+            metrics::counter!("herald_edge_connections_refused_total", "reason" => "max_connections").increment(1);
+            return Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many connections on this node",
+            ));
+        }
+        if let Some(ip) = ip {
+            let mut per_ip = ctx.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            let n = per_ip.entry(ip).or_insert(0);
+            if *n >= ctx.cfg.max_connections_per_ip {
+                drop(per_ip);
+                ctx.open.fetch_sub(1, Ordering::SeqCst);
+                metrics::counter!("herald_edge_connections_refused_total", "reason" => "max_connections_per_ip").increment(1);
+                return Err((
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many connections from this address",
+                ));
+            }
+            *n += 1;
+        }
+        Ok(ConnSlot {
+            ctx: ctx.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.ctx.open.fetch_sub(1, Ordering::SeqCst);
+        if let Some(ip) = self.ip {
+            let mut per_ip = self.ctx.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = per_ip.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    per_ip.remove(&ip);
+                }
+            }
+        }
+    }
+}

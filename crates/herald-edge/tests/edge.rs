@@ -1,0 +1,312 @@
+//! The edge's behaviours in-process, on the in-memory log: publish, ack,
+//! nack and dedup through both entry points, subscribe and the resume
+//! hand-off, history, limits, auth refusals and the drain. Fast, and no
+//! broker; the same promises are checked against Kafka in crates/herald/tests.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use herald_edge::EdgeConfig;
+use herald_log::LogWrite;
+use herald_proto::Envelope;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+fn seqs(frames: &[Value]) -> Vec<i64> {
+    frames.iter().filter_map(|f| f["seq"].as_i64()).collect()
+}
+
+#[tokio::test]
+async fn a_publish_is_acked_with_its_offset_and_stored_once_as_an_envelope() {
+    let node = Node::start().await;
+    let mut c = node.connect().await;
+    let id = Uuid::new_v4();
+    let ack = c.publish("chat:a", id, json!({"text": "hi"})).await;
+    assert_eq!(ack["type"], "publish_ack", "{ack}");
+    assert_eq!(ack["seq"], 0);
+    assert_ne!(ack["duplicate"], true);
+    let stored = node.stored(CHAT, "chat:a");
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].id, id);
+    assert_eq!(stored[0].data.get(), r#"{"text":"hi"}"#);
+    let publisher = stored[0].publisher.as_deref().unwrap_or_default();
+    assert!(publisher.starts_with("conn:"), "{publisher}");
+}
+
+#[tokio::test]
+async fn the_same_id_twice_is_acked_twice_and_stored_once() {
+    let node = Node::start().await;
+    let mut c = node.connect().await;
+    let id = Uuid::new_v4();
+    let first = c.publish("chat:a", id, json!(1)).await;
+    let again = c.publish("chat:a", id, json!(1)).await;
+    assert_eq!(again["type"], "publish_ack", "{again}");
+    assert_eq!(again["seq"], first["seq"]);
+    assert_eq!(again["duplicate"], true);
+    // And from the HTTP API: the same dedup window.
+    let (status, body) = node
+        .api_publish(json!({"channel": "chat:a", "id": id, "data": 1}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["seq"], first["seq"]);
+    assert_eq!(body["duplicate"], true);
+    assert_eq!(node.stored(CHAT, "chat:a").len(), 1);
+}
+
+#[tokio::test]
+async fn an_http_publish_is_stored_with_publisher_api() {
+    let node = Node::start().await;
+    let (status, body) = node
+        .api_publish(json!({"channel": "chat:b", "data": {"x": 1}}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["duplicate"], false);
+    let stored = node.stored(CHAT, "chat:b");
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].publisher.as_deref(), Some("api"));
+}
+
+#[tokio::test]
+async fn a_retry_finds_the_record_an_earlier_attempt_stored() {
+    let node = Node::start().await;
+    // Appended by "another node" that died before answering.
+    let id = Uuid::new_v4();
+    let env = Envelope::new(id, "chat:r", Some("conn:9".into()), raw("7"));
+    let seq = node.log.append(CHAT, 0, &env).expect("append").await;
+    let seq = seq.expect("stored");
+    let mut c = node.connect().await;
+    c.send(json!({"type": "publish", "channel": "chat:r", "id": id, "data": 7, "retry": true}))
+        .await;
+    let ack = c.next_of_publish(id).await;
+    assert_eq!(ack["type"], "publish_ack", "{ack}");
+    assert_eq!(ack["seq"], seq);
+    assert_eq!(ack["duplicate"], true);
+    assert_eq!(node.stored(CHAT, "chat:r").len(), 1, "not appended again");
+    // A retry of an id nobody stored appends it.
+    let fresh = Uuid::new_v4();
+    c.send(json!({"type": "publish", "channel": "chat:r", "id": fresh, "data": 8, "retry": true}))
+        .await;
+    let ack = c.next_of_publish(fresh).await;
+    assert_ne!(ack["duplicate"], true, "{ack}");
+    assert_eq!(node.stored(CHAT, "chat:r").len(), 2);
+}
+
+#[tokio::test]
+async fn a_late_answer_is_nacked_and_a_resend_gets_the_seq_it_ends_up_with() {
+    let node = Node::start().await;
+    let mut c = node.connect().await;
+    node.log.hold_confirms(true);
+    let id = Uuid::new_v4();
+    let nack = c.publish("chat:late", id, json!(1)).await;
+    assert_eq!(nack["type"], "publish_nack", "{nack}");
+    assert_eq!(nack["code"], "unavailable");
+    assert!(nack["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("may still be stored"));
+    // Kafka answers late; the client re-sends the same id.
+    node.log.hold_confirms(false);
+    let ack = c.publish("chat:late", id, json!(1)).await;
+    assert_eq!(ack["type"], "publish_ack", "{ack}");
+    assert_eq!(ack["duplicate"], true);
+    assert_eq!(ack["seq"], 0);
+    assert_eq!(node.stored(CHAT, "chat:late").len(), 1);
+}
+
+#[tokio::test]
+async fn a_failing_log_nacks_unavailable_and_nothing_is_stored() {
+    let node = Node::start().await;
+    let mut c = node.connect().await;
+    node.log.fail_appends(Some("broker down"));
+    let id = Uuid::new_v4();
+    let nack = c.publish("chat:f", id, json!(1)).await;
+    assert_eq!(nack["type"], "publish_nack", "{nack}");
+    assert_eq!(nack["code"], "unavailable");
+    let (status, body) = node
+        .api_publish(json!({"channel": "chat:f", "data": 1}))
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], "unavailable");
+    // The failure is not remembered: the same id appends once the log is back.
+    node.log.fail_appends(None);
+    let ack = c.publish("chat:f", id, json!(1)).await;
+    assert_eq!(ack["type"], "publish_ack", "{ack}");
+    assert_ne!(ack["duplicate"], true);
+    assert_eq!(node.stored(CHAT, "chat:f").len(), 1);
+}
+
+#[tokio::test]
+async fn an_http_client_that_hangs_up_does_not_abandon_its_publish() {
+    let node = Node::start().await;
+    let (status, _) = node
+        .api_publish(json!({"channel": "chat:h", "data": 0}))
+        .await;
+    assert_eq!(status, 200);
+    // The retry scan is slow: the first request's client gives up during it.
+    node.log.slow_reads(Duration::from_millis(300));
+    let id = Uuid::new_v4();
+    let body = json!({"channel": "chat:h", "id": id, "data": 1, "retry": true});
+    let first = tokio::time::timeout(Duration::from_millis(100), node.api_publish(body.clone()));
+    assert!(first.await.is_err(), "the first request is cut short");
+    // A second attempt joins the first, which must still be running.
+    let (status, answer) = node
+        .api_publish(json!({"channel": "chat:h", "id": id, "data": 1}))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["duplicate"], true);
+    assert_eq!(node.stored(CHAT, "chat:h").len(), 2);
+}
+
+#[tokio::test]
+async fn refusals_before_the_pipeline_are_nacks_with_their_codes() {
+    let (mut edge, log) = config();
+    edge.max_message_bytes = 16;
+    edge.publish_rate = 1;
+    edge.publish_burst = 1;
+    let node = Node::start_with(edge, log).await;
+    let mut c = node.connect().await;
+    let big = c
+        .publish("chat:x", Uuid::new_v4(), json!("0123456789abcdefgh"))
+        .await;
+    assert_eq!(big["code"], "too_large", "{big}");
+    let ok = c.publish("chat:x", Uuid::new_v4(), json!(1)).await;
+    assert_eq!(ok["type"], "publish_ack", "{ok}");
+    let limited = c.publish("chat:x", Uuid::new_v4(), json!(2)).await;
+    assert_eq!(limited["code"], "rate_limited", "{limited}");
+    assert!(limited["retry_after_ms"].as_u64().is_some());
+    let anon = c.publish("user:alice", Uuid::new_v4(), json!(1)).await;
+    assert_eq!(anon["code"], "unauthorized", "{anon}");
+    let bad = c.publish("nope", Uuid::new_v4(), json!(1)).await;
+    assert_eq!(bad["code"], "bad_channel", "{bad}");
+    let unknown = c.publish("other:x", Uuid::new_v4(), json!(1)).await;
+    assert_eq!(unknown["code"], "unknown_namespace", "{unknown}");
+    assert_eq!(node.stored(CHAT, "chat:x").len(), 1);
+}
+
+#[tokio::test]
+async fn tokens_decide_who_may_publish_and_a_bad_one_is_refused_at_the_upgrade() {
+    let node = Node::start().await;
+    let bad = tokio_tungstenite::connect_async(node.url("?token=not.a.token")).await;
+    match bad {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
+        other => panic!("expected 401, got {other:?}"),
+    }
+    let mut alice = node
+        .connect_with(&format!("?token={}", token("alice", json!({}))))
+        .await;
+    let ack = alice
+        .publish("user:alice", Uuid::new_v4(), json!("mine"))
+        .await;
+    assert_eq!(ack["type"], "publish_ack", "{ack}");
+    let stored = node.stored(USER, "user:alice");
+    assert_eq!(stored[0].publisher.as_deref(), Some("alice"));
+    // `auth` over the socket, then a refresh for someone else is refused.
+    let mut c = node.connect().await;
+    c.send(json!({"type": "auth", "token": token("bob", json!({}))}))
+        .await;
+    assert_eq!(c.next_of("authenticated").await["sub"], "bob");
+    c.send(json!({"type": "refresh", "token": token("mallory", json!({}))}))
+        .await;
+    assert_eq!(c.next_of("error").await["code"], "bad_token");
+}
+
+#[tokio::test]
+async fn a_resume_hands_off_from_the_log_to_live_delivery_without_gap_or_repeat() {
+    let node = Node::start().await;
+    let mut publisher = node.connect().await;
+    for i in 0..5 {
+        publisher.publish("chat:r2", Uuid::new_v4(), json!(i)).await;
+    }
+    let mut sub = node.connect().await;
+    let epoch = {
+        let mut probe = node.connect().await;
+        probe.subscribe("chat:r2", None).await["position"]["epoch"].clone()
+    };
+    let subscribed = sub
+        .subscribe("chat:r2", Some(json!({"seq": 1, "epoch": epoch})))
+        .await;
+    assert_eq!(subscribed["recovered"], true, "{subscribed}");
+    let writer = tokio::spawn(async move {
+        for i in 5..8 {
+            publisher.publish("chat:r2", Uuid::new_v4(), json!(i)).await;
+        }
+        publisher
+    });
+    let mut got = Vec::new();
+    while got.len() < 6 {
+        got.push(sub.next_of("message").await);
+    }
+    let _ = writer.await;
+    assert_eq!(seqs(&got), vec![2, 3, 4, 5, 6, 7]);
+    assert!(
+        sub.next_within(Duration::from_millis(200)).await.is_none(),
+        "nothing twice"
+    );
+}
+
+#[tokio::test]
+async fn history_pages_come_from_the_log() {
+    let node = Node::start().await;
+    let mut c = node.connect().await;
+    for i in 0..4 {
+        c.publish("chat:h2", Uuid::new_v4(), json!(i)).await;
+    }
+    c.send(json!({"type": "history", "channel": "chat:h2", "id": "q", "since_seq": 0, "limit": 2}))
+        .await;
+    let page = c.next_of("history").await;
+    assert_eq!(page["id"], "q");
+    let messages = page["messages"].as_array().cloned().unwrap_or_default();
+    assert_eq!(seqs(&messages), vec![1, 2]);
+    assert_eq!(page["done"], false);
+}
+
+#[tokio::test]
+async fn the_subscription_limit_is_enforced() {
+    let (mut edge, log) = config();
+    edge.max_subscriptions = 2;
+    let node = Node::start_with(edge, log).await;
+    let mut c = node.connect().await;
+    c.subscribe("chat:1", None).await;
+    c.subscribe("chat:2", None).await;
+    c.send(json!({"type": "subscribe", "channel": "chat:3"}))
+        .await;
+    let err = c.next_of("error").await;
+    assert_eq!(err["code"], "too_many_subscriptions", "{err}");
+    c.send(json!({"type": "subscribe", "channel": "chat:1"}))
+        .await;
+    assert_eq!(c.next_of("error").await["code"], "already_subscribed");
+}
+
+#[tokio::test]
+async fn a_drain_answers_publishes_in_flight_then_closes_with_1001() {
+    let mut node = Node::start_with(
+        EdgeConfig { ..config().0 },
+        herald_log::LogConfig {
+            publish_timeout: Duration::from_secs(5),
+            ..config().1
+        },
+    )
+    .await;
+    let mut c = node.connect().await;
+    node.log.hold_confirms(true);
+    let id = Uuid::new_v4();
+    c.send(json!({"type": "publish", "channel": "chat:d", "id": id, "data": 1}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    node.shutdown();
+    let reconnect = c.next_of("reconnect").await;
+    assert!(reconnect["after_ms"].as_u64().is_some());
+    // Kafka answers during the drain: the client hears of it before the close.
+    node.log.hold_confirms(false);
+    let ack = c.next_of_publish(id).await;
+    assert_eq!(ack["type"], "publish_ack", "{ack}");
+    assert_eq!(c.close_code().await, Some(1001));
+    node.finished().await;
+    assert_eq!(node.stored(CHAT, "chat:d").len(), 1);
+}
+
+fn raw(s: &str) -> Box<serde_json::value::RawValue> {
+    serde_json::value::RawValue::from_string(s.into()).expect("JSON")
+}

@@ -1,0 +1,291 @@
+//! Watermark and time lookups, and the pool of range readers: resume
+//! catch-up, history, retry scans and cursor lookups all read through it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::Kafka;
+use crate::{LogError, RangeBatch, Record, Watermarks};
+
+/// Range readers kept idle for reuse; creating a librdkafka consumer costs a
+/// few threads and a connection.
+pub(super) const IDLE_READERS: usize = 4;
+/// Range reads running at once (a reconnect storm queues here, not in librdkafka).
+pub(super) const CONCURRENT_READS: usize = 16;
+/// How long a reader trusts that librdkafka still knows a topic it asked
+/// about (its metadata cache keeps entries far longer; see [`warm_topic`]).
+const WARM_FOR: Duration = Duration::from_secs(60);
+
+/// Makes a client know `topic`'s partition leaders before (or right after)
+/// it assigns one of its partitions. librdkafka's `assign()` of a topic the
+/// client has never looked up does not ask for its metadata: the partition
+/// waits for the once-a-second scan of unknown topics, so its first fetch
+/// came up to a second late (measured: 330-530 ms of delay on the first
+/// messages a node delivered after a subscriber made its tail follow a new
+/// partition; docs/benchmarks.md, P1). A metadata request for the topic fills
+/// the client's cache, which `assign()` reads, and updates an already
+/// assigned partition at once.
+pub(super) fn warm_topic(
+    consumer: &impl Consumer,
+    topic: &str,
+    timeout: Duration,
+) -> Result<(), KafkaError> {
+    consumer.fetch_metadata(Some(topic), timeout).map(|_| ())
+}
+
+/// `fetch.wait.max.ms` of range readers (`kafka.fetch_wait_max_ms` when
+/// lower). A range read asks for records that exist, up to a known end; a
+/// long wait buys it nothing, and a Fetch left waiting at the end of the log
+/// when a read ends delays the reader's next read (another partition or
+/// offset) until it returns: with 100 ms, a 10,000-message resume from Kafka
+/// took 120-180 ms instead of 50-75 (docs/benchmarks.md, P4 on Kafka).
+pub(super) const RANGE_FETCH_WAIT_MS: u32 = 5;
+
+/// How long an idle reader stays assigned where its last range read ended,
+/// for the next read to continue without a new assignment.
+const CONTINUE_FOR: Duration = Duration::from_secs(2);
+
+/// A pooled range reader and the topics it has looked up.
+pub(super) struct Reader {
+    consumer: Arc<StreamConsumer>,
+    warmed: HashMap<String, Instant>,
+    /// Still assigned at (topic, partition, next offset) since the instant:
+    /// the previous read stopped at its record limit and the next record is
+    /// already on its way.
+    at: Option<(String, i32, i64, Instant)>,
+}
+
+impl Reader {
+    fn continues(&self, topic: &str, partition: i32, from: i64) -> bool {
+        matches!(&self.at, Some((t, p, o, since))
+            if t == topic && *p == partition && *o == from && since.elapsed() < CONTINUE_FOR)
+    }
+
+    /// Drops a stale assignment (librdkafka keeps fetching for an assigned
+    /// partition until its queue is full).
+    fn release(&mut self) -> Result<(), KafkaError> {
+        if self.at.take().is_some() {
+            self.consumer.unassign()?;
+        }
+        Ok(())
+    }
+}
+
+impl Kafka {
+    pub(super) async fn watermarks_now(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Watermarks, LogError> {
+        let t = self.cfg.request_timeout;
+        let name = topic.to_owned();
+        let (low, high) = self
+            .blocking("watermarks", move |c| {
+                c.fetch_watermarks(&name, partition, t)
+            })
+            .await?;
+        Ok(Watermarks { low, high })
+    }
+
+    /// The first offset whose timestamp is at or after `ts_ms`, or `None` if
+    /// every record is older.
+    pub async fn offset_for_time(
+        &self,
+        topic: &str,
+        partition: i32,
+        ts_ms: i64,
+    ) -> Result<Option<i64>, LogError> {
+        let wm = self.watermarks_now(topic, partition).await?;
+        self.offset_for_time_in(topic, partition, ts_ms, wm).await
+    }
+
+    /// [`Kafka::offset_for_time`] with watermarks the caller already has.
+    async fn offset_for_time_in(
+        &self,
+        topic: &str,
+        partition: i32,
+        ts_ms: i64,
+        wm: Watermarks,
+    ) -> Result<Option<i64>, LogError> {
+        if wm.high <= wm.low {
+            return Ok(None);
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Offset(ts_ms))?;
+        let t = self.cfg.request_timeout;
+        let res = self
+            .blocking("offsets_for_times", move |c| c.offsets_for_times(tpl, t))
+            .await?;
+        let off = res
+            .elements()
+            .first()
+            .map(|e| e.offset())
+            .unwrap_or(Offset::End);
+        Ok(match off {
+            Offset::Offset(o) => Some(o.max(wm.low)),
+            _ => None,
+        })
+    }
+    /// An idle reader: the one whose last read ended at `from` of this
+    /// partition if there is one (true: it is still assigned there), else
+    /// any, unassigned.
+    fn take_reader(
+        &self,
+        topic: &str,
+        partition: i32,
+        from: i64,
+    ) -> Result<(Reader, bool), LogError> {
+        let found = {
+            let mut idle = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+            match idle
+                .iter()
+                .position(|r| r.continues(topic, partition, from))
+            {
+                Some(i) => return Ok((idle.swap_remove(i), true)),
+                None => idle.pop(),
+            }
+        };
+        if let Some(mut r) = found {
+            r.release()?;
+            return Ok((r, false));
+        }
+        Ok((
+            Reader {
+                consumer: Arc::new(Self::consumer_config(&self.cfg, true).create()?),
+                warmed: HashMap::new(),
+                at: None,
+            },
+            false,
+        ))
+    }
+
+    /// Back to the pool; `next` when the read stopped at its record limit, so
+    /// that a read continuing from there keeps this assignment.
+    fn return_reader(&self, mut r: Reader, topic: &str, partition: i32, next: Option<i64>) {
+        match next {
+            Some(o) => r.at = Some((topic.to_owned(), partition, o, Instant::now())),
+            None => {
+                if r.consumer.unassign().is_err() {
+                    return;
+                }
+                r.at = None;
+            }
+        }
+        let mut idle = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        // Readers left assigned and not continued in time are released here,
+        // as other reads come and go.
+        for other in idle.iter_mut() {
+            if other
+                .at
+                .as_ref()
+                .is_some_and(|a| a.3.elapsed() >= CONTINUE_FOR)
+            {
+                let _ = other.release();
+            }
+        }
+        if idle.len() < IDLE_READERS {
+            idle.push(r);
+        }
+    }
+
+    pub(super) async fn range(
+        &self,
+        topic: &str,
+        partition: i32,
+        from: i64,
+        to: i64,
+        max: usize,
+    ) -> Result<RangeBatch, LogError> {
+        if from >= to || max == 0 {
+            return Ok(RangeBatch {
+                records: Vec::new(),
+                next: from,
+            });
+        }
+        let _permit = self
+            .read_permits
+            .acquire()
+            .await
+            .map_err(|e| LogError::Task(e.to_string()))?;
+        let (mut reader, continuing) = self.take_reader(topic, partition, from)?;
+        if !continuing {
+            if reader
+                .warmed
+                .get(topic)
+                .is_none_or(|at| at.elapsed() > WARM_FOR)
+            {
+                let (c, name, t) = (
+                    reader.consumer.clone(),
+                    topic.to_owned(),
+                    self.cfg.request_timeout,
+                );
+                tokio::task::spawn_blocking(move || warm_topic(&*c, &name, t))
+                    .await
+                    .map_err(|e| LogError::Task(format!("metadata: {e}")))??;
+                reader.warmed.insert(topic.to_owned(), Instant::now());
+            }
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(topic, partition, Offset::Offset(from))?;
+            reader.consumer.assign(&tpl)?;
+        }
+        let topic_arc: Arc<str> = Arc::from(topic);
+        let mut out = Vec::new();
+        let mut next = from;
+        // Ok(true): stopped at `to` or at `max` records, the consumer's next
+        // record being `next`; Ok(false): stopped at the end of the log.
+        let result = loop {
+            if next >= to || out.len() >= max {
+                break Ok(true);
+            }
+            // The deadline is per record, not per batch: a large catch-up on
+            // a busy broker is slow but making progress, and must not fail.
+            let msg = match tokio::time::timeout(self.cfg.request_timeout, reader.consumer.recv())
+                .await
+            {
+                Err(_) => break Err(LogError::Timeout(self.cfg.request_timeout, "a range read")),
+                Ok(Err(KafkaError::PartitionEOF(_))) => {
+                    if self.watermarks_now(topic, partition).await?.high > next {
+                        // Records exist past this reader's position: the end
+                        // it reached was passed since, or the event is left
+                        // over from this reader's previous read (a continued
+                        // reader). Read on; never skip them. (Should what
+                        // lies there be undeliverable, such as a foreign
+                        // producer's transaction markers, the read times out
+                        // with an error rather than jump over it.)
+                        continue;
+                    }
+                    // Everything that exists was read; the broker's view may
+                    // be behind `to`, but nothing more exists yet.
+                    next = to;
+                    break Ok(false);
+                }
+                Ok(Err(e)) => break Err(LogError::Kafka(e)),
+                Ok(Ok(m)) => m,
+            };
+            if msg.topic() != topic || msg.partition() != partition || msg.offset() < next {
+                // A leftover of this reader's previous assignment, or a re-fetch.
+                continue;
+            }
+            if msg.offset() >= to {
+                next = to;
+                break Ok(false);
+            }
+            next = msg.offset() + 1;
+            out.push(Record::from_message(&msg, topic_arc.clone()));
+        };
+        match result {
+            Ok(positioned) => {
+                self.return_reader(reader, topic, partition, positioned.then_some(next));
+                Ok(RangeBatch { records: out, next })
+            }
+            // A reader that failed mid-read is dropped, not reused.
+            Err(e) => Err(e),
+        }
+    }
+}
