@@ -35,17 +35,44 @@ pub struct Ctx {
     pub shutting_down: AtomicBool,
     /// Flipped to true to tell every connection to finish and close.
     pub shutdown: watch::Sender<bool>,
-    pub next_conn: AtomicU64,
+    pub conns: Connections,
+    pub frames: FrameCounters,
+}
+
+/// The node's WebSocket connections, counted.
+#[derive(Default)]
+pub struct Connections {
+    /// The next connection's id.
+    pub next_id: AtomicU64,
     /// One clone per live connection; shutdown waits for the count to drop.
     pub live: Arc<()>,
     /// Open connections per client IP, for the per-IP limit.
     pub per_ip: std::sync::Mutex<HashMap<IpAddr, usize>>,
     /// Open connections on this node, for the global limit.
     pub open: AtomicUsize,
-    /// Frame counters, registered once for every connection (a handle per
-    /// connection costs an allocation each).
-    pub frames_in: metrics::Counter,
-    pub frames_out: metrics::Counter,
+}
+
+impl Connections {
+    /// Connections still running (their tasks hold a clone of `live`).
+    pub fn live(&self) -> usize {
+        Arc::strong_count(&self.live) - 1
+    }
+}
+
+/// Frame counters, registered once for every connection (a handle per
+/// connection costs an allocation each).
+pub struct FrameCounters {
+    pub inbound: metrics::Counter,
+    pub outbound: metrics::Counter,
+}
+
+impl Default for FrameCounters {
+    fn default() -> Self {
+        FrameCounters {
+            inbound: metrics::counter!("herald_edge_frames_in_total"),
+            outbound: metrics::counter!("herald_edge_frames_out_total"),
+        }
+    }
 }
 
 /// Why a channel name cannot be used: a code and a reason.
@@ -87,9 +114,9 @@ impl ConnSlot {
         ctx: &Arc<Ctx>,
         ip: Option<IpAddr>,
     ) -> Result<ConnSlot, (StatusCode, &'static str)> {
-        let open = ctx.open.fetch_add(1, Ordering::SeqCst);
+        let open = ctx.conns.open.fetch_add(1, Ordering::SeqCst);
         if open >= ctx.cfg.max_connections {
-            ctx.open.fetch_sub(1, Ordering::SeqCst);
+            ctx.conns.open.fetch_sub(1, Ordering::SeqCst);
             metrics::counter!("herald_edge_connections_refused_total", "reason" => "max_connections").increment(1);
             return Err((
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -97,11 +124,11 @@ impl ConnSlot {
             ));
         }
         if let Some(ip) = ip {
-            let mut per_ip = ctx.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            let mut per_ip = ctx.conns.per_ip.lock().unwrap_or_else(|p| p.into_inner());
             let n = per_ip.entry(ip).or_insert(0);
             if *n >= ctx.cfg.max_connections_per_ip {
                 drop(per_ip);
-                ctx.open.fetch_sub(1, Ordering::SeqCst);
+                ctx.conns.open.fetch_sub(1, Ordering::SeqCst);
                 metrics::counter!("herald_edge_connections_refused_total", "reason" => "max_connections_per_ip").increment(1);
                 return Err((
                     StatusCode::TOO_MANY_REQUESTS,
@@ -119,9 +146,14 @@ impl ConnSlot {
 
 impl Drop for ConnSlot {
     fn drop(&mut self) {
-        self.ctx.open.fetch_sub(1, Ordering::SeqCst);
+        self.ctx.conns.open.fetch_sub(1, Ordering::SeqCst);
         if let Some(ip) = self.ip {
-            let mut per_ip = self.ctx.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            let mut per_ip = self
+                .ctx
+                .conns
+                .per_ip
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             if let Some(n) = per_ip.get_mut(&ip) {
                 *n -= 1;
                 if *n == 0 {

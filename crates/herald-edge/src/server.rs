@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,7 @@ use warp::{Filter, Reply};
 
 use crate::auth::{AccessRule, Auth};
 use crate::config::EdgeConfig;
-use crate::ctx::{ConnSlot, Ctx};
+use crate::ctx::{ConnSlot, Connections, Ctx, FrameCounters};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
@@ -164,12 +164,11 @@ impl Edge {
                 topics,
                 shutting_down: AtomicBool::new(false),
                 shutdown,
-                next_conn: AtomicU64::new(1),
-                live: Arc::new(()),
-                per_ip: std::sync::Mutex::new(HashMap::new()),
-                open: AtomicUsize::new(0),
-                frames_in: metrics::counter!("herald_edge_frames_in_total"),
-                frames_out: metrics::counter!("herald_edge_frames_out_total"),
+                conns: Connections {
+                    next_id: AtomicU64::new(1),
+                    ..Connections::default()
+                },
+                frames: FrameCounters::default(),
             }),
             listener,
             metrics,
@@ -218,17 +217,17 @@ impl Edge {
         info!("Shutting down: refusing new connections, closing live ones");
         ctx.shutting_down.store(true, Ordering::SeqCst);
         // Readiness fails first; load balancers get a moment to notice.
-        if Arc::strong_count(&ctx.live) > 1 {
+        if ctx.conns.live() > 0 {
             tokio::time::sleep(ctx.cfg.drain_delay).await;
         }
         ctx.shutdown.send_replace(true);
         let _ = stop_tx.send(());
 
         let deadline = Instant::now() + ctx.cfg.shutdown_grace;
-        while Arc::strong_count(&ctx.live) > 1 && Instant::now() < deadline {
+        while ctx.conns.live() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let left = Arc::strong_count(&ctx.live) - 1;
+        let left = ctx.conns.live();
         if left > 0 {
             warn!(
                 connections = left,
@@ -368,9 +367,8 @@ fn upgrade(
 /// The listening socket. `TCP_NODELAY` is set on it because accepted
 /// sockets inherit it (Linux) and warp offers no hook to set it per
 /// connection: without it, small frames (a message, an ack) wait for
-/// Nagle's algorithm and the peer's delayed ACK, tens of milliseconds
-/// (measured: herald's p99 delivery latency 39-105 ms against 8-10 ms for
-/// the bare Kafka path, on the mock broker, before this).
+/// Nagle's algorithm and the peer's delayed ACK, tens of milliseconds each
+/// (docs/benchmarks.md, P1).
 fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let sock = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?

@@ -310,3 +310,41 @@ async fn a_drain_answers_publishes_in_flight_then_closes_with_1001() {
 fn raw(s: &str) -> Box<serde_json::value::RawValue> {
     serde_json::value::RawValue::from_string(s.into()).expect("JSON")
 }
+
+#[tokio::test]
+async fn a_durable_ack_is_stored_as_a_cursor_and_a_new_connection_resumes_after_it() {
+    let (mut edge, log) = config();
+    edge.cursor_flush_interval = Duration::from_millis(50);
+    let node = Node::start_with(edge, log).await;
+    let mut c = node.connect_with("?client_id=device-1").await;
+    c.send(json!({"type": "subscribe", "channel": "chat:c", "durable": true}))
+        .await;
+    c.next_of("subscribed").await;
+    let mut p = node.connect().await;
+    for i in 0..4 {
+        p.publish("chat:c", Uuid::new_v4(), json!(i)).await;
+    }
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        got.push(c.next_of("message").await);
+    }
+    c.send(json!({"type": "ack", "channel": "chat:c", "seq": 1}))
+        .await;
+    // The flusher writes it to the cursor topic.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while (0..8).all(|p| node.log.records("herald.cursors", p).is_empty()) {
+        assert!(tokio::time::Instant::now() < deadline, "no cursor written");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(c);
+    let mut again = node.connect_with("?client_id=device-1").await;
+    again
+        .send(json!({"type": "subscribe", "channel": "chat:c", "since": "cursor"}))
+        .await;
+    assert_eq!(again.next_of("subscribed").await["recovered"], true);
+    let mut rest = Vec::new();
+    while rest.len() < 2 {
+        rest.push(again.next_of("message").await);
+    }
+    assert_eq!(seqs(&rest), vec![2, 3]);
+}

@@ -8,14 +8,12 @@
 //!
 //! Two maps under one lock: the appends in flight (a watch channel each, for
 //! the waiters) and the window of appended keys (key → seq, in the order they
-//! were appended). The window is a hash map and a FIFO, not a moka cache:
-//! every key lives exactly the window and leaves in insertion order, so
-//! moka's admission policy, access-order lists and timer wheel bought nothing
-//! here, and in the ingest benchmark (P6, `perf record`) moka was ~16% of the
-//! node's CPU (its table's rehashing alone ~5%) at ~300 bytes per remembered
-//! id. This costs ~150 bytes per id (hash table and queue at their growth
-//! factors). Before that, a watch channel was kept per remembered id, ~400
-//! bytes more: a full default window of 1,000,000 ids was ~550 MB of RSS.
+//! were appended). The window is a hash map and a FIFO rather than a cache
+//! with eviction policies: every key lives exactly the window and leaves in
+//! insertion order, so admission policies, access-order lists and timer
+//! wheels buy nothing here and cost CPU and memory on the publish path (about
+//! 150 bytes per remembered id; docs/benchmarks.md, P6). Only appends in
+//! flight have a watch channel; remembered ids keep just their seq.
 //!
 //! This window is per node. A retry that reaches another node after the first
 //! node died is not caught here (the `retry` scan of the partition does that).

@@ -231,7 +231,11 @@ pub trait LogWrite: LogRead {
         id: uuid::Uuid,
         since_ms: i64,
         max_scan: i64,
-    ) -> BoxFuture<'a, Result<Option<i64>, LogError>>;
+    ) -> BoxFuture<'a, Result<Option<i64>, LogError>> {
+        Box::pin(scan::find_message(
+            self, topic, partition, channel, id, since_ms, max_scan,
+        ))
+    }
 
     /// Waits up to `timeout` for every enqueued append to be confirmed.
     fn flush(&self, timeout: Duration) -> Result<(), LogError>;

@@ -266,20 +266,6 @@ impl LogWrite for MemLog {
         }))
     }
 
-    fn find_message<'a>(
-        &'a self,
-        topic: &'a str,
-        partition: i32,
-        channel: &'a str,
-        id: uuid::Uuid,
-        since_ms: i64,
-        max_scan: i64,
-    ) -> BoxFuture<'a, Result<Option<i64>, LogError>> {
-        Box::pin(crate::scan::find_message(
-            self, topic, partition, channel, id, since_ms, max_scan,
-        ))
-    }
-
     fn flush(&self, _timeout: Duration) -> Result<(), LogError> {
         Ok(())
     }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use herald_log::{Kafka, LogConfig, LogRead};
+use herald_log::{Kafka, LogConfig, LogRead, LogWrite};
 use uuid::Uuid;
 
 fn config() -> LogConfig {
@@ -45,7 +45,7 @@ async fn publish_watermarks_ranges_and_time_lookups() -> anyhow::Result<()> {
     for i in 0..30 {
         let key = format!("chat:{}", i % 3);
         offsets.push(
-            k.publish(&topic, 1, key.as_bytes(), b"{}", &[("herald-id", b"x")])?
+            k.append_record(&topic, 1, key.as_bytes(), b"{}", &[("herald-id", b"x")])?
                 .await?,
         );
         if i == 9 {
@@ -106,7 +106,7 @@ async fn continued_range_reads_miss_nothing_appended_after_the_end() -> anyhow::
         async move {
             let mut last = -1;
             for _ in 0..n {
-                last = k.publish(&topic, 0, b"chat:a", b"{}", &[])?.await?;
+                last = k.append_record(&topic, 0, b"chat:a", b"{}", &[])?.await?;
             }
             anyhow::Ok(last)
         }

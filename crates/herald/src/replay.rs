@@ -11,7 +11,7 @@ use clap::Args;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use herald_hub::{Dedup, PublishOutcome, PublishRequest, Publisher};
-use herald_log::{Kafka, LogConfig, LogRead, Record};
+use herald_log::{Kafka, LogConfig, LogRead, LogWrite, Record};
 use herald_proto::partition::partition_for_key;
 use herald_proto::{Envelope, Replayed};
 
@@ -411,7 +411,8 @@ fn write_one(
             let headers = Envelope::decode(value, None).ok().map(|e| e.headers());
             let pairs = headers.as_ref().map(|h| h.pairs());
             let p = partition_for_key(key, *partitions);
-            let append = kafka.publish(name, p, key, value, pairs.as_ref().map_or(&[], |p| p))?;
+            let append =
+                kafka.append_record(name, p, key, value, pairs.as_ref().map_or(&[], |p| p))?;
             pending.push(
                 append
                     .map(|r| r.map(drop).map_err(|e| e.to_string()))

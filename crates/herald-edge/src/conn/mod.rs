@@ -75,7 +75,7 @@ pub struct Accepted {
 /// Parts are not passed by value through nested `async fn`s: each layer
 /// would keep a copy of them.
 pub async fn run(accepted: Box<Accepted>) {
-    let id = accepted.ctx.next_conn.fetch_add(1, Ordering::Relaxed);
+    let id = accepted.ctx.conns.next_id.fetch_add(1, Ordering::Relaxed);
     // A debug span: at the default level it is off and costs nothing; an
     // enabled span keeps its formatted fields per connection (~250 bytes).
     let span = debug_span!("conn", id, remote = ?accepted.remote, client = ?accepted.client_id);
@@ -150,7 +150,7 @@ async fn serve(id: u64, accepted: Box<Accepted>) {
         WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
             .await
             .split();
-    let live = ctx.live.clone();
+    let live = ctx.conns.live.clone();
     metrics::gauge!("herald_edge_connections").increment(1.0);
     metrics::counter!("herald_edge_connections_total").increment(1);
     let (mut conn, mut rx) = Conn::new(id, ctx, client_id);
@@ -167,7 +167,7 @@ async fn serve(id: u64, accepted: Box<Accepted>) {
         tokio::pin!(expiry);
         let mut armed_for: Option<u64> = None;
         let ctx = conn.ctx.clone();
-        let (frames_in, frames_out) = (&ctx.frames_in, &ctx.frames_out);
+        let (frames_in, frames_out) = (&ctx.frames.inbound, &ctx.frames.outbound);
         let write_timeout = ctx.cfg.write_timeout;
         // Set when a write made no progress for `write_timeout`: nothing more
         // is written to the socket, it is dropped.

@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 use super::Kafka;
 use crate::epoch::{new_epoch, EpochRecord};
-use crate::LogError;
+use crate::{LogError, LogWrite};
 use herald_proto::envelope::now_ms;
 
 /// How long a node that found a topic (rather than creating it) waits for
@@ -350,7 +350,7 @@ impl Kafka {
             recorded_at_ms: now_ms(),
         };
         let value = serde_json::to_vec(&rec).map_err(|e| LogError::Other(e.to_string()))?;
-        self.publish(&meta, 0, topic.as_bytes(), &value, &[])?
+        self.append_record(&meta, 0, topic.as_bytes(), &value, &[])?
             .await?;
         // Another node may have recorded one at the same moment: the newest
         // wins (the only rule compaction keeps). Nodes that found a topic

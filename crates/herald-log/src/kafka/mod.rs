@@ -18,9 +18,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 use tokio::sync::Semaphore;
 
-use crate::{
-    BoxFuture, Log, LogConfig, LogError, LogRead, LogWrite, RangeBatch, RecordSink, Watermarks,
-};
+use crate::{BoxFuture, Log, LogConfig, LogError, LogRead, RangeBatch, RecordSink, Watermarks};
 
 mod admin;
 mod producer;
@@ -213,37 +211,6 @@ impl LogRead for Kafka {
     }
     fn follow(&self, topic: &str, partition: i32, from: i64) -> Result<(), LogError> {
         self.follow_partition(topic, partition, from)
-    }
-}
-
-impl LogWrite for Kafka {
-    fn append_record(
-        &self,
-        topic: &str,
-        partition: i32,
-        key: &[u8],
-        value: &[u8],
-        headers: &[(&str, &[u8])],
-    ) -> Result<crate::PendingPublish, LogError> {
-        self.publish(topic, partition, key, value, headers)
-    }
-
-    fn find_message<'a>(
-        &'a self,
-        topic: &'a str,
-        partition: i32,
-        channel: &'a str,
-        id: uuid::Uuid,
-        since_ms: i64,
-        max_scan: i64,
-    ) -> BoxFuture<'a, Result<Option<i64>, LogError>> {
-        Box::pin(crate::scan::find_message(
-            self, topic, partition, channel, id, since_ms, max_scan,
-        ))
-    }
-
-    fn flush(&self, timeout: Duration) -> Result<(), LogError> {
-        Kafka::flush(self, timeout)
     }
 }
 

@@ -7,13 +7,13 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureRecord, Producer};
 
 use super::Kafka;
-use crate::{LogError, PendingPublish};
+use crate::{LogError, LogWrite, PendingPublish};
 
-impl Kafka {
+impl LogWrite for Kafka {
     /// Enqueues a record for `partition` of `topic`. Records enqueued in order
     /// are appended in order. The returned future resolves to the record's
     /// offset once Kafka acknowledged it with `acks=all`.
-    pub fn publish(
+    fn append_record(
         &self,
         topic: &str,
         partition: i32,
@@ -40,7 +40,7 @@ impl Kafka {
     }
 
     /// Waits up to `timeout` for every enqueued publish to be confirmed.
-    pub fn flush(&self, timeout: Duration) -> Result<(), LogError> {
+    fn flush(&self, timeout: Duration) -> Result<(), LogError> {
         self.producer.flush(timeout).map_err(LogError::from)
     }
 }

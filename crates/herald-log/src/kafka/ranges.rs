@@ -26,9 +26,7 @@ const WARM_FOR: Duration = Duration::from_secs(60);
 /// it assigns one of its partitions. librdkafka's `assign()` of a topic the
 /// client has never looked up does not ask for its metadata: the partition
 /// waits for the once-a-second scan of unknown topics, so its first fetch
-/// came up to a second late (measured: 330-530 ms of delay on the first
-/// messages a node delivered after a subscriber made its tail follow a new
-/// partition; docs/benchmarks.md, P1). A metadata request for the topic fills
+/// comes up to a second late (docs/benchmarks.md, P1). A metadata request for the topic fills
 /// the client's cache, which `assign()` reads, and updates an already
 /// assigned partition at once.
 pub(super) fn warm_topic(
@@ -43,8 +41,7 @@ pub(super) fn warm_topic(
 /// lower). A range read asks for records that exist, up to a known end; a
 /// long wait buys it nothing, and a Fetch left waiting at the end of the log
 /// when a read ends delays the reader's next read (another partition or
-/// offset) until it returns: with 100 ms, a 10,000-message resume from Kafka
-/// took 120-180 ms instead of 50-75 (docs/benchmarks.md, P4 on Kafka).
+/// offset) until it returns (docs/benchmarks.md, P4 on Kafka).
 pub(super) const RANGE_FETCH_WAIT_MS: u32 = 5;
 
 /// How long an idle reader stays assigned where its last range read ended,

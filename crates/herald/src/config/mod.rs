@@ -8,10 +8,17 @@
 //! `kafka.brokers` ← `HERALD_KAFKA_BROKERS`, `auth.hs256_secret` ←
 //! `HERALD_AUTH_HS256_SECRET`). Lists in the environment are comma-separated.
 //! Namespaces (an array of tables) come from the file only.
+//!
+//! This file holds the settings and their conversion into each crate's
+//! configuration; `load` reads and layers the sources, `validate` checks
+//! the values.
+
+mod load;
+mod validate;
+
+pub use load::{ConfigError, ConfigErrors};
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
 use herald_edge::{AccessRule, AuthConfig, EdgeConfig, NamespaceConfig};
@@ -219,349 +226,7 @@ impl Default for Namespace {
     }
 }
 
-/// One problem in a configuration, with where it is.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigError {
-    /// `section.key`, `namespace[1].publish`, or `HERALD_X (section.key)`.
-    pub path: String,
-    pub message: String,
-}
-
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.path, self.message)
-    }
-}
-
-/// Every problem found, in file order.
-#[derive(Debug)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
-impl std::fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigErrors {}
-
-fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        path: path.into(),
-        message: message.into(),
-    }
-}
-
-fn type_name(v: &toml::Value) -> &'static str {
-    match v {
-        toml::Value::String(_) => "a string",
-        toml::Value::Integer(_) => "an integer",
-        toml::Value::Float(_) => "a float",
-        toml::Value::Boolean(_) => "a boolean",
-        toml::Value::Datetime(_) => "a datetime",
-        toml::Value::Array(_) => "an array",
-        toml::Value::Table(_) => "a table",
-    }
-}
-
-/// Compares `given` with the shape of `model` (the defaults), reporting
-/// unknown keys and wrong types under `path`.
-fn check_shape(path: &str, given: &toml::Value, model: &toml::Value, out: &mut Vec<ConfigError>) {
-    let join = |k: &str| {
-        if path.is_empty() {
-            k.to_owned()
-        } else {
-            format!("{path}.{k}")
-        }
-    };
-    match (given, model) {
-        (toml::Value::Table(g), toml::Value::Table(m)) => {
-            // `kafka.client` is free-form: any string → string.
-            if path == "kafka.client" {
-                for (k, v) in g {
-                    if !v.is_str() {
-                        out.push(err(
-                            join(k),
-                            format!("must be a string, not {}", type_name(v)),
-                        ));
-                    }
-                }
-                return;
-            }
-            for (k, v) in g {
-                match m.get(k) {
-                    Some(mv) => check_shape(&join(k), v, mv, out),
-                    None => out.push(err(join(k), "unknown key")),
-                }
-            }
-        }
-        (toml::Value::Array(g), toml::Value::Array(m)) if path == "namespace" => {
-            let model = m.first().cloned().unwrap_or_else(|| {
-                toml::Value::try_from(Namespace::default()).unwrap_or(toml::Value::Boolean(false))
-            });
-            for (i, v) in g.iter().enumerate() {
-                check_shape(&format!("namespace[{i}]"), v, &model, out);
-            }
-        }
-        (g, m) if std::mem::discriminant(g) == std::mem::discriminant(m) => {}
-        (g, m) => out.push(err(
-            path,
-            format!("must be {}, not {}", type_name(m), type_name(g)),
-        )),
-    }
-}
-
-/// The environment variable that overrides `path`.
-pub fn env_name(path: &str) -> String {
-    format!("HERALD_{}", path.replace('.', "_").to_ascii_uppercase())
-}
-
-/// Applies `HERALD_*` overrides to every scalar key of `value`.
-fn apply_env(
-    path: &str,
-    value: &mut toml::Value,
-    lookup: &dyn Fn(&str) -> Option<String>,
-    out: &mut Vec<ConfigError>,
-) {
-    let toml::Value::Table(t) = value else {
-        return;
-    };
-    for (k, v) in t.iter_mut() {
-        let p = if path.is_empty() {
-            k.clone()
-        } else {
-            format!("{path}.{k}")
-        };
-        if p == "namespace" || p == "kafka.client" {
-            continue;
-        }
-        if v.is_table() {
-            apply_env(&p, v, lookup, out);
-            continue;
-        }
-        let name = env_name(&p);
-        let Some(raw) = lookup(&name) else {
-            continue;
-        };
-        let parsed = match &*v {
-            toml::Value::String(_) => Ok(toml::Value::String(raw)),
-            toml::Value::Integer(_) => raw
-                .trim()
-                .parse::<i64>()
-                .map(toml::Value::Integer)
-                .map_err(|e| format!("must be an integer: {e}")),
-            toml::Value::Boolean(_) => raw
-                .trim()
-                .parse::<bool>()
-                .map(toml::Value::Boolean)
-                .map_err(|_| "must be true or false".to_string()),
-            toml::Value::Array(_) => Ok(toml::Value::Array(
-                raw.split(',')
-                    .map(|s| toml::Value::String(s.trim().to_owned()))
-                    .collect(),
-            )),
-            other => Err(format!(
-                "cannot be set from the environment ({})",
-                type_name(other)
-            )),
-        };
-        match parsed {
-            Ok(n) => *v = n,
-            Err(m) => out.push(err(format!("{name} ({p})"), m)),
-        }
-    }
-}
-
 impl Settings {
-    /// Loads `file` (when given) over the defaults, then the environment
-    /// through `lookup`. Returns every problem found, not just the first.
-    pub fn load(
-        file: Option<&Path>,
-        lookup: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Settings, ConfigErrors> {
-        let text = match file {
-            Some(f) => std::fs::read_to_string(f).map_err(|e| {
-                ConfigErrors(vec![err(
-                    f.display().to_string(),
-                    format!("cannot read: {e}"),
-                )])
-            })?,
-            None => String::new(),
-        };
-        Self::from_toml(&text, lookup)
-    }
-
-    /// [`Settings::load`] from TOML text.
-    pub fn from_toml(
-        text: &str,
-        lookup: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Settings, ConfigErrors> {
-        let mut errors = Vec::new();
-        let given: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            ConfigErrors(vec![err(
-                "(file)",
-                format!("not valid TOML: {}", e.message()),
-            )])
-        })?;
-        let given = toml::Value::Table(given);
-        let defaults = toml::Value::try_from(Settings::default())
-            .map_err(|e| ConfigErrors(vec![err("(defaults)", e.to_string())]))?;
-        check_shape("", &given, &defaults, &mut errors);
-        if !errors.is_empty() {
-            return Err(ConfigErrors(errors));
-        }
-        // Defaults, with the file's keys laid over them.
-        let mut merged = defaults;
-        merge(&mut merged, given);
-        apply_env("", &mut merged, lookup, &mut errors);
-        if !errors.is_empty() {
-            return Err(ConfigErrors(errors));
-        }
-        // Values of the right TOML type can still be out of range (a negative
-        // count): the path of that one comes from serde_path_to_error.
-        let settings: Settings = serde_path_to_error::deserialize(merged).map_err(|e| {
-            let path = e.path().to_string();
-            ConfigErrors(vec![err(path, e.into_inner().message().to_owned())])
-        })?;
-        settings.validate().map_err(ConfigErrors)?;
-        Ok(settings)
-    }
-
-    /// Checks values: addresses parse, rules are known, names are valid,
-    /// key files exist and parse.
-    pub fn validate(&self) -> Result<(), Vec<ConfigError>> {
-        let mut out = Vec::new();
-        if self.server.listen.parse::<SocketAddr>().is_err() {
-            out.push(err(
-                "server.listen",
-                "must be an address like 127.0.0.1:8080",
-            ));
-        }
-        if self.kafka.brokers.trim().is_empty() {
-            out.push(err("kafka.brokers", "must not be empty"));
-        }
-        for (path, v) in [
-            ("kafka.replication", self.kafka.replication),
-            ("kafka.min_insync_replicas", self.kafka.min_insync_replicas),
-        ] {
-            if v == 0 || v < -1 {
-                out.push(err(path, "must be -1 (the broker's default) or at least 1"));
-            }
-        }
-        if self.kafka.replication > 0 && self.kafka.min_insync_replicas > self.kafka.replication {
-            out.push(err(
-                "kafka.min_insync_replicas",
-                "must not exceed kafka.replication (no publish could ever be acked)",
-            ));
-        }
-        if self.kafka.topic_prefix.is_empty()
-            || !self
-                .kafka
-                .topic_prefix
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        {
-            out.push(err(
-                "kafka.topic_prefix",
-                "must be non-empty ASCII letters, digits, `.`, `_` or `-`",
-            ));
-        }
-        for (path, v) in [
-            ("limits.queue_messages", self.limits.queue_messages),
-            ("limits.queue_bytes", self.limits.queue_bytes),
-            ("limits.max_message_bytes", self.limits.max_message_bytes),
-            ("limits.max_frame_bytes", self.limits.max_frame_bytes),
-            ("limits.read_buffer_bytes", self.limits.read_buffer_bytes),
-            ("limits.max_connections", self.limits.max_connections),
-            (
-                "limits.max_connections_per_ip",
-                self.limits.max_connections_per_ip,
-            ),
-            ("limits.max_subscriptions", self.limits.max_subscriptions),
-            (
-                "limits.max_inflight_publishes",
-                self.limits.max_inflight_publishes,
-            ),
-            ("cache.history_max_limit", self.cache.history_max_limit),
-            ("cache.history_max_bytes", self.cache.history_max_bytes),
-        ] {
-            if v == 0 {
-                out.push(err(path, "must be at least 1"));
-            }
-        }
-        if self.cache.cursor_partitions < 1 {
-            out.push(err("cache.cursor_partitions", "must be at least 1"));
-        }
-        if self.cache.history_max_scan < 1 {
-            out.push(err("cache.history_max_scan", "must be at least 1"));
-        }
-        if self.cache.cursor_flush_ms < 10 {
-            out.push(err("cache.cursor_flush_ms", "must be at least 10"));
-        }
-        if self.server.heartbeat_secs == 0 {
-            out.push(err("server.heartbeat_secs", "must be at least 1"));
-        }
-        if self.server.write_timeout_secs == 0 {
-            out.push(err("server.write_timeout_secs", "must be at least 1"));
-        }
-        if !self.auth.hs256_secret.is_empty() && self.auth.hs256_secret.len() < 32 {
-            out.push(err(
-                "auth.hs256_secret",
-                "must be at least 32 bytes (a short HMAC secret can be brute-forced)",
-            ));
-        }
-        if !self.auth.api_key.is_empty() && self.auth.api_key.len() < 16 {
-            out.push(err("auth.api_key", "must be at least 16 characters"));
-        }
-        if let Err(e) = self.auth_config().and_then(|a| herald_edge::Auth::new(&a)) {
-            out.push(err(e.path(), e.to_string()));
-        }
-        if self.namespaces.is_empty() {
-            out.push(err("namespace", "at least one namespace is needed"));
-        }
-        let mut seen = std::collections::HashSet::new();
-        for (i, ns) in self.namespaces.iter().enumerate() {
-            let p = |k: &str| format!("namespace[{i}].{k}");
-            if let Err(e) =
-                format!("{}={}", ns.name, ns.partitions.max(1)).parse::<NamespaceConfig>()
-            {
-                out.push(err(p("name"), e));
-            }
-            if !seen.insert(ns.name.clone()) {
-                out.push(err(
-                    p("name"),
-                    format!("namespace `{}` is defined twice", ns.name),
-                ));
-            }
-            if ns.partitions < 1 {
-                out.push(err(p("partitions"), "must be at least 1"));
-            }
-            if ns.retention_ms < 0 {
-                out.push(err(p("retention_ms"), "must be 0 (broker default) or more"));
-            }
-            for (k, v) in [
-                ("subscribe", &ns.subscribe),
-                ("publish", &ns.publish),
-                ("history", &ns.history),
-            ] {
-                if let Err(e) = v.parse::<AccessRule>() {
-                    out.push(err(p(k), e));
-                }
-            }
-        }
-        if out.is_empty() {
-            Ok(())
-        } else {
-            Err(out)
-        }
-    }
-
     pub fn auth_config(&self) -> Result<AuthConfig, herald_edge::AuthError> {
         let file = |s: &str| (!s.is_empty()).then(|| std::path::PathBuf::from(s));
         Ok(AuthConfig {
@@ -648,7 +313,6 @@ impl Settings {
             cursor_cache_capacity: self.cache.cursor_cache_capacity,
         }
     }
-
     /// Every scalar key path, for documentation checks.
     #[cfg(test)]
     pub fn key_paths() -> Vec<String> {
@@ -684,27 +348,8 @@ impl Settings {
     }
 }
 
-/// Lays `over`'s keys onto `base` (tables merge; anything else replaces).
-fn merge(base: &mut toml::Value, over: toml::Value) {
-    match (base, over) {
-        (toml::Value::Table(b), toml::Value::Table(o)) => {
-            for (k, v) in o {
-                match b.get_mut(&k) {
-                    Some(slot) if slot.is_table() && v.is_table() && k != "client" => {
-                        merge(slot, v)
-                    }
-                    _ => {
-                        b.insert(k, v);
-                    }
-                }
-            }
-        }
-        (b, o) => *b = o,
-    }
-}
-
 /// `herald genconfig`: the default configuration, every key commented.
-pub const DEFAULT_CONFIG: &str = include_str!("default-config.toml");
+pub const DEFAULT_CONFIG: &str = include_str!("../default-config.toml");
 
 #[cfg(test)]
 mod tests {
@@ -750,7 +395,7 @@ mod tests {
 
     #[test]
     fn every_key_is_documented() {
-        let doc = include_str!("../../../docs/configuration.md");
+        let doc = include_str!("../../../../docs/configuration.md");
         for k in Settings::key_paths() {
             let leaf = k.rsplit('.').next().unwrap_or(&k);
             assert!(
@@ -850,7 +495,7 @@ mod tests {
 
     #[test]
     fn the_dev_config_is_valid_and_says_what_it_is() {
-        let text = include_str!("../../../infra/dev/herald.dev.toml");
+        let text = include_str!("../../../../infra/dev/herald.dev.toml");
         assert!(text.starts_with("# DEVELOPMENT CONFIGURATION - NOT FOR PRODUCTION"));
         let s = Settings::from_toml(text, &no_env).unwrap();
         assert_eq!(s.namespaces.len(), 2);
