@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use herald_hub::publish::refused;
-use herald_hub::{HistoryLimits, PublishOutcome, PublishRequest};
+use herald_hub::{HistoryLimits, HistoryPage, PublishOutcome, PublishRequest};
 use herald_proto::frame::{json_depth, HISTORY_DEFAULT_LIMIT, MAX_DATA_DEPTH};
 use herald_proto::{codes, Channel, HistoryFrom};
 use serde::Deserialize;
@@ -319,11 +319,13 @@ async fn history(ctx: Arc<Ctx>, q: HashMap<String, String>) -> ApiResult {
         max_bytes: ctx.cfg.history_max_bytes,
         max_scan: ctx.cfg.history_max_scan,
     };
+    let started = Instant::now();
     let page = ctx
         .hub
         .history(&topic, channel.as_str(), from, limits)
         .await
         .map_err(|e| {
+            HistoryPage::count_failure();
             api_err(
                 StatusCode::SERVICE_UNAVAILABLE,
                 codes::UNAVAILABLE,
@@ -338,8 +340,7 @@ async fn history(ctx: Arc<Ctx>, q: HashMap<String, String>) -> ApiResult {
     if reverse {
         messages.reverse();
     }
-    metrics::counter!("herald_history_requests_total", "source" => if page.from_cache { "cache" } else { "log" })
-        .increment(1);
+    page.count(started);
     Ok(json!({
         "channel": channel.as_str(),
         "epoch": &*page.epoch,

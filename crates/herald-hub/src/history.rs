@@ -46,6 +46,24 @@ pub struct HistoryPage {
     pub from_cache: bool,
 }
 
+impl HistoryPage {
+    /// The metrics of a served page, the same for every entry point.
+    pub fn count(&self, started: std::time::Instant) {
+        let source = if self.from_cache { "cache" } else { "log" };
+        metrics::counter!("herald_history_requests_total", "source" => source).increment(1);
+        metrics::histogram!("herald_history_messages").record(self.messages.len() as f64);
+        metrics::histogram!("herald_history_latency_seconds")
+            .record(started.elapsed().as_secs_f64());
+        let bytes: usize = self.messages.iter().map(|d| d.text.len()).sum();
+        metrics::counter!("herald_history_bytes_total").increment(bytes as u64);
+    }
+
+    /// Counts a request the log could not serve.
+    pub fn count_failure() {
+        metrics::counter!("herald_history_errors_total").increment(1);
+    }
+}
+
 /// Records read per Kafka request (and per backward step) while scanning.
 const SCAN_CHUNK: i64 = 1_000;
 

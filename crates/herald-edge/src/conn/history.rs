@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use herald_hub::{HistoryLimits, Outbound};
+use herald_hub::{HistoryLimits, HistoryPage, Outbound};
 use herald_proto::{codes, HistoryRequest, ServerFrame};
 use serde_json::value::RawValue;
 
@@ -52,13 +52,7 @@ impl Conn {
                 .await
             {
                 Ok(page) => {
-                    let source = if page.from_cache { "cache" } else { "log" };
-                    metrics::counter!("herald_history_requests_total", "source" => source)
-                        .increment(1);
-                    metrics::histogram!("herald_history_messages")
-                        .record(page.messages.len() as f64);
-                    metrics::histogram!("herald_history_latency_seconds")
-                        .record(started.elapsed().as_secs_f64());
+                    page.count(started);
                     let mut messages: Vec<Box<RawValue>> = page
                         .messages
                         .iter()
@@ -67,8 +61,6 @@ impl Conn {
                     if req.reverse {
                         messages.reverse();
                     }
-                    metrics::counter!("herald_history_bytes_total")
-                        .increment(messages.iter().map(|m| m.get().len() as u64).sum());
                     Outbound::Frame(
                         ServerFrame::History {
                             id: req.id,
@@ -83,7 +75,7 @@ impl Conn {
                     )
                 }
                 Err(e) => {
-                    metrics::counter!("herald_history_errors_total").increment(1);
+                    HistoryPage::count_failure();
                     tracing::warn!(channel = %req.channel, %e, "History failed");
                     history_error(
                         &req,
