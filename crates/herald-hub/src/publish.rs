@@ -254,15 +254,24 @@ pub fn error_code(e: &LogError) -> &'static str {
     }
 }
 
+/// Why an append failed, as a client is told.
+fn reason(e: &LogError) -> String {
+    if e.may_be_stored() {
+        format!("{e}; it may have been stored: retry with `retry: true` and the same id")
+    } else {
+        format!("not stored: {e}")
+    }
+}
+
 fn failed(e: &LogError) -> DedupOutcome {
-    DedupOutcome::Failed(error_code(e), format!("not stored: {e}"))
+    DedupOutcome::Failed(error_code(e), reason(e))
 }
 
 fn nacked(e: &LogError) -> PublishOutcome {
     metrics::counter!("herald_log_errors_total", "op" => "publish").increment(1);
     PublishOutcome::Nacked {
         code: error_code(e),
-        reason: format!("not stored: {e}"),
+        reason: reason(e),
     }
 }
 

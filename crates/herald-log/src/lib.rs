@@ -80,6 +80,22 @@ impl LogError {
         }
     }
 
+    /// True when the append failed without Kafka saying the record was not
+    /// stored: the producer failed fatally or gave up waiting with the
+    /// record sent, or its delivery report was lost. A retry must look
+    /// before appending again (`retry: true`).
+    pub fn may_be_stored(&self) -> bool {
+        use rdkafka::types::RDKafkaErrorCode as C;
+        match self {
+            LogError::Canceled => true,
+            LogError::Kafka(e) => matches!(
+                e.rdkafka_error_code(),
+                Some(C::Fatal) | Some(C::MessageTimedOut)
+            ),
+            _ => false,
+        }
+    }
+
     /// True when Kafka refused the record for its size.
     pub fn is_too_large(&self) -> bool {
         use rdkafka::types::RDKafkaErrorCode as C;

@@ -133,3 +133,27 @@ async fn continued_range_reads_miss_nothing_appended_after_the_end() -> anyhow::
     assert_eq!(b.next, 80);
     Ok(())
 }
+
+/// A producer that hit a fatal error (an idempotence sequence error, say)
+/// refuses every append; the node replaces it instead of nacking forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_that_failed_fatally_is_replaced() -> anyhow::Result<()> {
+    let cfg = config();
+    let topic = cfg.topic_for("chat");
+    let k = Kafka::connect(cfg)?;
+    k.ensure_topic(&topic, 1, &[]).await?;
+    let first = k.append_record(&topic, 0, b"chat:a", b"{}", &[])?.await?;
+    assert_eq!(first, 0);
+    k.inject_fatal_error("injected by the test");
+    // The readiness probe replaces it (or would say why it could not).
+    k.ping().await?;
+    let next = k.append_record(&topic, 0, b"chat:a", b"{}", &[])?.await?;
+    assert_eq!(next, 1, "appends work again after the fatal error");
+    // Straight to an append, without a probe first.
+    k.inject_fatal_error("injected again");
+    let third = k.append_record(&topic, 0, b"chat:a", b"{}", &[])?.await?;
+    assert_eq!(third, 2);
+    let wm = k.watermarks(&topic, 0).await?;
+    assert_eq!(wm.high, 3, "nothing stored twice");
+    Ok(())
+}

@@ -15,7 +15,6 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::FutureProducer;
 use tokio::sync::Semaphore;
 
 use crate::{BoxFuture, Log, LogConfig, LogError, LogRead, RangeBatch, RecordSink, Watermarks};
@@ -27,6 +26,7 @@ mod tail;
 
 pub use admin::{PartitionSummary, TopicInfo};
 
+use producer::ProducerSlot;
 use ranges::{Reader, CONCURRENT_READS, RANGE_FETCH_WAIT_MS};
 
 /// The least time librdkafka keeps trying to deliver an append
@@ -36,7 +36,7 @@ pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(300);
 /// The Kafka client of one herald node.
 pub struct Kafka {
     cfg: LogConfig,
-    producer: FutureProducer,
+    producer: ProducerSlot,
     admin: AdminClient<DefaultClientContext>,
     /// Metadata and watermark lookups (blocking calls, run on the blocking pool).
     lookup: Arc<BaseConsumer>,
@@ -94,28 +94,7 @@ impl Kafka {
 
     /// Creates the clients. Does not wait for the broker: use [`Kafka::ping`].
     pub fn connect(cfg: LogConfig) -> Result<Arc<Self>, LogError> {
-        let mut p = Self::base_config(&cfg);
-        // The durability contract: nothing is acked until every in-sync
-        // replica has it, and retries never duplicate or reorder.
-        p.set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("max.in.flight.requests.per.connection", "5")
-            // How long librdkafka keeps retrying an append (same producer
-            // sequence, so never stored twice). Far longer than the publish
-            // timeout on purpose: a publish that times out for its client is
-            // not abandoned while its record may still be committed (a
-            // leader failover); see herald-edge's `confirm`.
-            .set(
-                "message.timeout.ms",
-                cfg.publish_timeout
-                    .max(DELIVERY_TIMEOUT)
-                    .as_millis()
-                    .to_string(),
-            )
-            .set("linger.ms", "1")
-            // Only used if a partition were not given; herald always gives one.
-            .set("partitioner", "murmur2_random");
-        let producer: FutureProducer = p.create()?;
+        let producer = ProducerSlot::new(&Self::producer_config(&cfg))?;
         let admin: AdminClient<DefaultClientContext> = Self::base_config(&cfg).create()?;
         let lookup: BaseConsumer = Self::consumer_config(&cfg, false).create()?;
         Ok(Arc::new(Kafka {
@@ -147,8 +126,10 @@ impl Kafka {
 
     /// Asks the broker for the metadata of one topic (the meta topic, which
     /// may not exist yet): the readiness probe. Not all topics: on a cluster
-    /// with thousands of topics that request is slow.
+    /// with thousands of topics that request is slow. A producer that hit a
+    /// fatal error is replaced first; if it cannot be, the probe fails.
     pub async fn ping(&self) -> Result<(), LogError> {
+        self.healthy_producer()?;
         let t = self.cfg.request_timeout.min(Duration::from_secs(3));
         let topic = self.cfg.meta_topic();
         self.blocking("metadata", move |c| {
