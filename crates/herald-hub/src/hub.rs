@@ -361,6 +361,30 @@ impl Hub {
                     self.cfg.catchup_batch,
                 )
                 .await?;
+            // herald's topics have no offset gaps (no transactions, no
+            // compaction): a batch that skips offsets means the reader was
+            // reset to the log start, i.e. retention deleted what this
+            // subscriber still needed. A skip is checked against the log
+            // start before anything of the batch is handed over.
+            let mut expected = from;
+            let mut skipped = None;
+            for r in &batch.records {
+                if r.offset > expected {
+                    skipped = Some(expected);
+                    break;
+                }
+                expected = r.offset + 1;
+            }
+            let skipped = skipped.or((batch.next > expected).then_some(expected));
+            if let Some(at) = skipped {
+                let low = self.log.watermarks(&part.topic, part.partition).await?.low;
+                if low > at {
+                    warn!(topic = %part.topic, partition = part.partition, from = at, low, "Records a catch-up needed were deleted; cutting the subscriber");
+                    metrics::counter!("herald_hub_catchup_gaps_total").increment(1);
+                    outbox.cut();
+                    return Err(HubError::Gap { from: at, low });
+                }
+            }
             let mut n = 0u64;
             for r in &batch.records {
                 if r.key.as_deref() != Some(channel.as_bytes()) {

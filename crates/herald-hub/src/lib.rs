@@ -56,4 +56,9 @@ pub enum HubError {
     SlowConsumer,
     #[error("the connection is gone")]
     Closed,
+    /// A catch-up found records it needed deleted (retention moved the log
+    /// start past them while it read); the connection was cut, and its
+    /// resume will say `recovered: false`.
+    #[error("records from offset {from} are gone (the log now starts at {low})")]
+    Gap { from: i64, low: i64 },
 }

@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use herald_hub::{Outbound, Outbox};
+use herald_hub::{HubError, Outbound, Outbox};
 use herald_log::RecordSink;
 use herald_proto::Position;
 
@@ -72,6 +72,40 @@ async fn resume_from_the_log_when_the_ring_is_short() {
         seqs(&drain(&mut rx).await),
         vec![4, 8, 12, 16, 20, 24, 28, 32, 36, 40]
     );
+}
+
+/// Retention deletes records a catch-up from the log still needs: the
+/// subscriber is cut (it resumes with `since` and hears `recovered: false`),
+/// never handed the messages after the hole as if nothing were missing.
+#[tokio::test]
+async fn a_catch_up_that_finds_records_deleted_cuts_instead_of_skipping() {
+    let log = Arc::new(MemLog::default());
+    for i in 0..40 {
+        log.append(if i % 4 == 0 { "chat:a" } else { "chat:b" }, i);
+    }
+    let h = hub(log.clone(), 3);
+    let (tx, mut rx) = Outbox::new(1, 100, 1 << 20);
+    *log.delete_on_read.lock().unwrap() = Some(20);
+    let res = h.subscribe(&tx, TOPIC, "chat:a", Some(&position(3))).await;
+    assert!(
+        matches!(res, Err(HubError::Gap { from: 4, low: 20 })),
+        "{:?}",
+        res.err()
+    );
+    assert!(tx.is_overflowed(), "the connection is cut");
+    let got = drain(&mut rx).await;
+    assert!(
+        seqs(&got).is_empty(),
+        "nothing past the hole: {:?}",
+        seqs(&got)
+    );
+    // Its resume from the same position is told what happened.
+    let (tx2, _rx2) = Outbox::new(2, 100, 1 << 20);
+    let out = h
+        .subscribe(&tx2, TOPIC, "chat:a", Some(&position(3)))
+        .await
+        .unwrap();
+    assert!(!out.recovered);
 }
 
 /// Resumes `n` ring messages into a queue of `max_messages` / `max_bytes`

@@ -105,7 +105,9 @@ impl Conn {
                 Ok(out) => {
                     debug!(channel = %channel, recovered = out.recovered, caught_up = out.caught_up, "Subscribed");
                 }
-                Err(HubError::SlowConsumer) | Err(HubError::Closed) => {}
+                // The connection is being cut (4008) or is gone.
+                Err(HubError::SlowConsumer) | Err(HubError::Closed) | Err(HubError::Gap { .. }) => {
+                }
                 Err(e) => {
                     tracing::warn!(channel = %channel, %e, "Subscribe failed");
                     // The hub registered nothing: the connection forgets the

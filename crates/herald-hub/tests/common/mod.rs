@@ -21,6 +21,9 @@ pub struct MemLog {
     pub followed: Mutex<Option<i64>>,
     /// Yield inside range reads, so other tasks run mid catch-up.
     pub yield_in_reads: bool,
+    /// Moves the log start here at the first range read (retention
+    /// deleting records while a catch-up reads).
+    pub delete_on_read: Mutex<Option<i64>>,
 }
 
 impl MemLog {
@@ -76,10 +79,15 @@ impl LogRead for MemLog {
             if self.yield_in_reads {
                 tokio::task::yield_now().await;
             }
+            if let Some(low) = self.delete_on_read.lock().unwrap().take() {
+                *self.low.lock().unwrap() = low;
+            }
+            // Like Kafka's readers, a read below the log start starts there.
+            let low = *self.low.lock().unwrap();
             let recs = self.records.lock().unwrap();
             let records: Vec<Record> = recs
                 .iter()
-                .filter(|r| r.offset >= from && r.offset < to)
+                .filter(|r| r.offset >= from.max(low) && r.offset < to)
                 .take(max)
                 .cloned()
                 .collect();

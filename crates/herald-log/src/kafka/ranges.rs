@@ -247,7 +247,16 @@ impl Kafka {
             {
                 Err(_) => break Err(LogError::Timeout(self.cfg.request_timeout, "a range read")),
                 Ok(Err(KafkaError::PartitionEOF(_))) => {
-                    if self.watermarks_now(topic, partition).await?.high > next {
+                    let wm = self.watermarks_now(topic, partition).await?;
+                    if wm.low > next {
+                        // The records from `next` were deleted (retention)
+                        // and the reader was reset past them: say where the
+                        // log starts now; the caller decides what the hole
+                        // means.
+                        next = wm.low.min(to);
+                        break Ok(false);
+                    }
+                    if wm.high > next {
                         // Records exist past this reader's position: the end
                         // it reached was passed since, or the event is left
                         // over from this reader's previous read (a continued
