@@ -1,6 +1,9 @@
 //! herald's load generator and the baselines it is compared with
 //! (`docs/benchmarks.md`):
 //!
+//! - [`chaos`]: the randomized fault checker: clients across several nodes
+//!   while a seeded nemesis faults brokers, nodes and connections, then
+//!   every operation checked against the topic.
 //! - [`gen`]: WebSocket subscribers and publishers speaking herald's frames,
 //!   end-to-end latency in an HDR histogram, lost/duplicated per channel.
 //! - [`kafkafloor`]: the bare Kafka floor: an rdkafka producer (same
@@ -14,6 +17,7 @@
 //!   channel, exactly once).
 //! - [`report`]: the summary table and JSON.
 
+pub mod chaos;
 pub mod gen;
 pub mod kafkafloor;
 pub mod report;

@@ -82,6 +82,44 @@ enum Cmd {
         #[command(flatten)]
         load: Load,
     },
+    /// The randomized fault checker: starts `--nodes` herald nodes, runs
+    /// publishers and subscribers across them while a seeded nemesis kills,
+    /// restarts and pauses nodes and (with --cluster-script) brokers and cuts
+    /// connections, then checks every operation against the topic. Exits 1
+    /// when the check finds a problem; the seed replays the schedule.
+    Chaos {
+        /// The herald binary.
+        #[arg(long, default_value = "target/debug/herald")]
+        herald_bin: PathBuf,
+        #[arg(
+            long,
+            default_value = "127.0.0.1:29092,127.0.0.1:29093,127.0.0.1:29094"
+        )]
+        brokers: String,
+        /// infra/dev/cluster.sh, for broker faults (leave out: herald nodes
+        /// and connections only).
+        #[arg(long)]
+        cluster_script: Option<PathBuf>,
+        #[arg(long, default_value_t = 2)]
+        nodes: usize,
+        #[arg(long, default_value_t = 4)]
+        channels: usize,
+        #[arg(long, default_value_t = 2)]
+        subscribers: usize,
+        /// Seconds of faults (then heal and check).
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
+        /// The schedule's seed (default: from the clock; printed).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Milliseconds between publishes of one publisher.
+        #[arg(long, default_value_t = 20)]
+        pace_ms: u64,
+        /// Extra `herald serve` arguments, e.g. "--replication 3
+        /// --min-insync-replicas 2".
+        #[arg(long, allow_hyphen_values = true, value_delimiter = ' ')]
+        herald_args: Vec<String>,
+    },
     /// Run librdkafka's in-process mock Kafka cluster until killed; prints
     /// its bootstrap address.
     MockBroker {
@@ -321,6 +359,44 @@ async fn fan_out_vs(base: GenConfig, label: &str, url: &str, load: &Load) -> any
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Cmd::Chaos {
+            herald_bin,
+            brokers,
+            cluster_script,
+            nodes,
+            channels,
+            subscribers,
+            secs,
+            seed,
+            pace_ms,
+            herald_args,
+        } => {
+            let seed = seed.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+            });
+            eprintln!("chaos: seed {seed}");
+            let report = herald_loadtest::chaos::run(herald_loadtest::chaos::ChaosConfig {
+                herald_bin,
+                brokers,
+                cluster_script,
+                nodes,
+                channels,
+                subscribers,
+                duration: Duration::from_secs(secs),
+                seed,
+                pace: Duration::from_millis(pace_ms),
+                herald_args: herald_args.into_iter().filter(|a| !a.is_empty()).collect(),
+                topic_prefix: format!("chaos-{seed}."),
+            })
+            .await?;
+            println!("{}", report.summary());
+            if !report.ok() {
+                std::process::exit(1);
+            }
+        }
         Cmd::Ws { url, proto, load } => {
             let proto = match proto.as_str() {
                 "herald" => gen::Proto::Herald,
