@@ -55,8 +55,8 @@ echo "test: building and running the workspace tests (target dir $CARGO_TARGET_D
 # cannot time out other tests' Kafka requests.
 status=0
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --workspace --no-fail-fast -E 'not (binary(faults) | binary(cluster))' "$@" || status=1
-    cargo nextest run -p herald --test faults --test cluster --no-fail-fast -j 1 "$@" || status=1
+    cargo nextest run --workspace --no-fail-fast -E 'not (binary(faults) | binary(cluster) | binary(chaos))' "$@" || status=1
+    cargo nextest run -p herald --test faults --test cluster --test chaos --no-fail-fast -j 1 "$@" || status=1
 else
     cargo test --workspace --no-fail-fast --exclude herald "$@" || status=1
     cargo test -p herald --no-fail-fast "$@" -- --test-threads=1 || status=1

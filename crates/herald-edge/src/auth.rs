@@ -347,9 +347,20 @@ impl Auth {
     }
 }
 
+/// Client ids an anonymous connection claims (`/ws?client_id=`) are kept
+/// under this prefix, apart from token subjects: an anonymous client that
+/// claims `alice` cannot read or move the durable cursors of the user
+/// `alice`. Tokens whose `sub` starts with it are refused.
+pub const ANONYMOUS_CLIENT_PREFIX: &str = "anonymous:";
+
 fn identity(c: Claims) -> Result<Identity, AuthError> {
     if c.sub.is_empty() || c.sub.len() > 128 {
         return Err(AuthError::Token("`sub` must be 1-128 bytes".into()));
+    }
+    if c.sub.starts_with(ANONYMOUS_CLIENT_PREFIX) {
+        return Err(AuthError::Token(format!(
+            "`sub` must not start with `{ANONYMOUS_CLIENT_PREFIX}` (reserved for anonymous client ids)"
+        )));
     }
     let mut grants = Vec::with_capacity(c.channels.len());
     for (pattern, caps) in c.channels {

@@ -330,6 +330,8 @@ fn upgrade(
         }
         client_id = Some(id.sub.clone());
         metrics::counter!("herald_auth_total", "kind" => "connect").increment(1);
+    } else if let Some(c) = client_id.take() {
+        client_id = Some(format!("{}{c}", crate::auth::ANONYMOUS_CLIENT_PREFIX));
     }
     let Some(key) = headers.get("sec-websocket-key") else {
         return status(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");

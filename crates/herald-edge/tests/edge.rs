@@ -348,3 +348,89 @@ async fn a_durable_ack_is_stored_as_a_cursor_and_a_new_connection_resumes_after_
     }
     assert_eq!(seqs(&rest), vec![2, 3]);
 }
+
+#[tokio::test]
+async fn an_ack_beyond_what_was_delivered_is_refused() {
+    let node = Node::start().await;
+    let mut c = node.connect_with("?client_id=dev-2").await;
+    c.send(json!({"type": "subscribe", "channel": "chat:ack", "durable": true}))
+        .await;
+    c.next_of("subscribed").await;
+    let mut p = node.connect().await;
+    for i in 0..2 {
+        p.publish("chat:ack", Uuid::new_v4(), json!(i)).await;
+    }
+    c.next_of("message").await;
+    c.next_of("message").await;
+    for seq in [2, 9_000_000_000_000_000_000i64] {
+        c.send(json!({"type": "ack", "channel": "chat:ack", "seq": seq}))
+            .await;
+        let err = c.next_of("error").await;
+        assert_eq!(err["code"], "bad_frame", "{err}");
+    }
+    // What was delivered can be acked; a resume from the cursor then
+    // continues after it.
+    c.send(json!({"type": "ack", "channel": "chat:ack", "seq": 1}))
+        .await;
+    assert!(c.next_within(Duration::from_millis(200)).await.is_none());
+    drop(c);
+    p.publish("chat:ack", Uuid::new_v4(), json!(2)).await;
+    let mut again = node.connect_with("?client_id=dev-2").await;
+    again
+        .send(json!({"type": "subscribe", "channel": "chat:ack", "since": "cursor"}))
+        .await;
+    assert_eq!(again.next_of("subscribed").await["recovered"], true);
+    assert_eq!(again.next_of("message").await["seq"], 2);
+}
+
+#[tokio::test]
+async fn an_anonymous_client_id_cannot_move_a_users_cursor() {
+    let node = Node::start().await;
+    let mut p = node.connect().await;
+    for i in 0..3 {
+        p.publish("chat:own", Uuid::new_v4(), json!(i)).await;
+    }
+    let epoch = {
+        let mut probe = node.connect().await;
+        probe.subscribe("chat:own", None).await["position"]["epoch"].clone()
+    };
+    let start = json!({"seq": -1, "epoch": epoch});
+    // The user alice reads one message and acks it.
+    let mut alice = node
+        .connect_with(&format!("?token={}", token("alice", json!({}))))
+        .await;
+    alice
+        .send(json!({"type": "subscribe", "channel": "chat:own", "durable": true, "since": start}))
+        .await;
+    assert_eq!(alice.next_of("message").await["seq"], 0);
+    alice
+        .send(json!({"type": "ack", "channel": "chat:own", "seq": 0}))
+        .await;
+    // An anonymous client claiming the id `alice` reads and acks all three.
+    let mut mallory = node.connect_with("?client_id=alice").await;
+    mallory
+        .send(json!({"type": "subscribe", "channel": "chat:own", "durable": true, "since": start}))
+        .await;
+    for _ in 0..3 {
+        mallory.next_of("message").await;
+    }
+    mallory
+        .send(json!({"type": "ack", "channel": "chat:own", "seq": 2}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(alice);
+    // alice's cursor is still hers: she resumes after seq 0.
+    let mut back = node
+        .connect_with(&format!("?token={}", token("alice", json!({}))))
+        .await;
+    back.send(json!({"type": "subscribe", "channel": "chat:own", "since": "cursor"}))
+        .await;
+    assert_eq!(back.next_of("subscribed").await["recovered"], true);
+    assert_eq!(back.next_of("message").await["seq"], 1);
+    // A token for the reserved prefix is refused.
+    let reserved = tokio_tungstenite::connect_async(
+        node.url(&format!("?token={}", token("anonymous:alice", json!({})))),
+    )
+    .await;
+    assert!(reserved.is_err(), "a sub in the anonymous space is refused");
+}

@@ -63,7 +63,8 @@ async fn offsets_reports_counts_and_times_per_partition() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
     let cur = &report[0]["cursors"][0];
-    assert_eq!(cur["client"], "dave");
+    // An anonymous client id, kept apart from token subjects.
+    assert_eq!(cur["client"], "anonymous:dave");
     assert_eq!(cur["channel"], "chat:a");
     assert_eq!(cur["seq"], a_seqs[3]);
     let pa = partition_for_key(b"chat:a", 4);

@@ -203,11 +203,14 @@ async fn serve(id: u64, accepted: Box<Accepted>) {
                     // (one write syscall) per batch instead of per message.
                     // Bounded in time: a peer that stopped reading must not
                     // hold this loop (overflow, expiry, drain) forever.
+                    let subs = &mut conn.subs;
                     let batch = async {
+                        note_delivery(subs, &item);
                         let mut ok = sink.feed(Message::text(item.text())).await.is_ok();
                         let mut n = 1u64;
                         while ok && n < WRITE_BATCH {
                             let Some(next) = rx.try_recv() else { break };
+                            note_delivery(subs, &next);
                             ok = sink.feed(Message::text(next.text())).await.is_ok();
                             n += 1;
                         }
@@ -394,6 +397,16 @@ impl Conn {
                 data,
                 retry,
             } => Box::pin(self.publish(channel, id, data, retry)).await,
+        }
+    }
+}
+
+/// Remembers the last `seq` written on a subscription: its acks may not go
+/// beyond it.
+fn note_delivery(subs: &mut HashMap<String, Subscription>, item: &Outbound) {
+    if let Outbound::Message(d) = item {
+        if let Some(sub) = subs.get_mut(&*d.channel) {
+            sub.delivered(d.seq);
         }
     }
 }

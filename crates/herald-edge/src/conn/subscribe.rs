@@ -17,6 +17,9 @@ pub(super) struct Subscription {
     durable: bool,
     /// The subscribe task while it is still catching up.
     task: Option<JoinHandle<()>>,
+    /// The highest `seq` an ack may name: the last message written to the
+    /// client on this subscription, or the position it resumed from.
+    ackable: i64,
     /// Set by the subscribe task, before it tells the client, when the
     /// subscription failed: the hub registered nothing and the connection
     /// forgets it the next time it looks (a flag per subscription: a channel
@@ -25,6 +28,10 @@ pub(super) struct Subscription {
 }
 
 impl Subscription {
+    pub(super) fn delivered(&mut self, seq: i64) {
+        self.ackable = self.ackable.max(seq);
+    }
+
     fn failed(&self) -> bool {
         self.failed.load(Ordering::Acquire)
     }
@@ -72,6 +79,11 @@ impl Conn {
                     Some(&name),
                 ))
             }
+        };
+        // A resume may re-ack its own position; beyond it, only what it gets.
+        let ackable = match &since {
+            Some(Since::Position(p)) => p.seq.max(-1),
+            _ => -1,
         };
         let hub = self.ctx.hub.clone();
         let cursors = self.ctx.cursors.clone();
@@ -128,6 +140,7 @@ impl Conn {
                 topic,
                 durable,
                 task: Some(task),
+                ackable,
                 failed,
             },
         );
@@ -164,6 +177,14 @@ impl Conn {
             ));
         };
         metrics::counter!("herald_edge_client_acks_total").increment(1);
+        if seq > sub.ackable {
+            metrics::counter!("herald_cursor_acks_refused_total").increment(1);
+            let reason = format!(
+                "ack of seq {seq} is beyond the last message delivered on this subscription ({})",
+                sub.ackable
+            );
+            return self.reply(error_frame(codes::BAD_FRAME, reason, Some(&channel)));
+        }
         if !sub.durable {
             return;
         }
