@@ -37,6 +37,36 @@ pub struct Ctx {
     pub shutdown: watch::Sender<bool>,
     pub conns: Connections,
     pub frames: FrameCounters,
+    pub readiness: Readiness,
+}
+
+/// `/readyz`'s answer about the log, asked at most once per
+/// [`Readiness::FOR`] however often the probe is hit (concurrent hits wait
+/// for the one check in flight).
+#[derive(Default)]
+pub struct Readiness {
+    last: tokio::sync::Mutex<Option<(std::time::Instant, Result<(), String>)>>,
+}
+
+impl Readiness {
+    /// How long an answer is reused.
+    pub const FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
+    pub async fn check(&self, log: &dyn Log) -> Result<(), String> {
+        let mut last = self.last.lock().await;
+        if let Some((at, r)) = &*last {
+            if at.elapsed() < Self::FOR {
+                return r.clone();
+            }
+        }
+        let r = match tokio::time::timeout(std::time::Duration::from_secs(3), log.ping()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("kafka unreachable: {e}")),
+            Err(_) => Err("kafka unreachable: timed out".to_owned()),
+        };
+        *last = Some((std::time::Instant::now(), r.clone()));
+        r
+    }
 }
 
 /// The node's WebSocket connections, counted.

@@ -21,7 +21,7 @@ use warp::{Filter, Reply};
 
 use crate::auth::{AccessRule, Auth};
 use crate::config::EdgeConfig;
-use crate::ctx::{ConnSlot, Connections, Ctx, FrameCounters};
+use crate::ctx::{ConnSlot, Connections, Ctx, FrameCounters, Readiness};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
@@ -169,6 +169,7 @@ impl Edge {
                     ..Connections::default()
                 },
                 frames: FrameCounters::default(),
+                readiness: Readiness::default(),
             }),
             listener,
             metrics,
@@ -425,16 +426,9 @@ fn routes(
                     StatusCode::SERVICE_UNAVAILABLE,
                 );
             }
-            match tokio::time::timeout(Duration::from_secs(3), ctx.log.ping()).await {
-                Ok(Ok(())) => warp::reply::with_status("ready".to_string(), StatusCode::OK),
-                Ok(Err(e)) => warp::reply::with_status(
-                    format!("kafka unreachable: {e}"),
-                    StatusCode::SERVICE_UNAVAILABLE,
-                ),
-                Err(_) => warp::reply::with_status(
-                    "kafka unreachable: timed out".to_string(),
-                    StatusCode::SERVICE_UNAVAILABLE,
-                ),
+            match ctx.readiness.check(&*ctx.log).await {
+                Ok(()) => warp::reply::with_status("ready".to_string(), StatusCode::OK),
+                Err(why) => warp::reply::with_status(why, StatusCode::SERVICE_UNAVAILABLE),
             }
         });
 

@@ -434,3 +434,21 @@ async fn an_anonymous_client_id_cannot_move_a_users_cursor() {
     .await;
     assert!(reserved.is_err(), "a sub in the anonymous space is refused");
 }
+
+#[tokio::test]
+async fn readiness_asks_the_log_at_most_once_a_second() {
+    let node = Node::start().await;
+    let before = node.log.pings();
+    let hits = (0..50).map(|_| common::http_get(node.addr, "/readyz", ""));
+    for (status, body) in futures_util::future::join_all(hits).await {
+        assert_eq!(status, 200, "{body}");
+    }
+    let asked = node.log.pings() - before;
+    assert!(asked <= 2, "50 probes asked the log {asked} times");
+    // A log that stops answering turns the probe 503 within the second.
+    node.log.fail_appends(Some("broker down"));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, body) = common::http_get(node.addr, "/readyz", "").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("broker down"), "{body}");
+}

@@ -45,6 +45,7 @@ pub struct MemLog {
     tail: OnceLock<mpsc::UnboundedSender<Record>>,
     /// While `true`, appends are stored but not confirmed.
     hold: watch::Sender<bool>,
+    pings: std::sync::atomic::AtomicU64,
 }
 
 impl MemLog {
@@ -54,6 +55,7 @@ impl MemLog {
             state: Mutex::new(State::default()),
             tail: OnceLock::new(),
             hold: watch::channel(false).0,
+            pings: Default::default(),
         })
     }
 
@@ -117,6 +119,11 @@ impl MemLog {
     /// waits: a broker whose answer is late.
     pub fn hold_confirms(&self, hold: bool) {
         self.hold.send_replace(hold);
+    }
+
+    /// How many times [`Log::ping`] was called.
+    pub fn pings(&self) -> u64 {
+        self.pings.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Makes every range read wait `delay` first.
@@ -277,6 +284,8 @@ impl Log for MemLog {
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), LogError>> {
+        self.pings
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let r = match &self.state().append_error {
             Some(e) => Err(LogError::Unavailable(e.clone())),
             None => Ok(()),

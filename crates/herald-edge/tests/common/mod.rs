@@ -156,6 +156,23 @@ pub async fn api_publish(addr: SocketAddr, body: Value) -> (u16, Value) {
     (status, json)
 }
 
+/// `GET path` with extra header lines; (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str, headers: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\n{headers}connection: close\r\n\r\n");
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (status, body)
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
         if let Some(t) = &self.task {

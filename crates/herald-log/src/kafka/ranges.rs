@@ -74,6 +74,17 @@ impl Reader {
     }
 }
 
+/// Drops a reader off the async workers: closing a librdkafka consumer
+/// blocks until its threads have stopped.
+fn retire(r: Reader) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) => {
+            h.spawn_blocking(move || drop(r));
+        }
+        Err(_) => drop(r),
+    }
+}
+
 impl Kafka {
     pub(super) async fn watermarks_now(
         &self,
@@ -149,7 +160,10 @@ impl Kafka {
             }
         };
         if let Some(mut r) = found {
-            r.release()?;
+            if let Err(e) = r.release() {
+                retire(r);
+                return Err(e.into());
+            }
             return Ok((r, false));
         }
         Ok((
@@ -169,7 +183,7 @@ impl Kafka {
             Some(o) => r.at = Some((topic.to_owned(), partition, o, Instant::now())),
             None => {
                 if r.consumer.unassign().is_err() {
-                    return;
+                    return retire(r);
                 }
                 r.at = None;
             }
@@ -188,6 +202,9 @@ impl Kafka {
         }
         if idle.len() < IDLE_READERS {
             idle.push(r);
+        } else {
+            drop(idle);
+            retire(r);
         }
     }
 
@@ -291,7 +308,10 @@ impl Kafka {
                 Ok(RangeBatch { records: out, next })
             }
             // A reader that failed mid-read is dropped, not reused.
-            Err(e) => Err(e),
+            Err(e) => {
+                retire(reader);
+                Err(e)
+            }
         }
     }
 }
