@@ -181,6 +181,18 @@ pub struct EdgeConfig {
     pub cursor_partitions: i32,
     /// Cursors remembered per node for lookups. Default 100,000.
     pub cursor_cache_capacity: u64,
+    /// `Origin`s a WebSocket upgrade may come from (exact, e.g.
+    /// `https://app.example.com`). Empty (the default): any. A request
+    /// without `Origin` (not a browser) is always let through.
+    pub allowed_origins: Vec<String>,
+    /// Load balancers whose `X-Forwarded-For` is believed: for a connection
+    /// from one of them, the client address (for the per-IP limit) is the
+    /// rightmost address of the header that is not itself a trusted proxy.
+    /// Empty (the default): the header is ignored.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// `auth` and `refresh` frames per connection per minute (each may cost a
+    /// signature check). Default 10.
+    pub auth_per_minute: u32,
 }
 
 impl Default for EdgeConfig {
@@ -216,6 +228,9 @@ impl Default for EdgeConfig {
             cursor_flush_interval: Duration::from_secs(1),
             cursor_partitions: 8,
             cursor_cache_capacity: 100_000,
+            allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
+            auth_per_minute: 10,
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -267,6 +267,11 @@ fn upgrade(
     if ctx.shutting_down.load(Ordering::SeqCst) {
         return status(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     }
+    if !origin_allowed(&ctx.cfg.allowed_origins, &headers) {
+        metrics::counter!("herald_edge_connections_refused_total", "reason" => "origin")
+            .increment(1);
+        return status(StatusCode::FORBIDDEN, "this Origin may not connect");
+    }
     let has_token = |name: &str, token: &str| {
         headers.get_all(name).iter().any(|v| {
             v.to_str()
@@ -343,7 +348,8 @@ fn upgrade(
             "this connection cannot be upgraded",
         );
     };
-    let slot = match ConnSlot::acquire(&ctx, remote.map(|a| a.ip())) {
+    let client_ip = remote.map(|a| client_ip(a.ip(), &headers, &ctx.cfg.trusted_proxies));
+    let slot = match ConnSlot::acquire(&ctx, client_ip) {
         Ok(s) => s,
         Err((code, text)) => return status(code, text),
     };
@@ -382,6 +388,46 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     sock.set_nodelay(true)?;
     sock.bind(addr)?;
     sock.listen(4096)
+}
+
+/// Whether a WebSocket upgrade's `Origin` is allowed: any when the list is
+/// empty or the request has none (it is not from a browser).
+fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    match headers.get("origin") {
+        None => true,
+        Some(o) => o
+            .to_str()
+            .is_ok_and(|o| allowed.iter().any(|a| a.eq_ignore_ascii_case(o))),
+    }
+}
+
+/// The client's address for the per-IP limit: the peer, or, when the peer is
+/// a trusted proxy, the rightmost `X-Forwarded-For` address that is not a
+/// trusted proxy itself (the left part of the header is the client's own
+/// claim and can be anything).
+fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    for hop in hops.into_iter().rev() {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) if trusted.contains(&ip) => continue,
+            Ok(ip) => return ip,
+            // Not an address where one must be: nothing left of it is
+            // believed.
+            Err(_) => return peer,
+        }
+    }
+    peer
 }
 
 /// A client id names the owner of durable cursors. Until connection auth
@@ -446,4 +492,53 @@ fn routes(
         .map(|r| Box::new(r) as Box<dyn Reply>)
         .or(api.map(|r| Box::new(r) as Box<dyn Reply>))
         .unify()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn xff(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", v.parse().expect("header"));
+        h
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let lb: IpAddr = "10.0.0.1".parse().unwrap();
+        let other: IpAddr = "10.0.0.9".parse().unwrap();
+        let client: IpAddr = "203.0.113.7".parse().unwrap();
+        let trusted = [lb];
+        // From an untrusted peer the header counts for nothing.
+        assert_eq!(client_ip(other, &xff("203.0.113.7"), &trusted), other);
+        assert_eq!(client_ip(lb, &xff("203.0.113.7"), &trusted), client);
+        // The client's own claims to the left are not believed.
+        assert_eq!(
+            client_ip(lb, &xff("1.2.3.4, 203.0.113.7"), &trusted),
+            client
+        );
+        // Hops through trusted proxies are skipped.
+        assert_eq!(
+            client_ip(lb, &xff("203.0.113.7, 10.0.0.1"), &trusted),
+            client
+        );
+        // Garbage where the last hop should be: the peer counts.
+        assert_eq!(client_ip(lb, &xff("1.2.3.4, nonsense"), &trusted), lb);
+        assert_eq!(client_ip(lb, &HeaderMap::new(), &trusted), lb);
+        // No trusted proxies: never believed.
+        assert_eq!(client_ip(lb, &xff("203.0.113.7"), &[]), lb);
+    }
+
+    #[test]
+    fn origins_are_checked_only_when_configured() {
+        let mut h = HeaderMap::new();
+        h.insert("origin", "https://evil.example".parse().unwrap());
+        let allowed = vec!["https://app.example.com".to_owned()];
+        assert!(origin_allowed(&[], &h));
+        assert!(!origin_allowed(&allowed, &h));
+        h.insert("origin", "https://app.example.com".parse().unwrap());
+        assert!(origin_allowed(&allowed, &h));
+        assert!(origin_allowed(&allowed, &HeaderMap::new()));
+    }
 }

@@ -452,3 +452,71 @@ async fn readiness_asks_the_log_at_most_once_a_second() {
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("broker down"), "{body}");
 }
+
+#[tokio::test]
+async fn auth_frames_are_rate_limited_per_connection() {
+    let (mut edge, log) = config();
+    edge.auth_per_minute = 3;
+    let node = Node::start_with(edge, log).await;
+    let mut c = node.connect().await;
+    c.send(json!({"type": "auth", "token": token("carol", json!({}))}))
+        .await;
+    assert_eq!(c.next().await["type"], "authenticated");
+    for _ in 0..2 {
+        c.send(json!({"type": "refresh", "token": token("carol", json!({}))}))
+            .await;
+        assert_eq!(c.next().await["type"], "authenticated");
+    }
+    c.send(json!({"type": "refresh", "token": token("carol", json!({}))}))
+        .await;
+    let err = c.next().await;
+    assert_eq!(err["code"], "rate_limited", "{err}");
+    // The connection goes on.
+    c.send(json!({"type": "ping"})).await;
+    assert_eq!(c.next().await["type"], "pong");
+}
+
+#[tokio::test]
+async fn only_allowed_origins_may_open_a_websocket() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let (mut edge, log) = config();
+    edge.allowed_origins = vec!["https://app.example.com".into()];
+    let node = Node::start_with(edge, log).await;
+    let with_origin = |origin: &str| {
+        let mut req = node.url("").into_client_request().expect("request");
+        req.headers_mut()
+            .insert("origin", origin.parse().expect("header"));
+        req
+    };
+    match tokio_tungstenite::connect_async(with_origin("https://evil.example")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 403),
+        other => panic!("expected 403, got {other:?}"),
+    }
+    let ok = tokio_tungstenite::connect_async(with_origin("https://app.example.com")).await;
+    assert!(ok.is_ok(), "{:?}", ok.err());
+    // Not a browser: no Origin at all.
+    node.connect().await;
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_per_ip_limit_counts_forwarded_clients() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let (mut edge, log) = config();
+    edge.max_connections_per_ip = 1;
+    edge.trusted_proxies = vec!["127.0.0.1".parse().expect("ip")];
+    let node = Node::start_with(edge, log).await;
+    let from = |client: &str| {
+        let mut req = node.url("").into_client_request().expect("request");
+        req.headers_mut()
+            .insert("x-forwarded-for", client.parse().expect("header"));
+        req
+    };
+    // Two clients behind the same balancer address: one connection each.
+    let a = tokio_tungstenite::connect_async(from("203.0.113.1")).await;
+    let b = tokio_tungstenite::connect_async(from("203.0.113.2")).await;
+    assert!(a.is_ok() && b.is_ok(), "distinct clients are counted apart");
+    match tokio_tungstenite::connect_async(from("203.0.113.1")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 429),
+        other => panic!("expected 429, got {other:?}"),
+    }
+}

@@ -23,6 +23,22 @@ impl Conn {
     }
 
     pub(super) fn authenticate(&mut self, token: &str, refresh: bool) {
+        let per_minute = self.ctx.cfg.auth_per_minute.max(1);
+        let limiter = self.auth_limiter.get_or_insert_with(|| {
+            let n = std::num::NonZeroU32::new(per_minute).unwrap_or(std::num::NonZeroU32::MIN);
+            Box::new(governor::RateLimiter::direct(governor::Quota::per_minute(
+                n,
+            )))
+        });
+        if limiter.check().is_err() {
+            metrics::counter!("herald_auth_failures_total", "reason" => "rate_limited")
+                .increment(1);
+            return self.reply(error_frame(
+                codes::RATE_LIMITED,
+                format!("more than {per_minute} auth/refresh frames per minute on this connection"),
+                None,
+            ));
+        }
         let id = match self.ctx.auth.verify(token) {
             Ok(id) => id,
             Err(e) => {

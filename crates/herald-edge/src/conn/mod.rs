@@ -98,6 +98,8 @@ struct Conn {
     identity: Option<Identity>,
     /// Publish limits of namespaces with their own `publish_rate`.
     ns_limiters: HashMap<String, Limiter>,
+    /// `auth`/`refresh` frames per minute; made at the first one.
+    auth_limiter: Option<Box<Limiter>>,
 }
 
 impl Conn {
@@ -120,6 +122,7 @@ impl Conn {
                 history_permits,
                 identity: None,
                 ns_limiters: HashMap::new(),
+                auth_limiter: None,
                 ctx,
             },
             rx,

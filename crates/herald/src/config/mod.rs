@@ -47,6 +47,8 @@ pub struct Server {
     pub drain_delay_ms: u64,
     pub reconnect_jitter_ms: u64,
     pub shutdown_grace_secs: u64,
+    pub allowed_origins: Vec<String>,
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -77,6 +79,7 @@ pub struct Limits {
     pub max_connections_per_ip: usize,
     pub max_subscriptions: usize,
     pub max_inflight_publishes: usize,
+    pub auth_per_minute: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -133,6 +136,8 @@ impl Default for Settings {
                 drain_delay_ms: e.drain_delay.as_millis() as u64,
                 reconnect_jitter_ms: e.reconnect_jitter.as_millis() as u64,
                 shutdown_grace_secs: e.shutdown_grace.as_secs(),
+                allowed_origins: e.allowed_origins.clone(),
+                trusted_proxies: Vec::new(),
             },
             kafka: Kafka {
                 brokers: l.brokers,
@@ -156,6 +161,7 @@ impl Default for Settings {
                 max_connections_per_ip: e.max_connections_per_ip,
                 max_subscriptions: e.max_subscriptions,
                 max_inflight_publishes: e.max_inflight_publishes,
+                auth_per_minute: e.auth_per_minute,
             },
             cache: Cache {
                 dedup_window_secs: e.dedup_window.as_secs(),
@@ -311,6 +317,15 @@ impl Settings {
             cursor_flush_interval: Duration::from_millis(self.cache.cursor_flush_ms),
             cursor_partitions: self.cache.cursor_partitions,
             cursor_cache_capacity: self.cache.cursor_cache_capacity,
+            allowed_origins: self.server.allowed_origins.clone(),
+            // Checked by `validate`.
+            trusted_proxies: self
+                .server
+                .trusted_proxies
+                .iter()
+                .filter_map(|p| p.parse().ok())
+                .collect(),
+            auth_per_minute: self.limits.auth_per_minute,
         }
     }
     /// Every scalar key path, for documentation checks.

@@ -82,6 +82,25 @@ impl Settings {
         if self.server.heartbeat_secs == 0 {
             out.push(err("server.heartbeat_secs", "must be at least 1"));
         }
+        for (i, p) in self.server.trusted_proxies.iter().enumerate() {
+            if p.parse::<std::net::IpAddr>().is_err() {
+                out.push(err(
+                    format!("server.trusted_proxies[{i}]"),
+                    format!("`{p}` is not an IP address"),
+                ));
+            }
+        }
+        for (i, o) in self.server.allowed_origins.iter().enumerate() {
+            if !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/') {
+                out.push(err(
+                    format!("server.allowed_origins[{i}]"),
+                    format!("`{o}` is not an origin like https://app.example.com (scheme, host, optional port, no path)"),
+                ));
+            }
+        }
+        if self.limits.auth_per_minute == 0 {
+            out.push(err("limits.auth_per_minute", "must be at least 1"));
+        }
         if self.server.write_timeout_secs == 0 {
             out.push(err("server.write_timeout_secs", "must be at least 1"));
         }
