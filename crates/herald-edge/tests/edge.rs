@@ -520,3 +520,88 @@ async fn behind_a_trusted_proxy_the_per_ip_limit_counts_forwarded_clients() {
         other => panic!("expected 429, got {other:?}"),
     }
 }
+
+/// Subscribe and unsubscribe pairs, sent back to back while the
+/// subscription's catch-up is running: after the last `unsubscribed`,
+/// nothing of the channel may arrive (a registration left behind would
+/// deliver it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_unsubscribe_races_leave_no_registration_behind() {
+    let (mut edge, log) = config();
+    edge.queue_messages = 4096;
+    let node = Node::start_with(edge, log).await;
+    let mut p = node.connect().await;
+    for i in 0..500 {
+        p.send(json!({"type": "publish", "channel": "chat:race", "id": Uuid::new_v4(), "data": i}))
+            .await;
+    }
+    for _ in 0..500 {
+        p.next_of("publish_ack").await;
+    }
+    let epoch = {
+        let mut probe = node.connect().await;
+        probe.subscribe("chat:race", None).await["position"]["epoch"].clone()
+    };
+    let mut c = node.connect().await;
+    for round in 0..300u64 {
+        let since = json!({"seq": (round % 50) as i64, "epoch": epoch});
+        c.send(json!({"type": "subscribe", "channel": "chat:race", "since": since}))
+            .await;
+        if round % 3 == 1 {
+            tokio::task::yield_now().await;
+        } else if round % 3 == 2 {
+            tokio::time::sleep(Duration::from_micros(200 + round * 7)).await;
+        }
+        c.send(json!({"type": "unsubscribe", "channel": "chat:race"}))
+            .await;
+    }
+    // Every unsubscribe is answered (`unsubscribed`, or `not_subscribed`
+    // when it raced a failed subscribe); then the queue is drained.
+    let mut answered = 0;
+    while answered < 300 {
+        let f = c.next().await;
+        if f["type"] == "unsubscribed" || f["code"] == "not_subscribed" {
+            answered += 1;
+        }
+    }
+    while c.next_within(Duration::from_millis(300)).await.is_some() {}
+    p.publish("chat:race", Uuid::new_v4(), json!("after")).await;
+    if let Some(f) = c.next_within(Duration::from_millis(500)).await {
+        panic!("a frame arrived after the last unsubscribe: {f}");
+    }
+}
+
+/// A `refresh` that takes a grant away, racing a `subscribe` it allowed:
+/// afterwards nothing of the channel arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_revoking_a_grant_races_a_subscribe_and_wins() {
+    let (mut edge, log) = config();
+    let mut room = herald_edge::NamespaceConfig::new("room", 1);
+    room.subscribe = herald_edge::AccessRule::Grant;
+    edge.namespaces.push(room);
+    let node = Node::start_with(edge, log).await;
+    for i in 0..200 {
+        node.api_publish(json!({"channel": "room:a", "data": i}))
+            .await;
+    }
+    let granted = token("erin", json!({"room:*": ["subscribe"]}));
+    let revoked = token("erin", json!({}));
+    for round in 0..20u64 {
+        let mut c = node.connect_with(&format!("?token={granted}")).await;
+        c.send(
+            json!({"type": "subscribe", "channel": "room:a", "since": {"seq": -1, "epoch": "x"}}),
+        )
+        .await;
+        if round % 2 == 1 {
+            tokio::time::sleep(Duration::from_micros(100 * round)).await;
+        }
+        c.send(json!({"type": "refresh", "token": revoked})).await;
+        c.next_of("authenticated").await;
+        while c.next_within(Duration::from_millis(200)).await.is_some() {}
+        node.api_publish(json!({"channel": "room:a", "data": "after"}))
+            .await;
+        if let Some(f) = c.next_within(Duration::from_millis(300)).await {
+            panic!("round {round}: a frame arrived after the grant was revoked: {f}");
+        }
+    }
+}

@@ -205,6 +205,24 @@ impl Hub {
         channel: &str,
         since: Option<&Position>,
     ) -> Result<SubscribeOutcome, HubError> {
+        let never = std::sync::atomic::AtomicBool::new(false);
+        self.subscribe_until(outbox, topic, channel, since, &never)
+            .await
+    }
+
+    /// [`Hub::subscribe`] that registers nothing once `cancelled` is set:
+    /// the flag is checked under the partition lock at registration, so a
+    /// caller that sets it and then calls [`Hub::unsubscribe`] leaves no
+    /// registration behind, however the two race (`Closed` is returned).
+    pub async fn subscribe_until(
+        &self,
+        outbox: &Outbox,
+        topic: &str,
+        channel: &str,
+        since: Option<&Position>,
+        cancelled: &std::sync::atomic::AtomicBool,
+    ) -> Result<SubscribeOutcome, HubError> {
+        use std::sync::atomic::Ordering;
         let began = std::time::Instant::now();
         let partition = self.partition_of(topic, channel)?;
         let part = self.started(topic, partition).await?;
@@ -219,6 +237,9 @@ impl Hub {
             // Live from now. The reply and the registration happen under the
             // lock so the position is exactly where live delivery starts.
             let mut st = part.lock();
+            if cancelled.load(Ordering::Acquire) {
+                return Err(HubError::Closed);
+            }
             let position = Position {
                 seq: st.next_offset - 1,
                 epoch,
@@ -267,6 +288,9 @@ impl Hub {
             // Decide under the lock; anything that waits happens after it.
             let step = {
                 let mut st = part.lock();
+                if cancelled.load(Ordering::Acquire) {
+                    return Err(HubError::Closed);
+                }
                 let upto = st.next_offset;
                 if s + 1 >= upto {
                     st.subs.entry(chan.clone()).or_default().push(Sub {

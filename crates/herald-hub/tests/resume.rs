@@ -291,3 +291,20 @@ async fn a_gap_in_the_tail_cuts_the_partitions_subscribers() {
         .unwrap();
     assert!(!out.recovered);
 }
+
+/// A subscription cancelled before it registers (its connection
+/// unsubscribed meanwhile) registers nothing.
+#[tokio::test]
+async fn a_cancelled_subscribe_registers_nothing() {
+    use std::sync::atomic::AtomicBool;
+    let log = Arc::new(MemLog::default());
+    let h = hub(log.clone(), 100);
+    let (tx, mut rx) = Outbox::new(1, 100, 1 << 20);
+    let cancelled = AtomicBool::new(true);
+    let res = h
+        .subscribe_until(&tx, TOPIC, "chat:a", None, &cancelled)
+        .await;
+    assert!(matches!(res, Err(HubError::Closed)), "{:?}", res.err());
+    h.on_record(log.append("chat:a", 1));
+    assert!(drain(&mut rx).await.is_empty(), "nothing delivered");
+}

@@ -24,7 +24,16 @@ pub(super) struct Subscription {
     /// subscription failed: the hub registered nothing and the connection
     /// forgets it the next time it looks (a flag per subscription: a channel
     /// per connection would cost every idle connection ~1.3 KB).
-    failed: Arc<AtomicBool>,
+    flags: Arc<SubFlags>,
+}
+
+/// Set by one side, read by the other, of a subscription's task.
+#[derive(Default)]
+pub(super) struct SubFlags {
+    failed: AtomicBool,
+    /// Set before the hub is told to unsubscribe: the task must not
+    /// register after that.
+    cancelled: AtomicBool,
 }
 
 impl Subscription {
@@ -32,8 +41,16 @@ impl Subscription {
         self.ackable = self.ackable.max(seq);
     }
 
+    /// Stops the subscribe task: before the hub is told to unsubscribe.
+    fn cancel(&self) {
+        self.flags.cancelled.store(true, Ordering::Release);
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+    }
+
     fn failed(&self) -> bool {
-        self.failed.load(Ordering::Acquire)
+        self.flags.failed.load(Ordering::Acquire)
     }
 }
 
@@ -88,8 +105,8 @@ impl Conn {
         let hub = self.ctx.hub.clone();
         let cursors = self.ctx.cursors.clone();
         let outbox = self.outbox.clone();
-        let failed = Arc::new(AtomicBool::new(false));
-        let failed_flag = failed.clone();
+        let flags = Arc::new(SubFlags::default());
+        let task_flags = flags.clone();
         let t = topic.clone();
         let task = tokio::spawn(async move {
             let since = match (since, &client) {
@@ -108,8 +125,14 @@ impl Conn {
             };
             let res = match since {
                 Ok(since) => {
-                    hub.subscribe(&outbox, &t, channel.as_str(), since.as_ref())
-                        .await
+                    hub.subscribe_until(
+                        &outbox,
+                        &t,
+                        channel.as_str(),
+                        since.as_ref(),
+                        &task_flags.cancelled,
+                    )
+                    .await
                 }
                 Err(e) => Err(e),
             };
@@ -125,7 +148,7 @@ impl Conn {
                     // The hub registered nothing: the connection forgets the
                     // subscription (flagged before the client hears of it,
                     // so its retry is not refused as already subscribed).
-                    failed_flag.store(true, Ordering::Release);
+                    task_flags.failed.store(true, Ordering::Release);
                     let _ = outbox.try_push(error_frame(
                         codes::UNAVAILABLE,
                         format!("subscribe failed: {e}; retry"),
@@ -141,7 +164,7 @@ impl Conn {
                 durable,
                 task: Some(task),
                 ackable,
-                failed,
+                flags,
             },
         );
     }
@@ -149,9 +172,7 @@ impl Conn {
     pub(super) fn unsubscribe(&mut self, name: String) {
         match self.subs.remove(&name) {
             Some(sub) if !sub.failed() => {
-                if let Some(t) = &sub.task {
-                    t.abort();
-                }
+                sub.cancel();
                 self.ctx.hub.unsubscribe(&self.outbox, &sub.topic, &name);
                 self.reply(Outbound::Frame(
                     ServerFrame::Unsubscribed { channel: name }.to_json(),
@@ -205,9 +226,7 @@ impl Conn {
     /// Ends every subscription (the connection is closing).
     pub(super) fn unsubscribe_all(&mut self) {
         for (channel, sub) in self.subs.drain() {
-            if let Some(t) = &sub.task {
-                t.abort();
-            }
+            sub.cancel();
             self.ctx.hub.unsubscribe(&self.outbox, &sub.topic, &channel);
         }
     }
