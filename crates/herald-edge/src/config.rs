@@ -193,6 +193,9 @@ pub struct EdgeConfig {
     /// `auth` and `refresh` frames per connection per minute (each may cost a
     /// signature check). Default 10.
     pub auth_per_minute: u32,
+    /// How long a client may take to send a request's headers (the
+    /// WebSocket handshake included) before its socket is closed. Default 10 s.
+    pub header_read_timeout: Duration,
 }
 
 impl Default for EdgeConfig {
@@ -231,6 +234,7 @@ impl Default for EdgeConfig {
             allowed_origins: Vec::new(),
             trusted_proxies: Vec::new(),
             auth_per_minute: 10,
+            header_read_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -206,13 +206,12 @@ impl Edge {
             })
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = warp::serve(routes(ctx.clone(), self.metrics))
-            .incoming(self.listener)
-            .graceful(async move {
-                let _ = stop_rx.await;
-            })
-            .run();
-        let server = tokio::spawn(server);
+        let server = tokio::spawn(serve_http(
+            ctx.clone(),
+            self.metrics,
+            self.listener,
+            stop_rx,
+        ));
 
         shutdown.await;
         info!("Shutting down: refusing new connections, closing live ones");
@@ -438,6 +437,77 @@ pub fn valid_client_id(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"_.:@=+-".contains(&b))
 }
 
+/// The TCP peer of a request, put in its extensions by [`serve_http`].
+#[derive(Clone, Copy, Debug)]
+struct PeerAddr(SocketAddr);
+
+/// HTTP connections (plain requests and WebSocket handshakes) open at once
+/// beyond `max_connections`: what a node accepts before any WebSocket limit
+/// applies.
+const PENDING_HEADROOM: usize = 1024;
+
+/// The HTTP server: warp's routes served by hyper, with what warp's own
+/// loop does not offer: a time limit on reading a request's headers
+/// (`server.header_read_timeout_secs`; a socket that drips headers is
+/// closed), and a cap on HTTP connections open at once (those not yet
+/// upgraded to WebSockets, which have their own limits). Stops accepting
+/// when `stop` fires, then gives open requests a second to finish.
+async fn serve_http(
+    ctx: Arc<Ctx>,
+    metrics: PrometheusHandle,
+    listener: TcpListener,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let service = warp::service(routes(ctx.clone(), metrics));
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(ctx.cfg.header_read_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let open = Arc::new(tokio::sync::Semaphore::new(
+        ctx.cfg.max_connections.saturating_add(PENDING_HEADROOM),
+    ));
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors, say: wait, do not spin.
+                    warn!(%e, "Accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            metrics::counter!("herald_edge_connections_refused_total", "reason" => "http_connections")
+                .increment(1);
+            continue;
+        };
+        let svc = hyper_util::service::TowerToHyperService::new(service.clone());
+        let svc =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(PeerAddr(peer));
+                hyper::service::Service::call(&svc, req)
+            });
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%e, "HTTP connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(Duration::from_secs(1), graceful.shutdown()).await;
+}
+
 fn with_ctx(ctx: Arc<Ctx>) -> impl Filter<Extract = (Arc<Ctx>,), Error = Infallible> + Clone {
     warp::any().map(move || ctx.clone())
 }
@@ -457,7 +527,7 @@ fn routes(
         .and(warp::header::headers_cloned())
         .and(warp::ext::optional::<hyper::upgrade::OnUpgrade>())
         .and(with_ctx(ctx.clone()))
-        .and(warp::addr::remote())
+        .and(warp::ext::optional::<PeerAddr>().map(|p: Option<PeerAddr>| p.map(|p| p.0)))
         .map(upgrade);
 
     let healthz = warp::path("healthz").and(warp::path::end()).map(|| "ok");

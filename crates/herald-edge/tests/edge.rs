@@ -605,3 +605,33 @@ async fn a_refresh_revoking_a_grant_races_a_subscribe_and_wins() {
         }
     }
 }
+
+/// Sockets that drip their request headers are closed after the header
+/// timeout, not held.
+#[tokio::test]
+async fn sockets_that_never_finish_their_headers_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut edge, log) = config();
+    edge.header_read_timeout = Duration::from_secs(1);
+    let node = Node::start_with(edge, log).await;
+    let mut socks = Vec::new();
+    for _ in 0..20 {
+        let mut s = tokio::net::TcpStream::connect(node.addr)
+            .await
+            .expect("connect");
+        s.write_all(b"GET /ws HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\n")
+            .await
+            .expect("write");
+        socks.push(s);
+    }
+    let started = std::time::Instant::now();
+    for mut s in socks {
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "a socket was still open after 5 s");
+    }
+    assert!(started.elapsed() < Duration::from_secs(4));
+    // The node still serves.
+    let (status, _) = common::http_get(node.addr, "/healthz", "").await;
+    assert_eq!(status, 200);
+}

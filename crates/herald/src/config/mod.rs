@@ -49,6 +49,7 @@ pub struct Server {
     pub shutdown_grace_secs: u64,
     pub allowed_origins: Vec<String>,
     pub trusted_proxies: Vec<String>,
+    pub header_read_timeout_secs: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -138,6 +139,7 @@ impl Default for Settings {
                 shutdown_grace_secs: e.shutdown_grace.as_secs(),
                 allowed_origins: e.allowed_origins.clone(),
                 trusted_proxies: Vec::new(),
+                header_read_timeout_secs: e.header_read_timeout.as_secs(),
             },
             kafka: Kafka {
                 brokers: l.brokers,
@@ -326,6 +328,7 @@ impl Settings {
                 .filter_map(|p| p.parse().ok())
                 .collect(),
             auth_per_minute: self.limits.auth_per_minute,
+            header_read_timeout: Duration::from_secs(self.server.header_read_timeout_secs),
         }
     }
     /// Every scalar key path, for documentation checks.

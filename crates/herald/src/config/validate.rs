@@ -98,6 +98,9 @@ impl Settings {
                 ));
             }
         }
+        if self.server.header_read_timeout_secs == 0 {
+            out.push(err("server.header_read_timeout_secs", "must be at least 1"));
+        }
         if self.limits.auth_per_minute == 0 {
             out.push(err("limits.auth_per_minute", "must be at least 1"));
         }
