@@ -38,7 +38,33 @@ pub struct Ctx {
     pub conns: Connections,
     pub frames: FrameCounters,
     pub readiness: Readiness,
+    pub reads: ReadBudget,
 }
+
+/// How much of the node's read capacity each kind of optional read may take
+/// at once, so that resumes of live clients are never queued behind them:
+/// Kafka's pool serves 16 range reads at once, history pages may hold at
+/// most 8 of them and cursor lookups 4 (retry scans have their own 4 in the
+/// publish pipeline); catch-ups of resuming subscriptions are bounded per
+/// connection instead ([`crate::conn`]: 4 at once).
+pub struct ReadBudget {
+    pub history: tokio::sync::Semaphore,
+    pub lookups: tokio::sync::Semaphore,
+}
+
+impl Default for ReadBudget {
+    fn default() -> Self {
+        ReadBudget {
+            history: tokio::sync::Semaphore::new(HISTORY_READS),
+            lookups: tokio::sync::Semaphore::new(CURSOR_LOOKUPS),
+        }
+    }
+}
+
+/// History pages read at once per node.
+pub const HISTORY_READS: usize = 8;
+/// Cursor lookups (`since: "cursor"`) at once per node.
+pub const CURSOR_LOOKUPS: usize = 4;
 
 /// `/readyz`'s answer about the log, asked at most once per
 /// [`Readiness::FOR`] however often the probe is hit (concurrent hits wait

@@ -21,7 +21,7 @@ use warp::{Filter, Reply};
 
 use crate::auth::{AccessRule, Auth};
 use crate::config::EdgeConfig;
-use crate::ctx::{ConnSlot, Connections, Ctx, FrameCounters, Readiness};
+use crate::ctx::{ConnSlot, Connections, Ctx, FrameCounters, ReadBudget, Readiness};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
@@ -170,6 +170,7 @@ impl Edge {
                 },
                 frames: FrameCounters::default(),
                 readiness: Readiness::default(),
+                reads: ReadBudget::default(),
             }),
             listener,
             metrics,

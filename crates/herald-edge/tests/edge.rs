@@ -635,3 +635,105 @@ async fn sockets_that_never_finish_their_headers_are_closed() {
     let (status, _) = common::http_get(node.addr, "/healthz", "").await;
     assert_eq!(status, 200);
 }
+
+/// A flood of history requests from many connections must not queue a
+/// live client's resume behind all of their reads: the resume waits for at
+/// most a few rounds of the reader pool, however many history requests are
+/// waiting (counted in reads served meanwhile, not in time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_flood_does_not_queue_a_resume_behind_it() {
+    let (mut edge, log) = config();
+    edge.recent_messages = 10;
+    let node = Node::start_with(edge, log).await;
+    let mut probe = node.connect().await;
+    let epoch = probe.subscribe("chat:mine", None).await["position"]["epoch"].clone();
+    drop(probe);
+    for i in 0..6000 {
+        let ch = if i % 10 == 0 {
+            "chat:flood"
+        } else {
+            "chat:noise"
+        };
+        let env = Envelope::new(Uuid::new_v4(), ch, None, raw("1"));
+        node.log
+            .append(CHAT, 0, &env)
+            .expect("append")
+            .await
+            .expect("stored");
+    }
+    let env = Envelope::new(Uuid::new_v4(), "chat:mine", None, raw("\"mine\""));
+    let mine = node
+        .log
+        .append(CHAT, 0, &env)
+        .expect("append")
+        .await
+        .expect("stored");
+    node.log.slow_reads(Duration::from_millis(20));
+    node.log.limit_concurrent_reads(16);
+    let mut flood = Vec::new();
+    for _ in 0..30 {
+        let mut c = node.connect().await;
+        for q in 0..4 {
+            c.send(
+                json!({"type": "history", "channel": "chat:flood", "id": format!("q{q}"),
+                          "since_seq": -1, "limit": 500}),
+            )
+            .await;
+        }
+        flood.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut me = node.connect().await;
+    let before = node.log.reads();
+    eprintln!("reads before the resume: {before}");
+    me.send(json!({"type": "subscribe", "channel": "chat:mine", "since": {"seq": mine - 50, "epoch": epoch}}))
+        .await;
+    let got = me.next_of("message").await;
+    let waited = node.log.reads() - before;
+    assert_eq!(got["seq"], mine);
+    eprintln!("reads served while the resume waited: {waited}");
+    assert!(
+        waited <= 48,
+        "the resume waited behind {waited} reads of the flood"
+    );
+    for mut c in flood {
+        c.next_of("history").await;
+    }
+}
+
+/// History a connection asked for and no longer waits for is not read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_reads_end_with_their_connection() {
+    let (mut edge, log) = config();
+    edge.recent_messages = 10;
+    let node = Node::start_with(edge, log).await;
+    for i in 0..6000 {
+        let ch = if i % 10 == 0 {
+            "chat:far"
+        } else {
+            "chat:noise"
+        };
+        let env = Envelope::new(Uuid::new_v4(), ch, None, raw("1"));
+        node.log
+            .append(CHAT, 0, &env)
+            .expect("append")
+            .await
+            .expect("stored");
+    }
+    node.log.slow_reads(Duration::from_millis(200));
+    let mut c = node.connect().await;
+    for q in 0..4 {
+        c.send(
+            json!({"type": "history", "channel": "chat:far", "id": format!("q{q}"),
+                      "since_seq": -1, "limit": 500}),
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let at_close = node.log.reads();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let after = node.log.reads() - at_close;
+    assert!(after <= 1, "{after} reads for a closed connection");
+}

@@ -40,7 +40,15 @@ pub struct Publisher {
     dedup: Dedup,
     /// How long a client waits for Kafka's answer (`kafka.publish_timeout_ms`).
     timeout: Duration,
+    /// Retry scans running at once on this node: any publisher may set
+    /// `retry: true` on every publish, and each scan reads up to
+    /// [`RETRY_SCAN_RECORDS`]; the rest wait (and their connections with
+    /// them, through their in-flight permits).
+    scans: tokio::sync::Semaphore,
 }
+
+/// Retry scans at once per node.
+pub const RETRY_SCANS: usize = 4;
 
 /// One publish, validated and authorized by its caller.
 pub struct PublishRequest {
@@ -82,6 +90,7 @@ impl Publisher {
             log,
             dedup,
             timeout,
+            scans: tokio::sync::Semaphore::new(RETRY_SCANS),
         })
     }
 
@@ -157,6 +166,7 @@ impl Publisher {
         guard: impl Send + 'static,
     ) -> PublishOutcome {
         let since = now_ms() - self.dedup.window().as_millis() as i64;
+        let scan = self.scans.acquire().await;
         let found = self
             .log
             .find_message(
@@ -168,6 +178,7 @@ impl Publisher {
                 RETRY_SCAN_RECORDS,
             )
             .await;
+        drop(scan);
         match found {
             Ok(Some(seq)) => {
                 metrics::counter!("herald_publish_retries_found_total").increment(1);

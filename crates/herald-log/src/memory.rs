@@ -46,6 +46,10 @@ pub struct MemLog {
     /// While `true`, appends are stored but not confirmed.
     hold: watch::Sender<bool>,
     pings: std::sync::atomic::AtomicU64,
+    /// Range reads served so far.
+    reads: std::sync::atomic::AtomicU64,
+    /// Range reads allowed at once, like Kafka's reader pool (none: any).
+    read_pool: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
 }
 
 impl MemLog {
@@ -56,6 +60,8 @@ impl MemLog {
             tail: OnceLock::new(),
             hold: watch::channel(false).0,
             pings: Default::default(),
+            reads: Default::default(),
+            read_pool: Mutex::new(None),
         })
     }
 
@@ -126,6 +132,18 @@ impl MemLog {
         self.pings.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Serves at most `n` range reads at once, first come first served, like
+    /// Kafka's pool of range readers.
+    pub fn limit_concurrent_reads(&self, n: usize) {
+        *self.read_pool.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(Arc::new(tokio::sync::Semaphore::new(n)));
+    }
+
+    /// Range reads served so far.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Makes every range read wait `delay` first.
     pub fn slow_reads(&self, delay: Duration) {
         self.state().read_delay = delay;
@@ -173,10 +191,20 @@ impl LogRead for MemLog {
         max: usize,
     ) -> BoxFuture<'a, Result<RangeBatch, LogError>> {
         Box::pin(async move {
+            let pool = self
+                .read_pool
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let _permit = match &pool {
+                Some(p) => p.acquire().await.ok(),
+                None => None,
+            };
             let delay = self.state().read_delay;
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
+            self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let st = self.state();
             let p = part(&st, topic, partition).ok_or_else(|| unknown(topic, partition))?;
             let records: Vec<Record> = p

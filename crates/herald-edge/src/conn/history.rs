@@ -35,7 +35,7 @@ impl Conn {
         };
         let ctx = self.ctx.clone();
         let outbox = self.outbox.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let started = Instant::now();
             let limits = HistoryLimits {
                 limit,
@@ -45,6 +45,10 @@ impl Conn {
                     .min(ctx.cfg.queue_bytes / 2)
                     .max(1),
                 max_scan: ctx.cfg.history_max_scan,
+            };
+            // The node's share for history (see `ReadBudget`).
+            let Ok(_node) = ctx.reads.history.acquire().await else {
+                return;
             };
             let reply = match ctx
                 .hub
@@ -88,6 +92,9 @@ impl Conn {
             let _ = outbox.try_push(reply);
             drop(permit);
         });
+        // Aborted if the connection closes first: nobody would read it.
+        self.reads.retain(|t| !t.is_finished());
+        self.reads.push(task.abort_handle());
     }
 }
 

@@ -100,6 +100,11 @@ struct Conn {
     ns_limiters: HashMap<String, Limiter>,
     /// `auth`/`refresh` frames per minute; made at the first one.
     auth_limiter: Option<Box<Limiter>>,
+    /// History tasks still running, aborted when the connection closes.
+    reads: Vec<tokio::task::AbortHandle>,
+    /// Catch-ups of resuming subscriptions running at once (from the log:
+    /// each reads until it reaches the live position).
+    catchups: Arc<Semaphore>,
 }
 
 impl Conn {
@@ -123,6 +128,8 @@ impl Conn {
                 identity: None,
                 ns_limiters: HashMap::new(),
                 auth_limiter: None,
+                reads: Vec::new(),
+                catchups: Arc::new(Semaphore::new(CATCHUPS_PER_CONNECTION)),
                 ctx,
             },
             rx,
@@ -282,8 +289,12 @@ async fn serve(id: u64, accepted: Box<Accepted>) {
             }
         };
 
-        // Stop subscriptions first so nothing new is queued.
+        // Stop subscriptions first so nothing new is queued, and reads
+        // nobody will receive.
         conn.unsubscribe_all();
+        for t in conn.reads.drain(..) {
+            t.abort();
+        }
         if stalled {
             metrics::counter!("herald_edge_write_stalls_total").increment(1);
             debug!(?write_timeout, "Write stalled; dropping the connection");
@@ -413,6 +424,9 @@ fn note_delivery(subs: &mut HashMap<String, Subscription>, item: &Outbound) {
         }
     }
 }
+
+/// Resuming subscriptions of one connection catching up at once.
+const CATCHUPS_PER_CONNECTION: usize = 4;
 
 /// Most frames written per flush.
 const WRITE_BATCH: u64 = 64;

@@ -102,37 +102,47 @@ impl Conn {
             Some(Since::Position(p)) => p.seq.max(-1),
             _ => -1,
         };
-        let hub = self.ctx.hub.clone();
-        let cursors = self.ctx.cursors.clone();
+        let ctx = self.ctx.clone();
+        let catchups = self.catchups.clone();
         let outbox = self.outbox.clone();
         let flags = Arc::new(SubFlags::default());
         let task_flags = flags.clone();
         let t = topic.clone();
         let task = tokio::spawn(async move {
+            // A resume reads the log until it is live: a few per connection
+            // at once (a subscription from now reads nothing).
+            let _catchup = match since {
+                Some(_) => catchups.acquire_owned().await.ok(),
+                None => None,
+            };
             let since = match (since, &client) {
                 (Some(Since::Position(p)), _) => Ok(Some(p)),
-                (Some(Since::Cursor), Some(client)) => cursors
-                    .lookup(client, channel.as_str())
-                    .await
-                    .map(|c| {
-                        c.map(|c| Position {
-                            seq: c.seq,
-                            epoch: c.epoch,
-                        })
+                (Some(Since::Cursor), Some(client)) => async {
+                    // The node's share for cursor lookups (see `ReadBudget`).
+                    let _node = ctx.reads.lookups.acquire().await;
+                    ctx.cursors.lookup(client, channel.as_str()).await
+                }
+                .await
+                .map(|c| {
+                    c.map(|c| Position {
+                        seq: c.seq,
+                        epoch: c.epoch,
                     })
-                    .map_err(HubError::from),
+                })
+                .map_err(HubError::from),
                 (_, _) => Ok(None),
             };
             let res = match since {
                 Ok(since) => {
-                    hub.subscribe_until(
-                        &outbox,
-                        &t,
-                        channel.as_str(),
-                        since.as_ref(),
-                        &task_flags.cancelled,
-                    )
-                    .await
+                    ctx.hub
+                        .subscribe_until(
+                            &outbox,
+                            &t,
+                            channel.as_str(),
+                            since.as_ref(),
+                            &task_flags.cancelled,
+                        )
+                        .await
                 }
                 Err(e) => Err(e),
             };
