@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine or not. Installs Apache Kafka from
-# Maven Central if needed (first time ~35 s, cached in ~/.cache/herald) and the
-# Python client of the analytics recipes (a virtualenv there too), starts a
+# Maven Central if needed (first time ~35 s, cached in ~/.cache/herald), the
+# Python client of the analytics recipes (a virtualenv there too) and
+# Debian's HAProxy (the load-balancer test), starts a
 # single broker on 127.0.0.1:9092 and a three-broker cluster (RF 3,
 # min.insync.replicas=2) on 127.0.0.1:29092-29094, each with fresh data,
 # runs every test in the workspace, and stops what it started.
@@ -44,6 +45,9 @@ cleanup() {
     if [[ $started_broker == 1 ]]; then infra/dev/broker.sh stop || true; fi
 }
 trap cleanup EXIT
+
+# HAProxy for the load-balancer test (Debian's package).
+infra/dev/install-haproxy.sh >/dev/null
 
 # The analytics recipes' Python client (a virtualenv in the cache).
 HERALD_PYTHON="$(infra/dev/install-python.sh)"
