@@ -113,7 +113,7 @@ impl Publisher {
         guard: impl Send + 'static,
     ) -> impl Future<Output = PublishOutcome> + Send + 'static {
         let this = self.clone();
-        let mut env = Envelope::new(req.id, &req.channel, req.publisher, req.data);
+        let mut env = Envelope::new(req.id, req.channel, req.publisher, req.data);
         env.replayed = req.replayed;
         let job = Job {
             topic: req.topic,

@@ -91,11 +91,16 @@ pub fn peek_id(value: &[u8]) -> Option<Uuid> {
 
 impl Envelope {
     /// The envelope of a new publish of `data` to `channel`, stamped now.
-    pub fn new(id: Uuid, channel: &str, publisher: Option<String>, data: Box<RawValue>) -> Self {
+    pub fn new(
+        id: Uuid,
+        channel: impl Into<String>,
+        publisher: Option<String>,
+        data: Box<RawValue>,
+    ) -> Self {
         Envelope {
             v: ENVELOPE_VERSION,
             id,
-            channel: channel.to_owned(),
+            channel: channel.into(),
             publisher,
             ts: now_ms(),
             content_type: CONTENT_TYPE_JSON.to_owned(),
@@ -150,5 +155,28 @@ impl Envelope {
             data: self.data,
             replayed: self.replayed,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_record_carries_key_headers_and_an_id_that_peeks_back() {
+        let id = Uuid::new_v4();
+        let data = RawValue::from_string("{\"a\":1}".into()).expect("json");
+        let env = Envelope::new(id, "chat:x", Some("alice".into()), data);
+        assert_eq!(env.key(), b"chat:x");
+        let headers = env.headers();
+        let pairs = headers.pairs();
+        assert_eq!(pairs[0], (HEADER_ID, id.to_string().as_bytes()));
+        assert_eq!(pairs[1], (HEADER_VERSION, b"1".as_slice()));
+        let value = env.to_json();
+        assert_eq!(peek_id(value.as_bytes()), Some(id));
+        assert_eq!(peek_id(b"{\"id\":\"not a uuid\"}"), None);
+        assert_eq!(peek_id(b"not json"), None);
+        let back = Envelope::decode(value.as_bytes(), Some(b"chat:x")).expect("decodes");
+        assert_eq!(back.data.get(), "{\"a\":1}");
     }
 }
