@@ -648,19 +648,7 @@ async fn a_history_flood_does_not_queue_a_resume_behind_it() {
     let mut probe = node.connect().await;
     let epoch = probe.subscribe("chat:mine", None).await["position"]["epoch"].clone();
     drop(probe);
-    for i in 0..6000 {
-        let ch = if i % 10 == 0 {
-            "chat:flood"
-        } else {
-            "chat:noise"
-        };
-        let env = Envelope::new(Uuid::new_v4(), ch, None, raw("1"));
-        node.log
-            .append(CHAT, 0, &env)
-            .expect("append")
-            .await
-            .expect("stored");
-    }
+    common::seed(&node.log, 6000, 10, "chat:flood").await;
     let env = Envelope::new(Uuid::new_v4(), "chat:mine", None, raw("\"mine\""));
     let mine = node
         .log
@@ -707,19 +695,7 @@ async fn history_reads_end_with_their_connection() {
     let (mut edge, log) = config();
     edge.recent_messages = 10;
     let node = Node::start_with(edge, log).await;
-    for i in 0..6000 {
-        let ch = if i % 10 == 0 {
-            "chat:far"
-        } else {
-            "chat:noise"
-        };
-        let env = Envelope::new(Uuid::new_v4(), ch, None, raw("1"));
-        node.log
-            .append(CHAT, 0, &env)
-            .expect("append")
-            .await
-            .expect("stored");
-    }
+    common::seed(&node.log, 6000, 10, "chat:far").await;
     node.log.slow_reads(Duration::from_millis(200));
     let mut c = node.connect().await;
     for q in 0..4 {

@@ -132,34 +132,25 @@ impl Node {
 }
 
 pub async fn api_publish(addr: SocketAddr, body: Value) -> (u16, Value) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let body = body.to_string();
     let req = format!(
         "POST /api/publish HTTP/1.1\r\nhost: {addr}\r\nx-api-key: {API_KEY}\r\n\
          content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.expect("read");
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let json = out
-        .split("\r\n\r\n")
-        .nth(1)
-        .and_then(|b| serde_json::from_str(b).ok())
-        .unwrap_or(Value::Null);
-    (status, json)
+    let (status, body) = http(addr, &req).await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
 /// `GET path` with extra header lines; (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str, headers: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let req = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\n{headers}connection: close\r\n\r\n");
+    http(addr, &req).await
+}
+
+/// Sends a raw HTTP/1.1 request; (status, body).
+async fn http(addr: SocketAddr, req: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = TcpStream::connect(addr).await.expect("connect");
     s.write_all(req.as_bytes()).await.expect("write");
     let mut out = String::new();
@@ -171,6 +162,25 @@ pub async fn http_get(addr: SocketAddr, path: &str, headers: &str) -> (u16, Stri
         .unwrap_or(0);
     let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
     (status, body)
+}
+
+/// Appends `n` records straight to the log (as other nodes would), every
+/// `every`-th on `channel`, the rest on `chat:noise`.
+pub async fn seed(log: &MemLog, n: usize, every: usize, channel: &str) {
+    use herald_log::LogWrite;
+    for i in 0..n {
+        let ch = if i % every == 0 {
+            channel
+        } else {
+            "chat:noise"
+        };
+        let data = serde_json::value::RawValue::from_string("1".into()).expect("json");
+        let env = Envelope::new(uuid::Uuid::new_v4(), ch, None, data);
+        log.append(CHAT, 0, &env)
+            .expect("append")
+            .await
+            .expect("stored");
+    }
 }
 
 impl Drop for Node {
