@@ -159,7 +159,7 @@ fn the_dockerfile_builds_in_one_stage_and_runs_unprivileged_in_another() {
     let user = d
         .lines()
         .filter_map(|l| l.strip_prefix("USER "))
-        .last()
+        .next_back()
         .expect("a USER line");
     assert!(
         user.trim() != "root" && user.trim() != "0",
