@@ -2,7 +2,8 @@
 # The whole test suite, on a fresh machine or not. Installs Apache Kafka from
 # Maven Central if needed (first time ~35 s, cached in ~/.cache/herald), the
 # Python client of the analytics recipes (a virtualenv there too) and
-# Debian's HAProxy (the load-balancer test), starts a
+# Debian's HAProxy (the load-balancer test) and Helm (built with go
+# install, the chart's render check), starts a
 # single broker on 127.0.0.1:9092 and a three-broker cluster (RF 3,
 # min.insync.replicas=2) on 127.0.0.1:29092-29094, each with fresh data,
 # runs every test in the workspace, and stops what it started.
@@ -48,6 +49,9 @@ trap cleanup EXIT
 
 # HAProxy for the load-balancer test (Debian's package).
 infra/dev/install-haproxy.sh >/dev/null
+# Helm for the chart's render check (built from the Go module proxy).
+HERALD_HELM="$(infra/dev/install-helm.sh)"
+export HERALD_HELM
 
 # The analytics recipes' Python client (a virtualenv in the cache).
 HERALD_PYTHON="$(infra/dev/install-python.sh)"
