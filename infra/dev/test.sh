@@ -49,6 +49,9 @@ trap cleanup EXIT
 
 # HAProxy for the load-balancer test (Debian's package).
 infra/dev/install-haproxy.sh >/dev/null
+# promtool for the alert rules' check (Debian's prometheus package).
+HERALD_PROMTOOL="$(infra/dev/install-promtool.sh)"
+export HERALD_PROMTOOL
 # Helm for the chart's render check (built from the Go module proxy).
 HERALD_HELM="$(infra/dev/install-helm.sh)"
 export HERALD_HELM

@@ -1,7 +1,9 @@
 //! The Grafana dashboard and the Prometheus alert rules in
 //! `infra/observability/` name only metrics herald really exports (a
-//! `"herald_..."` name in the source of some crate), and every exported
-//! metric is documented in docs/metrics.md. No broker needed.
+//! `"herald_..."` name in the source of some crate), the rules pass
+//! `promtool check rules` (Debian's prometheus package, installed by
+//! test.sh), and every exported metric is documented in docs/metrics.md.
+//! No broker needed.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -141,6 +143,29 @@ fn the_alert_rules_name_only_metrics_herald_exports() {
     assert_eq!(exprs.len(), alerts, "one single-line expr per alert");
     assert!(alerts >= 8);
     check("alerts", &exprs, &known);
+}
+
+#[test]
+fn the_alert_rules_pass_promtool() {
+    let promtool = std::env::var("HERALD_PROMTOOL").unwrap_or_else(|_| "/usr/bin/promtool".into());
+    assert!(
+        Path::new(&promtool).is_file(),
+        "promtool not found at {promtool} (infra/dev/install-promtool.sh installs it)"
+    );
+    let out = std::process::Command::new(&promtool)
+        .args([
+            "check",
+            "rules",
+            &format!("{ROOT}/infra/observability/alerts.yml"),
+        ])
+        .output()
+        .expect("promtool");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
