@@ -155,6 +155,10 @@ pub struct EdgeConfig {
     pub recent_messages: usize,
     /// Bytes per partition kept in memory for fast resume. Default 8 MiB.
     pub recent_bytes: usize,
+    /// A partition that has had no local subscriber for this long is no
+    /// longer read from Kafka (its ring is dropped too); `None`: followed
+    /// for good once used. Default 60 s.
+    pub follow_grace: Option<Duration>,
     /// On shutdown, how long in-flight publishes and connections get to finish.
     /// Default 10 s.
     pub shutdown_grace: Duration,
@@ -221,6 +225,7 @@ impl Default for EdgeConfig {
             dedup_capacity: 1_000_000,
             recent_messages: 10_000,
             recent_bytes: 8 << 20,
+            follow_grace: Some(Duration::from_secs(60)),
             shutdown_grace: Duration::from_secs(10),
             drain_delay: Duration::from_secs(1),
             reconnect_jitter: Duration::from_secs(2),

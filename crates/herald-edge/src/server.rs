@@ -102,6 +102,9 @@ impl Edge {
                 ..HubConfig::default()
             },
         );
+        if let Some(grace) = cfg.follow_grace {
+            hub.spawn_retirement(grace);
+        }
         let mut topics = HashMap::new();
         for ns in &cfg.namespaces {
             let topic = log.config().topic_for(&ns.name);

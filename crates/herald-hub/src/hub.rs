@@ -14,12 +14,13 @@
 //! handed twice (a subscriber's `last_seq` filters anything already sent).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::time::{Duration, Instant};
 
 use herald_log::{LogRead, Record, RecordSink};
 use herald_proto::{partition::partition_for_key, Position, ServerFrame};
 use tokio::sync::OnceCell;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::delivery::Delivery;
 use crate::outbox::{Outbound, Outbox};
@@ -58,6 +59,11 @@ struct PartState {
     recent_from: i64,
     recent_bytes: usize,
     subs: HashMap<Arc<str>, Vec<Sub>>,
+    /// Subscribes under way (between finding the partition and
+    /// registering); the partition is not retired while any is.
+    entering: usize,
+    /// Since when the partition has had no subscriber (seen by a sweep).
+    idle_since: Option<Instant>,
 }
 
 struct Partition {
@@ -98,6 +104,23 @@ pub struct SubscribeOutcome {
 
 /// (topic, partition).
 type PartitionKey = (Arc<str>, i32);
+
+/// A partition a subscribe is using: while this lives, the partition is not
+/// retired (see [`Hub::retire_idle`]).
+struct Entered(Arc<Partition>);
+
+impl std::ops::Deref for Entered {
+    type Target = Partition;
+    fn deref(&self) -> &Partition {
+        &self.0
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        self.0.lock().entering -= 1;
+    }
+}
 
 /// The fan-out hub of one node.
 pub struct Hub {
@@ -153,33 +176,41 @@ impl Hub {
         Ok(self.topic(topic)?.epoch)
     }
 
-    fn part(&self, topic: &str, partition: i32) -> Result<Arc<Partition>, HubError> {
+    /// The partition (created on first use), counted as entered: it is not
+    /// retired until the returned guard is dropped.
+    fn enter(&self, topic: &str, partition: i32) -> Result<Entered, HubError> {
         let meta = self.topic(topic)?;
+        // Counted under the map lock, which the sweep holds too: a partition
+        // the sweep retires was not handed to anyone.
         let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(p) = parts.get(&(Arc::from(topic), partition)) {
-            return Ok(p.clone());
-        }
         let t: Arc<str> = Arc::from(topic);
-        let p = Arc::new(Partition {
-            topic: t.clone(),
-            partition,
-            epoch: meta.epoch,
-            started: OnceCell::new(),
-            state: Mutex::new(PartState {
-                next_offset: 0,
-                recent: VecDeque::new(),
-                recent_from: 0,
-                recent_bytes: 0,
-                subs: HashMap::new(),
-            }),
-        });
-        parts.insert((t, partition), p.clone());
-        Ok(p)
+        let p = parts
+            .entry((t.clone(), partition))
+            .or_insert_with(|| {
+                Arc::new(Partition {
+                    topic: t,
+                    partition,
+                    epoch: meta.epoch,
+                    started: OnceCell::new(),
+                    state: Mutex::new(PartState {
+                        next_offset: 0,
+                        recent: VecDeque::new(),
+                        recent_from: 0,
+                        recent_bytes: 0,
+                        subs: HashMap::new(),
+                        entering: 0,
+                        idle_since: None,
+                    }),
+                })
+            })
+            .clone();
+        p.lock().entering += 1;
+        Ok(Entered(p))
     }
 
     /// The partition, tailed from the current high watermark on first use.
-    async fn started(&self, topic: &str, partition: i32) -> Result<Arc<Partition>, HubError> {
-        let p = self.part(topic, partition)?;
+    async fn started(&self, topic: &str, partition: i32) -> Result<Entered, HubError> {
+        let p = self.enter(topic, partition)?;
         p.started
             .get_or_try_init(|| async {
                 let wm = self.log.watermarks(topic, partition).await?;
@@ -225,12 +256,13 @@ impl Hub {
         use std::sync::atomic::Ordering;
         let began = std::time::Instant::now();
         let partition = self.partition_of(topic, channel)?;
-        let part = self.started(topic, partition).await?;
+        let entered = self.started(topic, partition).await?;
+        let part: &Partition = &entered;
         let chan: Arc<str> = Arc::from(channel);
         let epoch = part.epoch.to_string();
 
         let start = match since {
-            Some(pos) if pos.epoch == epoch => self.check_position(&part, pos.seq).await?,
+            Some(pos) if pos.epoch == epoch => self.check_position(part, pos.seq).await?,
             _ => None,
         };
         let Some(mut s) = start else {
@@ -346,7 +378,7 @@ impl Hub {
                 Step::FromLog(upto) => {
                     from_log = true;
                     caught_up += self
-                        .catch_up_from_log(outbox, &part, channel, s + 1, upto)
+                        .catch_up_from_log(outbox, part, channel, s + 1, upto)
                         .await?;
                     s = upto - 1;
                 }
@@ -482,6 +514,72 @@ impl Hub {
         removed > 0
     }
 
+    /// Stops following the partitions that have had no local subscriber
+    /// (and no subscribe under way) for at least `grace`, as seen by two
+    /// sweeps that far apart: the first marks a partition idle, a later one
+    /// retires it. A retired partition's tail assignment and ring are
+    /// dropped; the next subscriber starts it again from the high watermark
+    /// (and resumes from Kafka). Returns how many were retired.
+    pub fn retire_idle(&self, grace: Duration) -> usize {
+        let now = Instant::now();
+        let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut retired = Vec::new();
+        parts.retain(|key, part| {
+            let mut st = part.lock();
+            if !st.subs.is_empty() || st.entering > 0 {
+                st.idle_since = None;
+                return true;
+            }
+            match st.idle_since {
+                None => {
+                    st.idle_since = Some(now);
+                    true
+                }
+                Some(since) if now.duration_since(since) < grace => true,
+                Some(_) => {
+                    if part.started.get().is_some() {
+                        retired.push(key.clone());
+                    }
+                    false
+                }
+            }
+        });
+        // Still under the map lock: a subscribe that starts the partition
+        // again cannot follow it before this unfollow has happened.
+        for (topic, partition) in &retired {
+            if let Err(e) = self.log.unfollow(topic, *partition) {
+                metrics::counter!("herald_log_errors_total", "op" => "unfollow").increment(1);
+                warn!(%e, %topic, partition, "Could not stop following a partition");
+            }
+        }
+        drop(parts);
+        if !retired.is_empty() {
+            metrics::counter!("herald_hub_partitions_retired_total")
+                .increment(retired.len() as u64);
+            debug!(
+                count = retired.len(),
+                "Stopped following partitions without subscribers"
+            );
+        }
+        retired.len()
+    }
+
+    /// Runs [`Hub::retire_idle`] every `grace / 2` (at least every 100 ms)
+    /// until the hub is dropped. Needs a Tokio runtime.
+    pub fn spawn_retirement(self: &Arc<Self>, grace: Duration) {
+        let hub: Weak<Hub> = Arc::downgrade(self);
+        let every = (grace / 2).max(Duration::from_millis(100));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(hub) = hub.upgrade() else { return };
+                hub.retire_idle(grace);
+            }
+        });
+    }
+
     /// The newest offset dispatched live in `channel`'s partition, when this
     /// node follows that partition.
     pub fn tail_seq(&self, topic: &str, channel: &str) -> Option<i64> {
@@ -539,7 +637,8 @@ impl Hub {
             match parts.get(&(r.topic.clone(), r.partition)) {
                 Some(p) => p.clone(),
                 None => {
-                    warn!(topic = %r.topic, partition = r.partition, "Record for a partition the hub does not follow");
+                    // Fetched before the partition was retired.
+                    debug!(topic = %r.topic, partition = r.partition, "Record for a partition the hub no longer follows");
                     return;
                 }
             }

@@ -154,6 +154,11 @@ pub trait LogRead: Send + Sync + 'static {
     /// Starts delivering the partition's records from `from` to the tail's
     /// [`RecordSink`]. Idempotent per partition.
     fn follow(&self, topic: &str, partition: i32, from: i64) -> Result<(), LogError>;
+
+    /// Stops delivering the partition's records to the tail. Records
+    /// already fetched may still reach the sink. A later [`LogRead::follow`]
+    /// starts it again from its own offset. Idempotent.
+    fn unfollow(&self, topic: &str, partition: i32) -> Result<(), LogError>;
 }
 
 /// Receives the records the tail reads, in offset order per partition.

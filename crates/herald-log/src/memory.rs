@@ -260,6 +260,13 @@ impl LogRead for MemLog {
         }
         Ok(())
     }
+
+    fn unfollow(&self, topic: &str, partition: i32) -> Result<(), LogError> {
+        let mut st = self.state();
+        let p = part_mut(&mut st, topic, partition).ok_or_else(|| unknown(topic, partition))?;
+        p.followed = false;
+        Ok(())
+    }
 }
 
 impl LogWrite for MemLog {

@@ -156,6 +156,9 @@ struct ServeArgs {
     /// cache.recent_messages
     #[arg(long)]
     recent_messages: Option<usize>,
+    /// cache.follow_grace_secs
+    #[arg(long)]
+    follow_grace_secs: Option<u64>,
     /// server.drain_delay_ms
     #[arg(long)]
     drain_delay_ms: Option<u64>,
@@ -214,6 +217,7 @@ impl ServeArgs {
         set!(self.write_timeout_secs => s.server.write_timeout_secs);
         set!(self.dedup_window_secs => s.cache.dedup_window_secs);
         set!(self.recent_messages => s.cache.recent_messages);
+        set!(self.follow_grace_secs => s.cache.follow_grace_secs);
         set!(self.drain_delay_ms => s.server.drain_delay_ms);
         set!(self.reconnect_jitter_ms => s.server.reconnect_jitter_ms);
         set!(self.shutdown_grace_secs => s.server.shutdown_grace_secs);

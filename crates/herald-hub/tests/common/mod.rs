@@ -24,6 +24,8 @@ pub struct MemLog {
     /// Moves the log start here at the first range read (retention
     /// deleting records while a catch-up reads).
     pub delete_on_read: Mutex<Option<i64>>,
+    /// When set, every range read waits for a permit of this semaphore.
+    pub read_gate: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl MemLog {
@@ -79,6 +81,11 @@ impl LogRead for MemLog {
             if self.yield_in_reads {
                 tokio::task::yield_now().await;
             }
+            if let Some(gate) = &self.read_gate {
+                if let Ok(p) = gate.acquire().await {
+                    p.forget();
+                }
+            }
             if let Some(low) = self.delete_on_read.lock().unwrap().take() {
                 *self.low.lock().unwrap() = low;
             }
@@ -116,6 +123,11 @@ impl LogRead for MemLog {
 
     fn follow(&self, _t: &str, _p: i32, from: i64) -> Result<(), LogError> {
         *self.followed.lock().unwrap() = Some(from);
+        Ok(())
+    }
+
+    fn unfollow(&self, _t: &str, _p: i32) -> Result<(), LogError> {
+        *self.followed.lock().unwrap() = None;
         Ok(())
     }
 }

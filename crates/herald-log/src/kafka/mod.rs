@@ -22,6 +22,7 @@ use crate::{BoxFuture, Log, LogConfig, LogError, LogRead, RangeBatch, RecordSink
 mod admin;
 mod producer;
 mod ranges;
+mod stats;
 mod tail;
 
 pub use admin::{PartitionSummary, TopicInfo};
@@ -192,6 +193,9 @@ impl LogRead for Kafka {
     }
     fn follow(&self, topic: &str, partition: i32, from: i64) -> Result<(), LogError> {
         self.follow_partition(topic, partition, from)
+    }
+    fn unfollow(&self, topic: &str, partition: i32) -> Result<(), LogError> {
+        self.unfollow_partition(topic, partition)
     }
 }
 

@@ -29,8 +29,8 @@ const WARM_FOR: Duration = Duration::from_secs(60);
 /// comes up to a second late (docs/benchmarks.md, P1). A metadata request for the topic fills
 /// the client's cache, which `assign()` reads, and updates an already
 /// assigned partition at once.
-pub(super) fn warm_topic(
-    consumer: &impl Consumer,
+pub(super) fn warm_topic<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &impl Consumer<C>,
     topic: &str,
     timeout: Duration,
 ) -> Result<(), KafkaError> {

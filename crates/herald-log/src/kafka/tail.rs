@@ -5,12 +5,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, warn};
 
 use super::ranges::warm_topic;
+use super::stats::{TailConsumer, TailStats, STATS_INTERVAL_MS};
 use super::Kafka;
 use crate::{LogError, Record, RecordSink};
 use herald_proto::envelope::now_ms;
@@ -19,7 +20,19 @@ impl Kafka {
     /// Starts the partition tail feeding `sink`. Call once, before
     /// [`LogRead::follow`].
     pub fn start_tail(&self, sink: Arc<dyn RecordSink>) -> Result<(), LogError> {
-        let consumer: StreamConsumer = Self::consumer_config(&self.cfg, false).create()?;
+        // With librdkafka's statistics: the tail is always being polled, so
+        // they are consumed as they come (an idle, unpolled client would
+        // queue them).
+        let mut config = Self::consumer_config(&self.cfg, false);
+        if !self
+            .cfg
+            .overrides
+            .iter()
+            .any(|(k, _)| k == "statistics.interval.ms")
+        {
+            config.set("statistics.interval.ms", STATS_INTERVAL_MS);
+        }
+        let consumer: TailConsumer = config.create_with_context(TailStats::default())?;
         let consumer = Arc::new(consumer);
         let tail = Tail {
             consumer: consumer.clone(),
@@ -110,10 +123,29 @@ impl Kafka {
         metrics::gauge!("herald_log_tailed_partitions").set(followed.len() as f64);
         Ok(())
     }
+
+    /// Takes a partition off the tail (see [`crate::LogRead::unfollow`]).
+    pub(super) fn unfollow_partition(&self, topic: &str, partition: i32) -> Result<(), LogError> {
+        let tail = self
+            .tail
+            .get()
+            .ok_or_else(|| LogError::Other("tail not started".into()))?;
+        let mut followed = tail.followed.lock().unwrap_or_else(|p| p.into_inner());
+        if !followed.contains_key(&(topic.to_owned(), partition)) {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, partition);
+        tail.consumer.incremental_unassign(&tpl)?;
+        followed.remove(&(topic.to_owned(), partition));
+        debug!(topic, partition, "No longer tailing partition");
+        metrics::gauge!("herald_log_tailed_partitions").set(followed.len() as f64);
+        Ok(())
+    }
 }
 
 pub(super) struct Tail {
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<TailConsumer>,
     /// Partitions assigned to the tail, with the offset they started from.
     followed: Mutex<HashMap<(String, i32), i64>>,
 }
