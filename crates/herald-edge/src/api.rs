@@ -51,7 +51,15 @@ type ApiResult = Result<Value, ApiError>;
 fn respond(route: &'static str, r: ApiResult) -> warp::reply::Response {
     let (status, body) = match r {
         Ok(v) => (StatusCode::OK, v),
-        Err(e) => (e.status, json!({ "code": e.code, "reason": e.reason })),
+        Err(e) => {
+            // Inside the request's span: the line carries its request_id.
+            if e.status.is_server_error() {
+                tracing::warn!(route, status = e.status.as_u16(), code = e.code, reason = %e.reason, "API request failed");
+            } else {
+                tracing::debug!(route, status = e.status.as_u16(), code = e.code, reason = %e.reason, "API request refused");
+            }
+            (e.status, json!({ "code": e.code, "reason": e.reason }))
+        }
     };
     metrics::counter!("herald_api_requests_total", "route" => route, "status" => status.as_str().to_owned())
         .increment(1);

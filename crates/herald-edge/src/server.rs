@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 use warp::http::{HeaderMap, StatusCode};
 use warp::{Filter, Reply};
 
@@ -445,6 +445,22 @@ pub fn valid_client_id(s: &str) -> bool {
 #[derive(Clone, Copy, Debug)]
 struct PeerAddr(SocketAddr);
 
+/// The id of an HTTP request: the client's `X-Request-Id` when it is a
+/// plausible id (1 to 128 characters of `A-Za-z0-9._:-`), else a new UUID.
+/// Answered in `X-Request-Id` and carried by every log line of the request.
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            (1..=128).contains(&v.len())
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
+}
+
 /// HTTP connections (plain requests and WebSocket handshakes) open at once
 /// beyond `max_connections`: what a node accepts before any WebSocket limit
 /// applies.
@@ -492,11 +508,22 @@ async fn serve_http(
             continue;
         };
         let svc = hyper_util::service::TowerToHyperService::new(service.clone());
-        let svc =
-            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        let svc = hyper::service::service_fn(
+            move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(PeerAddr(peer));
-                hyper::service::Service::call(&svc, req)
-            });
+                let id = request_id(req.headers());
+                let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
+                let answer = hyper::service::Service::call(&svc, req);
+                async move {
+                    let mut resp = answer.await?;
+                    if let Ok(v) = warp::http::HeaderValue::from_str(&id) {
+                        resp.headers_mut().insert("x-request-id", v);
+                    }
+                    Ok::<_, Infallible>(resp)
+                }
+                .instrument(span)
+            },
+        );
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
             .into_owned();

@@ -156,6 +156,9 @@ struct ServeArgs {
     /// cache.recent_messages
     #[arg(long)]
     recent_messages: Option<usize>,
+    /// log.format: text or json
+    #[arg(long)]
+    log_format: Option<String>,
     /// cache.follow_grace_secs
     #[arg(long)]
     follow_grace_secs: Option<u64>,
@@ -218,6 +221,7 @@ impl ServeArgs {
         set!(self.dedup_window_secs => s.cache.dedup_window_secs);
         set!(self.recent_messages => s.cache.recent_messages);
         set!(self.follow_grace_secs => s.cache.follow_grace_secs);
+        set!(self.log_format => s.log.format);
         set!(self.drain_delay_ms => s.server.drain_delay_ms);
         set!(self.reconnect_jitter_ms => s.server.reconnect_jitter_ms);
         set!(self.shutdown_grace_secs => s.server.shutdown_grace_secs);
@@ -430,15 +434,45 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
+/// Installs the log subscriber: `HERALD_LOG` filters; `json` writes one
+/// object per line with the event's fields at the top level and the fields
+/// of its innermost span (`request_id` of an HTTP request, `conn` of a
+/// WebSocket connection when debug logging is on) under `span`.
+fn init_logging(json: bool) {
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("HERALD_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init();
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // `serve` logs as its configuration says. A configuration that does not
+    // load is reported by `serve` itself, in text.
+    let json = match &cli.command {
+        Command::Serve(a) => {
+            a.log_format.clone().or_else(|| {
+                Settings::load(a.config.as_deref(), &env_lookup)
+                    .ok()
+                    .map(|s| s.log.format)
+            }) == Some("json".into())
+        }
+        _ => false,
+    };
+    init_logging(json);
     let rt = tokio::runtime::Runtime::new().context("tokio runtime")?;
     match cli.command {
         Command::Serve(a) => rt.block_on(serve(*a)),

@@ -4,7 +4,7 @@
 mod common;
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use herald_client::{Connection, Frame, Position, Published};
@@ -462,5 +462,77 @@ async fn health_readiness_metrics_and_graceful_shutdown() {
             }
             Err(e) => panic!("{e}"),
         }
+    }
+}
+
+/// `log.format = "json"`: every line herald writes is a JSON object, and the
+/// lines of an HTTP request carry its `request_id`, which the answer echoes
+/// in `X-Request-Id` (the client's own id when plausible, else a new one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_request_id() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let prefix = unique_prefix("jsonlog");
+    let s = Server::start_env(
+        &prefix,
+        &["--log-format", "json"],
+        &[("HERALD_LOG", "info,herald_edge::api=debug")],
+    );
+    let host = s.http.trim_start_matches("http://").to_owned();
+    let get = |extra: &'static str| {
+        let host = host.clone();
+        async move {
+            let mut c = tokio::net::TcpStream::connect(&host)
+                .await
+                .expect("connect");
+            c.write_all(
+                format!("GET /api/history?channel=chat:x HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .expect("write");
+            let mut buf = Vec::new();
+            c.read_to_end(&mut buf).await.expect("read");
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            let id = text
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("x-request-id: ")
+                        .map(|v| v.trim().to_owned())
+                })
+                .unwrap_or_default();
+            (text, id)
+        }
+    };
+    let (text, id) = get("X-Request-Id: test-req-42\r\n").await;
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+    assert_eq!(id, "test-req-42");
+    // An implausible id is replaced, not logged.
+    let (_, id2) = get("X-Request-Id: {\"no\": 1}\r\n").await;
+    assert_eq!(id2.len(), 32, "generated id: {id2:?}");
+    let (_, id3) = get("").await;
+    assert!(id3.len() == 32 && id3 != id2);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        let log = s.log();
+        if log.contains(&id3) || Instant::now() > deadline {
+            break log;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines.iter().any(|l| l["message"] == "Namespace ready"));
+    for want in [&id, &id2, &id3] {
+        let line = lines
+            .iter()
+            .find(|l| l["span"]["request_id"] == want.as_str())
+            .unwrap_or_else(|| panic!("no line with request_id {want}: {log}"));
+        assert_eq!(line["message"], "API request refused");
+        assert_eq!(line["status"], 401);
+        assert_eq!(line["span"]["path"], "/api/history");
     }
 }

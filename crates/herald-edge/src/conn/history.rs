@@ -35,6 +35,7 @@ impl Conn {
         };
         let ctx = self.ctx.clone();
         let outbox = self.outbox.clone();
+        let conn = self.id;
         let task = tokio::spawn(async move {
             let started = Instant::now();
             let limits = HistoryLimits {
@@ -80,7 +81,7 @@ impl Conn {
                 }
                 Err(e) => {
                     HistoryPage::count_failure();
-                    tracing::warn!(channel = %req.channel, %e, "History failed");
+                    tracing::warn!(conn, channel = %req.channel, %e, "History failed");
                     history_error(
                         &req,
                         codes::UNAVAILABLE,

@@ -78,7 +78,8 @@ pub async fn run(accepted: Box<Accepted>) {
     let id = accepted.ctx.conns.next_id.fetch_add(1, Ordering::Relaxed);
     // A debug span: at the default level it is off and costs nothing; an
     // enabled span keeps its formatted fields per connection (~250 bytes).
-    let span = debug_span!("conn", id, remote = ?accepted.remote, client = ?accepted.client_id);
+    let span =
+        debug_span!("conn", conn = id, remote = ?accepted.remote, client = ?accepted.client_id);
     serve(id, accepted).instrument(span).await;
 }
 

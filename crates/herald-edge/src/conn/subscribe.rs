@@ -108,6 +108,7 @@ impl Conn {
         let flags = Arc::new(SubFlags::default());
         let task_flags = flags.clone();
         let t = topic.clone();
+        let conn = self.id;
         let task = tokio::spawn(async move {
             // A resume reads the log until it is live: a few per connection
             // at once (a subscription from now reads nothing).
@@ -148,13 +149,13 @@ impl Conn {
             };
             match res {
                 Ok(out) => {
-                    debug!(channel = %channel, recovered = out.recovered, caught_up = out.caught_up, "Subscribed");
+                    debug!(conn, channel = %channel, recovered = out.recovered, caught_up = out.caught_up, "Subscribed");
                 }
                 // The connection is being cut (4008) or is gone.
                 Err(HubError::SlowConsumer) | Err(HubError::Closed) | Err(HubError::Gap { .. }) => {
                 }
                 Err(e) => {
-                    tracing::warn!(channel = %channel, %e, "Subscribe failed");
+                    tracing::warn!(conn, channel = %channel, %e, "Subscribe failed");
                     // The hub registered nothing: the connection forgets the
                     // subscription (flagged before the client hears of it,
                     // so its retry is not refused as already subscribed).

@@ -33,8 +33,26 @@ pub struct Settings {
     pub limits: Limits,
     pub cache: Cache,
     pub auth: Auth,
+    pub log: LogSettings,
     #[serde(rename = "namespace")]
     pub namespaces: Vec<Namespace>,
+}
+
+/// `[log]`. The filter is `HERALD_LOG` (it applies before any file is read).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `text` (one human-readable line per event) or `json` (one JSON object
+    /// per line, with the span fields: `request_id` of HTTP requests).
+    pub format: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            format: "text".into(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -188,6 +206,7 @@ impl Default for Settings {
                 leeway_secs: 5,
                 api_key: String::new(),
             },
+            log: LogSettings::default(),
             namespaces: vec![Namespace::default()],
         }
     }

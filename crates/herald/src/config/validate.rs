@@ -18,6 +18,9 @@ impl Settings {
                 "must be an address like 127.0.0.1:8080",
             ));
         }
+        if !["text", "json"].contains(&self.log.format.as_str()) {
+            out.push(err("log.format", "must be \"text\" or \"json\""));
+        }
         if self.kafka.brokers.trim().is_empty() {
             out.push(err("kafka.brokers", "must not be empty"));
         }
