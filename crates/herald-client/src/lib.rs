@@ -158,6 +158,12 @@ pub enum Frame {
     Reconnect {
         after_ms: u64,
     },
+    /// The backend disconnected this connection; `reconnect: false`: stay away.
+    Disconnect {
+        code: u16,
+        reason: String,
+        reconnect: bool,
+    },
     /// A frame type this client does not know (servers may add some).
     #[serde(other)]
     Unknown,

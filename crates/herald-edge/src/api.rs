@@ -26,6 +26,7 @@ use uuid::Uuid;
 use warp::http::StatusCode;
 use warp::{Filter, Reply};
 
+use crate::cluster::{Command, CommandOutcome};
 use crate::ctx::Ctx;
 
 /// The OpenAPI 3 document of this API.
@@ -169,7 +170,26 @@ async fn publish(ctx: Arc<Ctx>, body: bytes::Bytes) -> ApiResult {
             format!("bad publish body: {e}"),
         )
     })?;
-    let (channel, topic) = resolve(&ctx, &req.channel)?;
+    let id = req.id.unwrap_or_else(Uuid::new_v4);
+    publish_one(&ctx, &req.channel, id, req.data, req.retry, started).await
+}
+
+/// One publish through the pipeline; the answer is the channel's result.
+async fn publish_one(
+    ctx: &Arc<Ctx>,
+    name: &str,
+    id: Uuid,
+    data: Box<RawValue>,
+    retry: bool,
+    started: Instant,
+) -> ApiResult {
+    let req = PublishBody {
+        channel: name.to_owned(),
+        id: Some(id),
+        data,
+        retry,
+    };
+    let (channel, topic) = resolve(ctx, &req.channel)?;
     let max = ctx
         .namespaces
         .get(channel.namespace())
@@ -206,7 +226,6 @@ async fn publish(ctx: Arc<Ctx>, body: bytes::Bytes) -> ApiResult {
                 e.to_string(),
             )
         })?;
-    let id = req.id.unwrap_or_else(Uuid::new_v4);
     let answer = ctx.publisher.start(
         PublishRequest {
             topic,
@@ -243,6 +262,270 @@ async fn publish(ctx: Arc<Ctx>, body: bytes::Bytes) -> ApiResult {
             Err(api_err(status, code, reason))
         }
     }
+}
+
+/// Most channels in one `POST /api/broadcast`.
+pub const MAX_BROADCAST_CHANNELS: usize = 1000;
+
+/// The body of `POST /api/broadcast`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BroadcastBody {
+    channels: Vec<String>,
+    /// Makes a retried broadcast idempotent: each channel's publish id is
+    /// derived from it (UUID v5 of the channel name in this namespace).
+    #[serde(default)]
+    id: Option<Uuid>,
+    data: Box<RawValue>,
+    #[serde(default)]
+    retry: bool,
+}
+
+/// One payload to many channels: each appended and acked on its own (in
+/// parallel); the answer lists each channel's result.
+async fn broadcast(ctx: Arc<Ctx>, body: bytes::Bytes) -> ApiResult {
+    let started = Instant::now();
+    let req: BroadcastBody = serde_json::from_slice(&body).map_err(|e| {
+        api_err(
+            StatusCode::BAD_REQUEST,
+            codes::BAD_FRAME,
+            format!("bad broadcast body: {e}"),
+        )
+    })?;
+    if req.channels.is_empty() || req.channels.len() > MAX_BROADCAST_CHANNELS {
+        return Err(api_err(
+            StatusCode::BAD_REQUEST,
+            codes::BAD_FRAME,
+            format!("`channels` must list 1 to {MAX_BROADCAST_CHANNELS} channels"),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = req.channels.iter().find(|c| !seen.insert(c.as_str())) {
+        return Err(api_err(
+            StatusCode::BAD_REQUEST,
+            codes::BAD_FRAME,
+            format!("`{dup}` is listed twice"),
+        ));
+    }
+    let tasks: Vec<_> = req
+        .channels
+        .iter()
+        .map(|name| {
+            let id = match req.id {
+                Some(base) => Uuid::new_v5(&base, name.as_bytes()),
+                None => Uuid::new_v4(),
+            };
+            let (ctx, name, data, retry) = (ctx.clone(), name.clone(), req.data.clone(), req.retry);
+            tokio::spawn(async move {
+                let r = publish_one(&ctx, &name, id, data, retry, started).await;
+                (name, id, r)
+            })
+        })
+        .collect();
+    let mut results = Vec::with_capacity(tasks.len());
+    let mut acked = 0usize;
+    for t in tasks {
+        let (name, id, r) = t.await.map_err(|e| {
+            api_err(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                codes::INTERNAL,
+                format!("broadcast task failed: {e}"),
+            )
+        })?;
+        results.push(match r {
+            Ok(v) => {
+                acked += 1;
+                v
+            }
+            Err(e) => json!({ "channel": name, "id": id, "code": e.code, "reason": e.reason }),
+        });
+    }
+    metrics::counter!("herald_api_broadcast_channels_total").increment(results.len() as u64);
+    Ok(json!({ "acked": acked, "failed": results.len() - acked, "results": results }))
+}
+
+/// Where a cluster command got: the nodes that applied it and those that
+/// did not answer within `cluster.command_timeout_ms`.
+fn nodes_summary(out: &CommandOutcome) -> Value {
+    json!({
+        "applied": out.applied.keys().collect::<Vec<_>>(),
+        "missing": out.missing,
+        "complete": out.missing.is_empty(),
+    })
+}
+
+async fn run_command(ctx: &Ctx, command: Command) -> Result<CommandOutcome, ApiError> {
+    ctx.cluster.command(ctx, command).await.map_err(|e| {
+        api_err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            codes::UNAVAILABLE,
+            format!("could not send the command through Kafka: {e}"),
+        )
+    })
+}
+
+fn connections_total(out: &CommandOutcome) -> u64 {
+    out.applied
+        .values()
+        .filter_map(|v| v["connections"].as_u64())
+        .sum()
+}
+
+/// The body of `POST /api/disconnect`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisconnectBody {
+    user: String,
+    #[serde(default)]
+    code: Option<u16>,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default = "yes")]
+    reconnect: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Longest close reason: a WebSocket close frame holds 123 bytes of it.
+const MAX_CLOSE_REASON: usize = 120;
+
+async fn disconnect(ctx: Arc<Ctx>, body: bytes::Bytes) -> ApiResult {
+    let req: DisconnectBody = serde_json::from_slice(&body).map_err(|e| {
+        api_err(
+            StatusCode::BAD_REQUEST,
+            codes::BAD_FRAME,
+            format!("bad disconnect body: {e}"),
+        )
+    })?;
+    let code = req.code.unwrap_or(codes::CLOSE_DISCONNECTED);
+    if !(4000..=4999).contains(&code) {
+        return Err(api_err(
+            StatusCode::BAD_REQUEST,
+            codes::BAD_FRAME,
+            "`code` must be in 4000-4999 (application close codes)",
+        ));
+    }
+    let reason = req
+        .reason
+        .unwrap_or_else(|| "disconnected by the server".into());
+    if reason.len() > MAX_CLOSE_REASON {
+        return Err(api_err(
+            StatusCode::BAD_REQUEST,
+            codes::BAD_FRAME,
+            format!("`reason` is at most {MAX_CLOSE_REASON} bytes"),
+        ));
+    }
+    if req.user.is_empty() {
+        return Err(api_err(
+            StatusCode::BAD_REQUEST,
+            codes::BAD_FRAME,
+            "`user` must not be empty",
+        ));
+    }
+    let out = run_command(
+        &ctx,
+        Command::Disconnect {
+            user: req.user.clone(),
+            code,
+            reason,
+            reconnect: req.reconnect,
+        },
+    )
+    .await?;
+    Ok(
+        json!({ "user": req.user, "connections": connections_total(&out), "nodes": nodes_summary(&out) }),
+    )
+}
+
+/// The body of `POST /api/unsubscribe`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnsubscribeBody {
+    user: String,
+    channel: String,
+}
+
+async fn unsubscribe(ctx: Arc<Ctx>, body: bytes::Bytes) -> ApiResult {
+    let req: UnsubscribeBody = serde_json::from_slice(&body).map_err(|e| {
+        api_err(
+            StatusCode::BAD_REQUEST,
+            codes::BAD_FRAME,
+            format!("bad unsubscribe body: {e}"),
+        )
+    })?;
+    let (channel, _) = resolve(&ctx, &req.channel)?;
+    if req.user.is_empty() {
+        return Err(api_err(
+            StatusCode::BAD_REQUEST,
+            codes::BAD_FRAME,
+            "`user` must not be empty",
+        ));
+    }
+    let out = run_command(
+        &ctx,
+        Command::Unsubscribe {
+            user: req.user.clone(),
+            channel: channel.as_str().to_owned(),
+        },
+    )
+    .await?;
+    Ok(json!({
+        "user": req.user,
+        "channel": channel.as_str(),
+        "connections": connections_total(&out),
+        "nodes": nodes_summary(&out),
+    }))
+}
+
+/// Channels with subscribers on any node, with their subscriber counts.
+async fn channels(ctx: Arc<Ctx>, q: HashMap<String, String>) -> ApiResult {
+    let pattern = q.get("pattern").filter(|p| !p.is_empty()).cloned();
+    if pattern.as_ref().is_some_and(|p| p.len() > 255) {
+        return Err(api_err(
+            StatusCode::BAD_REQUEST,
+            codes::BAD_FRAME,
+            "`pattern` is at most 255 bytes",
+        ));
+    }
+    let out = run_command(&ctx, Command::Channels { pattern }).await?;
+    let mut total: std::collections::BTreeMap<String, u64> = Default::default();
+    for v in out.applied.values() {
+        if let Some(map) = v["channels"].as_object() {
+            for (c, n) in map {
+                *total.entry(c.clone()).or_default() += n.as_u64().unwrap_or(0);
+            }
+        }
+    }
+    let list: Vec<Value> = total
+        .into_iter()
+        .map(|(c, n)| json!({ "channel": c, "subscribers": n }))
+        .collect();
+    Ok(json!({ "channels": list, "nodes": nodes_summary(&out) }))
+}
+
+/// The live nodes, from their heartbeats in the control topic.
+fn nodes(ctx: &Ctx) -> Value {
+    let now = herald_proto::envelope::now_ms();
+    let list: Vec<Value> = ctx
+        .cluster
+        .live_nodes()
+        .into_iter()
+        .map(|n| {
+            json!({
+                "id": n.id,
+                "address": n.address,
+                "version": n.version,
+                "started_ms": n.started_ms,
+                "uptime_ms": (now - n.started_ms).max(0),
+                "heartbeat_ms": n.ts,
+                "connections": n.connections,
+                "subscriptions": n.subscriptions,
+            })
+        })
+        .collect();
+    json!({ "self": ctx.cluster.node, "nodes": list })
 }
 
 fn int(q: &HashMap<String, String>, k: &str) -> Result<Option<i64>, ApiError> {
@@ -475,7 +758,7 @@ pub fn routes(
         );
     let position_route = warp::path!("api" / "channels" / String / "position")
         .and(warp::get())
-        .and(keyed)
+        .and(keyed.clone())
         .then(|raw: String, ctx: Result<Arc<Ctx>, ApiError>| async move {
             let r = match ctx {
                 Ok(ctx) => position(ctx, raw).await,
@@ -483,6 +766,69 @@ pub fn routes(
             };
             respond("position", r)
         });
+    let post = |name: &'static str| {
+        warp::path("api")
+            .and(warp::path(name))
+            .and(warp::path::end())
+            .and(warp::post())
+            .and(keyed.clone())
+            .and(warp::body::content_length_limit(max_body))
+            .and(warp::body::stream())
+    };
+    let broadcast_route =
+        post("broadcast").then(move |ctx: Result<Arc<Ctx>, ApiError>, body| async move {
+            let r = match ctx {
+                Ok(ctx) => match read_body(body, max_body as usize).await {
+                    Ok(body) => broadcast(ctx, body).await,
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
+            respond("broadcast", r)
+        });
+    let disconnect_route =
+        post("disconnect").then(move |ctx: Result<Arc<Ctx>, ApiError>, body| async move {
+            let r = match ctx {
+                Ok(ctx) => match read_body(body, max_body as usize).await {
+                    Ok(body) => disconnect(ctx, body).await,
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
+            respond("disconnect", r)
+        });
+    let unsubscribe_route =
+        post("unsubscribe").then(move |ctx: Result<Arc<Ctx>, ApiError>, body| async move {
+            let r = match ctx {
+                Ok(ctx) => match read_body(body, max_body as usize).await {
+                    Ok(body) => unsubscribe(ctx, body).await,
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
+            respond("unsubscribe", r)
+        });
+    let channels_route = warp::path!("api" / "channels")
+        .and(warp::get())
+        .and(keyed.clone())
+        .and(
+            warp::query::<HashMap<String, String>>()
+                .or(warp::any().map(HashMap::new))
+                .unify(),
+        )
+        .then(
+            |ctx: Result<Arc<Ctx>, ApiError>, q: HashMap<String, String>| async move {
+                let r = match ctx {
+                    Ok(ctx) => channels(ctx, q).await,
+                    Err(e) => Err(e),
+                };
+                respond("channels", r)
+            },
+        );
+    let nodes_route = warp::path!("api" / "nodes")
+        .and(warp::get())
+        .and(keyed.clone())
+        .map(|ctx: Result<Arc<Ctx>, ApiError>| respond("nodes", ctx.map(|c| nodes(&c))));
     let openapi = warp::path!("api" / "openapi.json")
         .and(warp::get())
         .map(|| {
@@ -492,6 +838,16 @@ pub fn routes(
         .or(history_route)
         .unify()
         .or(position_route)
+        .unify()
+        .or(broadcast_route)
+        .unify()
+        .or(disconnect_route)
+        .unify()
+        .or(unsubscribe_route)
+        .unify()
+        .or(channels_route)
+        .unify()
+        .or(nodes_route)
         .unify()
         .or(openapi)
         .unify()

@@ -57,7 +57,7 @@ impl NamespaceConfig {
 }
 
 /// Names herald uses for its own topics (`{prefix}meta`, `{prefix}cursors`).
-pub const RESERVED_NAMESPACES: [&str; 2] = ["meta", "cursors"];
+pub const RESERVED_NAMESPACES: [&str; 3] = ["meta", "cursors", "control"];
 
 impl std::str::FromStr for NamespaceConfig {
     type Err = String;
@@ -159,6 +159,12 @@ pub struct EdgeConfig {
     /// longer read from Kafka (its ring is dropped too); `None`: followed
     /// for good once used. Default 60 s.
     pub follow_grace: Option<Duration>,
+    /// How often a node writes its heartbeat to the control topic; a node
+    /// silent for three intervals is no longer live. Default 2 s.
+    pub node_heartbeat: Duration,
+    /// How long an admin command waits for every live node's reply.
+    /// Default 5 s.
+    pub command_timeout: Duration,
     /// On shutdown, how long in-flight publishes and connections get to finish.
     /// Default 10 s.
     pub shutdown_grace: Duration,
@@ -226,6 +232,8 @@ impl Default for EdgeConfig {
             recent_messages: 10_000,
             recent_bytes: 8 << 20,
             follow_grace: Some(Duration::from_secs(60)),
+            node_heartbeat: Duration::from_secs(2),
+            command_timeout: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),
             drain_delay: Duration::from_secs(1),
             reconnect_jitter: Duration::from_secs(2),

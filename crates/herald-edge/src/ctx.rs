@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use herald_hub::{Hub, Publisher};
+use herald_hub::{ConnCommand, Hub, Outbound, Outbox, Publisher};
 use herald_log::{CursorStore, Log};
 use herald_proto::{codes, Channel};
 use tokio::sync::watch;
@@ -39,6 +39,53 @@ pub struct Ctx {
     pub frames: FrameCounters,
     pub readiness: Readiness,
     pub reads: ReadBudget,
+    /// Authenticated connections by user, for admin commands.
+    pub users: Users,
+    /// The other nodes, and commands they all apply.
+    pub cluster: crate::cluster::Cluster,
+}
+
+/// This node's authenticated connections by user (`sub`): what admin
+/// commands (disconnect, unsubscribe) reach. Anonymous connections are not
+/// listed (no user to name them by).
+#[derive(Default)]
+pub struct Users {
+    by_sub: std::sync::Mutex<HashMap<String, Vec<(u64, Outbox)>>>,
+}
+
+impl Users {
+    pub fn add(&self, sub: &str, conn: u64, outbox: &Outbox) {
+        self.by_sub
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(sub.to_owned())
+            .or_default()
+            .push((conn, outbox.clone()));
+    }
+
+    pub fn remove(&self, sub: &str, conn: u64) {
+        let mut by_sub = self.by_sub.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = by_sub.get_mut(sub) {
+            list.retain(|(id, _)| *id != conn);
+            if list.is_empty() {
+                by_sub.remove(sub);
+            }
+        }
+    }
+
+    /// Queues `command(conn id)` on each of `sub`'s connections (behind
+    /// what is queued for it); returns how many took it. A connection whose
+    /// queue is full is being cut as a slow consumer anyway.
+    pub fn tell(&self, sub: &str, command: impl Fn(u64) -> Option<ConnCommand>) -> usize {
+        let by_sub = self.by_sub.lock().unwrap_or_else(|p| p.into_inner());
+        by_sub.get(sub).map_or(0, |list| {
+            list.iter()
+                .filter(|(id, outbox)| {
+                    command(*id).is_some_and(|c| outbox.try_push(Outbound::Command(c)))
+                })
+                .count()
+        })
+    }
 }
 
 /// How much of the node's read capacity each kind of optional read may take

@@ -5,6 +5,8 @@
 //! - [`auth`]: [`Auth`]: JWT connection tokens, access rules per namespace,
 //!   the HTTP API key.
 //! - [`api`]: the server HTTP API for backends (`/api/*`).
+//! - [`cluster`]: the live nodes and admin commands every node applies,
+//!   through the `{prefix}control` topic.
 //! - [`ctx`]: [`ctx::Ctx`], the state a node's connections and requests
 //!   share, connection slots under the limits, channel resolution.
 //! - [`server`]: [`Edge`]: start-up (topics, epochs, hub, tail) on Kafka or
@@ -30,6 +32,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod ctx;

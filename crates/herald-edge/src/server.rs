@@ -20,8 +20,9 @@ use warp::http::{HeaderMap, StatusCode};
 use warp::{Filter, Reply};
 
 use crate::auth::{AccessRule, Auth};
+use crate::cluster::Cluster;
 use crate::config::EdgeConfig;
-use crate::ctx::{ConnSlot, Connections, Ctx, FrameCounters, ReadBudget, Readiness};
+use crate::ctx::{ConnSlot, Connections, Ctx, FrameCounters, ReadBudget, Readiness, Users};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
@@ -139,7 +140,24 @@ impl Edge {
         )
         .await?;
         cursors.spawn_flusher(cfg.cursor_flush_interval);
-        log.start_tail(hub.clone())?;
+        let control_topic = log.config().control_topic();
+        log.ensure_internal_topic(
+            &control_topic,
+            1,
+            &[("retention.ms", "3600000"), ("cleanup.policy", "delete")],
+        )
+        .await?;
+        let cluster = Cluster::new(
+            control_topic.clone(),
+            cfg.node_heartbeat,
+            cfg.command_timeout,
+        );
+        let (control_tx, control_rx) = tokio::sync::mpsc::unbounded_channel();
+        log.start_tail(Arc::new(Router {
+            hub: hub.clone(),
+            control_topic,
+            control: control_tx,
+        }))?;
         let listener = listen(cfg.listen).map_err(|source| EdgeError::Bind {
             addr: cfg.listen,
             source,
@@ -155,7 +173,7 @@ impl Edge {
             .map(|n| (n.name.clone(), n.clone()))
             .collect();
         let (shutdown, _) = watch::channel(false);
-        Ok(Edge {
+        Edge {
             ctx: Arc::new(Ctx {
                 cfg,
                 log,
@@ -174,10 +192,27 @@ impl Edge {
                 frames: FrameCounters::default(),
                 readiness: Readiness::default(),
                 reads: ReadBudget::default(),
+                users: Users::default(),
+                cluster,
             }),
             listener,
             metrics,
-        })
+        }
+        .join_cluster(control_rx)
+        .await
+    }
+
+    async fn join_cluster(
+        self,
+        records: tokio::sync::mpsc::UnboundedReceiver<herald_log::Record>,
+    ) -> Result<Edge, EdgeError> {
+        let address = self
+            .listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        Cluster::start(self.ctx.clone(), address, records).await?;
+        Ok(self)
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -238,6 +273,7 @@ impl Edge {
                 "Shutdown grace over with connections still open"
             );
         }
+        let _ = tokio::time::timeout(Duration::from_secs(2), ctx.cluster.leave(&ctx)).await;
         // Acks taken until the last connection closed become durable now.
         match tokio::time::timeout(Duration::from_secs(5), ctx.cursors.flush()).await {
             Ok(Ok(n)) => info!(cursors = n, "Cursors committed at shutdown"),
@@ -439,6 +475,24 @@ pub fn valid_client_id(s: &str) -> bool {
     (1..=128).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"_.:@=+-".contains(&b))
+}
+
+/// The tail's records: the control topic's to the cluster task, the rest to
+/// the hub.
+struct Router {
+    hub: Arc<Hub>,
+    control_topic: String,
+    control: tokio::sync::mpsc::UnboundedSender<herald_log::Record>,
+}
+
+impl herald_log::RecordSink for Router {
+    fn on_record(&self, record: herald_log::Record) {
+        if *record.topic == *self.control_topic {
+            let _ = self.control.send(record);
+        } else {
+            self.hub.on_record(record);
+        }
+    }
 }
 
 /// The TCP peer of a request, put in its extensions by [`serve_http`].

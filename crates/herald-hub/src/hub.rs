@@ -580,6 +580,38 @@ impl Hub {
         });
     }
 
+    /// Channels with subscribers on this node, with their subscriber count.
+    pub fn channels(&self) -> Vec<(String, usize)> {
+        let parts: Vec<Arc<Partition>> = self
+            .parts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut out = Vec::new();
+        for part in parts {
+            let st = part.lock();
+            out.extend(st.subs.iter().map(|(c, l)| (c.to_string(), l.len())));
+        }
+        out
+    }
+
+    /// Subscriptions on this node.
+    pub fn subscription_count(&self) -> usize {
+        let parts: Vec<Arc<Partition>> = self
+            .parts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        parts
+            .iter()
+            .map(|p| p.lock().subs.values().map(Vec::len).sum::<usize>())
+            .sum()
+    }
+
     /// The newest offset dispatched live in `channel`'s partition, when this
     /// node follows that partition.
     pub fn tail_seq(&self, topic: &str, channel: &str) -> Option<i64> {

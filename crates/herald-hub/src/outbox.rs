@@ -18,6 +18,23 @@ pub enum Outbound {
     Message(Arc<Delivery>),
     /// Any other server frame, already serialised.
     Frame(String),
+    /// An instruction to the connection itself (never written as is),
+    /// queued behind what was queued before it.
+    Command(ConnCommand),
+}
+
+/// What the server may tell a connection to do (admin commands).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnCommand {
+    /// Close with `code` and `reason`; with `reconnect: false`, a
+    /// `disconnect` frame tells the client not to come back.
+    Close {
+        code: u16,
+        reason: String,
+        reconnect: bool,
+    },
+    /// End the subscription to a channel (the client hears `unsubscribed`).
+    Unsubscribe(String),
 }
 
 impl Outbound {
@@ -25,6 +42,7 @@ impl Outbound {
         match self {
             Outbound::Message(d) => d.text.len(),
             Outbound::Frame(s) => s.len(),
+            Outbound::Command(_) => 0,
         }
     }
 
@@ -32,10 +50,12 @@ impl Outbound {
         self.len() == 0
     }
 
+    /// The text to write (empty for a [`Outbound::Command`]).
     pub fn text(&self) -> &str {
         match self {
             Outbound::Message(d) => &d.text,
             Outbound::Frame(s) => s,
+            Outbound::Command(_) => "",
         }
     }
 }

@@ -61,4 +61,10 @@ impl LogConfig {
     pub fn cursor_topic(&self) -> String {
         format!("{}cursors", self.topic_prefix)
     }
+
+    /// The topic every node tails for the cluster's node list and admin
+    /// commands (one partition, short retention).
+    pub fn control_topic(&self) -> String {
+        format!("{}control", self.topic_prefix)
+    }
 }

@@ -59,3 +59,6 @@ pub const CLOSE_INVALID_DATA: u16 = 1007;
 pub const CLOSE_TOO_BIG: u16 = 1009;
 /// Close code (standard): the server is going away (shutdown or drain).
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code: the application's backend disconnected the connection
+/// (`POST /api/disconnect`, unless it chose another code in 4000-4999).
+pub const CLOSE_DISCONNECTED: u16 = 4010;

@@ -483,6 +483,14 @@ pub enum ServerFrame {
     Reconnect {
         after_ms: u64,
     },
+    /// The application's backend disconnected this connection (admin API);
+    /// the close frame with the same `code` follows. With `reconnect:
+    /// false` the client must not reconnect on its own.
+    Disconnect {
+        code: u16,
+        reason: String,
+        reconnect: bool,
+    },
 }
 
 /// One delivered message. The same serialised text goes to every subscriber.

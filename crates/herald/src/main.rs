@@ -156,6 +156,12 @@ struct ServeArgs {
     /// cache.recent_messages
     #[arg(long)]
     recent_messages: Option<usize>,
+    /// cluster.heartbeat_ms
+    #[arg(long)]
+    node_heartbeat_ms: Option<u64>,
+    /// cluster.command_timeout_ms
+    #[arg(long)]
+    command_timeout_ms: Option<u64>,
     /// log.format: text or json
     #[arg(long)]
     log_format: Option<String>,
@@ -222,6 +228,8 @@ impl ServeArgs {
         set!(self.recent_messages => s.cache.recent_messages);
         set!(self.follow_grace_secs => s.cache.follow_grace_secs);
         set!(self.log_format => s.log.format);
+        set!(self.node_heartbeat_ms => s.cluster.heartbeat_ms);
+        set!(self.command_timeout_ms => s.cluster.command_timeout_ms);
         set!(self.drain_delay_ms => s.server.drain_delay_ms);
         set!(self.reconnect_jitter_ms => s.server.reconnect_jitter_ms);
         set!(self.shutdown_grace_secs => s.server.shutdown_grace_secs);

@@ -80,6 +80,9 @@ impl Conn {
             expires_at: id.exp,
         };
         self.client_id = Some(Arc::from(id.sub.as_str()));
+        if self.identity.is_none() {
+            self.ctx.users.add(&id.sub, self.id, &self.outbox);
+        }
         self.identity = Some(id);
         self.reply(Outbound::Frame(reply.to_json()));
         if refresh {

@@ -13,6 +13,7 @@ mod history;
 mod publish;
 mod subscribe;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -20,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use herald_hub::{Outbound, Outbox};
+use herald_hub::{ConnCommand, Outbound, Outbox};
 use herald_proto::frame::{decode_client, ClientFrame};
 use herald_proto::{codes, ServerFrame};
 use hyper_util::rt::TokioIo;
@@ -165,6 +166,9 @@ async fn serve(id: u64, accepted: Box<Accepted>) {
     metrics::gauge!("herald_edge_connections").increment(1.0);
     metrics::counter!("herald_edge_connections_total").increment(1);
     let (mut conn, mut rx) = Conn::new(id, ctx, client_id);
+    if let Some(i) = &identity {
+        conn.ctx.users.add(&i.sub, id, &conn.outbox);
+    }
     conn.identity = identity;
     {
         let mut shutdown = conn.ctx.shutdown.subscribe();
@@ -185,7 +189,9 @@ async fn serve(id: u64, accepted: Box<Accepted>) {
         let mut stalled = false;
         debug!("Connected");
 
-        let close: Option<(u16, &'static str)> = loop {
+        // Set by an admin `disconnect` that asked the client to stay away.
+        let mut farewell: Option<String> = None;
+        let close: Option<(u16, Cow<'static, str>)> = loop {
             let exp = conn.identity.as_ref().map(|i| i.exp);
             if exp != armed_for {
                 if let Some(id) = &conn.identity {
@@ -200,13 +206,13 @@ async fn serve(id: u64, accepted: Box<Accepted>) {
             }
             tokio::select! {
                 biased;
-                _ = overflow.overflowed() => break Some((codes::CLOSE_SLOW_CONSUMER, "slow consumer: resume with since")),
+                _ = overflow.overflowed() => break Some((codes::CLOSE_SLOW_CONSUMER, "slow consumer: resume with since".into())),
                 _ = &mut expiry, if armed_for.is_some() => {
                     metrics::counter!("herald_auth_expired_total").increment(1);
-                    break Some((codes::CLOSE_TOKEN_EXPIRED, "token expired"));
+                    break Some((codes::CLOSE_TOKEN_EXPIRED, "token expired".into()));
                 }
                 _ = async { let _ = shutdown.wait_for(|s| *s).await; } => {
-                    break Some((codes::CLOSE_GOING_AWAY, "server shutting down"));
+                    break Some((codes::CLOSE_GOING_AWAY, "server shutting down".into()));
                 }
                 item = rx.recv() => {
                     let Some(item) = item else { break None };
@@ -214,18 +220,28 @@ async fn serve(id: u64, accepted: Box<Accepted>) {
                     // (one write syscall) per batch instead of per message.
                     // Bounded in time: a peer that stopped reading must not
                     // hold this loop (overflow, expiry, drain) forever.
+                    // Admin commands in the queue are taken out and applied
+                    // after the batch, in order.
                     let subs = &mut conn.subs;
+                    let mut commands: Vec<ConnCommand> = Vec::new();
                     let batch = async {
-                        note_delivery(subs, &item);
-                        let mut ok = sink.feed(Message::text(item.text())).await.is_ok();
-                        let mut n = 1u64;
-                        while ok && n < WRITE_BATCH {
-                            let Some(next) = rx.try_recv() else { break };
-                            note_delivery(subs, &next);
-                            ok = sink.feed(Message::text(next.text())).await.is_ok();
-                            n += 1;
+                        let mut next = Some(item);
+                        let mut ok = true;
+                        let mut n = 0u64;
+                        while let Some(item) = next.take() {
+                            if let Outbound::Command(c) = item {
+                                commands.push(c);
+                            } else {
+                                note_delivery(subs, &item);
+                                ok = sink.feed(Message::text(item.text())).await.is_ok();
+                                n += 1;
+                            }
+                            if !ok || n >= WRITE_BATCH {
+                                break;
+                            }
+                            next = rx.try_recv();
                         }
-                        (ok && sink.flush().await.is_ok()).then_some(n)
+                        (ok && (n == 0 || sink.flush().await.is_ok())).then_some(n)
                     };
                     match tokio::time::timeout(write_timeout, batch).await {
                         Ok(Some(n)) => frames_out.increment(n),
@@ -234,6 +250,23 @@ async fn serve(id: u64, accepted: Box<Accepted>) {
                             stalled = true;
                             break None;
                         }
+                    }
+                    let mut close = None;
+                    for c in commands {
+                        match c {
+                            ConnCommand::Close { code, reason, reconnect } => {
+                                metrics::counter!("herald_edge_disconnected_total").increment(1);
+                                if !reconnect {
+                                    farewell = Some(ServerFrame::Disconnect { code, reason: reason.clone(), reconnect }.to_json());
+                                }
+                                close = Some((code, Cow::Owned(reason)));
+                                break;
+                            }
+                            ConnCommand::Unsubscribe(channel) => conn.server_unsubscribe(channel),
+                        }
+                    }
+                    if close.is_some() {
+                        break close;
                     }
                 }
                 msg = stream.next() => {
@@ -253,7 +286,7 @@ async fn serve(id: u64, accepted: Box<Accepted>) {
                             if close.is_some() {
                                 metrics::counter!("herald_edge_protocol_errors_total").increment(1);
                             }
-                            break close;
+                            break close.map(|(c, r)| (c, Cow::Borrowed(r)));
                         }
                         Some(Ok(m)) => m,
                     };
@@ -276,7 +309,7 @@ async fn serve(id: u64, accepted: Box<Accepted>) {
                 }
                 _ = heartbeat.tick() => {
                     if last_seen.elapsed() > conn.ctx.cfg.idle_timeout {
-                        break Some((codes::CLOSE_IDLE_TIMEOUT, "idle timeout"));
+                        break Some((codes::CLOSE_IDLE_TIMEOUT, "idle timeout".into()));
                     }
                     match tokio::time::timeout(write_timeout, sink.send(Message::Ping(Default::default()))).await {
                         Ok(Ok(())) => {}
@@ -303,7 +336,10 @@ async fn serve(id: u64, accepted: Box<Accepted>) {
         // Every write from here on is bounded too (the peer may stall now).
         let close = if stalled { None } else { close };
         if let Some((code, reason)) = close {
-            debug!(code, reason, "Closing");
+            debug!(code, %reason, "Closing");
+            if let Some(f) = farewell {
+                let _ = tokio::time::timeout(write_timeout, sink.send(Message::text(f))).await;
+            }
             if code == codes::CLOSE_GOING_AWAY {
                 // Tell the client where things stand, then let in-flight
                 // publishes get their answer before closing.
@@ -325,7 +361,7 @@ async fn serve(id: u64, accepted: Box<Accepted>) {
                 write_timeout,
                 sink.send(Message::Close(Some(CloseFrame {
                     code: CloseCode::from(code),
-                    reason: reason.into(),
+                    reason: reason.into_owned().into(),
                 }))),
             )
             .await;
@@ -334,6 +370,9 @@ async fn serve(id: u64, accepted: Box<Accepted>) {
             let _ = tokio::time::timeout(write_timeout, sink.close()).await;
         }
         debug!("Disconnected");
+    }
+    if let Some(i) = &conn.identity {
+        conn.ctx.users.remove(&i.sub, conn.id);
     }
     drop(conn);
     metrics::gauge!("herald_edge_connections").decrement(1.0);
@@ -363,6 +402,9 @@ impl Conn {
                 _ = &mut deadline => break,
                 item = rx.recv() => {
                     let Some(item) = item else { break };
+                    if matches!(item, Outbound::Command(_)) {
+                        continue;
+                    }
                     if sink.send(Message::text(item.text())).await.is_err() {
                         return;
                     }
@@ -372,6 +414,7 @@ impl Conn {
         // Flush what the finished publishes queued.
         while rx.queued() > 0 {
             match rx.recv().await {
+                Some(Outbound::Command(_)) => {}
                 Some(item) => {
                     if sink.send(Message::text(item.text())).await.is_err() {
                         return;

@@ -197,6 +197,15 @@ impl Conn {
         }
     }
 
+    /// Ends a subscription on the server's initiative (admin `unsubscribe`):
+    /// the client hears `unsubscribed`; nothing when not subscribed.
+    pub(super) fn server_unsubscribe(&mut self, name: String) {
+        if self.subs.contains_key(&name) {
+            metrics::counter!("herald_edge_server_unsubscribes_total").increment(1);
+            self.unsubscribe(name);
+        }
+    }
+
     pub(super) fn ack(&mut self, channel: String, seq: i64) {
         if self.subs.get(&channel).is_some_and(Subscription::failed) {
             self.subs.remove(&channel);

@@ -34,8 +34,27 @@ pub struct Settings {
     pub cache: Cache,
     pub auth: Auth,
     pub log: LogSettings,
+    pub cluster: ClusterSettings,
     #[serde(rename = "namespace")]
     pub namespaces: Vec<Namespace>,
+}
+
+/// `[cluster]`: how nodes see each other through the control topic.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSettings {
+    pub heartbeat_ms: u64,
+    pub command_timeout_ms: u64,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        let e = EdgeConfig::default();
+        ClusterSettings {
+            heartbeat_ms: e.node_heartbeat.as_millis() as u64,
+            command_timeout_ms: e.command_timeout.as_millis() as u64,
+        }
+    }
 }
 
 /// `[log]`. The filter is `HERALD_LOG` (it applies before any file is read).
@@ -207,6 +226,7 @@ impl Default for Settings {
                 api_key: String::new(),
             },
             log: LogSettings::default(),
+            cluster: ClusterSettings::default(),
             namespaces: vec![Namespace::default()],
         }
     }
@@ -330,6 +350,8 @@ impl Settings {
             dedup_capacity: self.cache.dedup_capacity,
             recent_messages: self.cache.recent_messages,
             recent_bytes: self.cache.recent_bytes,
+            node_heartbeat: Duration::from_millis(self.cluster.heartbeat_ms),
+            command_timeout: Duration::from_millis(self.cluster.command_timeout_ms),
             follow_grace: (self.cache.follow_grace_secs > 0)
                 .then(|| Duration::from_secs(self.cache.follow_grace_secs)),
             shutdown_grace: Duration::from_secs(self.server.shutdown_grace_secs),

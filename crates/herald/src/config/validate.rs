@@ -18,6 +18,12 @@ impl Settings {
                 "must be an address like 127.0.0.1:8080",
             ));
         }
+        if !(100..=60_000).contains(&self.cluster.heartbeat_ms) {
+            out.push(err("cluster.heartbeat_ms", "must be 100 to 60000"));
+        }
+        if !(100..=600_000).contains(&self.cluster.command_timeout_ms) {
+            out.push(err("cluster.command_timeout_ms", "must be 100 to 600000"));
+        }
         if !["text", "json"].contains(&self.log.format.as_str()) {
             out.push(err("log.format", "must be \"text\" or \"json\""));
         }
