@@ -120,7 +120,7 @@ impl Kafka {
             }
         }
         debug!(topic, partition, from, "Tailing partition");
-        metrics::gauge!("herald_log_tailed_partitions").set(followed.len() as f64);
+        set_tailed_gauge(&followed, topic);
         Ok(())
     }
 
@@ -139,9 +139,17 @@ impl Kafka {
         tail.consumer.incremental_unassign(&tpl)?;
         followed.remove(&(topic.to_owned(), partition));
         debug!(topic, partition, "No longer tailing partition");
-        metrics::gauge!("herald_log_tailed_partitions").set(followed.len() as f64);
+        set_tailed_gauge(&followed, topic);
         Ok(())
     }
+}
+
+/// `herald_log_tailed_partitions{topic}`: per topic, so herald's own
+/// always-followed topics (control, presence) stay apart from the
+/// namespaces' partitions that come and go with subscribers.
+fn set_tailed_gauge(followed: &HashMap<(String, i32), i64>, topic: &str) {
+    let n = followed.keys().filter(|(t, _)| t == topic).count();
+    metrics::gauge!("herald_log_tailed_partitions", "topic" => topic.to_owned()).set(n as f64);
 }
 
 pub(super) struct Tail {
