@@ -33,6 +33,22 @@ use uuid::Uuid;
 
 pub use herald_proto::Position;
 
+/// A member of a channel's presence (one subscribed connection).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct Member {
+    /// `{node}/{connection}`, unique in the cluster.
+    pub conn: String,
+    /// The token's `sub`.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The connection's client id.
+    #[serde(default)]
+    pub client: Option<String>,
+    /// The token's `info` claim.
+    #[serde(default)]
+    pub info: Option<Value>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("websocket: {0}")]
@@ -164,6 +180,31 @@ pub enum Frame {
         reason: String,
         reconnect: bool,
     },
+    /// Reply to `presence`: the channel's members.
+    Presence {
+        #[serde(default)]
+        id: Option<String>,
+        channel: String,
+        members: Vec<Member>,
+    },
+    /// Reply to `presence_stats`.
+    PresenceStats {
+        #[serde(default)]
+        id: Option<String>,
+        channel: String,
+        clients: usize,
+        users: usize,
+    },
+    /// A member joined a channel with join/leave events.
+    Join {
+        channel: String,
+        member: Member,
+    },
+    /// A member left.
+    Leave {
+        channel: String,
+        member: Member,
+    },
     /// A frame type this client does not know (servers may add some).
     #[serde(other)]
     Unknown,
@@ -213,6 +254,14 @@ enum Request<'a> {
         seq: i64,
     },
     Ping,
+    Presence {
+        id: &'a str,
+        channel: &'a str,
+    },
+    PresenceStats {
+        id: &'a str,
+        channel: &'a str,
+    },
 }
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -390,6 +439,56 @@ impl Connection {
         .await?;
         self.wait_for("history", |f| match f {
             Frame::History { id: Some(i), page } if *i == id => Some(Ok(page.clone())),
+            Frame::Error {
+                code,
+                reason,
+                id: Some(i),
+                ..
+            } if *i == id => Some(Err(ClientError::Server {
+                code: code.clone(),
+                reason: reason.clone(),
+            })),
+            _ => None,
+        })
+        .await?
+    }
+
+    /// The members of `channel` (needs the `presence` capability).
+    pub async fn presence(&mut self, channel: &str) -> Result<Vec<Member>, ClientError> {
+        let id = Uuid::new_v4().to_string();
+        self.send(&Request::Presence { id: &id, channel }).await?;
+        self.wait_for("presence", |f| match f {
+            Frame::Presence {
+                id: Some(i),
+                members,
+                ..
+            } if *i == id => Some(Ok(members.clone())),
+            Frame::Error {
+                code,
+                reason,
+                id: Some(i),
+                ..
+            } if *i == id => Some(Err(ClientError::Server {
+                code: code.clone(),
+                reason: reason.clone(),
+            })),
+            _ => None,
+        })
+        .await?
+    }
+
+    /// (connections, distinct users) on `channel`.
+    pub async fn presence_stats(&mut self, channel: &str) -> Result<(usize, usize), ClientError> {
+        let id = Uuid::new_v4().to_string();
+        self.send(&Request::PresenceStats { id: &id, channel })
+            .await?;
+        self.wait_for("presence_stats", |f| match f {
+            Frame::PresenceStats {
+                id: Some(i),
+                clients,
+                users,
+                ..
+            } if *i == id => Some(Ok((*clients, *users))),
             Frame::Error {
                 code,
                 reason,

@@ -505,6 +505,46 @@ async fn channels(ctx: Arc<Ctx>, q: HashMap<String, String>) -> ApiResult {
     Ok(json!({ "channels": list, "nodes": nodes_summary(&out) }))
 }
 
+/// A channel's members on every live node (`stats`: only the counts), from
+/// this node's view of the presence topic.
+fn presence(ctx: &Ctx, q: &HashMap<String, String>, stats: bool) -> ApiResult {
+    if let Some(k) = q.keys().find(|k| k.as_str() != "channel") {
+        return Err(api_err(
+            StatusCode::BAD_REQUEST,
+            codes::BAD_FRAME,
+            format!("unknown parameter `{k}`"),
+        ));
+    }
+    let name = q.get("channel").ok_or_else(|| {
+        api_err(
+            StatusCode::BAD_REQUEST,
+            codes::BAD_FRAME,
+            "`channel` is required",
+        )
+    })?;
+    let (channel, _) = resolve(ctx, name)?;
+    if !ctx
+        .namespaces
+        .get(channel.namespace())
+        .is_some_and(|n| n.records_presence())
+    {
+        return Err(api_err(
+            StatusCode::BAD_REQUEST,
+            codes::BAD_FRAME,
+            format!(
+                "presence is off in namespace `{}` (set `presence` or `join_leave`)",
+                channel.namespace()
+            ),
+        ));
+    }
+    if stats {
+        let (clients, users) = ctx.presence.stats(ctx, channel.as_str());
+        return Ok(json!({ "channel": channel.as_str(), "clients": clients, "users": users }));
+    }
+    let members = ctx.presence.members(ctx, channel.as_str());
+    Ok(json!({ "channel": channel.as_str(), "members": members }))
+}
+
 /// The live nodes, from their heartbeats in the control topic.
 fn nodes(ctx: &Ctx) -> Value {
     let now = herald_proto::envelope::now_ms();
@@ -829,6 +869,27 @@ pub fn routes(
         .and(warp::get())
         .and(keyed.clone())
         .map(|ctx: Result<Arc<Ctx>, ApiError>| respond("nodes", ctx.map(|c| nodes(&c))));
+    let presence_route = warp::path("api")
+        .and(
+            warp::path("presence")
+                .map(|| false)
+                .or(warp::path("presence_stats").map(|| true))
+                .unify(),
+        )
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(keyed.clone())
+        .and(
+            warp::query::<HashMap<String, String>>()
+                .or(warp::any().map(HashMap::new))
+                .unify(),
+        )
+        .map(
+            |stats: bool, ctx: Result<Arc<Ctx>, ApiError>, q: HashMap<String, String>| {
+                let name = if stats { "presence_stats" } else { "presence" };
+                respond(name, ctx.and_then(|c| presence(&c, &q, stats)))
+            },
+        );
     let openapi = warp::path!("api" / "openapi.json")
         .and(warp::get())
         .map(|| {
@@ -848,6 +909,8 @@ pub fn routes(
         .or(channels_route)
         .unify()
         .or(nodes_route)
+        .unify()
+        .or(presence_route)
         .unify()
         .or(openapi)
         .unify()

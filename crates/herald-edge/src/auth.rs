@@ -16,6 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use herald_proto::{codes, Channel};
@@ -163,7 +164,13 @@ pub struct Identity {
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
     grants: Vec<(String, u8)>,
+    /// The token's `info` claim (raw JSON, at most [`MAX_INFO_BYTES`]),
+    /// shown to others in presence.
+    pub info: Option<Arc<str>>,
 }
+
+/// Largest `info` claim kept for presence; a larger one is left out.
+pub const MAX_INFO_BYTES: usize = 4096;
 
 #[derive(Deserialize)]
 struct Claims {
@@ -171,6 +178,8 @@ struct Claims {
     exp: u64,
     #[serde(default)]
     channels: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    info: Option<Box<serde_json::value::RawValue>>,
 }
 
 fn config_err(path: &'static str, message: impl Into<String>) -> AuthError {
@@ -378,10 +387,15 @@ fn identity(c: Claims) -> Result<Identity, AuthError> {
         }
         grants.push((pattern, bits));
     }
+    let info = c
+        .info
+        .filter(|i| i.get().len() <= MAX_INFO_BYTES && i.get() != "null")
+        .map(|i| Arc::from(i.get()));
     Ok(Identity {
         sub: c.sub,
         exp: c.exp,
         grants,
+        info,
     })
 }
 
@@ -663,17 +677,52 @@ mod tests {
     }
 
     #[test]
+    fn the_info_claim_is_kept_as_is_up_to_its_limit() {
+        let a = auth();
+        let exp = now() + 60;
+        let info = serde_json::json!({ "name": "Alice", "tags": [1, 2] });
+        let id = a
+            .verify(&token(
+                serde_json::json!({ "sub": "a", "exp": exp, "info": info }),
+                SECRET,
+            ))
+            .unwrap();
+        let kept: serde_json::Value = serde_json::from_str(id.info.as_deref().unwrap()).unwrap();
+        assert_eq!(kept, info);
+        let big = "x".repeat(MAX_INFO_BYTES);
+        let id = a
+            .verify(&token(
+                serde_json::json!({ "sub": "a", "exp": exp, "info": big }),
+                SECRET,
+            ))
+            .unwrap();
+        assert!(
+            id.info.is_none(),
+            "an info claim over the limit is left out"
+        );
+        let id = a
+            .verify(&token(
+                serde_json::json!({ "sub": "a", "exp": exp, "info": null }),
+                SECRET,
+            ))
+            .unwrap();
+        assert!(id.info.is_none());
+    }
+
+    #[test]
     fn rules() {
         let ch = Channel::parse("user:alice").unwrap();
         let alice = Identity {
             sub: "alice".into(),
             exp: 0,
             grants: vec![],
+            info: None,
         };
         let bob = Identity {
             sub: "bob".into(),
             exp: 0,
             grants: vec![("user:*".into(), Capability::History.bit())],
+            info: None,
         };
         let s = Capability::Subscribe;
         assert!(permits(AccessRule::Owner, Some(&alice), &ch, s));

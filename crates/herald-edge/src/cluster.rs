@@ -180,7 +180,7 @@ impl Cluster {
         let cluster = &ctx.cluster;
         *cluster.address.lock().unwrap_or_else(|p| p.into_inner()) = address;
         let topic = cluster.topic.clone();
-        let high = ctx.log.watermarks(&topic, 0).await?.high;
+        let high = watermarks_when_ready(&*ctx.log, &topic, 0).await?.high;
         let back = now_ms() - 3 * cluster.heartbeat.as_millis() as i64;
         let from = ctx
             .log
@@ -393,6 +393,26 @@ pub fn matches(pattern: &str, channel: &str) -> bool {
         }
     }
     rest.len() >= last.len() && rest.ends_with(last)
+}
+
+/// A partition's watermarks, retried for a few seconds while its leader is
+/// not known yet (a topic created a moment ago).
+pub(crate) async fn watermarks_when_ready(
+    log: &dyn herald_log::Log,
+    topic: &str,
+    partition: i32,
+) -> Result<herald_log::Watermarks, LogError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match log.watermarks(topic, partition).await {
+            Ok(w) => return Ok(w),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                debug!(%e, topic, partition, "Watermarks not available yet; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 #[cfg(test)]

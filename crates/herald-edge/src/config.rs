@@ -27,16 +27,23 @@ pub struct NamespaceConfig {
     /// or `client_id`) stores its acks as a durable cursor, as if it had
     /// subscribed with `durable: true`.
     pub durable: bool,
+    /// Who may read a channel's presence (`nobody`: presence off unless
+    /// `join_leave`).
+    pub presence: AccessRule,
+    /// Subscribers get `join` / `leave` frames (records presence).
+    pub join_leave: bool,
+    /// Every authenticated connection is subscribed to `name:{sub}`.
+    pub personal: bool,
 }
 
 impl NamespaceConfig {
-    /// The access rule for `cap` (presence has none yet: nobody).
+    /// The access rule for `cap`.
     pub fn rule(&self, cap: Capability) -> AccessRule {
         match cap {
             Capability::Subscribe => self.subscribe,
             Capability::Publish => self.publish,
             Capability::History => self.history,
-            Capability::Presence => AccessRule::Nobody,
+            Capability::Presence => self.presence,
         }
     }
 
@@ -52,12 +59,20 @@ impl NamespaceConfig {
             max_message_bytes: None,
             publish_rate: None,
             durable: false,
+            presence: AccessRule::Nobody,
+            join_leave: false,
+            personal: false,
         }
+    }
+
+    /// Whether this namespace's members are recorded in the presence topic.
+    pub fn records_presence(&self) -> bool {
+        self.presence != AccessRule::Nobody || self.join_leave
     }
 }
 
 /// Names herald uses for its own topics (`{prefix}meta`, `{prefix}cursors`).
-pub const RESERVED_NAMESPACES: [&str; 3] = ["meta", "cursors", "control"];
+pub const RESERVED_NAMESPACES: [&str; 4] = ["meta", "cursors", "control", "presence"];
 
 impl std::str::FromStr for NamespaceConfig {
     type Err = String;

@@ -43,6 +43,8 @@ pub struct Ctx {
     pub users: Users,
     /// The other nodes, and commands they all apply.
     pub cluster: crate::cluster::Cluster,
+    /// Channel members on every node.
+    pub presence: crate::presence::Presence,
 }
 
 /// This node's authenticated connections by user (`sub`): what admin

@@ -7,6 +7,8 @@
 //! - [`api`]: the server HTTP API for backends (`/api/*`).
 //! - [`cluster`]: the live nodes and admin commands every node applies,
 //!   through the `{prefix}control` topic.
+//! - [`presence`]: channel members on every node, through the compacted
+//!   `{prefix}presence` topic; join/leave events.
 //! - [`ctx`]: [`ctx::Ctx`], the state a node's connections and requests
 //!   share, connection slots under the limits, channel resolution.
 //! - [`server`]: [`Edge`]: start-up (topics, epochs, hub, tail) on Kafka or
@@ -36,6 +38,7 @@ pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod ctx;
+pub mod presence;
 pub mod server;
 
 pub use auth::{AccessRule, Auth, AuthConfig, AuthError, Capability, Identity};

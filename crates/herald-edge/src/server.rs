@@ -23,6 +23,7 @@ use crate::auth::{AccessRule, Auth};
 use crate::cluster::Cluster;
 use crate::config::EdgeConfig;
 use crate::ctx::{ConnSlot, Connections, Ctx, FrameCounters, ReadBudget, Readiness, Users};
+use crate::presence::{Presence, PRESENCE_PARTITIONS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
@@ -152,11 +153,29 @@ impl Edge {
             cfg.node_heartbeat,
             cfg.command_timeout,
         );
+        let presence_topic = log.config().presence_topic();
+        let presence_partitions = log
+            .ensure_internal_topic(
+                &presence_topic,
+                PRESENCE_PARTITIONS,
+                &[("cleanup.policy", "compact")],
+            )
+            .await?;
+        let join_leave = cfg
+            .namespaces
+            .iter()
+            .filter(|n| n.join_leave)
+            .map(|n| n.name.clone())
+            .collect();
+        let presence = Presence::new(presence_topic.clone(), join_leave);
         let (control_tx, control_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (presence_tx, presence_rx) = tokio::sync::mpsc::unbounded_channel();
         log.start_tail(Arc::new(Router {
             hub: hub.clone(),
             control_topic,
             control: control_tx,
+            presence_topic,
+            presence: presence_tx,
         }))?;
         let listener = listen(cfg.listen).map_err(|source| EdgeError::Bind {
             addr: cfg.listen,
@@ -194,24 +213,28 @@ impl Edge {
                 reads: ReadBudget::default(),
                 users: Users::default(),
                 cluster,
+                presence,
             }),
             listener,
             metrics,
         }
-        .join_cluster(control_rx)
+        .join_cluster(control_rx, presence_partitions, presence_rx)
         .await
     }
 
     async fn join_cluster(
         self,
-        records: tokio::sync::mpsc::UnboundedReceiver<herald_log::Record>,
+        control: tokio::sync::mpsc::UnboundedReceiver<herald_log::Record>,
+        presence_partitions: i32,
+        presence: tokio::sync::mpsc::UnboundedReceiver<herald_log::Record>,
     ) -> Result<Edge, EdgeError> {
         let address = self
             .listener
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
-        Cluster::start(self.ctx.clone(), address, records).await?;
+        Cluster::start(self.ctx.clone(), address, control).await?;
+        Presence::start(self.ctx.clone(), presence_partitions, presence).await?;
         Ok(self)
     }
 
@@ -483,12 +506,16 @@ struct Router {
     hub: Arc<Hub>,
     control_topic: String,
     control: tokio::sync::mpsc::UnboundedSender<herald_log::Record>,
+    presence_topic: String,
+    presence: tokio::sync::mpsc::UnboundedSender<herald_log::Record>,
 }
 
 impl herald_log::RecordSink for Router {
     fn on_record(&self, record: herald_log::Record) {
         if *record.topic == *self.control_topic {
             let _ = self.control.send(record);
+        } else if *record.topic == *self.presence_topic {
+            let _ = self.presence.send(record);
         } else {
             self.hub.on_record(record);
         }

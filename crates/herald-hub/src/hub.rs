@@ -580,6 +580,29 @@ impl Hub {
         });
     }
 
+    /// Queues `text` (a server frame that is not a message: no `seq`) for
+    /// every local subscriber of `channel`; returns how many took it.
+    pub fn notify(&self, topic: &str, channel: &str, text: &str) -> usize {
+        let Ok(partition) = self.partition_of(topic, channel) else {
+            return 0;
+        };
+        let Some(part) = self
+            .parts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(Arc::from(topic), partition))
+            .cloned()
+        else {
+            return 0;
+        };
+        let st = part.lock();
+        st.subs.get(channel).map_or(0, |list| {
+            list.iter()
+                .filter(|s| s.outbox.try_push(Outbound::Frame(text.to_owned())))
+                .count()
+        })
+    }
+
     /// Channels with subscribers on this node, with their subscriber count.
     pub fn channels(&self) -> Vec<(String, usize)> {
         let parts: Vec<Arc<Partition>> = self

@@ -67,4 +67,9 @@ impl LogConfig {
     pub fn control_topic(&self) -> String {
         format!("{}control", self.topic_prefix)
     }
+
+    /// The compacted topic of channel members (presence).
+    pub fn presence_topic(&self) -> String {
+        format!("{}presence", self.topic_prefix)
+    }
 }

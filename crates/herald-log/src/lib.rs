@@ -223,6 +223,15 @@ pub trait LogWrite: LogRead {
         headers: &[(&str, &[u8])],
     ) -> Result<PendingPublish, LogError>;
 
+    /// Enqueues a tombstone (a record with a null value) for `key`: on a
+    /// compacted topic, the key's end.
+    fn append_tombstone(
+        &self,
+        topic: &str,
+        partition: i32,
+        key: &[u8],
+    ) -> Result<PendingPublish, LogError>;
+
     /// Enqueues a herald record: the envelope's key, JSON value and headers
     /// (the one record format, [`herald_proto::envelope`]).
     fn append(

@@ -278,6 +278,32 @@ impl LogWrite for MemLog {
         value: &[u8],
         _headers: &[(&str, &[u8])],
     ) -> Result<PendingPublish, LogError> {
+        self.append_value(topic, partition, key, Some(value))
+    }
+
+    fn append_tombstone(
+        &self,
+        topic: &str,
+        partition: i32,
+        key: &[u8],
+    ) -> Result<PendingPublish, LogError> {
+        self.append_value(topic, partition, key, None)
+    }
+
+    fn flush(&self, _timeout: Duration) -> Result<(), LogError> {
+        Ok(())
+    }
+}
+
+impl MemLog {
+    /// Appends (no compaction: every record stays) and tails the record.
+    fn append_value(
+        &self,
+        topic: &str,
+        partition: i32,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<PendingPublish, LogError> {
         let offset = {
             let mut st = self.state();
             if let Some(e) = &st.append_error {
@@ -290,7 +316,7 @@ impl LogWrite for MemLog {
                 partition,
                 offset,
                 key: Some(key.to_vec()),
-                value: Some(value.to_vec()),
+                value: value.map(<[u8]>::to_vec),
                 timestamp_ms: Some(now_ms()),
             };
             if p.followed {
@@ -306,10 +332,6 @@ impl LogWrite for MemLog {
             let _ = hold.wait_for(|h| !*h).await;
             Ok(offset)
         }))
-    }
-
-    fn flush(&self, _timeout: Duration) -> Result<(), LogError> {
-        Ok(())
     }
 }
 

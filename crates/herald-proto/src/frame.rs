@@ -101,6 +101,29 @@ pub enum ClientFrame {
         token: String,
     },
     Ping,
+    /// Who is subscribed to a channel (`presence`), or only how many
+    /// (`presence_stats`).
+    Presence {
+        id: Option<String>,
+        channel: String,
+        stats: bool,
+    },
+}
+
+/// A member of a channel's presence: one subscribed connection.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Member {
+    /// `{node}/{connection}`: unique in the cluster.
+    pub conn: String,
+    /// The token's `sub`; absent for an anonymous connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The connection's `client_id`, when it gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    /// The token's `info` claim, as is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<Box<RawValue>>,
 }
 
 /// Why a client frame could not be decoded. `id` and `channel` are echoed in
@@ -168,6 +191,16 @@ struct ChannelBody {
     #[serde(rename = "type")]
     _kind: IgnoredAny,
     channel: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PresenceBody {
+    #[serde(rename = "type")]
+    _kind: IgnoredAny,
+    channel: String,
+    #[serde(default)]
+    id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -361,6 +394,20 @@ pub fn decode_client(text: &str) -> Result<ClientFrame, DecodeError> {
             let _: PingBody = serde_json::from_str(text).map_err(body)?;
             Ok(ClientFrame::Ping)
         }
+        "presence" | "presence_stats" => {
+            let b: PresenceBody = serde_json::from_str(text).map_err(body)?;
+            if b.id.as_ref().is_some_and(|i| i.len() > 128) {
+                return Err(bad(
+                    codes::BAD_FRAME,
+                    "`id` is longer than 128 bytes".into(),
+                ));
+            }
+            Ok(ClientFrame::Presence {
+                id: b.id,
+                channel: b.channel,
+                stats: kind == "presence_stats",
+            })
+        }
         other => Err(bad(
             codes::UNKNOWN_TYPE,
             format!("unknown frame type `{}`", truncate(other, 64)),
@@ -482,6 +529,33 @@ pub enum ServerFrame {
     /// resuming with `since`. The connection closes with 1001 shortly after.
     Reconnect {
         after_ms: u64,
+    },
+    /// Reply to `presence`: the channel's members on every node.
+    Presence {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        channel: String,
+        members: Vec<Member>,
+    },
+    /// Reply to `presence_stats`: connections and distinct users.
+    PresenceStats {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        channel: String,
+        clients: usize,
+        users: usize,
+    },
+    /// A connection subscribed to a channel with join/leave events on.
+    /// Not a message: no `seq`, not in history, not resumable.
+    Join {
+        channel: String,
+        member: Member,
+    },
+    /// A member's subscription ended (unsubscribe, disconnect, or its node
+    /// stopped heartbeating).
+    Leave {
+        channel: String,
+        member: Member,
     },
     /// The application's backend disconnected this connection (admin API);
     /// the close frame with the same `code` follows. With `reconnect:

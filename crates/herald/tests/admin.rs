@@ -3,7 +3,9 @@
 //! node drops out, a stopped one leaves at once), disconnect and unsubscribe
 //! applied on every node whichever node was asked, channel listings summed
 //! over the nodes, a paused node named as missing, and broadcast with
-//! per-channel results and idempotent retries.
+//! per-channel results and idempotent retries. Presence on the same nodes:
+//! members and counts alike on every node, join/leave events in one order
+//! everywhere, a killed node's members expiring; personal channels.
 
 mod common;
 
@@ -19,7 +21,8 @@ use serde_json::{json, Value};
 const SECRET: &str = "admin-test-secret-0123456789-abcdefghij";
 const API_KEY: &str = "admin-test-api-key-0123456789";
 
-fn config(prefix: &str) -> PathBuf {
+/// The test configuration with `extra` namespaces appended.
+fn config_with(prefix: &str, extra: &str) -> PathBuf {
     let path = std::env::temp_dir().join(format!("herald-{prefix}.toml"));
     std::fs::write(
         &path,
@@ -39,6 +42,7 @@ partitions = 4
 subscribe = "authenticated"
 publish = "authenticated"
 history = "authenticated"
+{extra}
 "#
         ),
     )
@@ -47,7 +51,11 @@ history = "authenticated"
 }
 
 fn nodes(prefix: &str, n: usize) -> Vec<Server> {
-    let cfg = config(prefix);
+    nodes_with(prefix, n, "")
+}
+
+fn nodes_with(prefix: &str, n: usize, extra: &str) -> Vec<Server> {
+    let cfg = config_with(prefix, extra);
     let cfg = cfg.to_str().expect("path").to_owned();
     (0..n)
         .map(|_| Server::start(prefix, &["--config", &cfg, "--publish-rate", "0"]))
@@ -55,10 +63,19 @@ fn nodes(prefix: &str, n: usize) -> Vec<Server> {
 }
 
 fn token(sub: &str) -> String {
+    token_with(sub, json!({}))
+}
+
+/// A token for `sub` with `claims` added (say, `info`).
+fn token_with(sub: &str, claims: Value) -> String {
     let exp = now_ms() / 1000 + 3600;
+    let mut body = json!({ "sub": sub, "exp": exp });
+    if let (Some(b), Some(extra)) = (body.as_object_mut(), claims.as_object()) {
+        b.extend(extra.clone());
+    }
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &json!({ "sub": sub, "exp": exp }),
+        &body,
         &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
     )
     .expect("token")
@@ -417,4 +434,375 @@ async fn broadcast_appends_to_each_channel_once() {
     )
     .await;
     assert_eq!(status, 400);
+}
+
+const ROOMS: &str = r#"
+[[namespace]]
+name = "room"
+partitions = 4
+subscribe = "authenticated"
+publish = "authenticated"
+history = "authenticated"
+presence = "authenticated"
+join_leave = true
+"#;
+
+/// The join/leave events `c` reads until `n` have come, as `(type, conn)`,
+/// leaving out those of the users in `skip`.
+async fn events_but(
+    c: &mut Connection,
+    ch: &str,
+    n: usize,
+    skip: &[&str],
+) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let (kind, member) = match expect_frame(c, "join/leave", |f| {
+            matches!(f, Frame::Join { channel, .. } | Frame::Leave { channel, .. } if channel == ch)
+        })
+        .await
+        {
+            Frame::Join { member, .. } => ("join", member),
+            Frame::Leave { member, .. } => ("leave", member),
+            _ => unreachable!("picked join or leave"),
+        };
+        if !member.user.as_deref().is_some_and(|u| skip.contains(&u)) {
+            out.push((kind, member.conn));
+        }
+    }
+    out
+}
+
+async fn events(c: &mut Connection, ch: &str, n: usize) -> Vec<(&'static str, String)> {
+    events_but(c, ch, n, &[]).await
+}
+
+/// Members of `ch` by `GET /api/presence` on `s`, as their conns.
+async fn api_members(s: &Server, ch: &str) -> Vec<Value> {
+    let (status, v) = api(s, "GET", &format!("/api/presence?channel={ch}"), None).await;
+    assert_eq!(status, 200, "{v}");
+    conforms("PresenceResponse", &v);
+    v["members"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_is_the_same_everywhere_and_expires_with_its_node() {
+    let prefix = unique_prefix("presence");
+    let mut ns = nodes_with(&prefix, 3, ROOMS);
+    wait_nodes(&ns[0], 3).await;
+    let ch = "room:lobby";
+    // Two watchers on different nodes record every event of the channel.
+    let mut w0 = user(&ns[0], "w0").await;
+    let mut w2 = user(&ns[2], "w2").await;
+    w0.subscribe(ch, None).await.expect("subscribe");
+    w2.subscribe(ch, None).await.expect("subscribe");
+
+    // Members come and go on all three nodes.
+    let info = json!({ "name": "Alice", "avatar": 7 });
+    let mut alice = Connection::connect(&format!(
+        "{}?token={}",
+        ns[1].url,
+        token_with("alice", json!({ "info": info }))
+    ))
+    .await
+    .expect("connect");
+    let mut alice2 = user(&ns[2], "alice").await;
+    let mut bob = user(&ns[1], "bob").await;
+    for c in [&mut alice, &mut alice2, &mut bob] {
+        c.subscribe(ch, None).await.expect("subscribe");
+    }
+    alice2.unsubscribe(ch).await.expect("unsubscribe");
+    // Both watchers hear these four in the same order: the order Kafka
+    // appended them in (writes from different nodes may land in another
+    // order than they were made in; one node's stay in order). Of the
+    // watchers' own joins each hears those read after its subscription took
+    // effect: timing, left out.
+    let mut seen = Vec::new();
+    for w in [&mut w0, &mut w2] {
+        seen.push(events_but(w, ch, 4, &["w0", "w2"]).await);
+    }
+    assert_eq!(seen[0], seen[1]);
+    let leave = seen[0]
+        .iter()
+        .position(|(t, _)| *t == "leave")
+        .expect("a leave");
+    let joined = seen[0]
+        .iter()
+        .position(|e| *e == ("join", seen[0][leave].1.clone()))
+        .expect("its join");
+    assert!(joined < leave, "{seen:?}");
+    assert_eq!(seen[0].iter().filter(|(t, _)| *t == "join").count(), 3);
+
+    // Every node answers the same members: w0, w2, alice (node 1), bob.
+    let mut lists = Vec::new();
+    for s in &ns {
+        lists.push(api_members(s, ch).await);
+    }
+    assert_eq!(lists[0].len(), 4, "{:?}", lists[0]);
+    assert!(lists.iter().all(|l| *l == lists[0]), "{lists:?}");
+    let a = lists[0]
+        .iter()
+        .find(|m| m["user"] == "alice")
+        .expect("alice listed");
+    assert_eq!(a["info"], info);
+    let node1 = format!("{}/", self_id(&ns[1]).await);
+    assert!(a["conn"].as_str().is_some_and(|c| c.starts_with(&node1)));
+    // The frames say the same, with the ids echoed.
+    let members = bob.presence(ch).await.expect("presence");
+    assert_eq!(members.len(), 4);
+    assert_eq!(bob.presence_stats(ch).await.expect("stats"), (4, 4));
+    alice2.subscribe(ch, None).await.expect("subscribe again");
+    let (status, v) = api(
+        &ns[0],
+        "GET",
+        &format!("/api/presence_stats?channel={ch}"),
+        None,
+    )
+    .await;
+    conforms("PresenceStatsResponse", &v);
+    // Five connections of four users once alice2's join is read.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut v = v;
+    while v["clients"] != 5 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        v = api(
+            &ns[0],
+            "GET",
+            &format!("/api/presence_stats?channel={ch}"),
+            None,
+        )
+        .await
+        .1;
+    }
+    assert_eq!(
+        (status, v["clients"].clone(), v["users"].clone()),
+        (200, json!(5), json!(4))
+    );
+    for w in [&mut w0, &mut w2] {
+        assert_eq!(events(w, ch, 1).await[0].0, "join");
+    }
+
+    // Refusals: presence off in `chat`, a bad channel, no channel.
+    match bob.presence("chat:x").await {
+        Err(ClientError::Server { code, .. }) => assert_eq!(code, "unauthorized"),
+        other => panic!("presence on chat: {other:?}"),
+    }
+    for (q, want) in [("channel=chat:x", 400), ("channel=nope:x", 404), ("", 400)] {
+        let (status, v) = api(&ns[0], "GET", &format!("/api/presence?{q}"), None).await;
+        assert_eq!(status, want, "{q}: {v}");
+    }
+
+    // Node 1 (alice and bob) is killed: both drop out of every answer within
+    // four heartbeats, and every watcher hears their leaves.
+    let dead = self_id(&ns[1]).await;
+    drop((alice, bob));
+    let started = Instant::now();
+    ns.remove(1).kill();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let m = api_members(&ns[0], ch).await;
+        if m.iter()
+            .all(|m| !m["conn"].as_str().unwrap_or("").starts_with(&dead))
+        {
+            assert_eq!(m.len(), 3, "{m:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 1's members still listed: {m:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let hidden = started.elapsed();
+    let l0 = events(&mut w0, ch, 2).await;
+    let l2 = events(&mut w2, ch, 2).await;
+    eprintln!(
+        "a killed node's members hidden after {hidden:?}, leaves after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(l0, l2);
+    assert!(
+        l0.iter()
+            .all(|(t, c)| *t == "leave" && c.starts_with(&dead)),
+        "{l0:?}"
+    );
+    // heartbeat_ms = 300: three missed and one in flight, plus slack.
+    assert!(hidden < Duration::from_secs(4), "hidden after {hidden:?}");
+    assert_eq!(api_members(&ns[1], ch).await.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_frames_validate_against_the_schema() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let prefix = unique_prefix("presence-wire");
+    let ns = nodes_with(&prefix, 1, ROOMS);
+    let schema_path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas/");
+    let load = |name: &str| {
+        let v: Value = serde_json::from_str(
+            &std::fs::read_to_string(format!("{schema_path}{name}")).expect("schema"),
+        )
+        .expect("json");
+        jsonschema::validator_for(&v).expect("schema")
+    };
+    let (client, server) = (load("frames.client.json"), load("frames.server.json"));
+    let url = format!(
+        "{}?token={}",
+        ns[0].url,
+        token_with("raw", json!({ "info": { "n": 1 } }))
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("connect");
+    let frames = [
+        r#"{"type":"subscribe","channel":"room:wire"}"#,
+        r#"{"type":"presence","channel":"room:wire","id":"p1"}"#,
+        r#"{"type":"presence_stats","channel":"room:wire","id":"p2"}"#,
+        r#"{"type":"unsubscribe","channel":"room:wire"}"#,
+        r#"{"type":"subscribe","channel":"room:wire"}"#,
+    ];
+    let other = user(&ns[0], "other").await;
+    let mut other = other;
+    other.subscribe("room:wire", None).await.expect("subscribe");
+    for f in frames {
+        let v: Value = serde_json::from_str(f).expect("json");
+        assert!(client.is_valid(&v), "client frame {f} should validate");
+        ws.send(Message::text(f)).await.expect("send");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let mut kinds = std::collections::BTreeSet::new();
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(1500), ws.next()).await {
+        let Message::Text(t) = m else { continue };
+        let v: Value = serde_json::from_str(t.as_str()).expect("json");
+        if let Err(e) = server.validate(&v) {
+            panic!("server frame {t} does not validate: {e}");
+        }
+        kinds.insert(v["type"].as_str().unwrap_or_default().to_owned());
+    }
+    for k in ["presence", "presence_stats", "join"] {
+        assert!(kinds.contains(k), "no {k} frame among {kinds:?}");
+    }
+    // `other` saw raw leave and come back.
+    let got = events(&mut other, "room:wire", 4).await;
+    let kinds: Vec<&str> = got.iter().map(|(t, _)| *t).collect();
+    assert_eq!(kinds, ["join", "join", "leave", "join"], "{got:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn personal_channels_reach_every_device_and_resume() {
+    let prefix = unique_prefix("personal");
+    let ns = nodes_with(
+        &prefix,
+        2,
+        r#"
+[[namespace]]
+name = "dm"
+partitions = 2
+subscribe = "owner"
+publish = "nobody"
+history = "owner"
+personal = true
+"#,
+    );
+    let ch = "dm:alice";
+    // Device 1 with ?token=, device 2 with an `auth` frame: neither asks.
+    let mut phone = user(&ns[0], "alice").await;
+    let mut laptop = Connection::connect(&ns[1].url).await.expect("connect");
+    laptop.auth(&token("alice")).await.expect("auth");
+    let mut positions = Vec::new();
+    for c in [&mut phone, &mut laptop] {
+        match expect_frame(
+            c,
+            "subscribed",
+            |f| matches!(f, Frame::Subscribed { channel, .. } if channel == ch),
+        )
+        .await
+        {
+            Frame::Subscribed { position, .. } => positions.push(position),
+            _ => unreachable!(),
+        }
+    }
+    // Bob has his own, not alice's.
+    let mut bob = user(&ns[0], "bob").await;
+    expect_frame(
+        &mut bob,
+        "subscribed",
+        |f| matches!(f, Frame::Subscribed { channel, .. } if channel == "dm:bob"),
+    )
+    .await;
+
+    let send = |n: i64| json!({ "channel": ch, "data": { "n": n } });
+    let mut seqs = Vec::new();
+    for n in 0..3 {
+        let (status, v) = api(&ns[1], "POST", "/api/publish", Some(send(n))).await;
+        assert_eq!(status, 200, "{v}");
+        seqs.push(v["seq"].as_i64().expect("seq"));
+    }
+    for c in [&mut phone, &mut laptop] {
+        let got = read_messages(c, 3, Duration::from_secs(10)).await;
+        assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), seqs);
+    }
+    assert_no_message(&mut bob, Duration::from_millis(300)).await;
+
+    // The phone goes away; two more arrive; it comes back and resumes its
+    // personal channel from where it was (its subscription replaces the
+    // server's, no `already_subscribed`).
+    let last = herald_client::Position {
+        seq: seqs[2],
+        epoch: positions[0].epoch.clone(),
+    };
+    phone.close().await.expect("close");
+    let mut missed = Vec::new();
+    for n in 3..5 {
+        let (_, v) = api(&ns[0], "POST", "/api/publish", Some(send(n))).await;
+        missed.push(v["seq"].as_i64().expect("seq"));
+    }
+    let mut phone = user(&ns[1], "alice").await;
+    // The server's subscription answers first.
+    expect_frame(
+        &mut phone,
+        "subscribed",
+        |f| matches!(f, Frame::Subscribed { channel, recovered: false, .. } if channel == ch),
+    )
+    .await;
+    let (_, recovered) = phone.subscribe(ch, Some(&last)).await.expect("resume");
+    assert!(recovered);
+    let got = read_messages(&mut phone, 2, Duration::from_secs(10)).await;
+    assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), missed);
+    assert_no_message(&mut phone, Duration::from_millis(500)).await;
+    // The laptop got them live, once.
+    let got = read_messages(&mut laptop, 2, Duration::from_secs(10)).await;
+    assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), missed);
+    assert_no_message(&mut laptop, Duration::from_millis(300)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_node_taken_for_dead_writes_its_members_again() {
+    let prefix = unique_prefix("presence-pause");
+    let ns = nodes_with(&prefix, 2, ROOMS);
+    wait_nodes(&ns[0], 2).await;
+    let ch = "room:pause";
+    let mut watcher = user(&ns[0], "watcher").await;
+    watcher.subscribe(ch, None).await.expect("subscribe");
+    let mut carol = user(&ns[1], "carol").await;
+    carol.subscribe(ch, None).await.expect("subscribe");
+    let joined = events_but(&mut watcher, ch, 1, &["watcher"]).await;
+    // Paused for ten heartbeats: node 0 takes it for dead and reaps carol.
+    let pid = ns[1].pid().to_string();
+    let _ = Command::new("kill").args(["-STOP", &pid]).status();
+    let left = events_but(&mut watcher, ch, 1, &["watcher"]).await;
+    let members = api_members(&ns[0], ch).await;
+    let _ = Command::new("kill").args(["-CONT", &pid]).status();
+    assert_eq!(left, [("leave", joined[0].1.clone())]);
+    assert_eq!(members.len(), 1, "{members:?}");
+    // Back, node 1 reads carol's tombstone and writes her again: she is
+    // still subscribed.
+    let back = events_but(&mut watcher, ch, 1, &["watcher"]).await;
+    assert_eq!(back, joined);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while api_members(&ns[0], ch).await.len() != 2 {
+        assert!(Instant::now() < deadline, "carol never listed again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    carol.ping().await.expect("carol still connected");
 }

@@ -1,9 +1,10 @@
 //! Nodes read only what they serve: three herald nodes on one topic of six
 //! partitions, each with subscribers on different partitions (or none). Each
-//! node's Kafka read traffic (`herald_log_fetch_bytes_total`, librdkafka's
-//! own count of the bytes its tail received) follows its own subscriptions;
-//! a node whose subscribers left stops reading after `follow_grace_secs`,
-//! and a client that resumes there later gets everything it missed, once.
+//! node's Kafka reads of the topic (`herald_log_fetch_record_bytes_total`,
+//! librdkafka's own count of the record bytes its tail received) follow its
+//! own subscriptions; a node whose subscribers left stops reading after
+//! `follow_grace_secs`, and a client that resumes there later gets everything
+//! it missed, once.
 
 mod common;
 
@@ -40,8 +41,14 @@ async fn metrics(s: &Server) -> String {
     body
 }
 
-async fn fetched(s: &Server) -> f64 {
-    gauge(&metrics(s).await, "herald_log_fetch_bytes_total")
+/// Record bytes of the namespace's topic the node's tail received. (The
+/// total, `herald_log_fetch_bytes_total`, also counts the fetch protocol's
+/// traffic for the partitions of herald's own topics every node follows.)
+async fn fetched(s: &Server, topic: &str) -> f64 {
+    gauge(
+        &metrics(s).await,
+        &format!("herald_log_fetch_record_bytes_total{{topic=\"{topic}\"}}"),
+    )
 }
 
 /// Publishes `PER_CHANNEL` messages of about `BODY` bytes to every channel,
@@ -157,7 +164,11 @@ async fn each_node_reads_the_partitions_its_subscribers_need() {
     assert_eq!(gauge(&metrics(&c).await, &tailed), 0.0);
 
     // Round 1: everything published through c (which follows nothing).
-    let before = [fetched(&a).await, fetched(&b).await, fetched(&c).await];
+    let before = [
+        fetched(&a, &topic).await,
+        fetched(&b, &topic).await,
+        fetched(&c, &topic).await,
+    ];
     let acked1 = publish_round(&c, &channels, 1).await;
     let by_channel = |acked: &[Vec<i64>], range: std::ops::Range<usize>| {
         range
@@ -168,7 +179,11 @@ async fn each_node_reads_the_partitions_its_subscribers_need() {
     expect_exactly(&mut sub_b, &by_channel(&acked1, 2..4)).await;
     // Two statistics intervals, so the counters include the whole round.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let after = [fetched(&a).await, fetched(&b).await, fetched(&c).await];
+    let after = [
+        fetched(&a, &topic).await,
+        fetched(&b, &topic).await,
+        fetched(&c, &topic).await,
+    ];
     let bytes = partition_bytes(&topic);
     let of = |ps: &[i32]| {
         ps.iter()
@@ -226,12 +241,15 @@ async fn each_node_reads_the_partitions_its_subscribers_need() {
     assert!(gauge(&metrics(&a).await, "herald_hub_partitions_retired_total") >= 2.0);
 
     // Round 2: a reads nothing of it, b reads its share.
-    let before = [fetched(&a).await, fetched(&b).await];
+    let before = [fetched(&a, &topic).await, fetched(&b, &topic).await];
     let bytes_before = partition_bytes(&topic);
     let acked2 = publish_round(&c, &channels, 2).await;
     expect_exactly(&mut sub_b, &by_channel(&acked2, 2..4)).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let read = [fetched(&a).await - before[0], fetched(&b).await - before[1]];
+    let read = [
+        fetched(&a, &topic).await - before[0],
+        fetched(&b, &topic).await - before[1],
+    ];
     let bytes = partition_bytes(&topic);
     let round2 = |ps: &[i32]| {
         ps.iter()

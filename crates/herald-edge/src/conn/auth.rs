@@ -80,18 +80,25 @@ impl Conn {
             expires_at: id.exp,
         };
         self.client_id = Some(Arc::from(id.sub.as_str()));
-        if self.identity.is_none() {
+        let first = self.identity.is_none();
+        if first {
             self.ctx.users.add(&id.sub, self.id, &self.outbox);
         }
         self.identity = Some(id);
         self.reply(Outbound::Frame(reply.to_json()));
+        if first {
+            self.subscribe_personal();
+        }
         if refresh {
             // The new token may grant less: drop what it no longer allows.
+            // (The personal channel stays: the `sub` is the same.)
             let lost: Vec<String> = self
                 .subs
-                .keys()
-                .filter(|name| self.resolve(name, Capability::Subscribe).is_err())
-                .cloned()
+                .iter()
+                .filter(|(name, s)| {
+                    !s.is_auto() && self.resolve(name, Capability::Subscribe).is_err()
+                })
+                .map(|(name, _)| name.clone())
                 .collect();
             for name in lost {
                 self.reply(error_frame(

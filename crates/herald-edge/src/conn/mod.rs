@@ -170,6 +170,7 @@ async fn serve(id: u64, accepted: Box<Accepted>) {
         conn.ctx.users.add(&i.sub, id, &conn.outbox);
     }
     conn.identity = identity;
+    conn.subscribe_personal();
     {
         let mut shutdown = conn.ctx.shutdown.subscribe();
         let mut heartbeat = tokio::time::interval(conn.ctx.cfg.heartbeat);
@@ -443,6 +444,7 @@ impl Conn {
             } => self.subscribe(channel, since, durable),
             ClientFrame::Unsubscribe { channel } => self.unsubscribe(channel),
             ClientFrame::Ack { channel, seq } => self.ack(channel, seq),
+            ClientFrame::Presence { id, channel, stats } => self.presence(id, channel, stats),
             // The two frames that wait are boxed, so that their state is
             // allocated while they run rather than carried by every idle
             // connection's task.

@@ -1,10 +1,10 @@
 //! `subscribe`, `unsubscribe` and `ack`: a connection's subscriptions.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use herald_hub::{HubError, Outbound};
-use herald_proto::{codes, Position, ServerFrame, Since};
+use herald_proto::{codes, Member, Position, ServerFrame, Since};
 use tokio::task::JoinHandle;
 use tracing::debug;
 
@@ -25,6 +25,8 @@ pub(super) struct Subscription {
     /// forgets it the next time it looks (a flag per subscription: a channel
     /// per connection would cost every idle connection ~1.3 KB).
     flags: Arc<SubFlags>,
+    /// Made by the server (the personal channel), not asked for.
+    auto: bool,
 }
 
 /// Set by one side, read by the other, of a subscription's task.
@@ -34,6 +36,32 @@ pub(super) struct SubFlags {
     /// Set before the hub is told to unsubscribe: the task must not
     /// register after that.
     cancelled: AtomicBool,
+    /// For a namespace with presence: whether the member was recorded.
+    /// Under a lock so that the join is written before the leave.
+    presence: Mutex<PresenceState>,
+}
+
+#[derive(Default, Clone, Copy, PartialEq)]
+enum PresenceState {
+    /// Subscribing (or no presence).
+    #[default]
+    Pending,
+    /// The join was written: the end of the subscription writes a leave.
+    Joined,
+    /// Ended before it joined.
+    Ended,
+}
+
+impl SubFlags {
+    /// After a successful subscribe: records the member unless the
+    /// subscription already ended.
+    fn join(&self, ctx: &crate::ctx::Ctx, channel: &str, member: Member) {
+        let mut st = self.presence.lock().unwrap_or_else(|p| p.into_inner());
+        if *st == PresenceState::Pending && !self.cancelled.load(Ordering::Acquire) {
+            ctx.presence.join(ctx, channel, member);
+            *st = PresenceState::Joined;
+        }
+    }
 }
 
 impl Subscription {
@@ -42,11 +70,25 @@ impl Subscription {
     }
 
     /// Stops the subscribe task: before the hub is told to unsubscribe.
-    fn cancel(&self) {
+    /// Writes the presence leave when the member had joined.
+    fn cancel(&self, ctx: &crate::ctx::Ctx, channel: &str, conn: u64) {
         self.flags.cancelled.store(true, Ordering::Release);
         if let Some(t) = &self.task {
             t.abort();
         }
+        let mut st = self
+            .flags
+            .presence
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if *st == PresenceState::Joined {
+            ctx.presence.leave(ctx, channel, &member_conn(ctx, conn));
+        }
+        *st = PresenceState::Ended;
+    }
+
+    pub(super) fn is_auto(&self) -> bool {
+        self.auto
     }
 
     fn failed(&self) -> bool {
@@ -56,11 +98,53 @@ impl Subscription {
 
 impl Conn {
     pub(super) fn subscribe(&mut self, name: String, since: Option<Since>, durable: bool) {
-        let (channel, topic) = match self.resolve(&name, Capability::Subscribe) {
+        self.subscribe_as(name, since, durable, false);
+    }
+
+    /// Subscribes the connection to its personal channel in every namespace
+    /// with `personal = true` (`ns:{sub}`), once it has an identity.
+    pub(super) fn subscribe_personal(&mut self) {
+        let Some(sub) = self.identity.as_ref().map(|i| i.sub.clone()) else {
+            return;
+        };
+        let names: Vec<String> = self
+            .ctx
+            .namespaces
+            .iter()
+            .filter(|(_, ns)| ns.personal)
+            .map(|(ns, _)| format!("{ns}:{sub}"))
+            .collect();
+        for name in names {
+            if !self.subs.contains_key(&name) {
+                metrics::counter!("herald_edge_personal_subscriptions_total").increment(1);
+                self.subscribe_as(name, None, false, true);
+            }
+        }
+    }
+
+    /// `auto`: the server's own subscription to the personal channel, made
+    /// without the namespace's subscribe rule; the client may replace it by
+    /// subscribing itself (to resume with `since`), under the rule.
+    fn subscribe_as(&mut self, name: String, since: Option<Since>, durable: bool, auto: bool) {
+        let cap = Capability::Subscribe;
+        let resolved = if auto {
+            self.ctx.resolve(&name).map(|(c, _, t)| (c, t.to_owned()))
+        } else {
+            self.resolve(&name, cap)
+        };
+        let (channel, topic) = match resolved {
             Ok(x) => x,
             Err((code, reason)) => return self.reply(error_frame(code, reason, Some(&name))),
         };
         self.subs.retain(|_, s| !s.failed());
+        if !auto && self.subs.get(&name).is_some_and(|s| s.auto) {
+            // The client takes over its personal channel (say, to resume
+            // it): the server's subscription ends without an answer.
+            if let Some(sub) = self.subs.remove(&name) {
+                sub.cancel(&self.ctx, &name, self.id);
+                self.ctx.hub.unsubscribe(&self.outbox, &sub.topic, &name);
+            }
+        }
         if self.subs.contains_key(&name) {
             return self.reply(error_frame(
                 codes::ALREADY_SUBSCRIBED,
@@ -102,6 +186,12 @@ impl Conn {
             Some(Since::Position(p)) => p.seq.max(-1),
             _ => -1,
         };
+        let member = self
+            .ctx
+            .namespaces
+            .get(channel.namespace())
+            .is_some_and(|n| n.records_presence())
+            .then(|| self.member());
         let ctx = self.ctx.clone();
         let catchups = self.catchups.clone();
         let outbox = self.outbox.clone();
@@ -150,6 +240,9 @@ impl Conn {
             match res {
                 Ok(out) => {
                     debug!(conn, channel = %channel, recovered = out.recovered, caught_up = out.caught_up, "Subscribed");
+                    if let Some(member) = member {
+                        task_flags.join(&ctx, channel.as_str(), member);
+                    }
                 }
                 // The connection is being cut (4008) or is gone.
                 Err(HubError::SlowConsumer) | Err(HubError::Closed) | Err(HubError::Gap { .. }) => {
@@ -176,6 +269,7 @@ impl Conn {
                 task: Some(task),
                 ackable,
                 flags,
+                auto,
             },
         );
     }
@@ -183,7 +277,7 @@ impl Conn {
     pub(super) fn unsubscribe(&mut self, name: String) {
         match self.subs.remove(&name) {
             Some(sub) if !sub.failed() => {
-                sub.cancel();
+                sub.cancel(&self.ctx, &name, self.id);
                 self.ctx.hub.unsubscribe(&self.outbox, &sub.topic, &name);
                 self.reply(Outbound::Frame(
                     ServerFrame::Unsubscribed { channel: name }.to_json(),
@@ -243,11 +337,69 @@ impl Conn {
         }
     }
 
+    /// This connection as a member of a channel's presence.
+    fn member(&self) -> Member {
+        let id = self.identity.as_ref();
+        Member {
+            conn: member_conn(&self.ctx, self.id),
+            user: id.map(|i| i.sub.clone()),
+            client: self.client_id.as_deref().map(str::to_owned),
+            info: id
+                .and_then(|i| i.info.as_deref())
+                .and_then(|i| serde_json::value::RawValue::from_string(i.to_owned()).ok()),
+        }
+    }
+
+    /// Answers `presence` / `presence_stats`.
+    pub(super) fn presence(&mut self, id: Option<String>, name: String, stats: bool) {
+        let refuse = |code, reason: String| {
+            Outbound::Frame(
+                ServerFrame::Error {
+                    code,
+                    reason,
+                    id: id.clone(),
+                    channel: Some(name.clone()),
+                }
+                .to_json(),
+            )
+        };
+        let channel = match self.resolve(&name, Capability::Presence) {
+            Ok((c, _)) => c,
+            Err((code, reason)) => {
+                metrics::counter!("herald_edge_errors_total", "code" => code).increment(1);
+                return self.reply(refuse(code, reason));
+            }
+        };
+        // A namespace's `presence` rule other than `nobody` records it.
+        let ctx = &self.ctx;
+        let frame = if stats {
+            let (clients, users) = ctx.presence.stats(ctx, channel.as_str());
+            ServerFrame::PresenceStats {
+                id,
+                channel: name,
+                clients,
+                users,
+            }
+        } else {
+            ServerFrame::Presence {
+                id,
+                members: ctx.presence.members(ctx, channel.as_str()),
+                channel: name,
+            }
+        };
+        self.reply(Outbound::Frame(frame.to_json()));
+    }
+
     /// Ends every subscription (the connection is closing).
     pub(super) fn unsubscribe_all(&mut self) {
         for (channel, sub) in self.subs.drain() {
-            sub.cancel();
+            sub.cancel(&self.ctx, &channel, self.id);
             self.ctx.hub.unsubscribe(&self.outbox, &sub.topic, &channel);
         }
     }
+}
+
+/// A connection's name in presence: unique in the cluster.
+fn member_conn(ctx: &crate::ctx::Ctx, conn: u64) -> String {
+    format!("{}/{conn}", ctx.cluster.node)
 }

@@ -166,7 +166,7 @@ impl Kafka {
         topic: &str,
         partition: i32,
         key: &[u8],
-        value: &[u8],
+        value: Option<&[u8]>,
         headers: &[(&str, &[u8])],
     ) -> Result<PendingPublish, KafkaError> {
         let mut h = OwnedHeaders::new_with_capacity(headers.len());
@@ -176,15 +176,41 @@ impl Kafka {
                 value: Some(*v),
             });
         }
-        let rec = FutureRecord::to(topic)
+        let rec = FutureRecord::<[u8], [u8]>::to(topic)
             .partition(partition)
             .key(key)
-            .payload(value)
             .headers(h);
+        // No payload: a tombstone (null value), which compaction removes.
+        let rec = match value {
+            Some(v) => rec.payload(v),
+            None => rec,
+        };
         producer
             .send_result(rec)
             .map(PendingPublish::kafka)
             .map_err(|(e, _)| e)
+    }
+}
+
+impl Kafka {
+    fn append_value(
+        &self,
+        topic: &str,
+        partition: i32,
+        key: &[u8],
+        value: Option<&[u8]>,
+        headers: &[(&str, &[u8])],
+    ) -> Result<PendingPublish, LogError> {
+        let producer = self.healthy_producer()?;
+        match Self::send(&producer, topic, partition, key, value, headers) {
+            // Failed between the check and the send: once more, on a new one.
+            Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) => {
+                let producer = self.healthy_producer()?;
+                Self::send(&producer, topic, partition, key, value, headers)
+                    .map_err(LogError::Kafka)
+            }
+            r => r.map_err(LogError::Kafka),
+        }
     }
 }
 
@@ -200,16 +226,16 @@ impl LogWrite for Kafka {
         value: &[u8],
         headers: &[(&str, &[u8])],
     ) -> Result<PendingPublish, LogError> {
-        let producer = self.healthy_producer()?;
-        match Self::send(&producer, topic, partition, key, value, headers) {
-            // Failed between the check and the send: once more, on a new one.
-            Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) => {
-                let producer = self.healthy_producer()?;
-                Self::send(&producer, topic, partition, key, value, headers)
-                    .map_err(LogError::Kafka)
-            }
-            r => r.map_err(LogError::Kafka),
-        }
+        self.append_value(topic, partition, key, Some(value), headers)
+    }
+
+    fn append_tombstone(
+        &self,
+        topic: &str,
+        partition: i32,
+        key: &[u8],
+    ) -> Result<PendingPublish, LogError> {
+        self.append_value(topic, partition, key, None, &[])
     }
 
     /// Waits up to `timeout` for every enqueued publish to be confirmed.

@@ -1,6 +1,8 @@
 //! What the partition tail reads from Kafka, from librdkafka's own
 //! statistics (`statistics.interval.ms`, once a second): the bytes it
-//! received from the brokers (`herald_log_fetch_bytes_total`) and, per
+//! received from the brokers (`herald_log_fetch_bytes_total`, protocol
+//! included), the record bytes per topic
+//! (`herald_log_fetch_record_bytes_total`) and, per
 //! followed partition, how far it is behind the partition's high watermark
 //! (`herald_log_tail_lag_records`). Range readers are not counted: they sit
 //! idle and unpolled in their pool, where statistics events would pile up.
@@ -27,6 +29,8 @@ pub(super) struct TailStats {
     seen: AtomicI64,
     /// Partitions with a lag gauge, to zero the ones no longer followed.
     lagging: Mutex<HashSet<(String, i32)>>,
+    /// Record bytes received per partition, as of the previous report.
+    partition_bytes: Mutex<HashMap<(String, i32), i64>>,
 }
 
 /// The fields of librdkafka's statistics document used here.
@@ -54,6 +58,9 @@ struct PartitionReport {
     /// `active` while the partition is assigned and fetched.
     #[serde(default)]
     fetch_state: String,
+    /// Bytes of the records received for this partition (with framing).
+    #[serde(default)]
+    rxbytes: i64,
 }
 
 impl TailStats {
@@ -64,7 +71,31 @@ impl TailStats {
                 .increment((r.rx_bytes - before) as u64);
         }
         let mut now = HashSet::new();
+        let mut bytes = self
+            .partition_bytes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         for (topic, t) in r.topics {
+            let mut received = 0;
+            for p in t.partitions.values() {
+                if p.partition < 0 {
+                    continue;
+                }
+                let before = bytes
+                    .insert((topic.clone(), p.partition), p.rxbytes)
+                    .unwrap_or(0);
+                // A count that went down started again (a partition taken
+                // off the tail and put back).
+                received += if p.rxbytes >= before {
+                    p.rxbytes - before
+                } else {
+                    p.rxbytes
+                };
+            }
+            if received > 0 {
+                metrics::counter!("herald_log_fetch_record_bytes_total", "topic" => topic.clone())
+                    .increment(received as u64);
+            }
             for p in t.partitions.into_values() {
                 // Partition -1 is librdkafka's internal "unassigned" one.
                 if p.partition < 0 || p.fetch_state != "active" || p.hi_offset < 0 {

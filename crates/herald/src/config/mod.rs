@@ -160,6 +160,9 @@ pub struct Namespace {
     pub max_message_bytes: usize,
     pub publish_rate: u32,
     pub durable: bool,
+    pub presence: String,
+    pub join_leave: bool,
+    pub personal: bool,
 }
 
 impl Default for Settings {
@@ -271,6 +274,9 @@ impl Default for Namespace {
             max_message_bytes: 0,
             publish_rate: 0,
             durable: false,
+            presence: "nobody".into(),
+            join_leave: false,
+            personal: false,
         }
     }
 }
@@ -330,6 +336,9 @@ impl Settings {
                     max_message_bytes: (n.max_message_bytes > 0).then_some(n.max_message_bytes),
                     publish_rate: (n.publish_rate > 0).then_some(n.publish_rate),
                     durable: n.durable,
+                    presence: rule(&n.presence),
+                    join_leave: n.join_leave,
+                    personal: n.personal,
                 })
                 .collect(),
             queue_messages: self.limits.queue_messages,

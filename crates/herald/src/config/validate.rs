@@ -155,6 +155,7 @@ impl Settings {
                 ("subscribe", &ns.subscribe),
                 ("publish", &ns.publish),
                 ("history", &ns.history),
+                ("presence", &ns.presence),
             ] {
                 if let Err(e) = v.parse::<AccessRule>() {
                     out.push(err(p(k), e));
