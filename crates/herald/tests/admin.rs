@@ -533,11 +533,19 @@ async fn presence_is_the_same_everywhere_and_expires_with_its_node() {
     assert!(joined < leave, "{seen:?}");
     assert_eq!(seen[0].iter().filter(|(t, _)| *t == "join").count(), 3);
 
-    // Every node answers the same members: w0, w2, alice (node 1), bob.
-    let mut lists = Vec::new();
-    for s in &ns {
-        lists.push(api_members(s, ch).await);
-    }
+    // Every node answers the same members: w0, w2, alice (node 1), bob, once
+    // each has read the leave (the watchers' nodes have; node 1 may not yet).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lists = loop {
+        let mut lists = Vec::new();
+        for s in &ns {
+            lists.push(api_members(s, ch).await);
+        }
+        if lists.iter().all(|l| l.len() == 4) || Instant::now() > deadline {
+            break lists;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(lists[0].len(), 4, "{:?}", lists[0]);
     assert!(lists.iter().all(|l| *l == lists[0]), "{lists:?}");
     let a = lists[0]
