@@ -288,6 +288,29 @@ impl Connection {
         })
     }
 
+    /// Connects with extra headers on the upgrade request (a cookie, say).
+    pub async fn connect_with_headers(
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Self, ClientError> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+        let mut req = url.into_client_request()?;
+        for (k, v) in headers {
+            let (Ok(k), Ok(v)) = (HeaderName::try_from(*k), HeaderValue::try_from(*v)) else {
+                return Err(ClientError::BadFrame(format!("bad header {k}")));
+            };
+            req.headers_mut().insert(k, v);
+        }
+        let (ws, _resp) = tokio_tungstenite::connect_async(req).await?;
+        Ok(Connection {
+            ws,
+            pending: VecDeque::new(),
+            timeout: Duration::from_secs(30),
+            closed: None,
+        })
+    }
+
     /// Sends a raw text frame (tests use this for malformed input).
     pub async fn send_text(&mut self, text: impl Into<String>) -> Result<(), ClientError> {
         self.ws.send(Message::text(text.into())).await?;

@@ -182,6 +182,38 @@ struct Claims {
     info: Option<Box<serde_json::value::RawValue>>,
 }
 
+/// A connect hook's `identity`: token claims, `exp` optional (without it the
+/// connection does not expire).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HookClaims {
+    sub: String,
+    #[serde(default)]
+    exp: Option<u64>,
+    #[serde(default)]
+    channels: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    info: Option<Box<serde_json::value::RawValue>>,
+}
+
+/// The identity a connect hook supplied, checked like a token's claims.
+pub fn identity_from_hook(raw: &serde_json::value::RawValue) -> Result<Identity, AuthError> {
+    let c: HookClaims = serde_json::from_str(raw.get())
+        .map_err(|e| AuthError::Token(format!("the connect hook's identity: {e}")))?;
+    // Ten years stand for "never" (the expiry timer caps itself).
+    let never = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        + 10 * 365 * 86_400;
+    identity(Claims {
+        sub: c.sub,
+        exp: c.exp.unwrap_or(never),
+        channels: c.channels,
+        info: c.info,
+    })
+}
+
 fn config_err(path: &'static str, message: impl Into<String>) -> AuthError {
     AuthError::Config {
         path,

@@ -180,6 +180,8 @@ pub struct EdgeConfig {
     /// How long an admin command waits for every live node's reply.
     /// Default 5 s.
     pub command_timeout: Duration,
+    /// Calls to the application on connect, subscribe and publish.
+    pub hooks: crate::hooks::HooksConfig,
     /// On shutdown, how long in-flight publishes and connections get to finish.
     /// Default 10 s.
     pub shutdown_grace: Duration,
@@ -249,6 +251,10 @@ impl Default for EdgeConfig {
             follow_grace: Some(Duration::from_secs(60)),
             node_heartbeat: Duration::from_secs(2),
             command_timeout: Duration::from_secs(5),
+            hooks: crate::hooks::HooksConfig {
+                timeout: Duration::from_secs(1),
+                ..Default::default()
+            },
             shutdown_grace: Duration::from_secs(10),
             drain_delay: Duration::from_secs(1),
             reconnect_jitter: Duration::from_secs(2),

@@ -45,6 +45,8 @@ pub struct Ctx {
     pub cluster: crate::cluster::Cluster,
     /// Channel members on every node.
     pub presence: crate::presence::Presence,
+    /// Calls to the application's backend.
+    pub hooks: crate::hooks::Hooks,
 }
 
 /// This node's authenticated connections by user (`sub`): what admin

@@ -7,6 +7,8 @@
 //! - [`api`]: the server HTTP API for backends (`/api/*`).
 //! - [`cluster`]: the live nodes and admin commands every node applies,
 //!   through the `{prefix}control` topic.
+//! - [`hooks`]: optional HTTP calls to the application on connect,
+//!   subscribe and publish.
 //! - [`presence`]: channel members on every node, through the compacted
 //!   `{prefix}presence` topic; join/leave events.
 //! - [`ctx`]: [`ctx::Ctx`], the state a node's connections and requests
@@ -38,6 +40,7 @@ pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod ctx;
+pub mod hooks;
 pub mod presence;
 pub mod server;
 

@@ -23,6 +23,7 @@ use crate::auth::{AccessRule, Auth};
 use crate::cluster::Cluster;
 use crate::config::EdgeConfig;
 use crate::ctx::{ConnSlot, Connections, Ctx, FrameCounters, ReadBudget, Readiness, Users};
+use crate::hooks::{Hook, Verdict};
 use crate::presence::{Presence, PRESENCE_PARTITIONS};
 
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +169,7 @@ impl Edge {
             .map(|n| n.name.clone())
             .collect();
         let presence = Presence::new(presence_topic.clone(), join_leave);
+        let hooks = crate::hooks::Hooks::new(cfg.hooks.clone());
         let (control_tx, control_rx) = tokio::sync::mpsc::unbounded_channel();
         let (presence_tx, presence_rx) = tokio::sync::mpsc::unbounded_channel();
         log.start_tail(Arc::new(Router {
@@ -214,6 +216,7 @@ impl Edge {
                 users: Users::default(),
                 cluster,
                 presence,
+                hooks,
             }),
             listener,
             metrics,
@@ -317,7 +320,7 @@ impl Edge {
 /// warp's `ws()` filter so the connection gets herald's own tungstenite
 /// configuration: warp cannot set the read buffer, and tungstenite's default
 /// preallocates 128 KiB per connection.
-fn upgrade(
+async fn upgrade(
     query: HashMap<String, String>,
     headers: HeaderMap,
     on_upgrade: Option<hyper::upgrade::OnUpgrade>,
@@ -374,7 +377,7 @@ fn upgrade(
     };
     // A token in the URL is checked before the upgrade: a bad one is
     // refused with 401 and never becomes a connection.
-    let identity = match query.get("token") {
+    let mut identity = match query.get("token") {
         None => None,
         Some(t) => match ctx.auth.verify(t) {
             Ok(id) => Some(id),
@@ -415,6 +418,60 @@ fn upgrade(
         Ok(s) => s,
         Err((code, text)) => return status(code, text),
     };
+    // The application's hooks see the headers it asked for; the connect
+    // hook may refuse the connection or say who it is (under the
+    // connection limits, so it is not a way to flood the backend).
+    let hooks = &ctx.hooks;
+    let hook_headers = [Hook::Connect, Hook::Subscribe, Hook::Publish]
+        .iter()
+        .any(|h| hooks.has(*h))
+        .then(|| hooks.forwarded(&headers).into_boxed_slice());
+    if hooks.has(Hook::Connect) {
+        let body = serde_json::json!({
+            "client_id": query.get("client_id"),
+            "sub": identity.as_ref().map(|i| &i.sub),
+            "remote": client_ip.map(|ip| ip.to_string()),
+        });
+        let forwarded = hook_headers.as_deref().unwrap_or_default();
+        let refuse = |code: StatusCode, c: &str, reason: String| {
+            metrics::counter!("herald_edge_connections_refused_total", "reason" => "hook")
+                .increment(1);
+            warp::reply::with_status(
+                warp::reply::json(&serde_json::json!({ "code": c, "reason": reason })),
+                code,
+            )
+            .into_response()
+        };
+        match hooks.call(Hook::Connect, &body, forwarded).await {
+            Some(Verdict::Refuse { code, reason }) => {
+                let st = if code == herald_proto::codes::UNAVAILABLE {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::FORBIDDEN
+                };
+                return refuse(st, code, reason);
+            }
+            Some(Verdict::Allow(answer)) => {
+                if let Some(raw) = answer.identity {
+                    match crate::auth::identity_from_hook(&raw) {
+                        Ok(id) => {
+                            client_id = Some(id.sub.clone());
+                            identity = Some(id);
+                        }
+                        Err(e) => {
+                            warn!(%e, "The connect hook answered an unusable identity");
+                            return refuse(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                herald_proto::codes::UNAVAILABLE,
+                                format!("the application's connect hook answered: {e}"),
+                            );
+                        }
+                    }
+                }
+            }
+            None => {}
+        }
+    }
     let accept = derive_accept_key(key.as_bytes());
     let config = WebSocketConfig::default()
         .read_buffer_size(ctx.cfg.read_buffer_bytes)
@@ -428,6 +485,7 @@ fn upgrade(
         client_id,
         identity,
         slot,
+        hook_headers,
     })));
     let reply = warp::reply::with_status(warp::reply(), StatusCode::SWITCHING_PROTOCOLS);
     let reply = warp::reply::with_header(reply, "connection", "upgrade");
@@ -640,7 +698,7 @@ fn routes(
         .and(warp::ext::optional::<hyper::upgrade::OnUpgrade>())
         .and(with_ctx(ctx.clone()))
         .and(warp::ext::optional::<PeerAddr>().map(|p: Option<PeerAddr>| p.map(|p| p.0)))
-        .map(upgrade);
+        .then(upgrade);
 
     let healthz = warp::path("healthz").and(warp::path::end()).map(|| "ok");
 

@@ -40,6 +40,9 @@ pub const UNAUTHORIZED: &str = "unauthorized";
 /// An `auth` or `refresh` token was refused (bad signature, expired, wrong
 /// algorithm, another `sub`); the connection keeps its previous identity.
 pub const BAD_TOKEN: &str = "bad_token";
+/// The application's backend hook refused it (the reason is the
+/// application's own).
+pub const REFUSED: &str = "refused";
 /// An unexpected server-side failure; the reason says more.
 pub const INTERNAL: &str = "internal";
 

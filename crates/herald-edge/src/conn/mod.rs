@@ -65,6 +65,9 @@ pub struct Accepted {
     pub identity: Option<Identity>,
     /// Its place under the connection limits, released at the end.
     pub slot: ConnSlot,
+    /// Upgrade-request headers the backend hooks forward (when any hook is
+    /// configured).
+    pub hook_headers: Option<Box<[(String, String)]>>,
 }
 
 /// Runs one connection to its end: the task spawned per connection.
@@ -107,6 +110,8 @@ struct Conn {
     /// Catch-ups of resuming subscriptions running at once (from the log:
     /// each reads until it reaches the live position).
     catchups: Arc<Semaphore>,
+    /// Headers forwarded to the backend hooks.
+    hook_headers: Option<Arc<[(String, String)]>>,
 }
 
 impl Conn {
@@ -132,6 +137,7 @@ impl Conn {
                 auth_limiter: None,
                 reads: Vec::new(),
                 catchups: Arc::new(Semaphore::new(CATCHUPS_PER_CONNECTION)),
+                hook_headers: None,
                 ctx,
             },
             rx,
@@ -150,6 +156,7 @@ async fn serve(id: u64, accepted: Box<Accepted>) {
         client_id,
         identity,
         slot,
+        hook_headers,
     } = *accepted;
     let upgraded = match on_upgrade.await {
         Ok(u) => u,
@@ -170,6 +177,7 @@ async fn serve(id: u64, accepted: Box<Accepted>) {
         conn.ctx.users.add(&i.sub, id, &conn.outbox);
     }
     conn.identity = identity;
+    conn.hook_headers = hook_headers.map(Arc::from);
     conn.subscribe_personal();
     {
         let mut shutdown = conn.ctx.shutdown.subscribe();

@@ -4,6 +4,7 @@
 //! each, through the outbound queue.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Instant;
 
 use herald_hub::publish::refused;
@@ -14,6 +15,7 @@ use uuid::Uuid;
 
 use super::{Conn, Limiter};
 use crate::auth::Capability;
+use crate::hooks::{Hook, Verdict};
 
 impl Conn {
     pub(super) async fn publish(
@@ -67,6 +69,37 @@ impl Conn {
             let reason = "server is shutting down; reconnect and retry with the same id";
             return self.reply(nack(id, &name, codes::SHUTTING_DOWN, reason, None));
         }
+        // The application's publish hook, awaited here so that publishes
+        // still start in the order the client sent them.
+        let data = if self.ctx.hooks.has(Hook::Publish) {
+            let body = serde_json::json!({
+                "channel": &name,
+                "id": id,
+                "sub": self.identity.as_ref().map(|i| &i.sub),
+                "client": self.client_id.as_deref(),
+                "data": serde_json::from_str::<serde_json::Value>(data.get()).unwrap_or_default(),
+            });
+            let headers = self.hook_headers.clone().unwrap_or_else(|| Arc::from([]));
+            match self.ctx.hooks.call(Hook::Publish, &body, &headers).await {
+                Some(Verdict::Refuse { code, reason }) => {
+                    return self.reply(nack(id, &name, code, reason, None))
+                }
+                Some(Verdict::Allow(answer)) => match answer.data {
+                    Some(d) if d.get().len() > max_bytes => {
+                        let reason = format!(
+                            "the application's publish hook answered {} bytes; the limit is {max_bytes}",
+                            d.get().len()
+                        );
+                        return self.reply(nack(id, &name, codes::TOO_LARGE, reason, None));
+                    }
+                    Some(d) => d,
+                    None => data,
+                },
+                None => data,
+            }
+        } else {
+            data
+        };
         let partition = match self.ctx.hub.partition_of(&topic, channel.as_str()) {
             Ok(p) => p,
             Err(e) => return self.reply(nack(id, &name, codes::INTERNAL, e.to_string(), None)),

@@ -10,6 +10,7 @@ use tracing::debug;
 
 use super::{error_frame, Conn};
 use crate::auth::Capability;
+use crate::hooks::{Hook, Verdict};
 
 pub(super) struct Subscription {
     topic: String,
@@ -192,6 +193,19 @@ impl Conn {
             .get(channel.namespace())
             .is_some_and(|n| n.records_presence())
             .then(|| self.member());
+        // The application's subscribe hook (not for the server's own
+        // personal subscription), called from the task.
+        let hook = (!auto && self.ctx.hooks.has(Hook::Subscribe)).then(|| {
+            let body = serde_json::json!({
+                "channel": &name,
+                "sub": self.identity.as_ref().map(|i| &i.sub),
+                "client": self.client_id.as_deref(),
+                "conn": member_conn(&self.ctx, self.id),
+                "resume": since.is_some(),
+            });
+            let headers = self.hook_headers.clone().unwrap_or_else(|| Arc::from([]));
+            (body, headers)
+        });
         let ctx = self.ctx.clone();
         let catchups = self.catchups.clone();
         let outbox = self.outbox.clone();
@@ -200,6 +214,16 @@ impl Conn {
         let t = topic.clone();
         let conn = self.id;
         let task = tokio::spawn(async move {
+            if let Some((body, headers)) = hook {
+                if let Some(Verdict::Refuse { code, reason }) =
+                    ctx.hooks.call(Hook::Subscribe, &body, &headers).await
+                {
+                    // Nothing registered: forgotten like a failed subscribe.
+                    task_flags.failed.store(true, Ordering::Release);
+                    let _ = outbox.try_push(error_frame(code, reason, Some(channel.as_str())));
+                    return;
+                }
+            }
             // A resume reads the log until it is live: a few per connection
             // at once (a subscription from now reads nothing).
             let _catchup = match since {

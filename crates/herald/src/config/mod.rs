@@ -35,6 +35,7 @@ pub struct Settings {
     pub auth: Auth,
     pub log: LogSettings,
     pub cluster: ClusterSettings,
+    pub hooks: HooksSettings,
     #[serde(rename = "namespace")]
     pub namespaces: Vec<Namespace>,
 }
@@ -53,6 +54,32 @@ impl Default for ClusterSettings {
         ClusterSettings {
             heartbeat_ms: e.node_heartbeat.as_millis() as u64,
             command_timeout_ms: e.command_timeout.as_millis() as u64,
+        }
+    }
+}
+
+/// `[hooks]`: HTTP calls to the application on connect, subscribe and
+/// publish (empty URL: no call).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HooksSettings {
+    pub connect_url: String,
+    pub subscribe_url: String,
+    pub publish_url: String,
+    pub timeout_ms: u64,
+    pub forward_headers: Vec<String>,
+    pub fail_open: bool,
+}
+
+impl Default for HooksSettings {
+    fn default() -> Self {
+        HooksSettings {
+            connect_url: String::new(),
+            subscribe_url: String::new(),
+            publish_url: String::new(),
+            timeout_ms: EdgeConfig::default().hooks.timeout.as_millis() as u64,
+            forward_headers: Vec::new(),
+            fail_open: false,
         }
     }
 }
@@ -230,6 +257,7 @@ impl Default for Settings {
             },
             log: LogSettings::default(),
             cluster: ClusterSettings::default(),
+            hooks: HooksSettings::default(),
             namespaces: vec![Namespace::default()],
         }
     }
@@ -383,6 +411,20 @@ impl Settings {
                 .collect(),
             auth_per_minute: self.limits.auth_per_minute,
             header_read_timeout: Duration::from_secs(self.server.header_read_timeout_secs),
+            // URLs checked by `validate`.
+            hooks: herald_edge::hooks::HooksConfig {
+                connect_url: herald_edge::hooks::parse_url(&self.hooks.connect_url).ok(),
+                subscribe_url: herald_edge::hooks::parse_url(&self.hooks.subscribe_url).ok(),
+                publish_url: herald_edge::hooks::parse_url(&self.hooks.publish_url).ok(),
+                timeout: Duration::from_millis(self.hooks.timeout_ms),
+                forward_headers: self
+                    .hooks
+                    .forward_headers
+                    .iter()
+                    .map(|h| h.to_ascii_lowercase())
+                    .collect(),
+                fail_open: self.hooks.fail_open,
+            },
         }
     }
     /// Every scalar key path, for documentation checks.

@@ -24,6 +24,29 @@ impl Settings {
         if !(100..=600_000).contains(&self.cluster.command_timeout_ms) {
             out.push(err("cluster.command_timeout_ms", "must be 100 to 600000"));
         }
+        for (path, url) in [
+            ("hooks.connect_url", &self.hooks.connect_url),
+            ("hooks.subscribe_url", &self.hooks.subscribe_url),
+            ("hooks.publish_url", &self.hooks.publish_url),
+        ] {
+            if url.is_empty() {
+                continue;
+            }
+            if let Err(e) = herald_edge::hooks::parse_url(url) {
+                out.push(err(path, e));
+            }
+        }
+        if !(10..=60_000).contains(&self.hooks.timeout_ms) {
+            out.push(err("hooks.timeout_ms", "must be 10 to 60000"));
+        }
+        for h in &self.hooks.forward_headers {
+            if !herald_edge::hooks::is_header_name(h) {
+                out.push(err(
+                    "hooks.forward_headers",
+                    format!("`{h}` is not a header name"),
+                ));
+            }
+        }
         if !["text", "json"].contains(&self.log.format.as_str()) {
             out.push(err("log.format", "must be \"text\" or \"json\""));
         }
