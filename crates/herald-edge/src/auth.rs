@@ -2,7 +2,8 @@
 //! the HTTP API key.
 //!
 //! Tokens are JWTs (`jsonwebtoken`) signed with HS256 (a shared secret) or
-//! RS256/ES256 (public keys from a PEM file or a JWKS file, chosen by `kid`).
+//! RS256/ES256 (public keys from a PEM file, a JWKS file, or a JWKS URL
+//! fetched again periodically, chosen by `kid`; see [`crate::jwks`]).
 //! Claims: `sub` (required), `exp` (required), optional `channels`, a map from
 //! channel pattern (`*` matches any run of characters) to capabilities:
 //!
@@ -117,6 +118,11 @@ pub struct AuthConfig {
     pub hs256_secret: Option<Vec<u8>>,
     pub public_key_file: Option<PathBuf>,
     pub jwks_file: Option<PathBuf>,
+    /// A JWKS fetched at start and every `jwks_refresh`, and again (at most
+    /// every [`crate::jwks::MIN_REFETCH`]) when a token names a `kid` it
+    /// does not have.
+    pub jwks_url: Option<String>,
+    pub jwks_refresh: Duration,
     pub issuer: Option<String>,
     pub audience: Option<String>,
     pub leeway: Duration,
@@ -142,7 +148,7 @@ impl AuthError {
     }
 }
 
-struct Key {
+pub(crate) struct Key {
     kid: Option<String>,
     alg: Algorithm,
     key: DecodingKey,
@@ -151,6 +157,7 @@ struct Key {
 /// Verifies tokens and API keys. One per node.
 pub struct Auth {
     keys: Vec<Key>,
+    remote: Option<Arc<crate::jwks::RemoteJwks>>,
     issuer: Option<String>,
     audience: Option<String>,
     leeway: Duration,
@@ -264,35 +271,22 @@ impl Auth {
                     format!("cannot read {}: {e}", path.display()),
                 )
             })?;
-            let set: jsonwebtoken::jwk::JwkSet = serde_json::from_slice(&text).map_err(|e| {
-                config_err(
-                    "auth.jwks_file",
-                    format!("{} is not a JWKS: {e}", path.display()),
-                )
-            })?;
-            for jwk in &set.keys {
-                use jsonwebtoken::jwk::AlgorithmParameters as P;
-                let alg = match &jwk.algorithm {
-                    P::RSA(_) => Algorithm::RS256,
-                    P::EllipticCurve(_) => Algorithm::ES256,
-                    _ => {
-                        return Err(config_err(
-                            "auth.jwks_file",
-                            "only RSA (RS256) and EC P-256 (ES256) keys are supported",
-                        ))
-                    }
-                };
-                let key = DecodingKey::from_jwk(jwk)
-                    .map_err(|e| config_err("auth.jwks_file", format!("bad key: {e}")))?;
-                keys.push(Key {
-                    kid: jwk.common.key_id.clone(),
-                    alg,
-                    key,
-                });
-            }
+            keys.extend(
+                keys_from_jwks(&text).map_err(|e| {
+                    config_err("auth.jwks_file", format!("{}: {e}", path.display()))
+                })?,
+            );
         }
+        let remote = match &cfg.jwks_url {
+            None => None,
+            Some(url) => Some(Arc::new(
+                crate::jwks::RemoteJwks::new(url, cfg.jwks_refresh)
+                    .map_err(|e| config_err("auth.jwks_url", e))?,
+            )),
+        };
         Ok(Auth {
             keys,
+            remote,
             issuer: cfg.issuer.clone(),
             audience: cfg.audience.clone(),
             leeway: cfg.leeway,
@@ -305,23 +299,54 @@ impl Auth {
         self.leeway
     }
 
-    /// True when some key can verify tokens.
+    /// True when some key can verify tokens (a JWKS URL counts, fetched or
+    /// not yet).
     pub fn accepts_tokens(&self) -> bool {
-        !self.keys.is_empty()
+        !self.keys.is_empty() || self.remote.is_some()
+    }
+
+    /// The JWKS URL's keys, when one is configured: its refresh loop is
+    /// started by the server ([`crate::jwks::RemoteJwks::run`]).
+    pub fn remote_jwks(&self) -> Option<&Arc<crate::jwks::RemoteJwks>> {
+        self.remote.as_ref()
+    }
+
+    /// [`Auth::verify`], and when the token names a `kid` that no key has,
+    /// the JWKS URL fetched again (at most every
+    /// [`crate::jwks::MIN_REFETCH`]) and the token tried once more: a key
+    /// the issuer has just rotated in is found without waiting for the
+    /// periodic refresh.
+    pub async fn verify_fresh(&self, token: &str) -> Result<Identity, AuthError> {
+        match self.check(token) {
+            Err(Checked::UnknownKid(e)) => match &self.remote {
+                Some(remote) if remote.refetch_for_unknown_kid().await => {
+                    self.check(token).map_err(Checked::into_error)
+                }
+                _ => Err(e),
+            },
+            other => other.map_err(Checked::into_error),
+        }
     }
 
     /// Verifies a token: signature, algorithm, `exp` (with leeway), `nbf`,
-    /// `iss`/`aud` when configured, and the claims' shape.
+    /// `iss`/`aud` when configured, and the claims' shape, with the keys
+    /// held now.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
-        let bad = |m: &str| AuthError::Token(m.to_owned());
-        if self.keys.is_empty() {
+        self.check(token).map_err(Checked::into_error)
+    }
+
+    fn check(&self, token: &str) -> Result<Identity, Checked> {
+        let bad = |m: &str| Checked::Refused(AuthError::Token(m.to_owned()));
+        if !self.accepts_tokens() {
             return Err(bad("this server accepts no tokens (no key is configured)"));
         }
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| bad("malformed token or unsupported algorithm"))?;
+        let fetched = self.remote.as_ref().map(|r| r.keys());
         let candidates: Vec<&Key> = self
             .keys
             .iter()
+            .chain(fetched.iter().flat_map(|k| k.iter()))
             .filter(|k| k.alg == header.alg)
             .filter(|k| match (&header.kid, &k.kid) {
                 (Some(want), Some(have)) => want == have,
@@ -329,10 +354,17 @@ impl Auth {
             })
             .collect();
         if candidates.is_empty() {
-            return Err(AuthError::Token(format!(
-                "no key for algorithm {:?}",
-                header.alg
-            )));
+            return Err(match &header.kid {
+                Some(kid) => Checked::UnknownKid(AuthError::Token(format!(
+                    "no key with kid `{}` for algorithm {:?}",
+                    truncate(kid),
+                    header.alg
+                ))),
+                None => Checked::Refused(AuthError::Token(format!(
+                    "no key for algorithm {:?}",
+                    header.alg
+                ))),
+            });
         }
         let mut validation = Validation::new(header.alg);
         validation.leeway = self.leeway.as_secs();
@@ -354,10 +386,11 @@ impl Auth {
         if let Some(i) = &self.issuer {
             validation.set_issuer(&[i]);
         }
+        let bad = |m: &str| AuthError::Token(m.to_owned());
         let mut last = bad("bad signature");
         for k in candidates {
             match jsonwebtoken::decode::<Claims>(token, &k.key, &validation) {
-                Ok(data) => return identity(data.claims),
+                Ok(data) => return identity(data.claims).map_err(Checked::Refused),
                 Err(e) => {
                     use jsonwebtoken::errors::ErrorKind as K;
                     last = match e.kind() {
@@ -375,7 +408,7 @@ impl Auth {
                 }
             }
         }
-        Err(last)
+        Err(Checked::Refused(last))
     }
 
     /// Compares an HTTP API key in constant time. False when no key is
@@ -386,6 +419,43 @@ impl Auth {
             None => false,
         }
     }
+}
+
+/// Why [`Auth::check`] refused a token.
+enum Checked {
+    /// The token names a `kid` no key has: a JWKS URL may have it now.
+    UnknownKid(AuthError),
+    Refused(AuthError),
+}
+
+impl Checked {
+    fn into_error(self) -> AuthError {
+        match self {
+            Checked::UnknownKid(e) | Checked::Refused(e) => e,
+        }
+    }
+}
+
+/// The RS256 and ES256 keys of a JWKS document.
+pub(crate) fn keys_from_jwks(text: &[u8]) -> Result<Vec<Key>, String> {
+    let set: jsonwebtoken::jwk::JwkSet =
+        serde_json::from_slice(text).map_err(|e| format!("not a JWKS: {e}"))?;
+    let mut keys = Vec::with_capacity(set.keys.len());
+    for jwk in &set.keys {
+        use jsonwebtoken::jwk::AlgorithmParameters as P;
+        let alg = match &jwk.algorithm {
+            P::RSA(_) => Algorithm::RS256,
+            P::EllipticCurve(_) => Algorithm::ES256,
+            _ => return Err("only RSA (RS256) and EC P-256 (ES256) keys are supported".into()),
+        };
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("bad key: {e}"))?;
+        keys.push(Key {
+            kid: jwk.common.key_id.clone(),
+            alg,
+            key,
+        });
+    }
+    Ok(keys)
 }
 
 /// Client ids an anonymous connection claims (`/ws?client_id=`) are kept

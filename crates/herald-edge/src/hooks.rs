@@ -10,19 +10,14 @@
 //! that is not such JSON, no answer within `hooks.timeout_ms`) is a failure,
 //! which refuses (`unavailable`) unless `hooks.fail_open` is set.
 //!
-//! Plain `http://` only: hyper's client without TLS keeps the dependency
-//! tree (and the build) small; a backend reached over TLS goes through a
-//! local proxy or sidecar.
+//! `http://` or `https://` ([`crate::http_client`]).
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use herald_proto::codes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::Uri;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -118,16 +113,9 @@ const CODES: [&str; 5] = [
     codes::UNAVAILABLE,
 ];
 
-/// A hook URL: `http://host[:port]/path`.
+/// A hook URL: `http(s)://host[:port]/path`.
 pub fn parse_url(s: &str) -> Result<Uri, String> {
-    match s.parse::<Uri>() {
-        Ok(u) if u.scheme_str() == Some("http") && u.host().is_some() => Ok(u),
-        Ok(u) if u.scheme_str() == Some("https") => Err(
-            "https is not supported: call the application over http (a local TLS proxy or sidecar for a remote one)"
-                .into(),
-        ),
-        _ => Err("must be an http:// URL, like http://127.0.0.1:3000/herald/connect".into()),
-    }
+    crate::http_client::parse_url(s, "http://127.0.0.1:3000/herald/connect")
 }
 
 /// Whether `s` is a valid HTTP header name.
@@ -138,17 +126,12 @@ pub fn is_header_name(s: &str) -> bool {
 /// The hooks of a node: one pooled HTTP client for all of them.
 pub struct Hooks {
     cfg: HooksConfig,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: crate::http_client::HttpClient,
 }
 
 impl Hooks {
     pub fn new(cfg: HooksConfig) -> Hooks {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(cfg.timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+        let client = crate::http_client::client(cfg.timeout);
         Hooks { cfg, client }
     }
 
@@ -257,13 +240,7 @@ impl Hooks {
         let req = req
             .body(Full::new(Bytes::from(body.to_string())))
             .map_err(|e| e.to_string())?;
-        let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
-        let status = resp.status();
-        let bytes = Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
-            .collect()
-            .await
-            .map_err(|e| format!("reading the answer: {e}"))?
-            .to_bytes();
+        let (status, bytes) = crate::http_client::send(&self.client, req, MAX_ANSWER_BYTES).await?;
         if status != hyper::StatusCode::OK {
             return Err(format!("answered {status}"));
         }
@@ -276,11 +253,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_are_plain_http() {
+    fn urls_are_http_or_https() {
         assert!(parse_url("http://127.0.0.1:3000/herald/connect").is_ok());
-        assert!(parse_url("https://app.example/hook")
-            .unwrap_err()
-            .contains("https is not supported"));
+        assert!(parse_url("https://app.example/hook").is_ok());
+        assert!(parse_url("ftp://app.example/hook").is_err());
         assert!(parse_url("127.0.0.1:3000").is_err());
         assert!(parse_url("").is_err());
         assert!(is_header_name("x-session") && !is_header_name("bad header"));

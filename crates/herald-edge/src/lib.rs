@@ -9,6 +9,8 @@
 //!   through the `{prefix}control` topic.
 //! - [`hooks`]: optional HTTP calls to the application on connect,
 //!   subscribe and publish.
+//! - [`jwks`]: token keys from a JWKS URL, fetched again periodically.
+//! - [`http_client`]: the outbound HTTP(S) client hooks and JWKS use.
 //! - [`presence`]: channel members on every node, through the compacted
 //!   `{prefix}presence` topic; join/leave events.
 //! - [`ctx`]: [`ctx::Ctx`], the state a node's connections and requests
@@ -41,6 +43,8 @@ pub mod config;
 pub mod conn;
 pub mod ctx;
 pub mod hooks;
+pub mod http_client;
+pub mod jwks;
 pub mod presence;
 pub mod server;
 

@@ -270,6 +270,11 @@ impl Edge {
                 }
             })
         };
+        // Token keys from a JWKS URL: fetched now and every refresh
+        // interval until shutdown.
+        if let Some(remote) = ctx.auth.remote_jwks() {
+            tokio::spawn(remote.clone().run(ctx.shutdown.subscribe()));
+        }
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve_http(
             ctx.clone(),
@@ -379,7 +384,7 @@ async fn upgrade(
     // refused with 401 and never becomes a connection.
     let mut identity = match query.get("token") {
         None => None,
-        Some(t) => match ctx.auth.verify(t) {
+        Some(t) => match ctx.auth.verify_fresh(t).await {
             Ok(id) => Some(id),
             Err(e) => {
                 metrics::counter!("herald_auth_failures_total", "reason" => "bad_token")

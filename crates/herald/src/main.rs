@@ -497,6 +497,6 @@ fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Gentoken(a) => tokens::gentoken(a, &env_lookup),
-        Command::Checktoken(a) => tokens::checktoken(a, &env_lookup),
+        Command::Checktoken(a) => rt.block_on(tokens::checktoken(a, &env_lookup)),
     }
 }

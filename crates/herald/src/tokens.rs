@@ -117,9 +117,18 @@ pub fn gentoken(a: GentokenArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow
     Ok(())
 }
 
-pub fn checktoken(a: ChecktokenArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+pub async fn checktoken(
+    a: ChecktokenArgs,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<()> {
     let s = settings(a.config.as_deref(), env)?;
     let auth = herald_edge::Auth::new(&s.auth_config()?)?;
+    if let Some(remote) = auth.remote_jwks() {
+        remote
+            .refresh()
+            .await
+            .map_err(|e| anyhow::anyhow!("auth.jwks_url: {e}"))?;
+    }
     let token = if a.token == "-" {
         let mut t = String::new();
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut t)?;

@@ -695,6 +695,204 @@ async fn rs256_from_jwks_and_es256_from_pem() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A JWKS document served by the test, as an identity provider would: its
+/// answer can be changed (keys rotated, failures) and its fetches counted.
+struct Idp {
+    url: String,
+    answer: std::sync::Arc<std::sync::Mutex<(u16, String)>>,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Idp {
+    async fn start() -> Idp {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "http://{}/.well-known/jwks.json",
+            listener.local_addr().unwrap()
+        );
+        let answer = std::sync::Arc::new(std::sync::Mutex::new((404, String::new())));
+        let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (a, f) = (answer.clone(), fetches.clone());
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let (a, f) = (a.clone(), f.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 2048];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    f.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let (status, body) = a.lock().unwrap().clone();
+                    let reply = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = sock.write_all(reply.as_bytes()).await;
+                    let _ = sock.shutdown().await;
+                });
+            }
+        });
+        Idp {
+            url,
+            answer,
+            fetches,
+        }
+    }
+
+    fn serve(&self, status: u16, body: String) {
+        *self.answer.lock().unwrap() = (status, body);
+    }
+
+    fn fetches(&self) -> usize {
+        self.fetches.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// The JWKS entry of the EC P-256 key in `pem` (x and y are the last 64
+/// bytes of its DER public key).
+fn ec_jwk(dir: &std::path::Path, pem: &std::path::Path, kid: &str) -> Value {
+    let der = dir.join(format!("{kid}.pub.der"));
+    openssl(&[
+        "pkey",
+        "-in",
+        pem.to_str().unwrap(),
+        "-pubout",
+        "-outform",
+        "DER",
+        "-out",
+        der.to_str().unwrap(),
+    ]);
+    let bytes = std::fs::read(&der).unwrap();
+    let xy = &bytes[bytes.len() - 64..];
+    json!({"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256", "use": "sig",
+           "x": b64url(&xy[..32]), "y": b64url(&xy[32..])})
+}
+
+/// Keys from a JWKS URL rotate without a restart: a token with a key the
+/// provider has just published is accepted on first use (one fetch for the
+/// unknown `kid`), a removed key stops verifying, made-up `kid`s do not make
+/// the node fetch again and again, the periodic refresh picks up changes,
+/// and a provider that fails keeps the keys held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_url_keys_rotate_without_restart() {
+    let dir = std::env::temp_dir().join(format!("herald-jwks-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pem = |k: &str| dir.join(format!("{k}.pem"));
+    for k in ["k1", "k2", "k3"] {
+        openssl(&[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            pem(k).to_str().unwrap(),
+        ]);
+    }
+    let jwks = |kids: &[&str]| {
+        let keys: Vec<Value> = kids.iter().map(|k| ec_jwk(&dir, &pem(k), k)).collect();
+        json!({ "keys": keys }).to_string()
+    };
+    let token = |k: &str, sub: &str| gentoken_with_key(&pem(k), "ES256", Some(k), sub);
+    let idp = Idp::start().await;
+    idp.serve(200, jwks(&["k1"]));
+    let cfg = dir.join("herald.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[auth]\njwks_url = \"{}\"\njwks_refresh_secs = 3\n\n[[namespace]]\nname = \"chat\"\npartitions = 2\n",
+            idp.url
+        ),
+    )
+    .unwrap();
+    // `herald checktoken` fetches the URL too.
+    assert_eq!(checktoken(&cfg, &token("k1", "ann")).unwrap()["sub"], "ann");
+
+    let s = Server::start(
+        &unique_prefix("sec-jwks"),
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let mut ann = connect_with(&s, &token("k1", "ann")).await;
+    ann.subscribe("chat:jwks", None).await.unwrap();
+
+    // The provider rotates k1 out and k2 in: a k2 token is accepted at once,
+    // over the upgrade and in an `auth` frame, with one fetch between them.
+    idp.serve(200, jwks(&["k2"]));
+    let before = idp.fetches();
+    let mut bob = connect_with(&s, &token("k2", "bob")).await;
+    assert_eq!(idp.fetches(), before + 1, "one fetch for the unknown kid");
+    let mut cid = s.connect().await;
+    cid.auth(&token("k2", "cid")).await.unwrap();
+    publish_ok(&mut bob, "chat:jwks", json!("rotated")).await;
+    assert_eq!(
+        read_messages(&mut ann, 1, Duration::from_secs(10)).await[0].data,
+        json!("rotated"),
+        "a connection made with a key since removed keeps its identity until its token expires"
+    );
+    // k1 is gone: refused; made-up kids within the refetch interval cause
+    // no fetch.
+    let before = idp.fetches();
+    assert_eq!(
+        upgrade_status(&s.http, &format!("/ws?token={}", token("k1", "ann"))).await,
+        401
+    );
+    for _ in 0..5 {
+        let forged = gentoken_with_key(&pem("k3"), "ES256", Some("made-up"), "eve");
+        assert_eq!(
+            upgrade_status(&s.http, &format!("/ws?token={forged}")).await,
+            401
+        );
+    }
+    assert!(
+        idp.fetches() <= before + 1,
+        "{} fetches",
+        idp.fetches() - before
+    );
+
+    // The periodic refresh (every 3 s) adds k3 without any token asking.
+    idp.serve(200, jwks(&["k2", "k3"]));
+    let before = idp.fetches();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while idp.fetches() < before + 1 {
+        assert!(std::time::Instant::now() < deadline, "no periodic fetch");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The provider now fails: the keys held still verify, across failed
+    // periodic fetches.
+    idp.serve(500, String::new());
+    let before = idp.fetches();
+    while idp.fetches() < before + 1 {
+        assert!(
+            std::time::Instant::now() < deadline + Duration::from_secs(15),
+            "no periodic fetch"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut dee = connect_with(&s, &token("k3", "dee")).await;
+    dee.subscribe("chat:jwks", None).await.unwrap();
+    let mut eve = connect_with(&s, &token("k2", "eve")).await;
+    publish_ok(&mut eve, "chat:jwks", json!("still verified")).await;
+    assert_eq!(
+        read_messages(&mut dee, 1, Duration::from_secs(10)).await[0].data,
+        json!("still verified")
+    );
+    let (_, metrics) = http_get(&s.http, "/metrics").await;
+    for result in ["ok", "error"] {
+        assert!(
+            metrics.contains(&format!(
+                "herald_auth_jwks_fetches_total{{result=\"{result}\"}}"
+            )),
+            "{result}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The API key is checked before the body is read: a request that declares
 /// a large body and sends none of it is refused at once, not held open
 /// waiting for bytes that an unauthenticated client chose to drip.

@@ -22,7 +22,7 @@ impl Conn {
         Ok((channel, topic.to_owned()))
     }
 
-    pub(super) fn authenticate(&mut self, token: &str, refresh: bool) {
+    pub(super) async fn authenticate(&mut self, token: &str, refresh: bool) {
         let per_minute = self.ctx.cfg.auth_per_minute.max(1);
         let limiter = self.auth_limiter.get_or_insert_with(|| {
             let n = std::num::NonZeroU32::new(per_minute).unwrap_or(std::num::NonZeroU32::MIN);
@@ -39,7 +39,7 @@ impl Conn {
                 None,
             ));
         }
-        let id = match self.ctx.auth.verify(token) {
+        let id = match self.ctx.auth.verify_fresh(token).await {
             Ok(id) => id,
             Err(e) => {
                 metrics::counter!("herald_auth_failures_total", "reason" => "bad_token")

@@ -457,8 +457,10 @@ impl Conn {
             // allocated while they run rather than carried by every idle
             // connection's task.
             ClientFrame::History(req) => Box::pin(self.history(req)).await,
-            ClientFrame::Auth { token } => self.authenticate(&token, false),
-            ClientFrame::Refresh { token } => self.authenticate(&token, true),
+            // Boxed, like `publish`: the JWKS fetch they may wait on would
+            // otherwise grow every idle connection's task.
+            ClientFrame::Auth { token } => Box::pin(self.authenticate(&token, false)).await,
+            ClientFrame::Refresh { token } => Box::pin(self.authenticate(&token, true)).await,
             ClientFrame::Publish {
                 channel,
                 id,

@@ -145,6 +145,12 @@ impl Settings {
                 "must be at least 32 bytes (a short HMAC secret can be brute-forced)",
             ));
         }
+        if !(1..=86_400).contains(&self.auth.jwks_refresh_secs) {
+            out.push(err(
+                "auth.jwks_refresh_secs",
+                "must be 1 to 86400 (seconds between two fetches of auth.jwks_url)",
+            ));
+        }
         if !self.auth.api_key.is_empty() && self.auth.api_key.len() < 16 {
             out.push(err("auth.api_key", "must be at least 16 characters"));
         }
