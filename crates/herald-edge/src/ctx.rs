@@ -47,6 +47,8 @@ pub struct Ctx {
     pub presence: crate::presence::Presence,
     /// Calls to the application's backend.
     pub hooks: crate::hooks::Hooks,
+    /// Connections over HTTP (SSE, long-poll), by session id.
+    pub sessions: crate::conn::session::Sessions,
 }
 
 /// This node's authenticated connections by user (`sub`): what admin

@@ -7,6 +7,8 @@
 //! - [`api`]: the server HTTP API for backends (`/api/*`).
 //! - [`cluster`]: the live nodes and admin commands every node applies,
 //!   through the `{prefix}control` topic.
+//! - [`fallback`]: herald's protocol over plain HTTP (Server-Sent Events,
+//!   long-polling, `POST`ed frames) for networks that block WebSocket.
 //! - [`hooks`]: optional HTTP calls to the application on connect,
 //!   subscribe and publish.
 //! - [`jwks`]: token keys from a JWKS URL, fetched again periodically.
@@ -42,6 +44,7 @@ pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod ctx;
+pub mod fallback;
 pub mod hooks;
 pub mod http_client;
 pub mod jwks;

@@ -217,6 +217,7 @@ impl Edge {
                 cluster,
                 presence,
                 hooks,
+                sessions: Default::default(),
             }),
             listener,
             metrics,
@@ -337,11 +338,6 @@ async fn upgrade(
     if ctx.shutting_down.load(Ordering::SeqCst) {
         return status(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     }
-    if !origin_allowed(&ctx.cfg.allowed_origins, &headers) {
-        metrics::counter!("herald_edge_connections_refused_total", "reason" => "origin")
-            .increment(1);
-        return status(StatusCode::FORBIDDEN, "this Origin may not connect");
-    }
     let has_token = |name: &str, token: &str| {
         headers.get_all(name).iter().any(|v| {
             v.to_str()
@@ -370,14 +366,82 @@ async fn upgrade(
         )
         .into_response();
     }
+    let Some(key) = headers.get("sec-websocket-key") else {
+        return status(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
+    };
+    let Some(on_upgrade) = on_upgrade else {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "this connection cannot be upgraded",
+        );
+    };
+    let Admitted {
+        client_id,
+        identity,
+        slot,
+        hook_headers,
+    } = match admit(&query, &headers, &ctx, remote).await {
+        Ok(a) => a,
+        Err(refusal) => return refusal,
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let config = WebSocketConfig::default()
+        .read_buffer_size(ctx.cfg.read_buffer_bytes)
+        .max_message_size(Some(ctx.cfg.max_frame_bytes))
+        .max_frame_size(Some(ctx.cfg.max_frame_bytes));
+    tokio::spawn(crate::conn::run(Box::new(crate::conn::Accepted {
+        on_upgrade,
+        config,
+        ctx,
+        remote,
+        client_id,
+        identity,
+        slot,
+        hook_headers,
+    })));
+    let reply = warp::reply::with_status(warp::reply(), StatusCode::SWITCHING_PROTOCOLS);
+    let reply = warp::reply::with_header(reply, "connection", "upgrade");
+    let reply = warp::reply::with_header(reply, "upgrade", "websocket");
+    warp::reply::with_header(reply, "sec-websocket-accept", accept).into_response()
+}
+
+/// A client admitted by [`admit`]: who it is, its place under the limits and
+/// the headers its hooks forward.
+pub(crate) struct Admitted {
+    pub client_id: Option<String>,
+    pub identity: Option<crate::auth::Identity>,
+    pub slot: ConnSlot,
+    pub hook_headers: Option<Box<[(String, String)]>>,
+}
+
+/// What a WebSocket upgrade and an HTTP session (SSE, long-poll) check
+/// before they become a connection: shutdown, `Origin`, `client_id`, the
+/// token, the connection limits and the connect hook. A refusal is the
+/// HTTP answer to give.
+pub(crate) async fn admit(
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    ctx: &Arc<Ctx>,
+    remote: Option<SocketAddr>,
+) -> Result<Admitted, warp::reply::Response> {
+    let status =
+        |code: StatusCode, text: &'static str| warp::reply::with_status(text, code).into_response();
+    if ctx.shutting_down.load(Ordering::SeqCst) {
+        return Err(status(StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
+    }
+    if !origin_allowed(&ctx.cfg.allowed_origins, headers) {
+        metrics::counter!("herald_edge_connections_refused_total", "reason" => "origin")
+            .increment(1);
+        return Err(status(StatusCode::FORBIDDEN, "this Origin may not connect"));
+    }
     let mut client_id = match query.get("client_id") {
         None => None,
         Some(c) if valid_client_id(c) => Some(c.clone()),
         Some(_) => {
-            return status(
+            return Err(status(
                 StatusCode::BAD_REQUEST,
                 "client_id must be 1-128 characters of A-Z a-z 0-9 _ . : @ = + -",
-            )
+            ))
         }
     };
     // A token in the URL is checked before the upgrade: a bad one is
@@ -389,39 +453,30 @@ async fn upgrade(
             Err(e) => {
                 metrics::counter!("herald_auth_failures_total", "reason" => "bad_token")
                     .increment(1);
-                return warp::reply::with_status(
+                return Err(warp::reply::with_status(
                     format!("bad token: {e}"),
                     StatusCode::UNAUTHORIZED,
                 )
-                .into_response();
+                .into_response());
             }
         },
     };
     if let Some(id) = &identity {
         if client_id.as_ref().is_some_and(|c| *c != id.sub) {
-            return status(
+            return Err(status(
                 StatusCode::BAD_REQUEST,
                 "client_id must equal the token's sub (or be left out)",
-            );
+            ));
         }
         client_id = Some(id.sub.clone());
         metrics::counter!("herald_auth_total", "kind" => "connect").increment(1);
     } else if let Some(c) = client_id.take() {
         client_id = Some(format!("{}{c}", crate::auth::ANONYMOUS_CLIENT_PREFIX));
     }
-    let Some(key) = headers.get("sec-websocket-key") else {
-        return status(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
-    };
-    let Some(on_upgrade) = on_upgrade else {
-        return status(
-            StatusCode::BAD_REQUEST,
-            "this connection cannot be upgraded",
-        );
-    };
-    let client_ip = remote.map(|a| client_ip(a.ip(), &headers, &ctx.cfg.trusted_proxies));
-    let slot = match ConnSlot::acquire(&ctx, client_ip) {
+    let client_ip = remote.map(|a| client_ip(a.ip(), headers, &ctx.cfg.trusted_proxies));
+    let slot = match ConnSlot::acquire(ctx, client_ip) {
         Ok(s) => s,
-        Err((code, text)) => return status(code, text),
+        Err((code, text)) => return Err(status(code, text)),
     };
     // The application's hooks see the headers it asked for; the connect
     // hook may refuse the connection or say who it is (under the
@@ -430,7 +485,7 @@ async fn upgrade(
     let hook_headers = [Hook::Connect, Hook::Subscribe, Hook::Publish]
         .iter()
         .any(|h| hooks.has(*h))
-        .then(|| hooks.forwarded(&headers).into_boxed_slice());
+        .then(|| hooks.forwarded(headers).into_boxed_slice());
     if hooks.has(Hook::Connect) {
         let body = serde_json::json!({
             "client_id": query.get("client_id"),
@@ -454,7 +509,7 @@ async fn upgrade(
                 } else {
                     StatusCode::FORBIDDEN
                 };
-                return refuse(st, code, reason);
+                return Err(refuse(st, code, reason));
             }
             Some(Verdict::Allow(answer)) => {
                 if let Some(raw) = answer.identity {
@@ -465,11 +520,11 @@ async fn upgrade(
                         }
                         Err(e) => {
                             warn!(%e, "The connect hook answered an unusable identity");
-                            return refuse(
+                            return Err(refuse(
                                 StatusCode::SERVICE_UNAVAILABLE,
                                 herald_proto::codes::UNAVAILABLE,
                                 format!("the application's connect hook answered: {e}"),
-                            );
+                            ));
                         }
                     }
                 }
@@ -477,25 +532,12 @@ async fn upgrade(
             None => {}
         }
     }
-    let accept = derive_accept_key(key.as_bytes());
-    let config = WebSocketConfig::default()
-        .read_buffer_size(ctx.cfg.read_buffer_bytes)
-        .max_message_size(Some(ctx.cfg.max_frame_bytes))
-        .max_frame_size(Some(ctx.cfg.max_frame_bytes));
-    tokio::spawn(crate::conn::run(Box::new(crate::conn::Accepted {
-        on_upgrade,
-        config,
-        ctx,
-        remote,
+    Ok(Admitted {
         client_id,
         identity,
         slot,
         hook_headers,
-    })));
-    let reply = warp::reply::with_status(warp::reply(), StatusCode::SWITCHING_PROTOCOLS);
-    let reply = warp::reply::with_header(reply, "connection", "upgrade");
-    let reply = warp::reply::with_header(reply, "upgrade", "websocket");
-    warp::reply::with_header(reply, "sec-websocket-accept", accept).into_response()
+    })
 }
 
 /// The listening socket. `TCP_NODELAY` is set on it because accepted
@@ -587,7 +629,7 @@ impl herald_log::RecordSink for Router {
 
 /// The TCP peer of a request, put in its extensions by [`serve_http`].
 #[derive(Clone, Copy, Debug)]
-struct PeerAddr(SocketAddr);
+pub(crate) struct PeerAddr(pub(crate) SocketAddr);
 
 /// The id of an HTTP request: the client's `X-Request-Id` when it is a
 /// plausible id (1 to 128 characters of `A-Za-z0-9._:-`), else a new UUID.
@@ -731,10 +773,13 @@ fn routes(
         )
     });
 
+    let fallback = crate::fallback::routes(ctx_api.clone());
     let api = crate::api::routes(ctx_api);
     warp::get()
         .and(ws.or(healthz).or(readyz).or(metrics))
         .map(|r| Box::new(r) as Box<dyn Reply>)
+        .or(fallback.map(|r| Box::new(r) as Box<dyn Reply>))
+        .unify()
         .or(api.map(|r| Box::new(r) as Box<dyn Reply>))
         .unify()
 }

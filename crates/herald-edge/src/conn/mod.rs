@@ -11,6 +11,7 @@
 mod auth;
 mod history;
 mod publish;
+pub mod session;
 mod subscribe;
 
 use std::borrow::Cow;
