@@ -10,7 +10,8 @@
 //!   JSON object from channel to `{seq, epoch}`), so the browser's own
 //!   reconnect (`Last-Event-ID`) resumes every channel where it stopped.
 //! - `GET /poll?...` (the same parameters): a long-poll. Without `session`
-//!   it starts a session; with `session=ID` it continues one. The answer is
+//!   it starts a session and answers at once (with the session id and any
+//!   frame already queued); with `session=ID` it continues one. The answer is
 //!   `{"session": ID, "frames": [...], "closed": bool}` as soon as a frame
 //!   is there (then with everything queued, up to [`POLL_MAX_FRAMES`]) or
 //!   after `wait_ms` (default 25 s) with none.
@@ -201,9 +202,9 @@ async fn poll(
         .map(Duration::from_millis)
         .unwrap_or(POLL_DEFAULT_WAIT)
         .min(POLL_MAX_WAIT);
-    let handle = match o.single.get("session") {
+    let (handle, wait) = match o.single.get("session") {
         Some(id) => match ctx.sessions.get(id) {
-            Some(h) if h.transport == Transport::Poll => h,
+            Some(h) if h.transport == Transport::Poll => (h, wait),
             _ => {
                 return refusal(
                     StatusCode::NOT_FOUND,
@@ -217,7 +218,10 @@ async fn poll(
                 Ok(a) => a,
                 Err(r) => return r,
             };
-            session::start(ctx.clone(), admitted, o.subscribe, Transport::Poll)
+            // The opening poll answers at once: the client learns its
+            // session id without waiting for a first frame.
+            let h = session::start(ctx.clone(), admitted, o.subscribe, Transport::Poll);
+            (h, Duration::ZERO)
         }
     };
     let _poll = handle.poll_started();

@@ -257,6 +257,7 @@ async fn long_polls_resume_dedup_and_refuse_clearly() {
     let session = v["session"].as_str().expect("session").to_owned();
     let mut frames: Vec<Value> = v["frames"].as_array().cloned().unwrap_or_default();
     assert_eq!(v["closed"], false);
+    // The opening poll answered at once; the resumed message follows.
     // The same publish twice: one append, the second answered duplicate.
     let id = Uuid::new_v4();
     for _ in 0..2 {
