@@ -17,12 +17,18 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HERALD_CACHE/target}"
 infra/dev/broker.sh start
 echo "run: building herald"
 cargo build -p herald -p herald-client --examples --bins
+echo "run: building the browser client and demo (clients/typescript)"
+(cd clients/typescript && npm ci --no-audit --no-fund --silent && npm run --silent build)
 CONFIG="$ROOT/infra/dev/herald.dev.toml"
 HERALD="$CARGO_TARGET_DIR/debug/herald"
 TOKEN="$("$HERALD" gentoken --config "$CONFIG" --sub dev --ttl-secs 86400)"
 cat <<MSG
 run: DEVELOPMENT CONFIGURATION ($CONFIG): public secret and API key,
      anonymous chat namespace. Not for production (see docs/configuration.md).
+
+run: open the demo chat in a browser (two tabs to talk to yourself):
+       http://127.0.0.1:8080/demo/
+     (?transports=sse or ?transports=poll to try the fallbacks)
 
 run: connect with the bundled client in another terminal:
        cargo run -p herald-client --example chat -- ws://127.0.0.1:8080/ws chat:lobby

@@ -2,7 +2,8 @@
 # The whole test suite, on a fresh machine or not. Installs Apache Kafka from
 # Maven Central if needed (first time ~35 s, cached in ~/.cache/herald), the
 # Python client of the analytics recipes (a virtualenv there too) and
-# Debian's HAProxy (the load-balancer test) and Helm (built with go
+# Debian's HAProxy (the load-balancer test), Chromium and the TypeScript
+# client's npm packages (the browser tests) and Helm (built with go
 # install, the chart's render check), starts a
 # single broker on 127.0.0.1:9092 and a three-broker cluster (RF 3,
 # min.insync.replicas=2) on 127.0.0.1:29092-29094, each with fresh data,
@@ -56,6 +57,10 @@ export HERALD_PROMTOOL
 HERALD_HELM="$(infra/dev/install-helm.sh)"
 export HERALD_HELM
 
+# Chromium and the TypeScript client (npm ci, built) for the browser tests.
+CHROMIUM="$(infra/dev/install-browser.sh)"
+export CHROMIUM
+
 # The analytics recipes' Python client (a virtualenv in the cache).
 HERALD_PYTHON="$(infra/dev/install-python.sh)"
 export HERALD_PYTHON
@@ -65,6 +70,8 @@ echo "test: building and running the workspace tests (target dir $CARGO_TARGET_D
 # run on their own after everything else, one test at a time, so their load
 # cannot time out other tests' Kafka requests.
 status=0
+echo "test: the TypeScript client's unit tests"
+(cd clients/typescript && node --test test/) || status=1
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --no-fail-fast -E 'not (binary(faults) | binary(cluster) | binary(chaos))' "$@" || status=1
     cargo nextest run -p herald --test faults --test cluster --test chaos --no-fail-fast -j 1 "$@" || status=1

@@ -208,7 +208,8 @@ export class HeraldClient {
       storageKey: "herald:positions",
       ackIntervalMs: 200,
       random: Math.random,
-      ...options,
+      // Options given as `undefined` keep their defaults.
+      ...(Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as Options),
     };
     this.loadPositions();
   }

@@ -260,3 +260,13 @@ test("a disconnect frame without reconnect closes for good", async () => {
   assert.equal(c.state, "closed");
   assert.equal(s.made.length, 1);
 });
+
+test("options given as undefined keep their defaults", async () => {
+  const s = scripted();
+  const c = client(s, { transports: undefined, openTimeoutMs: undefined });
+  c.connect();
+  await tick();
+  assert.equal(s.made[0].name, "websocket");
+  assert.equal(s.made[0].params.openTimeoutMs, 5000);
+  c.close();
+});

@@ -212,6 +212,9 @@ pub struct EdgeConfig {
     /// `https://app.example.com`). Empty (the default): any. A request
     /// without `Origin` (not a browser) is always let through.
     pub allowed_origins: Vec<String>,
+    /// Serves the browser demo (`clients/typescript`, built) at `/demo/`
+    /// from this folder. `None` (the default): no demo.
+    pub demo_dir: Option<std::path::PathBuf>,
     /// Load balancers whose `X-Forwarded-For` is believed: for a connection
     /// from one of them, the client address (for the per-IP limit) is the
     /// rightmost address of the header that is not itself a trusted proxy.
@@ -266,6 +269,7 @@ impl Default for EdgeConfig {
             cursor_partitions: 8,
             cursor_cache_capacity: 100_000,
             allowed_origins: Vec::new(),
+            demo_dir: None,
             trusted_proxies: Vec::new(),
             auth_per_minute: 10,
             header_read_timeout: Duration::from_secs(10),

@@ -774,9 +774,22 @@ fn routes(
     });
 
     let fallback = crate::fallback::routes(ctx_api.clone());
+    // The demo: static files, only when configured.
+    let demo_dir = ctx_api.cfg.demo_dir.clone();
+    let demo_on = demo_dir.is_some();
+    let demo = warp::path("demo")
+        .and(warp::any().and_then(move || async move {
+            if demo_on {
+                Ok(())
+            } else {
+                Err(warp::reject::not_found())
+            }
+        }))
+        .untuple_one()
+        .and(warp::fs::dir(demo_dir.unwrap_or_default()));
     let api = crate::api::routes(ctx_api);
     warp::get()
-        .and(ws.or(healthz).or(readyz).or(metrics))
+        .and(ws.or(healthz).or(readyz).or(metrics).or(demo))
         .map(|r| Box::new(r) as Box<dyn Reply>)
         .or(fallback.map(|r| Box::new(r) as Box<dyn Reply>))
         .unify()

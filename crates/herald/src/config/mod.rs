@@ -114,6 +114,7 @@ pub struct Server {
     pub allowed_origins: Vec<String>,
     pub trusted_proxies: Vec<String>,
     pub header_read_timeout_secs: u64,
+    pub demo_dir: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -210,6 +211,7 @@ impl Default for Settings {
                 allowed_origins: e.allowed_origins.clone(),
                 trusted_proxies: Vec::new(),
                 header_read_timeout_secs: e.header_read_timeout.as_secs(),
+                demo_dir: String::new(),
             },
             kafka: Kafka {
                 brokers: l.brokers,
@@ -408,6 +410,8 @@ impl Settings {
             cursor_partitions: self.cache.cursor_partitions,
             cursor_cache_capacity: self.cache.cursor_cache_capacity,
             allowed_origins: self.server.allowed_origins.clone(),
+            demo_dir: (!self.server.demo_dir.is_empty())
+                .then(|| std::path::PathBuf::from(&self.server.demo_dir)),
             // Checked by `validate`.
             trusted_proxies: self
                 .server
