@@ -348,3 +348,51 @@ fn url_encode(s: &str) -> String {
         })
         .collect()
 }
+
+/// A poll session nobody polls ends after the idle timeout, and the end is
+/// visible: its POSTs are refused, the session gauge drops, and a later
+/// poll of it is told to open a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_poll_session_ends_after_the_idle_timeout() {
+    let s = Server::start(
+        &unique_prefix("poll-idle"),
+        &["--heartbeat-secs", "1", "--idle-timeout-secs", "2"],
+    );
+    let (st, body) = http(&s.http, "GET", "/poll?channel=chat:idle", &[], None).await;
+    assert_eq!(st, 200, "{body}");
+    let session = serde_json::from_str::<Value>(&body).unwrap()["session"]
+        .as_str()
+        .expect("session")
+        .to_owned();
+    let gauge = |m: &str| {
+        m.lines()
+            .find(|l| l.starts_with(r#"herald_edge_http_sessions{transport="poll"}"#))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    let (_, m) = http_get(&s.http, "/metrics").await;
+    assert_eq!(gauge(&m), Some(1.0));
+    let (st, _) = post(&s.http, &session, r#"{"type":"ping"}"#).await;
+    assert_eq!(st, 202, "alive while within the timeout");
+    let started = Instant::now();
+    loop {
+        let (st, _) = post(&s.http, &session, r#"{"type":"ping"}"#).await;
+        if st == 404 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "never ended");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    let (_, m) = http_get(&s.http, "/metrics").await;
+    assert_eq!(gauge(&m), Some(0.0));
+    let (st, _) = http(
+        &s.http,
+        "GET",
+        &format!("/poll?session={session}&wait_ms=10"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(st, 404);
+}
