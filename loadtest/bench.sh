@@ -16,6 +16,8 @@
 #   FETCH_WAIT_MS=5 loadtest/bench.sh p1   (fetch.wait.max.ms of herald and the
 #                                    floor alike; default herald's default, 100)
 #   HERALD_ARGS="--recent-messages 100" loadtest/bench.sh p4   (extra flags for herald)
+#   PAIRS=5 loadtest/bench.sh p2    (baseline/herald pairs per comparison, default 3)
+#   P1_SECS=60                      (P1's duration per run: 12,000 latency samples at 200/s)
 #   P2_DRAIN=150 SUBSCRIBERS=10000 P2_RATE=40 loadtest/bench.sh p2io   (a slow peer needs time to drain)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -26,6 +28,11 @@ OUT="${OUT:-$CARGO_TARGET_DIR/bench-results}"
 BROKERS="${HERALD_TEST_BROKERS:-127.0.0.1:9092}"
 SUBSCRIBERS="${SUBSCRIBERS:-1000}"
 P2_RATE="${P2_RATE:-100}"
+# Comparisons alternate baseline and herald this many pairs (A B A B ...)
+# and report the median ratio with its range; every run is judged by the
+# strict verifier (loss, duplicates, order, a minimum of acks) and fails
+# the script when it is not all of it, once, in order.
+PAIRS="${PAIRS:-3}"
 mkdir -p "$OUT"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || echo "bench: could not raise the fd limit"
 cargo build --release -q -p herald -p herald-loadtest
@@ -93,13 +100,13 @@ echo "bench: herald (release) at $URL, broker $BROKERS, fetch.wait.max.ms $FETCH
 LT="$BIN/herald-loadtest"
 
 if [[ $WHAT == all || $WHAT == p1 ]]; then
-    echo "== P1: end-to-end latency at 200 msg/s, 100-byte messages, vs the bare Kafka floor"
-    "$LT" vs-kafka --url "$URL" --brokers "$BROKERS" --fetch-wait-max-ms "$FETCH_WAIT" \
-        --rate 200 --duration-secs 20 --size 100 "${FLOOR_TOPIC[@]}" --json "$OUT/p1${MOCK:+-mock}${CLUSTER:+-cluster}.json"
+    echo "== P1: end-to-end latency at 200 msg/s for 60 s (12,000 samples per run), 100-byte messages, vs the bare Kafka floor"
+    "$LT" vs-kafka --pairs "$PAIRS" --url "$URL" --brokers "$BROKERS" --fetch-wait-max-ms "$FETCH_WAIT" \
+        --rate 200 --duration-secs "${P1_SECS:-60}" --size 100 "${FLOOR_TOPIC[@]}" --json "$OUT/p1${MOCK:+-mock}${CLUSTER:+-cluster}.json"
 fi
 if [[ $WHAT == all || $WHAT == p6 ]]; then
     echo "== P6: ingest, closed loop with 64 in flight, vs the bare producer"
-    "$LT" vs-kafka --url "$URL" --brokers "$BROKERS" --fetch-wait-max-ms "$FETCH_WAIT" \
+    "$LT" vs-kafka --pairs "$PAIRS" --url "$URL" --brokers "$BROKERS" --fetch-wait-max-ms "$FETCH_WAIT" \
         --rate 0 --window 64 --duration-secs 15 --size 100 "${FLOOR_TOPIC[@]}" --json "$OUT/p6${MOCK:+-mock}${CLUSTER:+-cluster}.json"
 fi
 if [[ $WHAT == all || $WHAT == p4 ]]; then
@@ -116,7 +123,7 @@ if [[ $WHAT == all || $WHAT == p2 ]]; then
     trap 'kill $srv $floor $mock 2>/dev/null || true; finish' EXIT
     for _ in $(seq 1 50); do grep -q "ws-floor listening" "$OUT/wsfloor.out" && break; sleep 0.1; done
     FLOOR_URL="$(sed -n 's/^ws-floor listening on //p' "$OUT/wsfloor.out")"
-    "$LT" vs-ws --url "$URL" --floor-url "$FLOOR_URL" --subscribers "$SUBSCRIBERS" --channels 1 --publishers 1 \
+    "$LT" vs-ws --pairs "$PAIRS" --url "$URL" --floor-url "$FLOOR_URL" --subscribers "$SUBSCRIBERS" --channels 1 --publishers 1 \
         --rate "$P2_RATE" --duration-secs 10 --size 100 --drain-secs "${P2_DRAIN:-30}" \
         --source-ips 127.0.0.1-127.0.0.4 --json "$OUT/p2-$SUBSCRIBERS-$P2_RATE.json"
 fi
@@ -125,7 +132,7 @@ if [[ $WHAT == all || $WHAT == p2io ]]; then
     SIO_URL="$(OUT="$OUT" loadtest/socketio/start.sh | tail -1)"
     trap 'kill $srv $mock $(cat "$OUT/socketio.pids") 2>/dev/null || true; finish' EXIT
     [[ -n "$SIO_URL" ]] || { echo "bench: socket.io did not start"; cat "$OUT/socketio.err"; exit 1; }
-    "$LT" vs-socketio --url "$URL" --sio-url "$SIO_URL" --subscribers "$SUBSCRIBERS" --channels 1 \
+    "$LT" vs-socketio --pairs "$PAIRS" --url "$URL" --sio-url "$SIO_URL" --subscribers "$SUBSCRIBERS" --channels 1 \
         --publishers 1 --rate "$P2_RATE" --duration-secs 10 --size 100 --drain-secs "${P2_DRAIN:-30}" \
         --source-ips 127.0.0.1-127.0.0.4 --json "$OUT/p2io-$SUBSCRIBERS-$P2_RATE.json"
 fi

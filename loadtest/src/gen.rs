@@ -112,6 +112,7 @@ fn decode(proto: Proto, text: &str) -> Option<Incoming> {
                 id: field("id").and_then(|v| serde_json::from_value(v).ok()),
                 data: field("data").and_then(|v| serde_json::from_value(v).ok()),
                 code: None,
+                seq: field("seq").and_then(|v| v.as_i64()),
             })
         }
     }
@@ -206,6 +207,8 @@ struct Incoming {
     data: Option<Payload>,
     #[serde(default)]
     code: Option<String>,
+    #[serde(default)]
+    seq: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -290,8 +293,8 @@ async fn subscriber(
 }
 
 pub(crate) struct PubResult {
-    /// Channel, id and when the ack arrived.
-    pub(crate) acked: Vec<(String, Uuid, Instant)>,
+    /// Channel, id, when the ack arrived and the `seq` it gave (if any).
+    pub(crate) acked: Vec<(String, Uuid, Instant, Option<i64>)>,
     pub(crate) nacks: u64,
     pub(crate) sent: u64,
 }
@@ -332,7 +335,7 @@ pub(crate) async fn publisher(
                     if let Some(id) = f.id {
                         if let Some(ch) = out2.lock().unwrap_or_else(|p| p.into_inner()).remove(&id)
                         {
-                            acked.push((ch, id, Instant::now()));
+                            acked.push((ch, id, Instant::now(), f.seq));
                             acks2.fetch_add(1, Ordering::Relaxed);
                         }
                     }
@@ -505,8 +508,11 @@ pub async fn run(cfg: GenConfig) -> anyhow::Result<Report> {
         let r = p.await??;
         sent += r.sent;
         nacks += r.nacks;
-        for (ch, id, _) in r.acked {
-            verifier.acked(&ch, id);
+        for (ch, id, _, seq) in r.acked {
+            match seq {
+                Some(seq) => verifier.acked_seq(&ch, id, seq),
+                None => verifier.acked(&ch, id),
+            }
         }
     }
     // Let the last deliveries arrive: until every subscriber has what it

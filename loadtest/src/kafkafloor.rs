@@ -4,6 +4,7 @@
 //! consumer with herald's reader settings tails it. End-to-end latency is
 //! produce call → consumed, acks/s is producer confirmations per second.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -87,8 +88,14 @@ pub async fn run(cfg: FloorConfig) -> anyhow::Result<Report> {
     let delivered = Arc::new(AtomicU64::new(0));
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let d2 = delivered.clone();
+    // Each record carries its send time and its number: the reader counts
+    // duplicates and records out of send order, as the verifier does for
+    // herald (one producer, one partition: send order is append order).
     let reader = tokio::spawn(async move {
         let mut h = latency_histogram();
+        let mut seen: HashSet<u64> = HashSet::new();
+        let (mut dup, mut out_of_order) = (0u64, 0u64);
+        let mut last: Option<u64> = None;
         loop {
             tokio::select! {
                 _ = stop_rx.wait_for(|s| *s) => break,
@@ -96,10 +103,20 @@ pub async fn run(cfg: FloorConfig) -> anyhow::Result<Report> {
                     if let Ok(m) = m {
                         let now = now_ns();
                         if let Some(p) = m.payload() {
-                            if p.len() >= 8 {
+                            if p.len() >= 16 {
                                 let mut t = [0u8; 8];
                                 t.copy_from_slice(&p[..8]);
                                 let _ = h.record(now.saturating_sub(u64::from_be_bytes(t)) / 1_000);
+                                t.copy_from_slice(&p[8..16]);
+                                let n = u64::from_be_bytes(t);
+                                if !seen.insert(n) {
+                                    dup += 1;
+                                } else {
+                                    if last.is_some_and(|l| n < l) {
+                                        out_of_order += 1;
+                                    }
+                                    last = Some(last.map_or(n, |l| l.max(n)));
+                                }
                             }
                         }
                         d2.fetch_add(1, Ordering::Relaxed);
@@ -107,12 +124,13 @@ pub async fn run(cfg: FloorConfig) -> anyhow::Result<Report> {
                 }
             }
         }
-        h
+        (h, seen, dup, out_of_order)
     });
     // Let the consumer's assignment settle before timing anything.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let acked = Arc::new(AtomicU64::new(0));
+    let acked_numbers: Arc<std::sync::Mutex<Vec<u64>>> = Default::default();
     let window = Arc::new(tokio::sync::Semaphore::new(cfg.window.max(1)));
     let pad = vec![b'x'; cfg.size];
     let started = Instant::now();
@@ -128,6 +146,7 @@ pub async fn run(cfg: FloorConfig) -> anyhow::Result<Report> {
             None
         };
         let mut payload = now_ns().to_be_bytes().to_vec();
+        payload.extend_from_slice(&sent.to_be_bytes());
         payload.extend_from_slice(&pad);
         let fut = producer.send_result(
             FutureRecord::to(&topic)
@@ -137,9 +156,15 @@ pub async fn run(cfg: FloorConfig) -> anyhow::Result<Report> {
         );
         let fut = fut.map_err(|(e, _)| anyhow!("enqueue: {e}"))?;
         let acked2 = acked.clone();
+        let numbers2 = acked_numbers.clone();
+        let number = sent;
         waits.spawn(async move {
             if let Ok(Ok(_)) = fut.await {
                 acked2.fetch_add(1, Ordering::Relaxed);
+                numbers2
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(number);
             }
             drop(permit);
         });
@@ -160,7 +185,7 @@ pub async fn run(cfg: FloorConfig) -> anyhow::Result<Report> {
     }
     let total_secs = started.elapsed().as_secs_f64();
     stop_tx.send_replace(true);
-    let h = reader.await?;
+    let (h, seen, duplicated, out_of_order) = reader.await?;
     progress.done();
     // The topic (unique to this run) is left in place: the benchmark
     // brokers' data is thrown away with them.
@@ -182,6 +207,9 @@ pub async fn run(cfg: FloorConfig) -> anyhow::Result<Report> {
         &h,
         None,
     );
-    r.lost = acked_n.saturating_sub(delivered);
+    let numbers = acked_numbers.lock().unwrap_or_else(|p| p.into_inner());
+    r.lost = numbers.iter().filter(|n| !seen.contains(n)).count() as u64;
+    r.duplicated = duplicated;
+    r.out_of_order = out_of_order;
     Ok(r)
 }

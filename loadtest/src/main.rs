@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use herald_loadtest::gen::{self, GenConfig};
 use herald_loadtest::kafkafloor::{self, FloorConfig};
 use herald_loadtest::report::Report;
+use herald_loadtest::verify::Strict;
 use herald_loadtest::wsfloor;
 
 #[derive(Parser)]
@@ -59,6 +60,52 @@ struct Load {
     /// brokers that refuse CreateTopics, like librdkafka's mock cluster).
     #[arg(long)]
     floor_topic: Option<String>,
+    /// Fail unless at least this many publishes were acked (each side of a
+    /// comparison). Default: half of rate x duration (open loop), or
+    /// duration x 10 (closed loop).
+    #[arg(long)]
+    min_acked: Option<u64>,
+    /// Comparisons: baseline and herald alternate (A B A B ...) this many
+    /// pairs; the median ratio and its spread are reported.
+    #[arg(long, default_value_t = 1)]
+    pairs: usize,
+}
+
+impl Load {
+    fn strict(&self) -> Strict {
+        let min_acked = self.min_acked.unwrap_or(if self.rate == 0 {
+            self.duration_secs * 10
+        } else {
+            self.rate as u64 * self.duration_secs / 2
+        });
+        Strict { min_acked }
+    }
+}
+
+/// Fails the run when `r` is not all of it, once, in order.
+fn judge(r: &Report, load: &Load) -> anyhow::Result<()> {
+    r.judge(load.strict())
+        .map_err(|e| anyhow::anyhow!("strict verifier: {e}"))
+}
+
+/// Median and range of per-pair ratios.
+fn summarize(ratios: &[f64]) -> serde_json::Value {
+    let mut v: Vec<f64> = ratios.iter().copied().filter(|x| x.is_finite()).collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return serde_json::json!(null);
+    }
+    let median = if v.len() % 2 == 1 {
+        v[v.len() / 2]
+    } else {
+        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+    };
+    serde_json::json!({
+        "median": (median * 1000.0).round() / 1000.0,
+        "min": v[0],
+        "max": v[v.len() - 1],
+        "pairs": v,
+    })
 }
 
 #[derive(Subcommand)]
@@ -314,6 +361,7 @@ async fn floor_in_child(
         .args(["--window", &load.window.to_string()])
         .args(["--duration-secs", &load.duration_secs.to_string()])
         .args(["--size", &load.size.to_string()])
+        .args(["--min-acked", &load.strict().min_acked.to_string()])
         .arg("--json")
         .arg(&json);
     if let Some(t) = &load.floor_topic {
@@ -336,23 +384,37 @@ async fn floor_in_child(
         .context("the kafka floor wrote no report")
 }
 
-/// The same fan-out against `base` (labelled `label`), then herald at `url`;
-/// prints both and herald / base.
+/// The same fan-out against `base` (labelled `label`) and herald at `url`,
+/// alternating (A B A B ...) for `--pairs` pairs; every run judged by the
+/// strict verifier; prints each and the median herald / base ratios.
 async fn fan_out_vs(base: GenConfig, label: &str, url: &str, load: &Load) -> anyhow::Result<()> {
-    let mut b = gen::run(base).await?;
-    b.target = label.into();
-    b.print();
-    println!();
-    let h = gen::run(gen_cfg(url, load)?).await?;
-    h.print();
+    let mut runs: Vec<Report> = Vec::new();
+    let (mut del, mut p50, mut p99) = (Vec::new(), Vec::new(), Vec::new());
+    for pair in 0..load.pairs.max(1) {
+        println!("pair {} of {}", pair + 1, load.pairs.max(1));
+        let mut b = gen::run(base.clone()).await?;
+        b.target = label.into();
+        b.print();
+        judge(&b, load)?;
+        println!();
+        let h = gen::run(gen_cfg(url, load)?).await?;
+        h.print();
+        judge(&h, load)?;
+        println!();
+        del.push(ratio(h.deliveries_per_sec, b.deliveries_per_sec));
+        p50.push(ratio(h.latency.p50_ms, b.latency.p50_ms));
+        p99.push(ratio(h.latency.p99_ms, b.latency.p99_ms));
+        runs.push(b);
+        runs.push(h);
+    }
     let ratios = serde_json::json!({
-        "deliveries_per_sec": ratio(h.deliveries_per_sec, b.deliveries_per_sec),
-        "p50": ratio(h.latency.p50_ms, b.latency.p50_ms),
-        "p99": ratio(h.latency.p99_ms, b.latency.p99_ms),
+        "deliveries_per_sec": summarize(&del),
+        "p50": summarize(&p50),
+        "p99": summarize(&p99),
     });
-    println!();
     println!("herald / {label}: {ratios}");
-    write_json(&load.json, &[&b, &h], ratios)
+    let refs: Vec<&Report> = runs.iter().collect();
+    write_json(&load.json, &refs, ratios)
 }
 
 #[tokio::main]
@@ -410,9 +472,7 @@ async fn main() -> anyhow::Result<()> {
             .await?;
             r.print();
             write_json(&load.json, &[&r], serde_json::json!({}))?;
-            if r.lost > 0 || r.duplicated > 0 {
-                anyhow::bail!("lost {} duplicated {}", r.lost, r.duplicated);
-            }
+            judge(&r, &load)?;
         }
         Cmd::KafkaFloor {
             brokers,
@@ -422,6 +482,7 @@ async fn main() -> anyhow::Result<()> {
             let r = kafkafloor::run(floor_cfg(&brokers, fetch_wait_max_ms, &load)).await?;
             r.print();
             write_json(&load.json, &[&r], serde_json::json!({}))?;
+            judge(&r, &load)?;
         }
         Cmd::MockBroker { brokers, topics } => {
             let cluster = rdkafka::mocking::MockCluster::new(brokers)?;
@@ -446,23 +507,41 @@ async fn main() -> anyhow::Result<()> {
             fetch_wait_max_ms,
             load,
         } => {
-            let floor = floor_in_child(&brokers, fetch_wait_max_ms, &load).await?;
-            println!();
             let one = Load {
                 subscribers: 1,
                 channels: 1,
                 ..load.clone()
             };
-            let h = gen::run(gen_cfg(&url, &one)?).await?;
-            h.print();
+            let mut runs: Vec<Report> = Vec::new();
+            let (mut p50, mut p99, mut p999, mut acks) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for pair in 0..load.pairs.max(1) {
+                println!("pair {} of {}", pair + 1, load.pairs.max(1));
+                // The floor runs in a child process that judges itself
+                // strictly (it exits non-zero otherwise); judged here too.
+                let floor = floor_in_child(&brokers, fetch_wait_max_ms, &load).await?;
+                judge(&floor, &load)?;
+                println!();
+                let h = gen::run(gen_cfg(&url, &one)?).await?;
+                h.print();
+                judge(&h, &one)?;
+                println!();
+                p50.push(ratio(h.latency.p50_ms, floor.latency.p50_ms));
+                p99.push(ratio(h.latency.p99_ms, floor.latency.p99_ms));
+                p999.push(ratio(h.latency.p999_ms, floor.latency.p999_ms));
+                acks.push(ratio(h.acks_per_sec, floor.acks_per_sec));
+                runs.push(floor);
+                runs.push(h);
+            }
             let ratios = serde_json::json!({
-                "p50": ratio(h.latency.p50_ms, floor.latency.p50_ms),
-                "p99": ratio(h.latency.p99_ms, floor.latency.p99_ms),
-                "p999": ratio(h.latency.p999_ms, floor.latency.p999_ms),
-                "acks_per_sec": ratio(h.acks_per_sec, floor.acks_per_sec),
+                "p50": summarize(&p50),
+                "p99": summarize(&p99),
+                "p999": summarize(&p999),
+                "acks_per_sec": summarize(&acks),
             });
-            println!("\nherald / kafka floor: {ratios}");
-            write_json(&load.json, &[&floor, &h], ratios)?;
+            println!("herald / kafka floor: {ratios}");
+            let refs: Vec<&Report> = runs.iter().collect();
+            write_json(&load.json, &refs, ratios)?;
         }
         Cmd::Resume {
             url,
@@ -534,11 +613,12 @@ async fn main() -> anyhow::Result<()> {
                 std::fs::write(&p, serde_json::to_string_pretty(&r)?)?;
             }
             let t = &r.totals;
-            if t.lost > 0 || t.duplicated > 0 || r.not_recovered > 0 {
+            if t.lost > 0 || t.duplicated > 0 || t.out_of_order > 0 || r.not_recovered > 0 {
                 anyhow::bail!(
-                    "lost {} duplicated {} not recovered {}",
+                    "lost {} duplicated {} out of order {} not recovered {}",
                     t.lost,
                     t.duplicated,
+                    t.out_of_order,
                     r.not_recovered
                 );
             }

@@ -48,6 +48,8 @@ pub struct Report {
     pub latency: Latency,
     pub lost: u64,
     pub duplicated: u64,
+    #[serde(default)]
+    pub out_of_order: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub channels: Option<BTreeMap<String, ChannelCounts>>,
 }
@@ -67,9 +69,10 @@ impl Report {
         latency: &Histogram<u64>,
         channels: Option<BTreeMap<String, ChannelCounts>>,
     ) -> Report {
-        let (lost, duplicated) = channels.as_ref().map_or((0, 0), |c| {
-            c.values()
-                .fold((0, 0), |(l, d), x| (l + x.lost, d + x.duplicated))
+        let (lost, duplicated, out_of_order) = channels.as_ref().map_or((0, 0, 0), |c| {
+            c.values().fold((0, 0, 0), |(l, d, o), x| {
+                (l + x.lost, d + x.duplicated, o + x.out_of_order)
+            })
         });
         Report {
             target: target.to_owned(),
@@ -84,8 +87,20 @@ impl Report {
             latency: Latency::of(latency),
             lost,
             duplicated,
+            out_of_order,
             channels,
         }
+    }
+
+    /// The strict verdict on this run ([`crate::verify::Strict`]).
+    pub fn judge(&self, s: crate::verify::Strict) -> Result<(), String> {
+        s.judge(
+            &self.target,
+            self.acked,
+            self.lost,
+            self.duplicated,
+            self.out_of_order,
+        )
     }
 
     /// The summary table.
@@ -107,6 +122,7 @@ impl Report {
         );
         println!("lost            {}", self.lost);
         println!("duplicated      {}", self.duplicated);
+        println!("out of order    {}", self.out_of_order);
     }
 }
 

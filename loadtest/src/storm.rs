@@ -455,8 +455,11 @@ pub async fn run(cfg: StormConfig) -> anyhow::Result<StormReport> {
     let published = publisher.await??;
     let mut verifier = Verifier::new();
     let mut acked_before: HashMap<&str, Vec<Uuid>> = HashMap::new();
-    for (ch, id, at) in &published.acked {
-        verifier.acked(ch, *id);
+    for (ch, id, at, seq) in &published.acked {
+        match seq {
+            Some(seq) => verifier.acked_seq(ch, *id, *seq),
+            None => verifier.acked(ch, *id),
+        }
         if *at <= killed_at {
             let ch = channels.iter().find(|c| *c == ch).map(String::as_str);
             if let Some(ch) = ch {

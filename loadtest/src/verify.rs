@@ -1,6 +1,9 @@
 //! The verifier: what was acked against what each subscriber got, per
 //! channel. Every acked message must reach every subscriber of its channel
-//! exactly once; anything else is counted as lost or duplicated.
+//! exactly once and in the channel's order (the `seq` each was acked with,
+//! when the protocol gives one); anything else is counted as lost, duplicated or out
+//! of order. [`Strict`] turns the counts into a verdict every comparison
+//! exits with.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -25,12 +28,18 @@ pub struct ChannelCounts {
     /// Deliveries of messages never acked (e.g. the ack was lost); not an
     /// error, but reported.
     pub unacked_delivered: u64,
+    /// First deliveries of a message that arrived after a message acked
+    /// with a higher `seq` on the channel.
+    #[serde(default)]
+    pub out_of_order: u64,
 }
 
 /// Collects acks and deliveries, then judges them.
 #[derive(Default)]
 pub struct Verifier {
     acked: HashMap<String, HashSet<Uuid>>,
+    /// The `seq` messages were acked with, when known.
+    seq: HashMap<Uuid, i64>,
     /// subscriber → channel → ids in arrival order.
     delivered: Vec<HashMap<String, Vec<Uuid>>>,
     subscribed: Vec<Vec<String>>,
@@ -43,6 +52,13 @@ impl Verifier {
 
     pub fn acked(&mut self, channel: &str, id: Uuid) {
         self.acked.entry(channel.to_owned()).or_default().insert(id);
+    }
+
+    /// An ack with the message's `seq`: the channel's messages must be
+    /// delivered in `seq` order.
+    pub fn acked_seq(&mut self, channel: &str, id: Uuid, seq: i64) {
+        self.acked(channel, id);
+        self.seq.insert(id, seq);
     }
 
     /// Adds a subscriber with its channels and what it received.
@@ -66,11 +82,17 @@ impl Verifier {
                 let list = got.get(ch).map(Vec::as_slice).unwrap_or_default();
                 c.delivered += list.len() as u64;
                 let mut seen = HashSet::with_capacity(list.len());
+                let mut last_seq: Option<i64> = None;
                 for id in list {
                     if !seen.insert(*id) {
                         c.duplicated += 1;
                     } else if !acked.is_some_and(|a| a.contains(id)) {
                         c.unacked_delivered += 1;
+                    } else if let Some(seq) = self.seq.get(id) {
+                        match last_seq {
+                            Some(last) if *seq < last => c.out_of_order += 1,
+                            _ => last_seq = Some(*seq),
+                        }
                     }
                 }
                 if let Some(a) = acked {
@@ -98,8 +120,51 @@ impl Verifier {
             t.lost += c.lost;
             t.duplicated += c.duplicated;
             t.unacked_delivered += c.unacked_delivered;
+            t.out_of_order += c.out_of_order;
         }
         t
+    }
+}
+
+/// The verdict a comparison exits with: it fails on any loss, duplicate or
+/// out-of-order delivery, and when fewer publishes were acked than the run
+/// needs to mean anything (a run with nothing acked has nothing lost).
+#[derive(Clone, Copy, Debug)]
+pub struct Strict {
+    pub min_acked: u64,
+}
+
+impl Strict {
+    /// `Err` with every reason the run fails.
+    pub fn judge(
+        &self,
+        who: &str,
+        acked: u64,
+        lost: u64,
+        duplicated: u64,
+        out_of_order: u64,
+    ) -> Result<(), String> {
+        let mut why = Vec::new();
+        if acked < self.min_acked {
+            why.push(format!(
+                "only {acked} publishes acked (at least {} expected)",
+                self.min_acked
+            ));
+        }
+        if lost > 0 {
+            why.push(format!("{lost} lost"));
+        }
+        if duplicated > 0 {
+            why.push(format!("{duplicated} duplicated"));
+        }
+        if out_of_order > 0 {
+            why.push(format!("{out_of_order} out of order"));
+        }
+        if why.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{who}: {}", why.join(", ")))
+        }
     }
 }
 
@@ -153,6 +218,39 @@ mod tests {
         assert_eq!(c.duplicated, 1);
         assert_eq!(c.unacked_delivered, 1);
         assert_eq!(c.delivered, 5);
+    }
+
+    #[test]
+    fn order_is_judged_by_seq() {
+        let a = ids(5);
+        let mut v = Verifier::new();
+        // Acks may arrive in any order; the seq says the channel's order.
+        for (i, seq) in [(0, 10), (2, 12), (1, 11), (3, 13), (4, 14)] {
+            v.acked_seq("c:1", a[i], seq);
+        }
+        v.subscriber(
+            vec!["c:1".into()],
+            HashMap::from([("c:1".into(), a.clone())]),
+        );
+        assert_eq!(v.totals().out_of_order, 0);
+        // a[2] before a[1]: one out of order (a[1] arrives behind a later one).
+        v.subscriber(
+            vec!["c:1".into()],
+            HashMap::from([("c:1".into(), vec![a[0], a[2], a[1], a[3], a[4]])]),
+        );
+        let t = v.totals();
+        assert_eq!((t.out_of_order, t.lost, t.duplicated), (1, 0, 0));
+    }
+
+    #[test]
+    fn the_strict_verdict_fails_on_anything_wrong_or_too_little() {
+        let s = Strict { min_acked: 10 };
+        assert!(s.judge("x", 10, 0, 0, 0).is_ok());
+        let e = s.judge("x", 0, 0, 0, 0).unwrap_err();
+        assert!(e.contains("only 0 publishes acked"), "{e}");
+        for (l, d, o) in [(1, 0, 0), (0, 1, 0), (0, 0, 1)] {
+            assert!(s.judge("x", 100, l, d, o).is_err());
+        }
     }
 
     #[test]

@@ -38,6 +38,9 @@ async fn loadtest_smoke_against_herald_and_the_ws_floor() {
     // 20 subscribers over 4 channels: each message reaches 5 of them.
     assert_eq!(r.delivered, r.acked * 5);
     assert!(r.latency.samples > 0);
+    // The strict verdict every benchmark comparison exits with.
+    let strict = herald_loadtest::verify::Strict { min_acked: 300 };
+    r.judge(strict).expect("herald: all of it, once, in order");
 
     let addr = herald_loadtest::wsfloor::serve("127.0.0.1:0".parse().unwrap())
         .await
@@ -47,6 +50,8 @@ async fn loadtest_smoke_against_herald_and_the_ws_floor() {
         .expect("floor run");
     assert_eq!((f.lost, f.duplicated), (0, 0));
     assert_eq!(f.delivered, f.acked * 5);
+    f.judge(strict)
+        .expect("the floor: all of it, once, in order");
 }
 
 /// The P5 storm in small: subscribers on edge A, A killed (SIGKILL), all
