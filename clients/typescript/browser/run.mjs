@@ -3,6 +3,7 @@
 // starts one and runs this file). Environment:
 //   HERALD_URL      http://127.0.0.1:PORT of that herald
 //   HERALD_SECRET   its auth.hs256_secret (tokens for the refresh scenario)
+//   HERALD_API_KEY  its auth.api_key (publishes and a disconnect "from the backend")
 //   CHROMIUM        the browser binary (default /usr/bin/chromium)
 //   HERALD_SCREENSHOT  where to write a screenshot of the demo (optional)
 // Exits non-zero on the first failed check.
@@ -15,6 +16,7 @@ import assert from "node:assert/strict";
 
 const URL_BASE = process.env.HERALD_URL;
 const SECRET = process.env.HERALD_SECRET;
+const API_KEY = process.env.HERALD_API_KEY;
 assert.ok(URL_BASE, "HERALD_URL is required");
 const run = randomUUID().slice(0, 8);
 const CH = `chat:browser-${run}`;
@@ -182,6 +184,66 @@ await scenario("WebSocket blocked: the client falls back to SSE, publishes and r
   exactlyOnce(await received(carol), mine, texts);
   assert.equal(await carol.evaluate(() => window.herald.transportName), "sse");
   await carol.close();
+});
+
+await scenario("a bare EventSource's own reconnect (Last-Event-ID) resumes every channel", async () => {
+  // No herald client here: the browser's EventSource alone, on two
+  // channels. The server ends the stream (an admin disconnect of the user,
+  // reconnects allowed); the browser reconnects by itself with
+  // Last-Event-ID and the stream resumes where it stopped.
+  assert.ok(SECRET && API_KEY, "HERALD_SECRET and HERALD_API_KEY are required");
+  const [c1, c2] = [`${CH}-es1`, `${CH}-es2`];
+  const page = await context.newPage();
+  await page.goto(`${URL_BASE}/demo/dist/index.js`);
+  const token = mint("frank", 600);
+  await page.evaluate(
+    ({ c1, c2, token }) => {
+      window.got = [];
+      window.opens = 0;
+      window.subscribed = 0;
+      const es = new EventSource(`/sse?channel=${c1}&channel=${c2}&token=${token}`);
+      es.onopen = () => (window.opens += 1);
+      es.onmessage = (ev) => {
+        const f = JSON.parse(ev.data);
+        if (f.type === "message") window.got.push({ channel: f.channel, seq: f.seq, text: f.data.text });
+        if (f.type === "subscribed") window.subscribed += 1;
+      };
+    },
+    { c1, c2, token },
+  );
+  await page.waitForFunction(() => window.subscribed >= 2, null, { timeout: 10_000 });
+  const api = async (path, body) => {
+    const res = await fetch(`${URL_BASE}${path}`, {
+      method: "POST",
+      headers: { "content-type": "application/json", "x-api-key": API_KEY },
+      body: JSON.stringify(body),
+    });
+    const text = await res.text();
+    assert.equal(res.status, 200, `${path}: ${text}`);
+    return JSON.parse(text);
+  };
+  const sent = [];
+  const send = async (i) => {
+    const channel = i % 2 ? c2 : c1;
+    const r = await api("/api/publish", { channel, data: { text: `e${i}` } });
+    sent.push({ channel, seq: r.seq, text: `e${i}` });
+  };
+  for (let i = 0; i < 6; i++) await send(i);
+  await page.waitForFunction(() => window.got.length >= 6, null, { timeout: 10_000 });
+  await api("/api/disconnect", { user: "frank", code: 4000, reconnect: true });
+  // While the browser is away (it waits `retry`, 1 s), more messages.
+  for (let i = 6; i < 12; i++) await send(i);
+  await page.waitForFunction(() => window.got.length >= 12 && window.opens >= 2, null, { timeout: 15_000 });
+  await new Promise((r) => setTimeout(r, 500));
+  const got = await page.evaluate(() => window.got);
+  for (const ch of [c1, c2]) {
+    assert.deepEqual(
+      got.filter((m) => m.channel === ch),
+      sent.filter((m) => m.channel === ch),
+      `${ch}: every message once, in order, across the reconnect`,
+    );
+  }
+  await page.close();
 });
 
 await scenario("long-polling carries the same protocol", async () => {

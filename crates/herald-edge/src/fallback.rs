@@ -140,8 +140,15 @@ async fn sse(
         return refusal(StatusCode::CONFLICT, "bad_frame", "session already read");
     };
     let hello = serde_json::json!({ "type": "session", "id": handle.id }).to_string();
-    let first =
-        stream::once(async move { Ok::<_, Infallible>(warp::sse::Event::default().data(hello)) });
+    // `retry`: a browser's EventSource reconnects 1 s after the stream
+    // breaks (Chromium's default is 3 s), with Last-Event-ID.
+    let first = stream::once(async move {
+        Ok::<_, Infallible>(
+            warp::sse::Event::default()
+                .retry(Duration::from_secs(1))
+                .data(hello),
+        )
+    });
     let events = frames(rx, Positions::from(resumed), handle.clone());
     let keep = warp::sse::keep_alive()
         .interval(ctx.cfg.heartbeat.min(Duration::from_secs(15)))

@@ -14,6 +14,7 @@ use std::process::Command;
 use common::*;
 
 const SECRET: &str = "browser-test-secret-0123456789-abcdefghij";
+const API_KEY: &str = "browser-test-api-key-0123456789";
 
 #[test]
 fn browser_scenarios_pass_in_chromium() {
@@ -39,6 +40,7 @@ demo_dir = "{}"
 
 [auth]
 hs256_secret = "{SECRET}"
+api_key = "{API_KEY}"
 leeway_secs = 0
 
 [[namespace]]
@@ -72,6 +74,7 @@ partitions = 1
         .arg(client.join("browser/run.mjs"))
         .env("HERALD_URL", &s.http)
         .env("HERALD_SECRET", SECRET)
+        .env("HERALD_API_KEY", API_KEY)
         .env("CHROMIUM", &chromium)
         .env("HERALD_SCREENSHOT", &shot)
         .current_dir(&client)
