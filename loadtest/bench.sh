@@ -5,7 +5,7 @@
 # builds release binaries; starts its own herald node (anonymous `chat`, no
 # publish rate limit) and stops it at the end. JSON results go to $OUT.
 #
-#   loadtest/bench.sh [p1|p2|p2io|p4|p5|p6|all]   (default all)
+#   loadtest/bench.sh [p1|p2|p2io|p4|p5|p6|p7|all]   (default all)
 #   SUBSCRIBERS=10000 loadtest/bench.sh p2
 #   STORM_CLIENTS=10000 STORM_JITTER_MS=1000 loadtest/bench.sh p5
 #   CLUSTER=1 loadtest/bench.sh p1  (the three-broker cluster, infra/dev/cluster.sh:
@@ -99,6 +99,19 @@ trap 'kill $srv $mock 2>/dev/null || true; finish' EXIT
 echo "bench: herald (release) at $URL, broker $BROKERS, fetch.wait.max.ms $FETCH_WAIT, results in $OUT"
 LT="$BIN/herald-loadtest"
 
+# The bare WebSocket floor in its own process, like herald (and the
+# generator's open files stay under the limit at 10,000 subscribers); one
+# per run of this script, shared by the scenarios that need it.
+floor=""
+start_ws_floor() {
+    if [[ -n $floor ]]; then return; fi
+    "$LT" ws-floor-server --listen 127.0.0.1:0 > "$OUT/wsfloor.out" 2>&1 &
+    floor=$!
+    trap 'kill $srv $floor $mock 2>/dev/null || true; finish' EXIT
+    for _ in $(seq 1 50); do grep -q "ws-floor listening" "$OUT/wsfloor.out" && break; sleep 0.1; done
+    FLOOR_URL="$(sed -n 's/^ws-floor listening on //p' "$OUT/wsfloor.out")"
+}
+
 if [[ $WHAT == all || $WHAT == p1 ]]; then
     echo "== P1: end-to-end latency at 200 msg/s for 60 s (12,000 samples per run), 100-byte messages, vs the bare Kafka floor"
     "$LT" vs-kafka --pairs "$PAIRS" --url "$URL" --brokers "$BROKERS" --fetch-wait-max-ms "$FETCH_WAIT" \
@@ -116,16 +129,21 @@ if [[ $WHAT == all || $WHAT == p4 ]]; then
 fi
 if [[ $WHAT == all || $WHAT == p2 ]]; then
     echo "== P2: fan-out, one channel, $SUBSCRIBERS subscribers, $P2_RATE msg/s, vs the bare WebSocket floor"
-    # The floor in its own process, like herald (and the generator's open
-    # files stay under the limit at 10,000 subscribers).
-    "$LT" ws-floor-server --listen 127.0.0.1:0 > "$OUT/wsfloor.out" 2>&1 &
-    floor=$!
-    trap 'kill $srv $floor $mock 2>/dev/null || true; finish' EXIT
-    for _ in $(seq 1 50); do grep -q "ws-floor listening" "$OUT/wsfloor.out" && break; sleep 0.1; done
-    FLOOR_URL="$(sed -n 's/^ws-floor listening on //p' "$OUT/wsfloor.out")"
+    start_ws_floor
     "$LT" vs-ws --pairs "$PAIRS" --url "$URL" --floor-url "$FLOOR_URL" --subscribers "$SUBSCRIBERS" --channels 1 --publishers 1 \
         --rate "$P2_RATE" --duration-secs 10 --size 100 --drain-secs "${P2_DRAIN:-30}" \
         --source-ips 127.0.0.1-127.0.0.4 --json "$OUT/p2-$SUBSCRIBERS-$P2_RATE.json"
+fi
+if [[ $WHAT == all || $WHAT == p7 ]]; then
+    P7_SUBSCRIBERS="${P7_SUBSCRIBERS:-10000}"
+    P7_CHANNELS="${P7_CHANNELS:-5000}"
+    P7_PUBLISHERS="${P7_PUBLISHERS:-1000}"
+    P7_RATE="${P7_RATE:-1000}"
+    echo "== P7 (chat-like): $P7_SUBSCRIBERS subscribers on $P7_CHANNELS channels, $P7_PUBLISHERS publishing connections, $P7_RATE msg/s in all, vs the bare WebSocket floor"
+    start_ws_floor
+    "$LT" vs-ws --pairs "$PAIRS" --url "$URL" --floor-url "$FLOOR_URL" --subscribers "$P7_SUBSCRIBERS" \
+        --channels "$P7_CHANNELS" --publishers "$P7_PUBLISHERS" --rate "$P7_RATE" --duration-secs 20 --size 100 \
+        --drain-secs 30 --source-ips 127.0.0.1-127.0.0.8 --json "$OUT/p7-$P7_SUBSCRIBERS-$P7_CHANNELS-$P7_PUBLISHERS.json"
 fi
 if [[ $WHAT == all || $WHAT == p2io ]]; then
     echo "== P2 vs the peer: Socket.IO 4 (Redis Streams adapter, state recovery), $SUBSCRIBERS subscribers, $P2_RATE msg/s"
