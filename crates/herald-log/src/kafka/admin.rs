@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use rdkafka::admin::{AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::consumer::Consumer;
 use rdkafka::types::RDKafkaErrorCode;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::Kafka;
 use crate::epoch::{new_epoch, EpochRecord};
@@ -64,6 +64,27 @@ impl Kafka {
                 other => return other,
             }
         }
+    }
+
+    /// True when every partition of `topic` has a leader in metadata.
+    async fn leaders_known(&self, topic: &str) -> Result<bool, LogError> {
+        let t = self.cfg.request_timeout;
+        let name = topic.to_owned();
+        self.blocking("metadata", move |c| {
+            let md = c.fetch_metadata(Some(&name), t)?;
+            Ok(md
+                .topics()
+                .iter()
+                .find(|tp| tp.name() == name && tp.error().is_none())
+                .is_some_and(|tp| {
+                    !tp.partitions().is_empty()
+                        && tp
+                            .partitions()
+                            .iter()
+                            .all(|p| p.leader() >= 0 && p.error().is_none())
+                }))
+        })
+        .await
     }
 
     async fn partition_count_once(&self, topic: &str) -> Result<Option<i32>, LogError> {
@@ -175,13 +196,22 @@ impl Kafka {
         if created {
             info!(topic, partitions, "Created topic");
         }
-        // Metadata can lag creation by a moment.
+        // Metadata can lag creation by a moment, and a topic this node just
+        // created has its partitions' leaders a moment later still: reading
+        // one before that fails (UnknownPartition on a three-broker
+        // cluster). Wait for both; past the deadline the topic is returned
+        // anyway (reads retry). A topic that existed is not waited for: a
+        // broker may be down and its partitions leaderless for a while.
         let deadline = Instant::now() + self.cfg.request_timeout;
         loop {
             if let Some(n) = self.partition_count(topic).await? {
-                return Ok((n, created));
-            }
-            if Instant::now() > deadline {
+                if !created
+                    || Instant::now() > deadline
+                    || self.leaders_known(topic).await.unwrap_or(false)
+                {
+                    return Ok((n, created));
+                }
+            } else if Instant::now() > deadline {
                 return Err(LogError::Timeout(
                     self.cfg.request_timeout,
                     "a created topic to appear in metadata",
@@ -282,7 +312,19 @@ impl Kafka {
     /// Reads every epoch record in the meta topic: topic -> newest record.
     async fn read_epochs(&self) -> Result<HashMap<String, EpochRecord>, LogError> {
         let meta = self.cfg.meta_topic();
-        let wm = self.watermarks_now(&meta, 0).await?;
+        // Just created (by this node or another), its partition may not be
+        // readable for a moment yet.
+        let deadline = Instant::now() + self.cfg.request_timeout;
+        let wm = loop {
+            match self.watermarks_now(&meta, 0).await {
+                Ok(wm) => break wm,
+                Err(e) if Instant::now() < deadline => {
+                    debug!(%e, "The meta topic is not readable yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let mut out = HashMap::new();
         let mut from = wm.low;
         while from < wm.high {
