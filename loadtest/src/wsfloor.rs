@@ -39,6 +39,8 @@ pub async fn serve(listen: SocketAddr) -> anyhow::Result<SocketAddr> {
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
+                // Out of file descriptors, say: wait rather than spin.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             };
             let _ = stream.set_nodelay(true);
@@ -101,8 +103,12 @@ pub async fn serve(listen: SocketAddr) -> anyhow::Result<SocketAddr> {
                         _ => {}
                     }
                 }
+                // The channel map still holds clones of `tx`, so the writer
+                // would never see its channel close: end it here, which
+                // closes the socket (a floor reused across runs would
+                // otherwise keep every past subscriber's socket open).
                 drop(tx);
-                let _ = writer.await;
+                writer.abort();
             });
         }
     });
