@@ -205,12 +205,7 @@ async fn serve(id: u64, accepted: Box<Accepted>) {
             let exp = conn.identity.as_ref().map(|i| i.exp);
             if exp != armed_for {
                 if let Some(id) = &conn.identity {
-                    // The same leeway as at verification: a token accepted
-                    // within it is not closed the moment it is accepted.
-                    let left = id.expires_in().saturating_add(conn.ctx.auth.leeway());
-                    let now = tokio::time::Instant::now();
-                    let at = now.checked_add(left).unwrap_or(now + MAX_EXPIRY_TIMER);
-                    expiry.as_mut().reset(at);
+                    expiry.as_mut().reset(expiry_at(id, conn.ctx.auth.leeway()));
                 }
                 armed_for = exp;
             }
@@ -470,6 +465,15 @@ impl Conn {
             } => Box::pin(self.publish(channel, id, data, retry)).await,
         }
     }
+}
+
+/// When a connection acting as `id` is closed for an expired token: at
+/// `exp` plus the same leeway as at verification (a token accepted within
+/// it is not closed the moment it is accepted).
+fn expiry_at(id: &Identity, leeway: Duration) -> tokio::time::Instant {
+    let left = id.expires_in().saturating_add(leeway);
+    let now = tokio::time::Instant::now();
+    now.checked_add(left).unwrap_or(now + MAX_EXPIRY_TIMER)
 }
 
 /// Remembers the last `seq` written on a subscription: its acks may not go

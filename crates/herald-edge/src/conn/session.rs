@@ -28,8 +28,7 @@ use tokio::sync::{mpsc, Notify};
 use tracing::{debug, debug_span, Instrument};
 use uuid::Uuid;
 
-use super::{note_delivery, Conn};
-use crate::auth::MAX_EXPIRY_TIMER;
+use super::{expiry_at, note_delivery, Conn};
 use crate::ctx::Ctx;
 use crate::server::Admitted;
 
@@ -251,11 +250,7 @@ async fn run(
         let exp = conn.identity.as_ref().map(|i| i.exp);
         if exp != armed_for {
             if let Some(i) = &conn.identity {
-                let left = i.expires_in().saturating_add(ctx.auth.leeway());
-                let now = tokio::time::Instant::now();
-                expiry
-                    .as_mut()
-                    .reset(now.checked_add(left).unwrap_or(now + MAX_EXPIRY_TIMER));
+                expiry.as_mut().reset(expiry_at(i, ctx.auth.leeway()));
             }
             armed_for = exp;
         }
