@@ -109,6 +109,8 @@ export interface Subscribed {
   position: Position;
   /** True when the server resumed the channel exactly from our position. */
   recovered: boolean;
+  /** The server's own subscription to a personal channel (not asked for). */
+  auto: boolean;
 }
 
 type Events = {
@@ -192,6 +194,11 @@ export class HeraldClient {
   private nextDelayMs: number | null = null;
   private subs = new Map<string, SubscribeOptions>();
   private positions = new Map<string, Position>();
+  /** Channels whose resume (`subscribe` with `since`) is not answered yet:
+   *  their messages are dropped until it is, as the resume delivers them
+   *  again in order (a personal channel's server subscription may deliver
+   *  newer ones first). */
+  private resuming = new Set<string>();
   private pendingAcks = new Map<string, number>();
   private publishes = new Map<string, PendingPublish>();
   private requests = new Map<string, PendingRequest>();
@@ -385,6 +392,7 @@ export class HeraldClient {
     }
     this.setState("connected");
     this.armRefresh();
+    this.resuming.clear();
     for (const ch of this.subs.keys()) this.sendSubscribe(ch);
     for (const p of this.publishes.values()) this.sendPublish(p);
     for (const r of this.requests.values()) this.transport?.send(r.frame);
@@ -459,6 +467,7 @@ export class HeraldClient {
     if (p) frame.since = { seq: p.seq, epoch: p.epoch };
     else if (o.durable) frame.since = "cursor";
     if (o.durable) frame.durable = true;
+    if (frame.since !== undefined) this.resuming.add(channel);
     this.transport?.send(frame);
   }
 
@@ -484,12 +493,19 @@ export class HeraldClient {
         const channel = String(f.channel);
         const position = f.position as Position;
         const recovered = Boolean(f.recovered);
+        const auto = f.auto === true;
+        // The server's subscription, which our resume replaces: not its answer.
+        if (auto && this.resuming.has(channel)) return;
+        if (!auto) this.resuming.delete(channel);
+        // Where live starts, when the server could not resume us and we know
+        // nothing of this epoch; a recovered reply's catch-up (at or below
+        // `position`) follows, even when we know nothing (a cursor resume).
         const known = this.positions.get(channel);
-        if (!known || (!recovered && known.epoch !== position.epoch)) {
+        if (!recovered && (!known || known.epoch !== position.epoch)) {
           this.positions.set(channel, { ...position });
           this.savePositions();
         }
-        this.emit("subscribed", { channel, position, recovered });
+        this.emit("subscribed", { channel, position, recovered, auto });
         return;
       }
       case "unsubscribed":
@@ -537,6 +553,7 @@ export class HeraldClient {
           r.reject(new HeraldError(String(f.code), String(f.reason ?? "")));
           return;
         }
+        if (f.channel !== undefined) this.resuming.delete(String(f.channel));
         this.emit("error", {
           code: String(f.code),
           reason: String(f.reason ?? ""),
@@ -569,6 +586,7 @@ export class HeraldClient {
   }
 
   private onMessage(m: Message) {
+    if (this.resuming.has(m.channel)) return; // the resume delivers it again
     const last = this.positions.get(m.channel);
     if (last && last.epoch === m.epoch && m.seq <= last.seq) return; // seen already
     this.positions.set(m.channel, { seq: m.seq, epoch: m.epoch });

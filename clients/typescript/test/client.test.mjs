@@ -103,6 +103,37 @@ test("a reconnect resubscribes from the stored position and re-sends unanswered 
   c.close();
 });
 
+test("a personal channel's resume drops what the server's own subscription delivered first", async () => {
+  const s = scripted();
+  const c = client(s);
+  const got = [];
+  const subscribed = [];
+  c.on("message", (m) => got.push(m.seq));
+  c.on("subscribed", (e) => subscribed.push([e.recovered, e.auto]));
+  c.subscribe("dm:alice");
+  c.connect();
+  await tick();
+  const t0 = s.made[0];
+  t0.open();
+  t0.frame({ type: "subscribed", channel: "dm:alice", position: { seq: 1, epoch: "e1" }, recovered: false });
+  t0.frame(msg("dm:alice", 2));
+  t0.fail(1006, true);
+  await tick(20);
+  const t1 = s.made[1];
+  t1.open();
+  assert.deepEqual(t1.sent[0], { type: "subscribe", channel: "dm:alice", since: { seq: 2, epoch: "e1" } });
+  // The server subscribed us itself (live, at 3) before reading our resume,
+  // and delivered 4 live: 3 was published while we were away.
+  t1.frame({ type: "subscribed", channel: "dm:alice", position: { seq: 3, epoch: "e1" }, recovered: false, auto: true });
+  t1.frame(msg("dm:alice", 4));
+  // Our resume's answer, then everything after 2, in order.
+  t1.frame({ type: "subscribed", channel: "dm:alice", position: { seq: 4, epoch: "e1" }, recovered: true });
+  for (const seq of [3, 4, 5]) t1.frame(msg("dm:alice", seq));
+  assert.deepEqual(got, [2, 3, 4, 5]);
+  assert.deepEqual(subscribed, [[false, false], [true, false]]);
+  c.close();
+});
+
 test("a transport that never opens falls back to the next at once", async () => {
   const s = scripted();
   const c = client(s);
@@ -193,6 +224,7 @@ test("durable subscriptions ack what was processed, batched", async () => {
   c.connect();
   await tick();
   s.made[0].open();
+  s.made[0].frame({ type: "subscribed", channel: "chat:d", position: { seq: 3, epoch: "e1" }, recovered: true });
   for (const seq of [1, 2, 3]) s.made[0].frame(msg("chat:d", seq));
   await tick(30);
   assert.deepEqual(

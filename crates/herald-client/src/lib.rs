@@ -132,6 +132,9 @@ pub enum Frame {
         channel: String,
         position: Position,
         recovered: bool,
+        /// The server's own subscription to a personal channel.
+        #[serde(default)]
+        auto: bool,
     },
     Unsubscribed {
         channel: String,
@@ -377,12 +380,22 @@ impl Connection {
     async fn wait_for<T>(
         &mut self,
         what: &'static str,
-        mut pick: impl FnMut(&Frame) -> Option<T>,
+        pick: impl FnMut(&Frame) -> Option<T>,
     ) -> Result<T, ClientError> {
+        self.wait_for_at(what, pick).await.map(|(t, _)| t)
+    }
+
+    /// [`Connection::wait_for`], also returning how many of the frames kept
+    /// in `pending` arrived before the accepted one.
+    async fn wait_for_at<T>(
+        &mut self,
+        what: &'static str,
+        mut pick: impl FnMut(&Frame) -> Option<T>,
+    ) -> Result<(T, usize), ClientError> {
         // A reply may already be waiting in `pending`.
         if let Some(i) = self.pending.iter().position(|f| pick(f).is_some()) {
             let f = self.pending.remove(i).ok_or(ClientError::Timeout(what))?;
-            return pick(&f).ok_or(ClientError::Timeout(what));
+            return pick(&f).map(|t| (t, i)).ok_or(ClientError::Timeout(what));
         }
         let deadline = tokio::time::Instant::now() + self.timeout;
         loop {
@@ -391,14 +404,17 @@ impl Connection {
                 Err(_) => return Err(ClientError::Timeout(what)),
             };
             if let Some(t) = pick(&f) {
-                return Ok(t);
+                return Ok((t, self.pending.len()));
             }
             self.pending.push_back(f);
         }
     }
 
     /// Subscribes and waits for the `subscribed` reply (messages delivered
-    /// after it are kept for [`Connection::next_frame`]).
+    /// after it are kept for [`Connection::next_frame`]). A resume that
+    /// replaces the server's subscription to a personal channel drops that
+    /// channel's messages read before its reply: the resume delivers them
+    /// again, in order after `since`.
     pub async fn subscribe(
         &mut self,
         channel: &str,
@@ -416,6 +432,7 @@ impl Connection {
         start: Start<'_>,
         durable: bool,
     ) -> Result<(Position, bool), ClientError> {
+        let resume = !matches!(start, Start::Live);
         let since = match start {
             Start::Live => None,
             Start::After(p) => Some(serde_json::json!({ "seq": p.seq, "epoch": p.epoch })),
@@ -427,24 +444,34 @@ impl Connection {
             durable,
         })
         .await?;
-        self.wait_for("subscribed", |f| match f {
-            Frame::Subscribed {
-                channel: c,
-                position,
-                recovered,
-            } if c == channel => Some(Ok((position.clone(), *recovered))),
-            Frame::Error {
-                code,
-                reason,
-                channel: Some(c),
-                ..
-            } if c == channel => Some(Err(ClientError::Server {
-                code: code.clone(),
-                reason: reason.clone(),
-            })),
-            _ => None,
-        })
-        .await?
+        let (reply, before) = self
+            .wait_for_at("subscribed", |f| match f {
+                Frame::Subscribed {
+                    channel: c,
+                    position,
+                    recovered,
+                    auto: false,
+                } if c == channel => Some(Ok((position.clone(), *recovered))),
+                Frame::Error {
+                    code,
+                    reason,
+                    channel: Some(c),
+                    ..
+                } if c == channel => Some(Err(ClientError::Server {
+                    code: code.clone(),
+                    reason: reason.clone(),
+                })),
+                _ => None,
+            })
+            .await?;
+        if resume && reply.is_ok() {
+            let mut i = 0;
+            self.pending.retain(|f| {
+                i += 1;
+                i > before || !matches!(f, Frame::Message(m) if m.channel == channel)
+            });
+        }
+        reply
     }
 
     /// Asks for a page of `channel`'s history and waits for it.
@@ -681,13 +708,17 @@ pub struct ChannelCursor {
 }
 
 impl ChannelCursor {
-    /// Records a `subscribed` reply: where live delivery starts when nothing
-    /// was seen yet, or when the server could not recover (new epoch).
+    /// Records a `subscribed` reply that did not recover: where live
+    /// delivery starts when nothing was seen yet, or in a new epoch. A
+    /// recovered reply changes nothing: its catch-up (at or below
+    /// `position`) follows, even when nothing was seen yet (a resume from
+    /// the server-side cursor).
     pub fn on_subscribed(&mut self, channel: &str, position: &Position, recovered: bool) {
-        let replace = match self.last.get(channel) {
-            None => true,
-            Some(p) => !recovered && p.epoch != position.epoch,
-        };
+        let replace = !recovered
+            && self
+                .last
+                .get(channel)
+                .is_none_or(|p| p.epoch != position.epoch);
         if replace {
             self.last.insert(channel.to_owned(), position.clone());
         }
@@ -765,6 +796,24 @@ mod tests {
             false,
         );
         assert_eq!(c.since("chat:a").unwrap().epoch, "f");
+    }
+
+    #[test]
+    fn a_recovered_reply_keeps_the_catch_up() {
+        // A resume from the server-side cursor: nothing seen here, the reply
+        // says where live starts, and the catch-up below it follows.
+        let mut c = ChannelCursor::default();
+        let head = Position {
+            seq: 9,
+            epoch: "e".into(),
+        };
+        c.on_subscribed("chat:a", &head, true);
+        assert!(c.since("chat:a").is_none());
+        for seq in [7, 8, 9] {
+            assert!(c.accept(&msg(seq, "e")));
+        }
+        assert!(!c.accept(&msg(8, "e")));
+        assert_eq!(c.since("chat:a"), Some(&head));
     }
 
     #[test]

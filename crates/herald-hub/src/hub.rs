@@ -237,7 +237,7 @@ impl Hub {
         since: Option<&Position>,
     ) -> Result<SubscribeOutcome, HubError> {
         let never = std::sync::atomic::AtomicBool::new(false);
-        self.subscribe_until(outbox, topic, channel, since, &never)
+        self.subscribe_until(outbox, topic, channel, since, false, &never)
             .await
     }
 
@@ -245,12 +245,15 @@ impl Hub {
     /// the flag is checked under the partition lock at registration, so a
     /// caller that sets it and then calls [`Hub::unsubscribe`] leaves no
     /// registration behind, however the two race (`Closed` is returned).
+    /// `auto` marks the reply as the server's own subscription (a personal
+    /// channel): only ever live.
     pub async fn subscribe_until(
         &self,
         outbox: &Outbox,
         topic: &str,
         channel: &str,
         since: Option<&Position>,
+        auto: bool,
         cancelled: &std::sync::atomic::AtomicBool,
     ) -> Result<SubscribeOutcome, HubError> {
         use std::sync::atomic::Ordering;
@@ -280,6 +283,7 @@ impl Hub {
                 channel: channel.to_owned(),
                 position: position.clone(),
                 recovered: false,
+                auto,
             };
             if !outbox.try_push(Outbound::Frame(reply.to_json())) {
                 return Err(HubError::SlowConsumer);
@@ -309,6 +313,7 @@ impl Hub {
             channel: channel.to_owned(),
             position: position.clone(),
             recovered: true,
+            auto: false,
         };
         if !outbox.push(Outbound::Frame(reply.to_json())).await {
             return Err(HubError::Closed);

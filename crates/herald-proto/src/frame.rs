@@ -465,10 +465,14 @@ pub enum ServerFrame {
     /// newest `seq` in the channel's partition when the subscription took
     /// effect (`-1` for an empty partition). `recovered` is true only when
     /// `since` was given and every message after it was (or is being) delivered.
+    /// `auto` (sent only when true) marks the server's own subscription to a
+    /// personal channel, which no client `subscribe` asked for.
     Subscribed {
         channel: String,
         position: Position,
         recovered: bool,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        auto: bool,
     },
     Unsubscribed {
         channel: String,

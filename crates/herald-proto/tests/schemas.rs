@@ -34,6 +34,16 @@ fn server_frames_validate() {
                 epoch: "e".into(),
             },
             recovered: false,
+            auto: false,
+        },
+        ServerFrame::Subscribed {
+            channel: "dm:alice".into(),
+            position: Position {
+                seq: 4,
+                epoch: "e".into(),
+            },
+            recovered: false,
+            auto: true,
         },
         ServerFrame::Unsubscribed {
             channel: "chat:a".into(),

@@ -255,6 +255,7 @@ impl Conn {
                             &t,
                             channel.as_str(),
                             since.as_ref(),
+                            auto,
                             &task_flags.cancelled,
                         )
                         .await
