@@ -90,13 +90,21 @@ pub async fn scenario_paced(
         let (urls, progress) = (urls.clone(), progress.clone());
         pubs.push(tokio::spawn(async move {
             let mut p = Publisher::new(urls);
+            // As a client must: until acked, through a whole cluster's
+            // restart on a slow machine (50 fast nacks last under a minute).
+            p.max_attempts = 200;
             let mut acked = Vec::new();
             for i in 0..per_channel {
                 let id = Uuid::new_v4();
                 let seq = p
                     .publish(&ch, id, &json!({ "n": i }))
                     .await
-                    .unwrap_or_else(|e| panic!("publish {i} on {ch} never acked: {e}"));
+                    .unwrap_or_else(|e| {
+                        panic!(
+                            "publish {i} on {ch} never acked after {} attempts: {e} ({:?})",
+                            p.max_attempts, p.stats
+                        )
+                    });
                 acked.push((id, seq));
                 progress.fetch_add(1, Ordering::SeqCst);
                 if !pace.is_zero() {
@@ -143,25 +151,25 @@ pub async fn scenario_paced(
 }
 
 pub fn assert_all_once(name: &str, o: &Outcome) {
-    report(
-        name,
-        &o.tally,
-        &format!(
-            "publisher_retries={} subscriber_reconnects={} duplicates_dropped_by_client={} not_recovered={} close_codes={:?}",
-            o.publisher_retries,
-            o.sub.connects.saturating_sub(1),
-            o.sub.duplicates_dropped,
-            o.sub.not_recovered,
-            o.sub.close_codes
-        ),
+    let extra = format!(
+        "publisher_retries={} subscriber_reconnects={} duplicates_dropped_by_client={} not_recovered={} close_codes={:?}",
+        o.publisher_retries,
+        o.sub.connects.saturating_sub(1),
+        o.sub.duplicates_dropped,
+        o.sub.not_recovered,
+        o.sub.close_codes
     );
-    assert_eq!(o.tally.lost, 0, "{name}: lost");
-    assert_eq!(o.tally.duplicated, 0, "{name}: duplicated");
-    assert_eq!(
-        o.tally.delivered, o.tally.acked,
-        "{name}: delivered == acked"
+    report(name, &o.tally, &extra);
+    // The whole report in every message: a CI excerpt shows the panic.
+    let t = &o.tally;
+    let all = format!(
+        "{name}: acked={} delivered={} lost={} duplicated={} {extra}",
+        t.acked, t.delivered, t.lost, t.duplicated
     );
-    assert_eq!(o.sub.not_recovered, 0, "{name}: every resume recovered");
+    assert_eq!(t.lost, 0, "lost: {all}");
+    assert_eq!(t.duplicated, 0, "duplicated: {all}");
+    assert_eq!(t.delivered, t.acked, "delivered == acked: {all}");
+    assert_eq!(o.sub.not_recovered, 0, "every resume recovered: {all}");
 }
 
 pub async fn burst(p: &mut Publisher, acked: &mut Acked, chans: &[&str], n: usize) {
