@@ -308,7 +308,6 @@ impl Kafka {
         Ok(self.read_epochs().await?.remove(topic).map(|e| e.epoch))
     }
 
-    /// Reads every epoch record in the meta topic: topic → newest epoch.
     /// Reads every epoch record in the meta topic: topic -> newest record.
     async fn read_epochs(&self) -> Result<HashMap<String, EpochRecord>, LogError> {
         let meta = self.cfg.meta_topic();

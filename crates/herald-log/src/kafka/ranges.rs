@@ -85,6 +85,21 @@ fn retire(r: Reader) {
     }
 }
 
+/// Errors a broker answers for a partition its metadata has not caught up
+/// with yet.
+fn not_known_yet(e: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::UnknownPartition
+                | C::UnknownTopicOrPartition
+                | C::LeaderNotAvailable
+                | C::NotLeaderForPartition
+        )
+    )
+}
+
 impl Kafka {
     pub(super) async fn watermarks_now(
         &self,
@@ -95,7 +110,19 @@ impl Kafka {
         let name = topic.to_owned();
         let (low, high) = self
             .blocking("watermarks", move |c| {
-                c.fetch_watermarks(&name, partition, t)
+                // A partition just created or just given a new leader may
+                // be unknown to the broker that metadata names as its leader
+                // for a moment (KRaft applies metadata on each broker
+                // asynchronously): asked again until the request timeout.
+                let deadline = Instant::now() + t;
+                loop {
+                    match c.fetch_watermarks(&name, partition, t) {
+                        Err(e) if not_known_yet(&e) && Instant::now() < deadline => {
+                            std::thread::sleep(Duration::from_millis(200));
+                        }
+                        r => return r,
+                    }
+                }
             })
             .await?;
         Ok(Watermarks { low, high })
