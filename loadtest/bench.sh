@@ -5,7 +5,11 @@
 # builds release binaries; starts its own herald node (anonymous `chat`, no
 # publish rate limit) and stops it at the end. JSON results go to $OUT.
 #
-#   loadtest/bench.sh [p1|p2|p2io|p4|p5|p6|p7|all]   (default all)
+#   loadtest/bench.sh [p1|p2|p2io|p4|p5|p6|p7|cf|cf-latency|cf-p2|cf-p7|all]   (default all)
+#   (cf: all three against Centrifugo v6, loadtest/centrifugo/start.sh)
+#   RATES=25,50,100,200,400 loadtest/bench.sh sweep|sweep-cf   (throughput and
+#                                    p99 against offered load, charts in docs/bench/)
+#   SIZE=16384 loadtest/bench.sh cf-p2   (message padding of the cf-* rows, default 100)
 #   SUBSCRIBERS=10000 loadtest/bench.sh p2
 #   STORM_CLIENTS=10000 STORM_JITTER_MS=1000 loadtest/bench.sh p5
 #   CLUSTER=1 loadtest/bench.sh p1  (the three-broker cluster, infra/dev/cluster.sh:
@@ -33,7 +37,9 @@ P2_RATE="${P2_RATE:-100}"
 # strict verifier (loss, duplicates, order, a minimum of acks) and fails
 # the script when it is not all of it, once, in order.
 PAIRS="${PAIRS:-3}"
-mkdir -p "$OUT"
+# Charts (SVG) go beside docs/benchmarks.md.
+PLOTS="${PLOTS:-$ROOT/docs/bench}"
+mkdir -p "$OUT" "$PLOTS"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || echo "bench: could not raise the fd limit"
 cargo build --release -q -p herald -p herald-loadtest
 BIN="$CARGO_TARGET_DIR/release"
@@ -41,7 +47,6 @@ BIN="$CARGO_TARGET_DIR/release"
 FETCH_WAIT="${FETCH_WAIT_MS:-100}"
 REPLICATION=()
 FLOOR_TOPIC=()
-mock=""
 stop_broker=""
 if [[ -n "${CLUSTER:-}" ]]; then
     if ! infra/dev/cluster.sh status >/dev/null 2>&1; then
@@ -58,12 +63,13 @@ elif [[ -z "${MOCK:-}" && -z "${HERALD_TEST_BROKERS:-}" ]]; then
     fi
     echo "bench: Apache Kafka (one KRaft node) at $BROKERS"
 fi
-if [[ -n "$stop_broker" ]]; then
-    # The broker outlives this script's traps' kill lists below; stop it last.
-    finish() { $stop_broker >/dev/null 2>&1 || true; }
-else
-    finish() { :; }
-fi
+# Everything this script starts goes on KILL; the broker it started (if any)
+# is stopped last.
+KILL=()
+finish() {
+    if ((${#KILL[@]})); then kill "${KILL[@]}" 2>/dev/null || true; fi
+    if [[ -n "$stop_broker" ]]; then $stop_broker >/dev/null 2>&1 || true; fi
+}
 trap finish EXIT
 if [[ -n "${MOCK:-}" ]]; then
     # librdkafka's in-process mock cluster instead of the dev broker: a broker
@@ -72,32 +78,35 @@ if [[ -n "${MOCK:-}" ]]; then
     "$BIN/herald-loadtest" mock-broker \
         --topics "bench-$$.chat:8,bench-$$.meta:1,bench-$$.cursors:8,loadtest-floor:1" \
         > "$OUT/mock.out" 2>&1 &
-    mock=$!
+    KILL+=($!)
     for _ in $(seq 1 50); do grep -q "mock broker at" "$OUT/mock.out" && break; sleep 0.1; done
     BROKERS="$(sed -n 's/^mock broker at //p' "$OUT/mock.out")"
     FLOOR_TOPIC=(--floor-topic loadtest-floor)
     echo "bench: librdkafka mock cluster at $BROKERS"
 fi
 
-# start_herald NAME: a release herald node on a free port, all nodes on the
-# same topics; sets PID and NODE_URL.
+# start_herald NAME [FLAGS...]: a release herald node on a free port, all
+# nodes on the same topics, every limit at its default (queue 1,024 messages
+# / 4 MiB per connection, 1,000 publishes/s per connection, 10,000
+# connections per IP) unless FLAGS say otherwise; sets PID and NODE_URL.
 start_herald() {
+    local name=$1
+    shift
     "$BIN/herald" serve --listen 127.0.0.1:0 --kafka-brokers "$BROKERS" \
         --topic-prefix "bench-$$." --namespaces chat=8:anonymous --fetch-wait-max-ms "$FETCH_WAIT" \
-        "${REPLICATION[@]}" ${HERALD_ARGS:-} \
-        --publish-rate 0 --max-connections-per-ip 1000000 --queue-messages 100000 \
-        --queue-bytes 67108864 > "$OUT/$1.out" 2> "$OUT/$1.err" &
+        "${REPLICATION[@]}" ${HERALD_ARGS:-} "$@" > "$OUT/$name.out" 2> "$OUT/$name.err" &
     PID=$!
-    for _ in $(seq 1 300); do grep -q listening "$OUT/$1.out" && break; sleep 0.1; done
-    NODE_URL="$(sed -n 's/^herald listening on //p' "$OUT/$1.out")"
-    [[ -n "$NODE_URL" ]] || { echo "bench: herald ($1) did not start"; cat "$OUT/$1.err"; exit 1; }
+    KILL+=("$PID")
+    for _ in $(seq 1 300); do grep -q listening "$OUT/$name.out" && break; sleep 0.1; done
+    NODE_URL="$(sed -n 's/^herald listening on //p' "$OUT/$name.out")"
+    [[ -n "$NODE_URL" ]] || { echo "bench: herald ($name) did not start"; cat "$OUT/$name.err"; exit 1; }
 }
 start_herald herald
-srv=$PID
 URL=$NODE_URL
-trap 'kill $srv $mock 2>/dev/null || true; finish' EXIT
 echo "bench: herald (release) at $URL, broker $BROKERS, fetch.wait.max.ms $FETCH_WAIT, results in $OUT"
 LT="$BIN/herald-loadtest"
+# plot NAME TITLE: the latency distributions of $OUT/NAME.json as $PLOTS/NAME.svg.
+plot() { "$LT" plot --json "$OUT/$1.json" --svg "$PLOTS/$1.svg" --title "$2"; }
 
 # The bare WebSocket floor in its own process, like herald (and the
 # generator's open files stay under the limit at 10,000 subscribers); one
@@ -105,27 +114,51 @@ LT="$BIN/herald-loadtest"
 floor=""
 start_ws_floor() {
     if [[ -n $floor ]]; then return; fi
-    "$LT" ws-floor-server --listen 127.0.0.1:0 > "$OUT/wsfloor.out" 2>&1 &
+    "$LT" ws-floor-server --listen 127.0.0.1:0 ${FLOOR_FLUSH_EACH:+--flush-each} > "$OUT/wsfloor.out" 2>&1 &
     floor=$!
-    trap 'kill $srv $floor $mock 2>/dev/null || true; finish' EXIT
+    KILL+=("$floor")
     for _ in $(seq 1 50); do grep -q "ws-floor listening" "$OUT/wsfloor.out" && break; sleep 0.1; done
     FLOOR_URL="$(sed -n 's/^ws-floor listening on //p' "$OUT/wsfloor.out")"
+}
+
+# The Centrifugo peer (loadtest/centrifugo/start.sh: built from the Go
+# module proxy into the cache on first use, Redis engine, history and
+# recovery on); one per run of this script.
+CF_URL=""
+start_centrifugo() {
+    if [[ -n $CF_URL ]]; then return; fi
+    CF_URL="$(OUT="$OUT" loadtest/centrifugo/start.sh | tail -1)"
+    KILL+=($(cat "$OUT/centrifugo.pids"))
+    [[ -n "$CF_URL" ]] || { echo "bench: centrifugo did not start"; cat "$OUT/centrifugo.err"; exit 1; }
 }
 
 if [[ $WHAT == all || $WHAT == p1 ]]; then
     echo "== P1: end-to-end latency at 200 msg/s for 60 s (12,000 samples per run), 100-byte messages, vs the bare Kafka floor"
     "$LT" vs-kafka --pairs "$PAIRS" --url "$URL" --brokers "$BROKERS" --fetch-wait-max-ms "$FETCH_WAIT" \
         --rate 200 --duration-secs "${P1_SECS:-60}" --size 100 "${FLOOR_TOPIC[@]}" --json "$OUT/p1${MOCK:+-mock}${CLUSTER:+-cluster}.json"
+    plot "p1${MOCK:+-mock}${CLUSTER:+-cluster}" "P1: latency at 200 msg/s, herald vs the Kafka floor${CLUSTER:+ (RF 3 cluster)}${MOCK:+ (mock broker)}"
 fi
 if [[ $WHAT == all || $WHAT == p6 ]]; then
-    echo "== P6: ingest, closed loop with 64 in flight, vs the bare producer"
-    "$LT" vs-kafka --pairs "$PAIRS" --url "$URL" --brokers "$BROKERS" --fetch-wait-max-ms "$FETCH_WAIT" \
+    echo "== P6: ingest, closed loop with 64 in flight, vs the bare producer (herald without its per-connection publish rate limit)"
+    start_herald herald-p6 --publish-rate 0
+    "$LT" vs-kafka --pairs "$PAIRS" --url "$NODE_URL" --brokers "$BROKERS" --fetch-wait-max-ms "$FETCH_WAIT" \
         --rate 0 --window 64 --duration-secs 15 --size 100 "${FLOOR_TOPIC[@]}" --json "$OUT/p6${MOCK:+-mock}${CLUSTER:+-cluster}.json"
 fi
 if [[ $WHAT == all || $WHAT == p4 ]]; then
-    echo "== P4: resume of a client 10,000 messages behind, vs reading them from Kafka"
+    P4_MESSAGES="${P4_MESSAGES:-10000}"
+    echo "== P4: resume of a client $P4_MESSAGES messages behind on the node that published them, vs reading them from Kafka"
     "$LT" resume --url "$URL" --brokers "$BROKERS" --topic-prefix "bench-$$." \
-        --messages "${P4_MESSAGES:-10000}" --size 100 --fetch-wait-max-ms "$FETCH_WAIT" --json "$OUT/p4.json"
+        --messages "$P4_MESSAGES" --size 100 --fetch-wait-max-ms "$FETCH_WAIT" --json "$OUT/p4.json"
+    echo "== P4 beyond the ring: $((P4_MESSAGES * 2)) behind (herald's default ring keeps 10,000 per partition)"
+    "$LT" resume --url "$URL" --brokers "$BROKERS" --topic-prefix "bench-$$." \
+        --messages "$((P4_MESSAGES * 2))" --size 100 --fetch-wait-max-ms "$FETCH_WAIT" --json "$OUT/p4-beyond-ring.json"
+    for i in $(seq 1 "$PAIRS"); do
+        echo "== P4 cold ($i of $PAIRS): $P4_MESSAGES behind, resumed on a node started after they were published"
+        start_herald "herald-cold-$i"
+        "$LT" resume --url "$URL" --resume-url "$NODE_URL" --brokers "$BROKERS" --topic-prefix "bench-$$." \
+            --messages "$P4_MESSAGES" --size 100 --fetch-wait-max-ms "$FETCH_WAIT" --json "$OUT/p4-cold-$i.json"
+        kill "$PID"
+    done
 fi
 if [[ $WHAT == all || $WHAT == p2 ]]; then
     echo "== P2: fan-out, one channel, $SUBSCRIBERS subscribers, $P2_RATE msg/s, vs the bare WebSocket floor"
@@ -133,6 +166,7 @@ if [[ $WHAT == all || $WHAT == p2 ]]; then
     "$LT" vs-ws --pairs "$PAIRS" --url "$URL" --floor-url "$FLOOR_URL" --subscribers "$SUBSCRIBERS" --channels 1 --publishers 1 \
         --rate "$P2_RATE" --duration-secs 10 --size 100 --drain-secs "${P2_DRAIN:-30}" \
         --source-ips 127.0.0.1-127.0.0.4 --json "$OUT/p2-$SUBSCRIBERS-$P2_RATE.json"
+    plot "p2-$SUBSCRIBERS-$P2_RATE" "P2: $SUBSCRIBERS subscribers, $P2_RATE msg/s, herald vs the WebSocket floor"
 fi
 if [[ $WHAT == all || $WHAT == p7 ]]; then
     P7_SUBSCRIBERS="${P7_SUBSCRIBERS:-10000}"
@@ -144,15 +178,65 @@ if [[ $WHAT == all || $WHAT == p7 ]]; then
     "$LT" vs-ws --pairs "$PAIRS" --url "$URL" --floor-url "$FLOOR_URL" --subscribers "$P7_SUBSCRIBERS" \
         --channels "$P7_CHANNELS" --publishers "$P7_PUBLISHERS" --rate "$P7_RATE" --duration-secs 20 --size 100 \
         --drain-secs 30 --source-ips 127.0.0.1-127.0.0.8 --json "$OUT/p7-$P7_SUBSCRIBERS-$P7_CHANNELS-$P7_PUBLISHERS.json"
+    plot "p7-$P7_SUBSCRIBERS-$P7_CHANNELS-$P7_PUBLISHERS" "P7 chat: $P7_SUBSCRIBERS subscribers on $P7_CHANNELS channels, herald vs the WebSocket floor"
 fi
 if [[ $WHAT == all || $WHAT == p2io ]]; then
     echo "== P2 vs the peer: Socket.IO 4 (Redis Streams adapter, state recovery), $SUBSCRIBERS subscribers, $P2_RATE msg/s"
     SIO_URL="$(OUT="$OUT" loadtest/socketio/start.sh | tail -1)"
-    trap 'kill $srv $mock $(cat "$OUT/socketio.pids") 2>/dev/null || true; finish' EXIT
+    KILL+=($(cat "$OUT/socketio.pids"))
     [[ -n "$SIO_URL" ]] || { echo "bench: socket.io did not start"; cat "$OUT/socketio.err"; exit 1; }
     "$LT" vs-socketio --pairs "$PAIRS" --url "$URL" --sio-url "$SIO_URL" --subscribers "$SUBSCRIBERS" --channels 1 \
         --publishers 1 --rate "$P2_RATE" --duration-secs 10 --size 100 --drain-secs "${P2_DRAIN:-30}" \
         --source-ips 127.0.0.1-127.0.0.4 --json "$OUT/p2io-$SUBSCRIBERS-$P2_RATE.json"
+fi
+if [[ $WHAT == all || $WHAT == cf || $WHAT == cf-latency ]]; then
+    echo "== vs Centrifugo: end-to-end latency, one subscriber, 200 msg/s for ${P1_SECS:-60} s, 100-byte messages"
+    start_centrifugo
+    "$LT" vs-centrifugo --pairs "$PAIRS" --url "$URL" --cf-url "$CF_URL" --subscribers 1 --channels 1 \
+        --publishers 1 --rate 200 --duration-secs "${P1_SECS:-60}" --size "${SIZE:-100}" --drain-secs 10 \
+        --json "$OUT/cf-latency-${SIZE:-100}.json"
+    plot "cf-latency-${SIZE:-100}" "Latency at 200 msg/s, ${SIZE:-100} B: herald vs Centrifugo"
+fi
+if [[ $WHAT == all || $WHAT == cf || $WHAT == cf-p2 ]]; then
+    echo "== vs Centrifugo, P2: fan-out, one channel, $SUBSCRIBERS subscribers, $P2_RATE msg/s, ${SIZE:-100}-byte messages"
+    start_centrifugo
+    "$LT" vs-centrifugo --pairs "$PAIRS" --url "$URL" --cf-url "$CF_URL" --subscribers "$SUBSCRIBERS" --channels 1 \
+        --publishers 1 --rate "$P2_RATE" --duration-secs 10 --size "${SIZE:-100}" --drain-secs "${P2_DRAIN:-30}" \
+        --source-ips 127.0.0.1-127.0.0.4 --json "$OUT/cf-p2-$SUBSCRIBERS-$P2_RATE-${SIZE:-100}.json"
+    plot "cf-p2-$SUBSCRIBERS-$P2_RATE-${SIZE:-100}" "P2: $SUBSCRIBERS subscribers, $P2_RATE msg/s, ${SIZE:-100} B: herald vs Centrifugo"
+fi
+if [[ $WHAT == all || $WHAT == cf || $WHAT == cf-p7 ]]; then
+    P7_SUBSCRIBERS="${P7_SUBSCRIBERS:-10000}"
+    P7_CHANNELS="${P7_CHANNELS:-5000}"
+    P7_PUBLISHERS="${P7_PUBLISHERS:-1000}"
+    P7_RATE="${P7_RATE:-1000}"
+    echo "== vs Centrifugo, P7 (chat-like): $P7_SUBSCRIBERS subscribers on $P7_CHANNELS channels, $P7_PUBLISHERS publishing connections, $P7_RATE msg/s"
+    start_centrifugo
+    "$LT" vs-centrifugo --pairs "$PAIRS" --url "$URL" --cf-url "$CF_URL" --subscribers "$P7_SUBSCRIBERS" \
+        --channels "$P7_CHANNELS" --publishers "$P7_PUBLISHERS" --rate "$P7_RATE" --duration-secs 20 --size 100 \
+        --drain-secs 30 --source-ips 127.0.0.1-127.0.0.8 --json "$OUT/cf-p7-$P7_SUBSCRIBERS-$P7_CHANNELS-$P7_PUBLISHERS.json"
+    plot "cf-p7-$P7_SUBSCRIBERS-$P7_CHANNELS-$P7_PUBLISHERS" "P7 chat: $P7_SUBSCRIBERS subscribers on $P7_CHANNELS channels, herald vs Centrifugo"
+fi
+if [[ $WHAT == all || $WHAT == sweep || $WHAT == sweep-cf ]]; then
+    # Throughput and p99 against offered load, one channel, $SUBSCRIBERS
+    # subscribers, each rate a point (baseline and herald, order alternating).
+    RATES="${RATES:-25,50,100,200,400}"
+    if [[ $WHAT != sweep-cf ]]; then
+        echo "== sweep: $SUBSCRIBERS subscribers, publishes/s $RATES, herald vs the WebSocket floor"
+        start_ws_floor
+        "$LT" sweep --url "$URL" --base-url "$FLOOR_URL" --base-label ws-floor --rates "$RATES" \
+            --subscribers "$SUBSCRIBERS" --channels 1 --publishers 1 --duration-secs 10 --size "${SIZE:-100}" \
+            --drain-secs "${P2_DRAIN:-30}" --source-ips 127.0.0.1-127.0.0.4 \
+            --json "$OUT/sweep-ws-$SUBSCRIBERS.json" --svg-prefix "$PLOTS/sweep-ws-$SUBSCRIBERS"
+    fi
+    if [[ $WHAT != sweep ]]; then
+        echo "== sweep: $SUBSCRIBERS subscribers, publishes/s $RATES, herald vs Centrifugo"
+        start_centrifugo
+        "$LT" sweep --url "$URL" --base-url "$CF_URL" --base-proto centrifugo --base-label centrifugo \
+            --rates "$RATES" --subscribers "$SUBSCRIBERS" --channels 1 --publishers 1 --duration-secs 10 \
+            --size "${SIZE:-100}" --drain-secs "${P2_DRAIN:-30}" --source-ips 127.0.0.1-127.0.0.4 \
+            --json "$OUT/sweep-cf-$SUBSCRIBERS.json" --svg-prefix "$PLOTS/sweep-cf-$SUBSCRIBERS"
+    fi
 fi
 if [[ $WHAT == all || $WHAT == p5 ]]; then
     STORM_CLIENTS="${STORM_CLIENTS:-1000}"
@@ -160,9 +244,18 @@ if [[ $WHAT == all || $WHAT == p5 ]]; then
     start_herald herald-a
     srv_a=$PID
     disown "$srv_a" 2>/dev/null || true   # its SIGKILL is the point, not news
-    trap 'kill $srv $srv_a $mock 2>/dev/null || true; finish' EXIT
     "$LT" storm --url-a "$NODE_URL" --pid-a "$srv_a" --url-b "$URL" \
         --subscribers "$STORM_CLIENTS" --channels 10 --rate 50 --before-secs 5 --after-secs 15 \
         --jitter-ms "${STORM_JITTER_MS:-0}" --source-ips 127.0.0.1-127.0.0.4 \
         --json "$OUT/p5-$STORM_CLIENTS-${STORM_JITTER_MS:-0}.json"
+    echo "== P5 cold: the same, but edge B follows none of the channels when the storm arrives"
+    start_herald herald-a-cold
+    srv_a=$PID
+    url_a=$NODE_URL
+    disown "$srv_a" 2>/dev/null || true
+    start_herald herald-b-cold
+    "$LT" storm --url-a "$url_a" --pid-a "$srv_a" --url-b "$NODE_URL" --cold \
+        --subscribers "$STORM_CLIENTS" --channels 10 --rate 50 --before-secs 5 --after-secs 15 \
+        --jitter-ms "${STORM_JITTER_MS:-0}" --source-ips 127.0.0.1-127.0.0.4 \
+        --json "$OUT/p5-cold-$STORM_CLIENTS-${STORM_JITTER_MS:-0}.json"
 fi

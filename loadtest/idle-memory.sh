@@ -1,39 +1,85 @@
 #!/usr/bin/env bash
-# Server memory per idle WebSocket connection (RSS delta / N): herald with its
-# default 4 KiB read buffer, herald with tungstenite's default 128 KiB, and the
-# bare WebSocket floor (herald-loadtest ws-floor-server, same 4 KiB buffer),
-# in the same run. Needs the broker (infra/dev/broker.sh start).
+# P3: server memory per idle *subscribed* connection (RSS delta / N), for
+# herald (release, every limit at its default), the bare WebSocket floor and
+# Centrifugo v6 (loadtest/centrifugo/start.sh), one after the other in the
+# same run. `herald-loadtest idle` opens N connections, subscribes each to one
+# of C channels, publishes one message per channel and waits until every
+# connection received it, then lets them idle (answering pings) for HOLD
+# seconds, several ping intervals (herald 20 s, Centrifugo 25 s); the RSS is
+# read then, and the run fails unless all N are still open. herald needs the
+# broker (started here if not running).
 #
-#   loadtest/idle-memory.sh [N]      (default N = 5000)
+#   loadtest/idle-memory.sh [N] [C]      (default N = 5000, C = 100)
+#   HOLD=80 SERVERS="herald floor centrifugo" loadtest/idle-memory.sh 10000
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 N="${1:-5000}"
+C="${2:-100}"
+HOLD="${HOLD:-80}"
+SERVERS="${SERVERS:-herald floor centrifugo}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${HERALD_CACHE:-$HOME/.cache/herald}/target}"
+OUT="${OUT:-$CARGO_TARGET_DIR/bench-results}"
+mkdir -p "$OUT"
 ulimit -n $(( N * 2 + 1000 )) 2>/dev/null || echo "idle-memory: could not raise the fd limit to $(( N * 2 + 1000 ))"
-cargo build --release -q -p herald -p herald-client -p herald-loadtest --example idle --bin herald --bin herald-loadtest
+cargo build --release -q -p herald -p herald-loadtest
 BIN="$CARGO_TARGET_DIR/release"
-PORT=18080
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+KILL=()
+stop_broker=""
+cleanup() {
+    if ((${#KILL[@]})); then kill "${KILL[@]}" 2>/dev/null || true; fi
+    if [[ -n $stop_broker ]]; then infra/dev/broker.sh stop >/dev/null 2>&1 || true; fi
+}
 trap cleanup EXIT
 rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
-for rb in 4096 131072 floor; do
-    if [[ $rb == floor ]]; then
-        "$BIN/herald-loadtest" ws-floor-server --listen "127.0.0.1:$PORT" > /tmp/herald-mem.out 2> /tmp/herald-mem.err &
-    else
-        "$BIN/herald" serve --listen "127.0.0.1:$PORT" --topic-prefix "mem-$$." \
-            --read-buffer-bytes "$rb" > /tmp/herald-mem.out 2> /tmp/herald-mem.err &
-    fi
-    srv=$!; pids+=("$srv")
-    for _ in $(seq 1 100); do grep -q listening /tmp/herald-mem.out && break; sleep 0.1; done
+for server in $SERVERS; do
+    case $server in
+        herald)
+            if ! infra/dev/broker.sh status >/dev/null 2>&1; then
+                infra/dev/broker.sh start
+                stop_broker=1
+            fi
+            "$BIN/herald" serve --listen 127.0.0.1:0 --topic-prefix "mem-$$." \
+                --namespaces chat=8:anonymous > "$OUT/mem-herald.out" 2> "$OUT/mem-herald.err" &
+            srv=$!; KILL+=("$srv"); proto=herald
+            for _ in $(seq 1 300); do grep -q listening "$OUT/mem-herald.out" && break; sleep 0.1; done
+            url="$(sed -n 's/^herald listening on //p' "$OUT/mem-herald.out")"
+            ;;
+        floor)
+            "$BIN/herald-loadtest" ws-floor-server --listen 127.0.0.1:0 > "$OUT/mem-floor.out" 2>&1 &
+            srv=$!; KILL+=("$srv"); proto=herald
+            for _ in $(seq 1 50); do grep -q "ws-floor listening" "$OUT/mem-floor.out" && break; sleep 0.1; done
+            url="$(sed -n 's/^ws-floor listening on //p' "$OUT/mem-floor.out")"
+            ;;
+        centrifugo)
+            url="$(OUT="$OUT" loadtest/centrifugo/start.sh | tail -1)"
+            pids=($(cat "$OUT/centrifugo.pids"))
+            KILL+=("${pids[@]}")
+            srv="${pids[1]}"; proto=centrifugo
+            ;;
+        *) echo "idle-memory: unknown server $server"; exit 2 ;;
+    esac
+    [[ -n "$url" ]] || { echo "idle-memory: $server did not start"; exit 1; }
     sleep 1
     before=$(rss "$srv")
-    "$BIN/examples/idle" "ws://127.0.0.1:$PORT/ws" "$N" > /tmp/herald-idle.out 2>/dev/null &
-    cli=$!; pids+=("$cli")
-    for _ in $(seq 1 300); do grep -q open /tmp/herald-idle.out && break; sleep 0.2; done
-    sleep 2
+    "$BIN/herald-loadtest" idle --url "$url" --proto "$proto" --connections "$N" --channels "$C" \
+        --hold-secs "$HOLD" --json "$OUT/p3-$server-$N.json" > "$OUT/mem-idle.out" 2> "$OUT/mem-idle.err" &
+    cli=$!; KILL+=("$cli")
+    for _ in $(seq 1 $(( (HOLD + 400) * 5 ))); do
+        grep -q "^open" "$OUT/mem-idle.out" && break
+        kill -0 "$cli" 2>/dev/null || break
+        sleep 0.2
+    done
     after=$(rss "$srv")
-    echo "server=$([[ $rb == floor ]] && echo ws-floor || echo "herald read_buffer_bytes=$rb") connections=$N rss_before_kib=$before rss_after_kib=$after bytes_per_connection=$(( (after - before) * 1024 / N ))"
-    kill "$cli" "$srv"; wait "$cli" "$srv" 2>/dev/null || true
+    line="$(grep "^open" "$OUT/mem-idle.out" || true)"
+    kill "$cli" 2>/dev/null || true
+    wait "$cli" 2>/dev/null || true
+    if [[ "$line" != "open $N of $N "* ]]; then
+        echo "idle-memory: $server: not every connection stayed open: ${line:-no result}"
+        cat "$OUT/mem-idle.err"
+        exit 1
+    fi
+    echo "server=$server connections=$N channels=$C idle_secs=$HOLD rss_before_kib=$before rss_after_kib=$after bytes_per_connection=$(( (after - before) * 1024 / N )) ($line)"
+    if [[ $server == centrifugo ]]; then kill "${pids[@]}" 2>/dev/null || true; else kill "$srv" 2>/dev/null || true; fi
+    wait "$srv" 2>/dev/null || true
 done

@@ -2,9 +2,15 @@
 // rooms as channels, the Redis Streams adapter (so a broadcast goes through
 // Redis like herald's goes through Kafka), connection state recovery on.
 // Speaks the events herald-loadtest's socket.io mode sends: subscribe,
-// publish (answered with publish_ack), message.
+// publish (answered with publish_ack), message. One worker per core
+// (node:cluster sharing the port; WebSocket transport only, so no sticky
+// sessions are needed), the Redis Streams adapter carrying broadcasts
+// between them; ws uses bufferutil and utf-8-validate (native, from
+// package.json) for masking and UTF-8 checks.
 //
-//   REDIS_URL=redis://127.0.0.1:6379 PORT=0 node server.js
+//   REDIS_URL=redis://127.0.0.1:6379 PORT=13000 WORKERS=2 node server.js
+const cluster = require("node:cluster");
+const os = require("node:os");
 const { Server } = require("socket.io");
 const { createClient } = require("redis");
 const { createAdapter } = require("@socket.io/redis-streams-adapter");
@@ -34,13 +40,35 @@ async function main() {
   });
   const httpServer = require("http").createServer();
   io.attach(httpServer);
-  httpServer.listen(Number(process.env.PORT || 0), "127.0.0.1", () => {
-    const { port } = httpServer.address();
-    console.log(`socket.io listening on ws://127.0.0.1:${port}/socket.io/?EIO=4&transport=websocket`);
+  httpServer.listen(Number(process.env.PORT || 13000), "127.0.0.1", () => {
+    process.send?.("listening");
   });
 }
 
-main().catch((e) => {
-  console.error(e);
-  process.exit(1);
-});
+if (cluster.isPrimary) {
+  const workers = Number(process.env.WORKERS || os.availableParallelism());
+  const port = Number(process.env.PORT || 13000);
+  let up = 0;
+  for (let i = 0; i < workers; i++) {
+    cluster.fork().on("message", (m) => {
+      if (m === "listening" && ++up === workers) {
+        console.error(`socket.io: ${workers} workers`);
+        console.log(`socket.io listening on ws://127.0.0.1:${port}/socket.io/?EIO=4&transport=websocket`);
+      }
+    });
+  }
+  cluster.on("exit", (w, code) => {
+    console.error(`socket.io worker ${w.process.pid} exited (${code})`);
+    process.exit(1);
+  });
+  // Stopping the primary stops the workers.
+  process.on("SIGTERM", () => {
+    for (const w of Object.values(cluster.workers)) w.kill();
+    process.exit(0);
+  });
+} else {
+  main().catch((e) => {
+    console.error(e);
+    process.exit(1);
+  });
+}

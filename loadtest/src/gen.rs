@@ -14,12 +14,13 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
-use serde::Deserialize;
 use tokio::net::TcpSocket;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
+use crate::proto::{decode, hello_frame, pong_frame, publish_frame, subscribe_frame};
+pub use crate::proto::{Incoming, Proto};
 use crate::report::{Progress, Report};
 use crate::verify::Verifier;
 use crate::{latency_histogram, now_ns};
@@ -56,68 +57,6 @@ pub struct GenConfig {
     pub proto: Proto,
 }
 
-/// Which server the generator talks to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Proto {
-    /// herald's JSON frames (also the bare WebSocket floor).
-    Herald,
-    /// Socket.IO 4 (Engine.IO v4 over WebSocket) with the events of
-    /// `loadtest/socketio/server.js`: `subscribe`, `publish`, `message`,
-    /// `publish_ack`.
-    SocketIo,
-}
-
-fn subscribe_frame(proto: Proto, channel: &str) -> String {
-    match proto {
-        Proto::Herald => serde_json::json!({"type": "subscribe", "channel": channel}).to_string(),
-        Proto::SocketIo => format!("42{}", serde_json::json!(["subscribe", channel])),
-    }
-}
-
-fn publish_frame(proto: Proto, channel: &str, id: Uuid, t: u64, pad: &str) -> String {
-    let data = serde_json::json!({"t": t, "pad": pad});
-    match proto {
-        Proto::Herald => {
-            serde_json::json!({"type": "publish", "channel": channel, "id": id, "data": data})
-                .to_string()
-        }
-        Proto::SocketIo => format!(
-            "42{}",
-            serde_json::json!(["publish", {"channel": channel, "id": id, "data": data}])
-        ),
-    }
-}
-
-/// A frame as the generator needs it, from either protocol. `None` for
-/// frames it does not use (Socket.IO pings are answered by the caller).
-fn decode(proto: Proto, text: &str) -> Option<Incoming> {
-    match proto {
-        Proto::Herald => serde_json::from_str(text).ok(),
-        Proto::SocketIo => {
-            let body = text.strip_prefix("42")?;
-            // [name, payload, ...]: with connection state recovery on, the
-            // server appends the packet's offset.
-            let mut parts: Vec<serde_json::Value> = serde_json::from_str(body).ok()?;
-            if parts.len() < 2 {
-                return None;
-            }
-            let payload = parts.swap_remove(1);
-            let name = parts.first()?.as_str()?.to_owned();
-            let field = |k: &str| payload.get(k).cloned();
-            Some(Incoming {
-                kind: name,
-                channel: field("channel")
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .or_else(|| payload.as_str().map(str::to_owned)),
-                id: field("id").and_then(|v| serde_json::from_value(v).ok()),
-                data: field("data").and_then(|v| serde_json::from_value(v).ok()),
-                code: None,
-                seq: field("seq").and_then(|v| v.as_i64()),
-            })
-        }
-    }
-}
-
 impl Default for GenConfig {
     fn default() -> Self {
         GenConfig {
@@ -149,30 +88,45 @@ fn host_port(url: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("`{hp}` is not an IP address and port"))
 }
 
-/// Opens a connection for `proto`: the WebSocket, and for Socket.IO its
-/// Engine.IO open and namespace connect.
+/// Opens a connection for `proto`: the WebSocket, then Socket.IO's
+/// Engine.IO open and namespace connect, or Centrifugo's `connect`.
 pub async fn connect_proto(url: &str, source: Option<IpAddr>, proto: Proto) -> anyhow::Result<Ws> {
     let mut ws = connect(url, source).await?;
-    if proto == Proto::SocketIo {
-        let mut want = "0"; // Engine.IO open, then the namespace connect.
-        loop {
-            match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
-                Ok(Some(Ok(Message::Text(t)))) if t.as_str().starts_with(want) => {
-                    if want == "0" {
-                        ws.send(Message::text("40")).await?;
-                        want = "40";
-                    } else {
-                        break;
+    let mut hello = hello_frame(proto);
+    if proto == Proto::Centrifugo {
+        if let Some(h) = hello.take() {
+            ws.send(Message::text(h)).await?;
+        }
+    } else if hello.is_none() {
+        return Ok(ws);
+    }
+    let mut frames = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                // Socket.IO: the Engine.IO open (`0{...}`) asks for the
+                // namespace connect.
+                if let (Some(h), true) = (&hello, t.as_str().starts_with('0')) {
+                    ws.send(Message::text(h.clone())).await?;
+                    hello = None;
+                    continue;
+                }
+                frames.clear();
+                decode(proto, t.as_str(), &mut frames);
+                for f in &frames {
+                    match f.kind.as_str() {
+                        "connected" => return Ok(ws),
+                        "error" => bail!("connect refused: {:?}", f.code),
+                        _ => {}
                     }
                 }
-                Ok(Some(Ok(_))) => {}
-                Ok(Some(Err(e))) => return Err(e.into()),
-                Ok(None) => bail!("closed during the Socket.IO handshake"),
-                Err(_) => bail!("no Socket.IO handshake within 10 s"),
             }
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(e))) => return Err(e.into()),
+            Ok(None) => bail!("closed during the {proto:?} handshake"),
+            Err(_) => bail!("no {proto:?} handshake within 10 s"),
         }
     }
-    Ok(ws)
 }
 
 /// Opens a WebSocket from `source` (or any local address).
@@ -195,30 +149,12 @@ pub async fn connect(url: &str, source: Option<IpAddr>) -> anyhow::Result<Ws> {
     Ok(ws)
 }
 
-#[derive(Deserialize)]
-struct Incoming {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    channel: Option<String>,
-    #[serde(default)]
-    id: Option<Uuid>,
-    #[serde(default)]
-    data: Option<Payload>,
-    #[serde(default)]
-    code: Option<String>,
-    #[serde(default)]
-    seq: Option<i64>,
-}
-
-#[derive(Deserialize)]
-struct Payload {
-    t: u64,
-}
-
 struct SubResult {
     channels: Vec<String>,
     got: HashMap<String, Vec<Uuid>>,
+    /// The stream position each message was delivered with, for protocols
+    /// whose acks carry none (Socket.IO, Centrifugo).
+    seqs: Vec<(Uuid, i64)>,
     latency: Histogram<u64>,
 }
 
@@ -230,21 +166,25 @@ async fn subscriber(
     mut stop: watch::Receiver<bool>,
     proto: Proto,
 ) -> anyhow::Result<SubResult> {
-    for ch in &channels {
-        ws.send(Message::text(subscribe_frame(proto, ch))).await?;
+    for (i, ch) in channels.iter().enumerate() {
+        ws.send(Message::text(subscribe_frame(proto, ch, i as u32 + 2)))
+            .await?;
     }
     // Wait for every `subscribed`.
     let mut pending = channels.len();
+    let mut frames = Vec::new();
     while pending > 0 {
         match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
             Ok(Some(Ok(Message::Text(t)))) => {
-                let Some(f) = decode(proto, t.as_str()) else {
-                    continue;
-                };
-                match f.kind.as_str() {
-                    "subscribed" => pending -= 1,
-                    "error" => bail!("subscribe refused: {:?}", f.code),
-                    _ => {}
+                frames.clear();
+                decode(proto, t.as_str(), &mut frames);
+                for f in &frames {
+                    match f.kind.as_str() {
+                        "subscribed" => pending -= 1,
+                        "error" => bail!("subscribe refused: {:?}", f.code),
+                        "ping" => ws.send(Message::text(pong_frame(proto))).await?,
+                        _ => {}
+                    }
                 }
             }
             Ok(Some(Ok(_))) => {}
@@ -255,6 +195,7 @@ async fn subscriber(
     }
     ready.fetch_add(1, Ordering::Relaxed);
     let mut got: HashMap<String, Vec<Uuid>> = HashMap::new();
+    let mut seqs = Vec::new();
     let mut latency = latency_histogram();
     loop {
         tokio::select! {
@@ -262,20 +203,27 @@ async fn subscriber(
             m = ws.next() => match m {
                 Some(Ok(Message::Text(t))) => {
                     let now = now_ns();
-                    if proto == Proto::SocketIo && t.as_str() == "2" {
-                        ws.send(Message::text("3")).await?;
-                        continue;
-                    }
-                    let Some(f) = decode(proto, t.as_str()) else { continue };
-                    if f.kind != "message" {
-                        continue;
-                    }
-                    if let (Some(ch), Some(id)) = (f.channel, f.id) {
-                        if let Some(p) = f.data {
-                            let _ = latency.record(now.saturating_sub(p.t) / 1_000);
+                    frames.clear();
+                    decode(proto, t.as_str(), &mut frames);
+                    for f in frames.drain(..) {
+                        match f.kind.as_str() {
+                            "message" => {}
+                            "ping" => {
+                                ws.send(Message::text(pong_frame(proto))).await?;
+                                continue;
+                            }
+                            _ => continue,
                         }
-                        got.entry(ch).or_default().push(id);
-                        delivered.fetch_add(1, Ordering::Relaxed);
+                        if let (Some(ch), Some(id)) = (f.channel, f.id) {
+                            if let Some(t) = f.t {
+                                let _ = latency.record(now.saturating_sub(t) / 1_000);
+                            }
+                            if let (Some(seq), false) = (f.seq, proto == Proto::Herald) {
+                                seqs.push((id, seq));
+                            }
+                            got.entry(ch).or_default().push(id);
+                            delivered.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
                 Some(Ok(_)) => {}
@@ -288,6 +236,7 @@ async fn subscriber(
     Ok(SubResult {
         channels,
         got,
+        seqs,
         latency,
     })
 }
@@ -297,6 +246,25 @@ pub(crate) struct PubResult {
     pub(crate) acked: Vec<(String, Uuid, Instant, Option<i64>)>,
     pub(crate) nacks: u64,
     pub(crate) sent: u64,
+}
+
+/// A publisher's unanswered publishes: by message id (herald, Socket.IO),
+/// and by command id (Centrifugo's replies name only that).
+#[derive(Default)]
+struct Outstanding {
+    by_id: HashMap<Uuid, String>,
+    by_cmd: HashMap<u32, Uuid>,
+}
+
+impl Outstanding {
+    /// The publish `f` answers, removed: its channel and id.
+    fn take(&mut self, f: &Incoming) -> Option<(String, Uuid)> {
+        let id = match f.cmd {
+            Some(cmd) => self.by_cmd.remove(&cmd)?,
+            None => f.id?,
+        };
+        self.by_id.remove(&id).map(|ch| (ch, id))
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -311,15 +279,18 @@ pub(crate) async fn publisher(
     let proto = cfg.proto;
     let (mut sink, mut stream) = ws.split();
     let pad = "x".repeat(cfg.size);
-    let outstanding: Arc<std::sync::Mutex<HashMap<Uuid, String>>> = Default::default();
+    let outstanding: Arc<std::sync::Mutex<Outstanding>> = Default::default();
     let window = Arc::new(tokio::sync::Semaphore::new(cfg.window.max(1)));
     let out2 = outstanding.clone();
     let win2 = window.clone();
     let acks2 = acks.clone();
     let closed_loop = cfg.rate == 0;
+    // The reader does not own the sink: pings are answered by the writer.
+    let (pong_tx, mut pong_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let reader = tokio::spawn(async move {
         let mut acked = Vec::new();
         let mut nacks = 0u64;
+        let mut frames = Vec::new();
         while let Some(m) = stream.next().await {
             let Ok(Message::Text(t)) = m else {
                 if m.is_err() {
@@ -327,33 +298,40 @@ pub(crate) async fn publisher(
                 }
                 continue;
             };
-            let Some(f) = decode(proto, t.as_str()) else {
-                continue;
-            };
-            let done = match f.kind.as_str() {
-                "publish_ack" => {
-                    if let Some(id) = f.id {
-                        if let Some(ch) = out2.lock().unwrap_or_else(|p| p.into_inner()).remove(&id)
-                        {
+            frames.clear();
+            decode(proto, t.as_str(), &mut frames);
+            for f in &frames {
+                let done = match f.kind.as_str() {
+                    "publish_ack" => {
+                        let taken = out2.lock().unwrap_or_else(|p| p.into_inner()).take(f);
+                        if let Some((ch, id)) = taken {
                             acked.push((ch, id, Instant::now(), f.seq));
                             acks2.fetch_add(1, Ordering::Relaxed);
                         }
+                        true
                     }
-                    true
-                }
-                "publish_nack" => {
-                    if let Some(id) = f.id {
-                        out2.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                    // A refused publish (Centrifugo: an error reply to it).
+                    "publish_nack" | "error" => {
+                        let taken = out2.lock().unwrap_or_else(|p| p.into_inner()).take(f);
+                        nacks += u64::from(taken.is_some() || f.kind == "publish_nack");
+                        taken.is_some() || f.kind == "publish_nack"
                     }
-                    nacks += 1;
-                    true
+                    "ping" => {
+                        let _ = pong_tx.send(());
+                        false
+                    }
+                    _ => false,
+                };
+                if done && closed_loop {
+                    win2.add_permits(1);
                 }
-                _ => false,
-            };
-            if done && closed_loop {
-                win2.add_permits(1);
             }
-            if out2.lock().unwrap_or_else(|p| p.into_inner()).is_empty() && win2.is_closed() {
+            let idle = out2
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .by_id
+                .is_empty();
+            if idle && win2.is_closed() {
                 break;
             }
         }
@@ -374,14 +352,22 @@ pub(crate) async fn publisher(
             let due = started + period.mul_f64(sent as f64);
             tokio::time::sleep_until(due.into()).await;
         }
+        while pong_rx.try_recv().is_ok() {
+            sink.send(Message::text(pong_frame(proto))).await?;
+        }
         let ch = &channels[n % channels.len()];
         n += cfg.publishers;
         let id = Uuid::new_v4();
-        outstanding
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, ch.clone());
-        let frame = publish_frame(proto, ch, id, now_ns(), &pad);
+        // Command ids 1 (connect) and 2.. (subscribes) are taken.
+        let cmd = (sent as u32).wrapping_add(1000);
+        {
+            let mut o = outstanding.lock().unwrap_or_else(|p| p.into_inner());
+            o.by_id.insert(id, ch.clone());
+            if proto == Proto::Centrifugo {
+                o.by_cmd.insert(cmd, id);
+            }
+        }
+        let frame = publish_frame(proto, ch, id, now_ns(), &pad, cmd);
         sink.send(Message::text(frame)).await?;
         sent += 1;
     }
@@ -390,9 +376,13 @@ pub(crate) async fn publisher(
     while !outstanding
         .lock()
         .unwrap_or_else(|p| p.into_inner())
+        .by_id
         .is_empty()
         && Instant::now() < deadline
     {
+        while pong_rx.try_recv().is_ok() {
+            sink.send(Message::text(pong_frame(proto))).await?;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     window.close();
@@ -542,15 +532,15 @@ pub async fn run(cfg: GenConfig) -> anyhow::Result<Report> {
     for s in subs {
         let r = s.await??;
         latency.add(&r.latency).map_err(|e| anyhow!("{e}"))?;
+        for (id, seq) in r.seqs {
+            verifier.delivered_seq(id, seq);
+        }
         verifier.subscriber(r.channels, r.got);
     }
     progress.done();
     let totals = verifier.totals();
     Ok(Report::new(
-        match cfg.proto {
-            Proto::Herald => "herald-ws",
-            Proto::SocketIo => "socket.io",
-        },
+        cfg.proto.label(),
         &cfg_summary(&cfg),
         sent,
         totals.acked,
@@ -575,50 +565,4 @@ fn cfg_summary(cfg: &GenConfig) -> serde_json::Value {
         "duration_secs": cfg.duration.as_secs_f64(),
         "size": cfg.size,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn socketio_frames_round_trip() {
-        let id = Uuid::new_v4();
-        let f = publish_frame(Proto::SocketIo, "chat:a", id, 7, "xx");
-        assert!(f.starts_with(r#"42["publish",{"#), "{f}");
-        // What server.js broadcasts, with the recovery offset appended.
-        let msg = format!(
-            r#"42["message",{{"channel":"chat:a","id":"{id}","data":{{"t":7,"pad":"xx"}}}},"1795-0"]"#
-        );
-        let d = decode(Proto::SocketIo, &msg).unwrap();
-        assert_eq!(d.kind, "message");
-        assert_eq!(d.channel.as_deref(), Some("chat:a"));
-        assert_eq!(d.id, Some(id));
-        assert_eq!(d.data.map(|p| p.t), Some(7));
-        let sub = decode(Proto::SocketIo, r#"42["subscribed","chat:a","1-0"]"#).unwrap();
-        assert_eq!(
-            (sub.kind.as_str(), sub.channel.as_deref()),
-            ("subscribed", Some("chat:a"))
-        );
-        assert!(decode(Proto::SocketIo, "2").is_none());
-        assert!(decode(Proto::SocketIo, "42not json").is_none());
-        assert_eq!(
-            subscribe_frame(Proto::SocketIo, "chat:a"),
-            r#"42["subscribe","chat:a"]"#
-        );
-    }
-
-    #[test]
-    fn herald_frames_round_trip() {
-        let id = Uuid::new_v4();
-        let f: serde_json::Value =
-            serde_json::from_str(&publish_frame(Proto::Herald, "chat:a", id, 9, "")).unwrap();
-        assert_eq!(f["type"], "publish");
-        assert_eq!(f["data"]["t"], 9);
-        let msg = format!(
-            r#"{{"type":"message","channel":"chat:a","seq":1,"epoch":"e","id":"{id}","ts":0,"data":{{"t":9}}}}"#
-        );
-        let d = decode(Proto::Herald, &msg).unwrap();
-        assert_eq!((d.kind.as_str(), d.id), ("message", Some(id)));
-    }
 }

@@ -6,6 +6,10 @@
 //!   every operation checked against the topic.
 //! - [`gen`]: WebSocket subscribers and publishers speaking herald's frames,
 //!   end-to-end latency in an HDR histogram, lost/duplicated per channel.
+//! - [`proto`]: the wire protocols: herald's frames, Socket.IO 4 and
+//!   Centrifugo's JSON protocol, decoded alike into typed structs.
+//! - [`idle`]: P3, subscribed connections held idle across ping intervals
+//!   while the caller reads the server's memory.
 //! - [`kafkafloor`]: the bare Kafka floor: an rdkafka producer (same
 //!   idempotence and `acks=all` as herald) and a consumer on the same broker.
 //! - [`wsfloor`]: the bare WebSocket floor: an in-memory broadcast server
@@ -15,11 +19,15 @@
 //! - [`storm`]: P5, the reconnect storm after an edge is killed.
 //! - [`verify`]: the verifier (every acked message to every subscriber of its
 //!   channel, exactly once).
+//! - [`plot`]: SVG charts: latency distributions, load curves.
 //! - [`report`]: the summary table and JSON.
 
 pub mod chaos;
 pub mod gen;
+pub mod idle;
 pub mod kafkafloor;
+pub mod plot;
+pub mod proto;
 pub mod report;
 pub mod resume;
 pub mod storm;

@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use herald_loadtest::gen::{self, GenConfig};
 use herald_loadtest::kafkafloor::{self, FloorConfig};
+use herald_loadtest::plot;
 use herald_loadtest::report::Report;
 use herald_loadtest::verify::Strict;
 use herald_loadtest::wsfloor;
@@ -114,7 +115,8 @@ enum Cmd {
     Ws {
         #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
         url: String,
-        /// herald (its frames; also the WebSocket floor) or socketio.
+        /// herald (its frames; also the WebSocket floor), socketio or
+        /// centrifugo.
         #[arg(long, default_value = "herald")]
         proto: String,
         #[command(flatten)]
@@ -182,6 +184,10 @@ enum Cmd {
     WsFloorServer {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: std::net::SocketAddr,
+        /// Flush after every frame (the floor before 2026-12-02) instead of
+        /// once per batch of up to 64 queued frames, as herald does.
+        #[arg(long)]
+        flush_each: bool,
     },
     /// P1/P6: the bare Kafka floor (in a child process), then herald, same
     /// rate (or window), one
@@ -201,6 +207,9 @@ enum Cmd {
     Resume {
         #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
         url: String,
+        /// Resume on this node (a cold one) instead of --url.
+        #[arg(long)]
+        resume_url: Option<String>,
         #[arg(long, default_value = "127.0.0.1:9092")]
         brokers: String,
         /// herald's kafka.topic_prefix.
@@ -224,6 +233,76 @@ enum Cmd {
         /// The Socket.IO server's WebSocket URL (printed by server.js).
         #[arg(long)]
         sio_url: String,
+        #[command(flatten)]
+        load: Load,
+    },
+    /// Against the strongest peer: Centrifugo v6 (loadtest/centrifugo, Redis
+    /// engine with history and recovery, started by bench.sh), then herald,
+    /// same load, alternating; prints both and the median ratios.
+    VsCentrifugo {
+        #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+        url: String,
+        /// Centrifugo's WebSocket URL (printed by loadtest/centrifugo/start.sh).
+        #[arg(long)]
+        cf_url: String,
+        #[command(flatten)]
+        load: Load,
+    },
+    /// P3: N connections subscribe (connection i to channel i % channels),
+    /// each receives one message, then all sit idle answering pings for
+    /// --hold-secs; prints `open K of N` and holds them until killed, so a
+    /// script can read the server's memory. Exits 1 if any closed.
+    Idle {
+        #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+        url: String,
+        /// herald (also the WebSocket floor), socketio or centrifugo.
+        #[arg(long, default_value = "herald")]
+        proto: String,
+        #[arg(long, default_value_t = 5000)]
+        connections: usize,
+        #[arg(long, default_value_t = 100)]
+        channels: usize,
+        /// Idle time after the message (several ping intervals: herald
+        /// pings every 20 s, Centrifugo every 25 s).
+        #[arg(long, default_value_t = 80)]
+        hold_secs: u64,
+        #[arg(long)]
+        source_ips: Option<String>,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// A latency-distribution chart (SVG) of every run in a comparison's
+    /// JSON (baselines in one colour, herald in another).
+    Plot {
+        /// The comparison's `--json` output.
+        #[arg(long)]
+        json: PathBuf,
+        #[arg(long)]
+        svg: PathBuf,
+        #[arg(long)]
+        title: String,
+    },
+    /// Throughput and p99 against offered load: the same fan-out at each
+    /// `--rates` value against a baseline and herald (their order alternating
+    /// from point to point), every run judged strictly; writes the JSON and
+    /// two SVG charts, and exits 1 afterwards if any run failed its verdict.
+    Sweep {
+        #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+        url: String,
+        #[arg(long)]
+        base_url: String,
+        /// The baseline's protocol: herald (the WebSocket floor), socketio
+        /// or centrifugo.
+        #[arg(long, default_value = "herald")]
+        base_proto: String,
+        #[arg(long, default_value = "ws-floor")]
+        base_label: String,
+        /// Publishes per second over all publishers, one point each.
+        #[arg(long, value_delimiter = ',', default_value = "25,50,100,200,400")]
+        rates: Vec<u32>,
+        /// Writes PREFIX-throughput.svg and PREFIX-p99.svg.
+        #[arg(long)]
+        svg_prefix: PathBuf,
         #[command(flatten)]
         load: Load,
     },
@@ -261,6 +340,10 @@ enum Cmd {
         source_ips: Option<String>,
         #[arg(long, default_value_t = 60)]
         drain_secs: u64,
+        /// No witness subscribers on the surviving edge: it follows none of
+        /// the channels when the storm arrives.
+        #[arg(long)]
+        cold: bool,
         #[arg(long)]
         json: Option<PathBuf>,
     },
@@ -417,6 +500,123 @@ async fn fan_out_vs(base: GenConfig, label: &str, url: &str, load: &Load) -> any
     write_json(&load.json, &refs, ratios)
 }
 
+/// The `sweep` command (see its help).
+async fn sweep(
+    url: &str,
+    base_url: &str,
+    proto: gen::Proto,
+    label: &str,
+    rates: &[u32],
+    svg_prefix: &std::path::Path,
+    load: &Load,
+) -> anyhow::Result<()> {
+    let mut points = Vec::new();
+    let mut failed = Vec::new();
+    let (mut base_line, mut herald_line) = (Vec::new(), Vec::new());
+    let (mut base_p99, mut herald_p99) = (Vec::new(), Vec::new());
+    for (i, &rate) in rates.iter().enumerate() {
+        let at = Load {
+            rate,
+            ..load.clone()
+        };
+        let offered = rate as f64 * at.subscribers as f64 / at.channels.max(1) as f64;
+        println!("== offered {offered} deliveries/s ({rate} publishes/s)");
+        let run_base = || async {
+            let mut r = gen::run(GenConfig {
+                proto,
+                ..gen_cfg(base_url, &at)?
+            })
+            .await?;
+            r.target = label.to_owned();
+            anyhow::Ok(r)
+        };
+        let (b, h) = if i % 2 == 0 {
+            let b = run_base().await?;
+            (b, gen::run(gen_cfg(url, &at)?).await?)
+        } else {
+            let h = gen::run(gen_cfg(url, &at)?).await?;
+            (run_base().await?, h)
+        };
+        for r in [&b, &h] {
+            r.print();
+            println!();
+            if let Err(e) = judge(r, &at) {
+                failed.push(format!("{} at {rate}/s: {e}", r.target));
+            }
+        }
+        base_line.push((offered, b.deliveries_per_sec));
+        herald_line.push((offered, h.deliveries_per_sec));
+        base_p99.push((offered, b.latency.p99_ms));
+        herald_p99.push((offered, h.latency.p99_ms));
+        points
+            .push(serde_json::json!({ "rate": rate, "offered": offered, "base": b, "herald": h }));
+    }
+    if let Some(p) = &load.json {
+        std::fs::write(
+            p,
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "points": points, "failed": failed }),
+            )?,
+        )?;
+    }
+    let shape = format!(
+        "{} subscribers, {} channel(s), {} B",
+        load.subscribers, load.channels, load.size
+    );
+    let line = |name: &str, color, dashed, points: &Vec<(f64, f64)>| plot::Series {
+        label: name.to_owned(),
+        color,
+        dashed,
+        points: points.clone(),
+    };
+    let offered: Vec<(f64, f64)> = base_line.iter().map(|&(x, _)| (x, x)).collect();
+    let chart = |title: String, y: &str, log| plot::Chart {
+        title,
+        x_label: "offered deliveries/s".into(),
+        y_label: y.into(),
+        y_log: log,
+        x_ticks: Vec::new(),
+    };
+    let with_suffix = |s: &str| {
+        let mut p = svg_prefix.as_os_str().to_owned();
+        p.push(s);
+        PathBuf::from(p)
+    };
+    std::fs::write(
+        with_suffix("-throughput.svg"),
+        plot::svg(
+            &chart(
+                format!("Delivered vs offered: {shape}"),
+                "deliveries/s",
+                false,
+            ),
+            &[
+                line("offered", "#999", true, &offered),
+                line(label, plot::BASELINE, false, &base_line),
+                line("herald", plot::HERALD, false, &herald_line),
+            ],
+        ),
+    )?;
+    std::fs::write(
+        with_suffix("-p99.svg"),
+        plot::svg(
+            &chart(
+                format!("p99 latency vs offered: {shape}"),
+                "p99 latency, ms (log)",
+                true,
+            ),
+            &[
+                line(label, plot::BASELINE, false, &base_p99),
+                line("herald", plot::HERALD, false, &herald_p99),
+            ],
+        ),
+    )?;
+    if !failed.is_empty() {
+        anyhow::bail!("strict verifier: {}", failed.join("; "));
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -460,11 +660,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::Ws { url, proto, load } => {
-            let proto = match proto.as_str() {
-                "herald" => gen::Proto::Herald,
-                "socketio" => gen::Proto::SocketIo,
-                other => anyhow::bail!("--proto {other}: herald or socketio"),
-            };
+            let proto = gen::Proto::parse(&proto)?;
             let r = gen::run(GenConfig {
                 proto,
                 ..gen_cfg(&url, &load)?
@@ -496,8 +692,8 @@ async fn main() -> anyhow::Result<()> {
             tokio::signal::ctrl_c().await?;
             drop(cluster);
         }
-        Cmd::WsFloorServer { listen } => {
-            let addr = wsfloor::serve(listen).await?;
+        Cmd::WsFloorServer { listen, flush_each } => {
+            let addr = wsfloor::serve(listen, flush_each).await?;
             println!("ws-floor listening on ws://{addr}/ws");
             tokio::signal::ctrl_c().await?;
         }
@@ -545,6 +741,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Cmd::Resume {
             url,
+            resume_url,
             brokers,
             topic_prefix,
             messages,
@@ -554,6 +751,7 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let r = herald_loadtest::resume::run(herald_loadtest::resume::ResumeConfig {
                 url,
+                resume_url,
                 brokers,
                 topic_prefix,
                 messages,
@@ -576,6 +774,83 @@ async fn main() -> anyhow::Result<()> {
             };
             fan_out_vs(base, "socket.io", &url, &load).await?;
         }
+        Cmd::Idle {
+            url,
+            proto,
+            connections,
+            channels,
+            hold_secs,
+            source_ips: ips,
+            json,
+        } => {
+            let (r, held) = herald_loadtest::idle::run(herald_loadtest::idle::IdleConfig {
+                url,
+                proto: gen::Proto::parse(&proto)?,
+                connections,
+                channels,
+                hold: Duration::from_secs(hold_secs),
+                source_ips: source_ips(&ips)?,
+                channel_prefix: GenConfig::default().channel_prefix,
+            })
+            .await?;
+            if let Some(p) = json {
+                std::fs::write(&p, serde_json::to_string_pretty(&r)?)?;
+            }
+            println!(
+                "open {} of {} after {} s idle (subscribed {}, received {})",
+                r.open, r.connections, r.hold_secs, r.subscribed, r.received
+            );
+            if r.open < r.connections as u64 {
+                held.release().await;
+                anyhow::bail!(
+                    "{} connections closed while idle",
+                    r.connections as u64 - r.open
+                );
+            }
+            tokio::signal::ctrl_c().await?;
+            held.release().await;
+        }
+        Cmd::Plot { json, svg, title } => {
+            #[derive(serde::Deserialize)]
+            struct Runs {
+                reports: Vec<Report>,
+            }
+            let text = std::fs::read_to_string(&json)
+                .with_context(|| format!("reading {}", json.display()))?;
+            let runs: Runs = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a comparison's JSON", json.display()))?;
+            std::fs::write(&svg, plot::latency_chart(&title, &runs.reports))
+                .with_context(|| format!("writing {}", svg.display()))?;
+            println!("wrote {}", svg.display());
+        }
+        Cmd::Sweep {
+            url,
+            base_url,
+            base_proto,
+            base_label,
+            rates,
+            svg_prefix,
+            load,
+        } => {
+            let proto = gen::Proto::parse(&base_proto)?;
+            sweep(
+                &url,
+                &base_url,
+                proto,
+                &base_label,
+                &rates,
+                &svg_prefix,
+                &load,
+            )
+            .await?;
+        }
+        Cmd::VsCentrifugo { url, cf_url, load } => {
+            let base = GenConfig {
+                proto: gen::Proto::Centrifugo,
+                ..gen_cfg(&cf_url, &load)?
+            };
+            fan_out_vs(base, "centrifugo", &url, &load).await?;
+        }
         Cmd::Storm {
             url_a,
             pid_a,
@@ -589,6 +864,7 @@ async fn main() -> anyhow::Result<()> {
             size,
             source_ips: ips,
             drain_secs,
+            cold,
             json,
         } => {
             let r = herald_loadtest::storm::run(herald_loadtest::storm::StormConfig {
@@ -606,6 +882,7 @@ async fn main() -> anyhow::Result<()> {
                 drain: Duration::from_secs(drain_secs),
                 channel_prefix: GenConfig::default().channel_prefix,
                 progress: true,
+                cold,
             })
             .await?;
             r.print();
@@ -630,7 +907,10 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let floor_url = match floor_url {
                 Some(u) => u,
-                None => format!("ws://{}/ws", wsfloor::serve("127.0.0.1:0".parse()?).await?),
+                None => format!(
+                    "ws://{}/ws",
+                    wsfloor::serve("127.0.0.1:0".parse()?, false).await?
+                ),
             };
             let base = gen_cfg(&floor_url, &load)?;
             fan_out_vs(base, "ws-floor", &url, &load).await?;

@@ -17,7 +17,16 @@ pub struct Latency {
     pub p99_ms: f64,
     pub p999_ms: f64,
     pub max_ms: f64,
+    /// (quantile, ms) from 0 to 0.9999, for the distribution charts.
+    #[serde(default)]
+    pub distribution: Vec<(f64, f64)>,
 }
+
+/// The quantiles [`Latency::distribution`] records.
+const QUANTILES: [f64; 17] = [
+    0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9995,
+    0.9999,
+];
 
 impl Latency {
     pub fn of(h: &Histogram<u64>) -> Latency {
@@ -29,6 +38,11 @@ impl Latency {
             p99_ms: ms(0.99),
             p999_ms: ms(0.999),
             max_ms: h.max() as f64 / 1000.0,
+            distribution: if h.is_empty() {
+                Vec::new()
+            } else {
+                QUANTILES.iter().map(|&q| (q, ms(q))).collect()
+            },
         }
     }
 }

@@ -17,6 +17,9 @@ use crate::gen::connect;
 #[derive(Clone, Debug)]
 pub struct ResumeConfig {
     pub url: String,
+    /// Resume on this node instead (one that never followed the channel: a
+    /// cold resume, served from Kafka, not from a node's ring).
+    pub resume_url: Option<String>,
     pub brokers: String,
     /// herald's topic prefix (the channel is in `{prefix}chat`).
     pub topic_prefix: String,
@@ -41,6 +44,8 @@ struct F {
     position: Option<Pos>,
     #[serde(default)]
     recovered: Option<bool>,
+    #[serde(default)]
+    seq: Option<i64>,
 }
 
 #[derive(Deserialize, serde::Serialize, Clone)]
@@ -95,9 +100,10 @@ pub async fn run(cfg: ResumeConfig) -> anyhow::Result<ResumeReport> {
         next_of(&mut p, "publish_ack").await?;
         acked += 1;
     }
-    // Through herald: subscribe with since, until all N are in.
+    // Through herald: subscribe with since, until all N are in, each once
+    // and in order.
     let started = Instant::now();
-    let mut ws = connect(&cfg.url, None).await?;
+    let mut ws = connect(cfg.resume_url.as_deref().unwrap_or(&cfg.url), None).await?;
     ws.send(Message::text(
         serde_json::json!({"type": "subscribe", "channel": channel, "since": pos}).to_string(),
     ))
@@ -106,8 +112,14 @@ pub async fn run(cfg: ResumeConfig) -> anyhow::Result<ResumeReport> {
     if sub.recovered != Some(true) {
         bail!("the resume was not recovered");
     }
+    let mut last = pos.seq;
     for _ in 0..cfg.messages {
-        next_of(&mut ws, "message").await?;
+        let m = next_of(&mut ws, "message").await?;
+        let seq = m.seq.ok_or_else(|| anyhow!("a message without seq"))?;
+        if seq <= last {
+            bail!("seq {seq} after {last}: duplicated or out of order");
+        }
+        last = seq;
     }
     let herald_secs = started.elapsed().as_secs_f64();
     let _ = ws.close(None).await;

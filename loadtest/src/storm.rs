@@ -51,6 +51,9 @@ pub struct StormConfig {
     pub drain: Duration,
     pub channel_prefix: String,
     pub progress: bool,
+    /// No witness subscribers on B: B follows none of the channels'
+    /// partitions when the storm arrives (a cold edge).
+    pub cold: bool,
 }
 
 /// What a storm measured.
@@ -352,12 +355,14 @@ pub async fn run(cfg: StormConfig) -> anyhow::Result<StormReport> {
         delivered: AtomicU64::new(0),
     });
 
-    // Everyone on A, subscribed, before anything is published. One more
-    // subscriber per channel on B, which stays: B has live subscribers on the
-    // channels, as in any deployment with more than one edge.
+    // Everyone on A, subscribed, before anything is published. Unless the
+    // run is cold, one more subscriber per channel on B, which stays: B has
+    // live subscribers on the channels, as in any deployment with more than
+    // one edge.
+    let witnesses = if cfg.cold { 0 } else { cfg.channels };
     let conn_limit = Arc::new(tokio::sync::Semaphore::new(256));
-    let mut conns = Vec::with_capacity(cfg.subscribers + cfg.channels);
-    for i in 0..cfg.subscribers + cfg.channels {
+    let mut conns = Vec::with_capacity(cfg.subscribers + witnesses);
+    for i in 0..cfg.subscribers + witnesses {
         let url = if i < cfg.subscribers {
             cfg.url_a.clone()
         } else {
@@ -405,7 +410,7 @@ pub async fn run(cfg: StormConfig) -> anyhow::Result<StormReport> {
         channel_prefix: cfg.channel_prefix.clone(),
         ..GenConfig::default()
     };
-    let ws = gen::connect(&cfg.url_b, source(cfg.subscribers + cfg.channels)).await?;
+    let ws = gen::connect(&cfg.url_b, source(cfg.subscribers + witnesses)).await?;
     let publisher = tokio::spawn(gen::publisher(
         ws,
         0,
@@ -477,7 +482,7 @@ pub async fn run(cfg: StormConfig) -> anyhow::Result<StormReport> {
                 .map(|x| (x.as_str(), c.acked))
         })
         .collect();
-    let expected: u64 = (0..cfg.subscribers + cfg.channels)
+    let expected: u64 = (0..cfg.subscribers + witnesses)
         .map(|i| {
             per_channel
                 .get(channels[i % channels.len()].as_str())

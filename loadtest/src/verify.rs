@@ -61,6 +61,13 @@ impl Verifier {
         self.seq.insert(id, seq);
     }
 
+    /// The stream position a message was delivered with, for protocols
+    /// whose acks carry none: the same on every subscriber, so the
+    /// channel's messages must arrive in its order (an ack's `seq` wins).
+    pub fn delivered_seq(&mut self, id: Uuid, seq: i64) {
+        self.seq.entry(id).or_insert(seq);
+    }
+
     /// Adds a subscriber with its channels and what it received.
     pub fn subscriber(&mut self, channels: Vec<String>, got: HashMap<String, Vec<Uuid>>) {
         self.subscribed.push(channels);
@@ -240,6 +247,36 @@ mod tests {
         );
         let t = v.totals();
         assert_eq!((t.out_of_order, t.lost, t.duplicated), (1, 0, 0));
+    }
+
+    #[test]
+    fn order_is_judged_by_the_delivered_position_when_acks_carry_none() {
+        // Centrifugo / Socket.IO: acks without seq, deliveries with the
+        // stream's offset.
+        let a = ids(3);
+        let mut v = Verifier::new();
+        for id in &a {
+            v.acked("c:1", *id);
+        }
+        for (i, off) in [(0, 7), (1, 8), (2, 9)] {
+            v.delivered_seq(a[i], off);
+        }
+        v.subscriber(
+            vec!["c:1".into()],
+            HashMap::from([("c:1".into(), vec![a[0], a[2], a[1]])]),
+        );
+        assert_eq!(v.totals().out_of_order, 1);
+        // An ack's seq wins over a delivered position.
+        let mut w = Verifier::new();
+        w.acked_seq("c:1", a[0], 2);
+        w.acked_seq("c:1", a[1], 1);
+        w.delivered_seq(a[0], 1);
+        w.delivered_seq(a[1], 2);
+        w.subscriber(
+            vec!["c:1".into()],
+            HashMap::from([("c:1".into(), vec![a[1], a[0]])]),
+        );
+        assert_eq!(w.totals().out_of_order, 0);
     }
 
     #[test]

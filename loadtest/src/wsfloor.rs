@@ -2,7 +2,10 @@
 //! durability, speaking the subset of herald's frames the generator uses
 //! (`subscribe` → `subscribed`; `publish` → `message` to every subscriber of
 //! the channel, then `publish_ack`). Same tokio-tungstenite, same 4 KiB read
-//! buffer as herald, so the difference is herald's work.
+//! buffer as herald, so the difference is herald's work. Like herald, its
+//! writer feeds whatever is queued for a connection (up to 64 frames) and
+//! flushes once; `flush_each` flushes after every frame instead (the floor
+//! before 2026-12-02, kept to show both ways).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -30,8 +33,11 @@ struct Frame {
     data: Option<Box<serde_json::value::RawValue>>,
 }
 
+/// Most frames written per flush, as herald's `MAX_BATCH`.
+const MAX_BATCH: usize = 64;
+
 /// Binds `listen` and serves until the process ends. Returns the address.
-pub async fn serve(listen: SocketAddr) -> anyhow::Result<SocketAddr> {
+pub async fn serve(listen: SocketAddr, flush_each: bool) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let subs: Subs = Arc::default();
@@ -56,7 +62,20 @@ pub async fn serve(listen: SocketAddr) -> anyhow::Result<SocketAddr> {
                 let (tx, mut rx) = mpsc::unbounded_channel::<Arc<str>>();
                 let writer = tokio::spawn(async move {
                     while let Some(t) = rx.recv().await {
-                        if sink.send(Message::text(t.to_string())).await.is_err() {
+                        if flush_each {
+                            if sink.send(Message::text(t.to_string())).await.is_err() {
+                                break;
+                            }
+                            continue;
+                        }
+                        let mut ok = sink.feed(Message::text(t.to_string())).await.is_ok();
+                        let mut n = 1;
+                        while ok && n < MAX_BATCH {
+                            let Ok(t) = rx.try_recv() else { break };
+                            ok = sink.feed(Message::text(t.to_string())).await.is_ok();
+                            n += 1;
+                        }
+                        if !ok || sink.flush().await.is_err() {
                             break;
                         }
                     }

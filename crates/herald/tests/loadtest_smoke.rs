@@ -42,7 +42,7 @@ async fn loadtest_smoke_against_herald_and_the_ws_floor() {
     let strict = herald_loadtest::verify::Strict { min_acked: 300 };
     r.judge(strict).expect("herald: all of it, once, in order");
 
-    let addr = herald_loadtest::wsfloor::serve("127.0.0.1:0".parse().unwrap())
+    let addr = herald_loadtest::wsfloor::serve("127.0.0.1:0".parse().unwrap(), false)
         .await
         .unwrap();
     let f = gen::run(smoke(&format!("ws://{addr}/ws")))
@@ -77,6 +77,7 @@ async fn storm_smoke_edge_killed_everyone_resumes_on_the_other() {
         drain: Duration::from_secs(20),
         channel_prefix: GenConfig::default().channel_prefix,
         progress: false,
+        cold: false,
     })
     .await
     .expect("storm run");
