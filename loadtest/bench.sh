@@ -188,6 +188,7 @@ if [[ $WHAT == all || $WHAT == p2io ]]; then
     "$LT" vs-socketio --pairs "$PAIRS" --url "$URL" --sio-url "$SIO_URL" --subscribers "$SUBSCRIBERS" --channels 1 \
         --publishers 1 --rate "$P2_RATE" --duration-secs 10 --size 100 --drain-secs "${P2_DRAIN:-30}" \
         --source-ips 127.0.0.1-127.0.0.4 --json "$OUT/p2io-$SUBSCRIBERS-$P2_RATE.json"
+    plot "p2io-$SUBSCRIBERS-$P2_RATE" "P2: $SUBSCRIBERS subscribers, $P2_RATE msg/s, herald vs Socket.IO"
 fi
 if [[ $WHAT == all || $WHAT == cf || $WHAT == cf-latency ]]; then
     echo "== vs Centrifugo: end-to-end latency, one subscriber, 200 msg/s for ${P1_SECS:-60} s, 100-byte messages"

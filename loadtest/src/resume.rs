@@ -46,6 +46,12 @@ struct F {
     recovered: Option<bool>,
     #[serde(default)]
     seq: Option<i64>,
+    #[serde(default)]
+    id: Option<Uuid>,
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    retry_after_ms: Option<u64>,
 }
 
 #[derive(Deserialize, serde::Serialize, Clone)]
@@ -74,6 +80,69 @@ async fn next_of(ws: &mut crate::gen::Ws, kind: &str) -> anyhow::Result<F> {
     }
 }
 
+/// Publishes `n` messages on `channel`, every one acked.
+async fn publish_n(url: &str, channel: &str, n: usize, size: usize) -> anyhow::Result<()> {
+    let mut p = connect(url, None).await?;
+    let pad = "x".repeat(size);
+    let frame = |i: usize, id: Uuid| {
+        serde_json::json!({"type": "publish", "channel": channel, "id": id, "data": {"n": i, "pad": pad}})
+            .to_string()
+    };
+    let mut outstanding: std::collections::HashMap<Uuid, usize> = Default::default();
+    let mut retry: Vec<(Uuid, usize)> = Vec::new();
+    let (mut next, mut acked) = (0usize, 0usize);
+    let mut pause_until = Instant::now();
+    while acked < n {
+        if Instant::now() >= pause_until {
+            while outstanding.len() < 256 {
+                let (id, i) = match retry.pop() {
+                    Some(r) => r,
+                    None if next < n => {
+                        next += 1;
+                        (Uuid::new_v4(), next - 1)
+                    }
+                    None => break,
+                };
+                p.send(Message::text(frame(i, id))).await?;
+                outstanding.insert(id, i);
+            }
+        }
+        let wait = pause_until
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        let m = if outstanding.is_empty() {
+            tokio::time::sleep(wait).await;
+            continue;
+        } else {
+            tokio::time::timeout(Duration::from_secs(30), p.next())
+                .await
+                .map_err(|_| anyhow!("no publish answer within 30 s"))?
+        };
+        let Some(Ok(Message::Text(t))) = m else {
+            match m {
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(e.into()),
+                None => bail!("the publisher's connection closed"),
+            }
+        };
+        let f: F = serde_json::from_str(t.as_str())?;
+        let Some(i) = f.id.and_then(|id| outstanding.remove(&id).map(|i| (id, i))) else {
+            continue;
+        };
+        match f.kind.as_str() {
+            "publish_ack" => acked += 1,
+            "publish_nack" if f.code.as_deref() == Some("rate_limited") => {
+                retry.push(i);
+                let after = Duration::from_millis(f.retry_after_ms.unwrap_or(10));
+                pause_until = pause_until.max(Instant::now() + after);
+            }
+            _ => bail!("publish refused: {t}"),
+        }
+    }
+    let _ = p.close(None).await;
+    Ok(())
+}
+
 pub async fn run(cfg: ResumeConfig) -> anyhow::Result<ResumeReport> {
     let channel = format!("chat:resume-{}", &Uuid::new_v4().simple().to_string()[..8]);
     // Where the channel is now.
@@ -87,19 +156,10 @@ pub async fn run(cfg: ResumeConfig) -> anyhow::Result<ResumeReport> {
         .position
         .ok_or_else(|| anyhow!("no position"))?;
     let _ = ws.close(None).await;
-    // N messages behind: publish them, 256 in flight.
-    let mut p = connect(&cfg.url, None).await?;
-    let pad = "x".repeat(cfg.size);
-    let (mut sent, mut acked) = (0usize, 0usize);
-    while acked < cfg.messages {
-        while sent < cfg.messages && sent - acked < 256 {
-            let f = serde_json::json!({"type": "publish", "channel": channel, "id": Uuid::new_v4(), "data": {"n": sent, "pad": pad}});
-            p.send(Message::text(f.to_string())).await?;
-            sent += 1;
-        }
-        next_of(&mut p, "publish_ack").await?;
-        acked += 1;
-    }
+    // N messages behind: publish them, 256 in flight; a publish refused
+    // with `rate_limited` (herald's default 1,000/s per connection) is sent
+    // again after the `retry_after_ms` the nack gives.
+    publish_n(&cfg.url, &channel, cfg.messages, cfg.size).await?;
     // Through herald: subscribe with since, until all N are in, each once
     // and in order.
     let started = Instant::now();
