@@ -166,7 +166,31 @@ impl Node {
         format!("ws://127.0.0.1:{}/ws", self.port)
     }
 
+    /// Starts the node and waits until it listens. A node that exits while
+    /// starting (say, a freshly started cluster still loading past herald's
+    /// request timeout) is started again, up to three times, as a process
+    /// supervisor would; every start shares one 90 s deadline.
     fn start(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        for attempt in 1..=3 {
+            match self.start_once(deadline)? {
+                true => return Ok(()),
+                false if attempt < 3 && Instant::now() < deadline => {
+                    eprintln!(
+                        "chaos: herald on port {} exited while starting (attempt {attempt}); starting it again",
+                        self.port
+                    );
+                    std::thread::sleep(Duration::from_secs(2));
+                }
+                false => break,
+            }
+        }
+        self.kill();
+        bail!("herald on port {} did not start within 90 s", self.port);
+    }
+
+    /// One start: `Ok(true)` listening, `Ok(false)` exited or out of time.
+    fn start_once(&mut self, deadline: Instant) -> anyhow::Result<bool> {
         let mut child = Command::new(&self.bin)
             .arg("serve")
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
@@ -189,11 +213,13 @@ impl Node {
             }
         });
         self.child = Some(child);
-        if rx.recv_timeout(Duration::from_secs(90)).is_err() {
-            self.kill();
-            bail!("herald on port {} did not start within 90 s", self.port);
+        // Disconnected: stdout closed, the process is gone.
+        let left = deadline.saturating_duration_since(Instant::now());
+        if rx.recv_timeout(left).is_ok() {
+            return Ok(true);
         }
-        Ok(())
+        self.kill();
+        Ok(false)
     }
 
     fn kill(&mut self) {

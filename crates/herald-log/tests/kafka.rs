@@ -157,3 +157,25 @@ async fn a_producer_that_failed_fatally_is_replaced() -> anyhow::Result<()> {
     assert_eq!(wm.high, 3, "nothing stored twice");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watermarks_of_a_topic_created_after_a_failed_lookup() -> anyhow::Result<()> {
+    // The client asked about the topic before it existed (a node starting
+    // while another creates the topics); once it exists, its watermarks
+    // must be readable within the request timeout, not refused from what
+    // the client remembered.
+    let cfg = LogConfig {
+        request_timeout: Duration::from_secs(3),
+        ..config()
+    };
+    let topic = cfg.topic_for("chat");
+    let k = Kafka::connect(cfg.clone())?;
+    assert!(k.watermarks(&topic, 0).await.is_err(), "no such topic yet");
+    let creator = Kafka::connect(cfg)?;
+    creator.ensure_topic(&topic, 4, &[]).await?;
+    for p in 0..4 {
+        let wm = k.watermarks(&topic, p).await?;
+        assert_eq!((wm.low, wm.high), (0, 0));
+    }
+    Ok(())
+}
