@@ -32,6 +32,11 @@ OUT="${OUT:-$CARGO_TARGET_DIR/bench-results}"
 BROKERS="${HERALD_TEST_BROKERS:-127.0.0.1:9092}"
 SUBSCRIBERS="${SUBSCRIBERS:-1000}"
 P2_RATE="${P2_RATE:-100}"
+# The chat pattern (P7, against the floor and against Centrifugo).
+P7_SUBSCRIBERS="${P7_SUBSCRIBERS:-10000}"
+P7_CHANNELS="${P7_CHANNELS:-5000}"
+P7_PUBLISHERS="${P7_PUBLISHERS:-1000}"
+P7_RATE="${P7_RATE:-1000}"
 # Comparisons alternate baseline and herald this many pairs (A B A B ...)
 # and report the median ratio with its range; every run is judged by the
 # strict verifier (loss, duplicates, order, a minimum of acks) and fails
@@ -169,10 +174,6 @@ if [[ $WHAT == all || $WHAT == p2 ]]; then
     plot "p2-$SUBSCRIBERS-$P2_RATE" "P2: $SUBSCRIBERS subscribers, $P2_RATE msg/s, herald vs the WebSocket floor"
 fi
 if [[ $WHAT == all || $WHAT == p7 ]]; then
-    P7_SUBSCRIBERS="${P7_SUBSCRIBERS:-10000}"
-    P7_CHANNELS="${P7_CHANNELS:-5000}"
-    P7_PUBLISHERS="${P7_PUBLISHERS:-1000}"
-    P7_RATE="${P7_RATE:-1000}"
     echo "== P7 (chat-like): $P7_SUBSCRIBERS subscribers on $P7_CHANNELS channels, $P7_PUBLISHERS publishing connections, $P7_RATE msg/s in all, vs the bare WebSocket floor"
     start_ws_floor
     "$LT" vs-ws --pairs "$PAIRS" --url "$URL" --floor-url "$FLOOR_URL" --subscribers "$P7_SUBSCRIBERS" \
@@ -207,10 +208,6 @@ if [[ $WHAT == all || $WHAT == cf || $WHAT == cf-p2 ]]; then
     plot "cf-p2-$SUBSCRIBERS-$P2_RATE-${SIZE:-100}" "P2: $SUBSCRIBERS subscribers, $P2_RATE msg/s, ${SIZE:-100} B: herald vs Centrifugo"
 fi
 if [[ $WHAT == all || $WHAT == cf || $WHAT == cf-p7 ]]; then
-    P7_SUBSCRIBERS="${P7_SUBSCRIBERS:-10000}"
-    P7_CHANNELS="${P7_CHANNELS:-5000}"
-    P7_PUBLISHERS="${P7_PUBLISHERS:-1000}"
-    P7_RATE="${P7_RATE:-1000}"
     echo "== vs Centrifugo, P7 (chat-like): $P7_SUBSCRIBERS subscribers on $P7_CHANNELS channels, $P7_PUBLISHERS publishing connections, $P7_RATE msg/s"
     start_centrifugo
     "$LT" vs-centrifugo --pairs "$PAIRS" --url "$URL" --cf-url "$CF_URL" --subscribers "$P7_SUBSCRIBERS" \
