@@ -135,6 +135,12 @@ impl Edge {
             hub.register_topic(&info.name, &info.epoch, info.partitions);
             topics.insert(ns.name.clone(), info.name);
         }
+        let topic_names: Vec<String> = topics.values().cloned().collect();
+        if let Err(e) = log.prepare_reads(&topic_names).await {
+            // Only the first resumes are slower: they connect their own.
+            metrics::counter!("herald_log_errors_total", "op" => "prepare_reads").increment(1);
+            warn!(%e, "Could not ready the range readers");
+        }
         let cursors = CursorStore::open(
             log.clone(),
             cfg.cursor_partitions,

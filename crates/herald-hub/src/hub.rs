@@ -58,6 +58,9 @@ struct PartState {
     recent: VecDeque<Arc<Delivery>>,
     recent_from: i64,
     recent_bytes: usize,
+    /// The offset the tail started from: the ring's start until it is
+    /// filled back from the log ([`Hub::fill_ring`]) or evicts.
+    follow_from: i64,
     subs: HashMap<Arc<str>, Vec<Sub>>,
     /// Subscribes under way (between finding the partition and
     /// registering); the partition is not retired while any is.
@@ -71,6 +74,9 @@ struct Partition {
     partition: i32,
     epoch: Arc<str>,
     started: OnceCell<()>,
+    /// Set once the ring was filled back from the log (or that was tried):
+    /// the first resume that needs the log does it, the others wait for it.
+    filled: OnceCell<()>,
     state: Mutex<PartState>,
 }
 
@@ -89,6 +95,7 @@ struct TopicMeta {
 
 enum Step {
     Live,
+    FillRing,
     FromCache(Vec<Arc<Delivery>>, i64),
     FromLog(i64),
 }
@@ -192,11 +199,13 @@ impl Hub {
                     partition,
                     epoch: meta.epoch,
                     started: OnceCell::new(),
+                    filled: OnceCell::new(),
                     state: Mutex::new(PartState {
                         next_offset: 0,
                         recent: VecDeque::new(),
                         recent_from: 0,
                         recent_bytes: 0,
+                        follow_from: 0,
                         subs: HashMap::new(),
                         entering: 0,
                         idle_since: None,
@@ -218,6 +227,7 @@ impl Hub {
                     let mut st = p.lock();
                     st.next_offset = wm.high;
                     st.recent_from = wm.high;
+                    st.follow_from = wm.high;
                 }
                 self.log.follow(topic, partition, wm.high)?;
                 Ok::<(), HubError>(())
@@ -362,8 +372,11 @@ impl Hub {
                     } else {
                         Step::FromCache(pending, upto)
                     }
+                } else if part.filled.get().is_none() {
+                    Step::FillRing
                 } else {
-                    Step::FromLog(upto)
+                    // Only what the ring lacks: the rest comes from it next.
+                    Step::FromLog(st.recent_from.min(upto))
                 }
             };
             match step {
@@ -380,6 +393,7 @@ impl Hub {
                         .increment(n);
                     s = upto - 1;
                 }
+                Step::FillRing => self.fill_ring(part).await,
                 Step::FromLog(upto) => {
                     from_log = true;
                     caught_up += self
@@ -471,17 +485,132 @@ impl Hub {
         Ok(total)
     }
 
+    /// Fills a cold partition's ring back from the log, once per start of
+    /// the partition: the records just below where the tail started, as many
+    /// as the ring holds. Concurrent callers wait for the one that reads, so
+    /// a reconnect storm onto a node that has just started following the
+    /// partition reads it from Kafka once, not once per client
+    /// (docs/benchmarks.md, P5 cold). A failed fill is counted and left:
+    /// resumes then read the log themselves, as before.
+    async fn fill_ring(&self, part: &Partition) {
+        part.filled
+            .get_or_init(|| async {
+                let started = Instant::now();
+                match self.read_ring_fill(part).await {
+                    Ok(n) => {
+                        metrics::counter!("herald_hub_ring_fills_total", "outcome" => "filled")
+                            .increment(1);
+                        metrics::counter!("herald_hub_ring_fill_messages_total").increment(n);
+                        metrics::histogram!("herald_hub_ring_fill_seconds")
+                            .record(started.elapsed().as_secs_f64());
+                    }
+                    Err(e) => {
+                        metrics::counter!("herald_hub_ring_fills_total", "outcome" => "failed")
+                            .increment(1);
+                        warn!(%e, topic = %part.topic, partition = part.partition, "Could not fill a partition's recent messages from the log; resumes read it themselves");
+                    }
+                }
+            })
+            .await;
+    }
+
+    /// Reads the ring's worth of records below `follow_from` and puts them in
+    /// front of the ring, when the ring still starts there (nothing evicted,
+    /// no tail gap since). Returns the messages added.
+    async fn read_ring_fill(&self, part: &Partition) -> Result<u64, HubError> {
+        let cap = self.cfg.recent_messages;
+        let end = part.lock().follow_from;
+        if cap == 0 {
+            return Ok(0);
+        }
+        let wm = self.log.watermarks(&part.topic, part.partition).await?;
+        let mut from = wm.low.max(end - cap as i64);
+        // The offset from which `found` holds every record up to `from`.
+        let mut complete_from = from;
+        let mut found: Vec<Arc<Delivery>> = Vec::new();
+        while from < end {
+            let batch = self
+                .log
+                .read_range(
+                    &part.topic,
+                    part.partition,
+                    from,
+                    end,
+                    self.cfg.catchup_batch,
+                )
+                .await?;
+            for r in &batch.records {
+                if r.offset >= end {
+                    break;
+                }
+                if r.offset != from {
+                    // Deleted under the read (retention): the ring can only
+                    // be complete from after the hole.
+                    found.clear();
+                    complete_from = r.offset;
+                }
+                from = r.offset + 1;
+                if let Some(d) = Delivery::from_record(r, &part.epoch) {
+                    found.push(Arc::new(d));
+                }
+            }
+            if batch.next > from {
+                // Offsets skipped without records: a hole as well (every
+                // offset below `end` existed when the tail started).
+                found.clear();
+                complete_from = batch.next;
+                from = batch.next;
+            } else if batch.records.is_empty() {
+                return Err(HubError::Log(herald_log::LogError::Other(format!(
+                    "range read made no progress at {}/{}@{from}",
+                    part.topic, part.partition
+                ))));
+            }
+        }
+        let mut st = part.lock();
+        if st.recent_from != end {
+            // The ring moved on (it evicted, or the tail skipped): what was
+            // read no longer joins it.
+            return Ok(0);
+        }
+        let mut added = 0u64;
+        let mut start = end;
+        let mut all = true;
+        for d in found.into_iter().rev() {
+            if st.recent.len() >= cap
+                || (!st.recent.is_empty() && st.recent_bytes + d.text.len() > self.cfg.recent_bytes)
+            {
+                all = false;
+                break;
+            }
+            // Complete from the oldest message kept.
+            start = d.seq;
+            st.recent_bytes += d.text.len();
+            st.recent.push_front(d);
+            added += 1;
+        }
+        st.recent_from = if all { complete_from } else { start };
+        Ok(added)
+    }
+
     /// `Some(seq)` when resuming from `seq` loses nothing: it is inside the
     /// retained log (`low - 1 <= seq < high`).
     async fn check_position(&self, part: &Partition, seq: i64) -> Result<Option<i64>, HubError> {
         if seq < -1 {
             return Ok(None);
         }
-        {
+        let in_ring = || {
             let st = part.lock();
             // `seq >= from - 1`, not `seq + 1 >= from`: a client's seq may
             // be i64::MAX.
-            if seq >= st.recent_from - 1 && seq < st.next_offset {
+            seq >= st.recent_from - 1 && seq < st.next_offset
+        };
+        if in_ring() {
+            return Ok(Some(seq));
+        }
+        if part.filled.get().is_none() && seq < part.lock().next_offset {
+            self.fill_ring(part).await;
+            if in_ring() {
                 return Ok(Some(seq));
             }
         }

@@ -300,4 +300,13 @@ pub trait Log: LogWrite {
     /// Starts the partition tail feeding `sink`. Call once, before
     /// [`LogRead::follow`].
     fn start_tail(&self, sink: Arc<dyn RecordSink>) -> Result<(), LogError>;
+
+    /// Readies range reads of `topics` before the first one is needed, so
+    /// that the first resume on a node just started does not pay for
+    /// connecting a reader (docs/benchmarks.md, P4 cold). Nothing to do for
+    /// a log without connections.
+    fn prepare_reads<'a>(&'a self, topics: &'a [String]) -> BoxFuture<'a, Result<(), LogError>> {
+        let _ = topics;
+        Box::pin(async { Ok(()) })
+    }
 }

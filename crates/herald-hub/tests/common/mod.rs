@@ -21,11 +21,13 @@ pub struct MemLog {
     pub followed: Mutex<Option<i64>>,
     /// Yield inside range reads, so other tasks run mid catch-up.
     pub yield_in_reads: bool,
-    /// Moves the log start here at the first range read (retention
-    /// deleting records while a catch-up reads).
+    /// Moves the log start here at the first range read that starts below
+    /// it (retention deleting records while a catch-up reads).
     pub delete_on_read: Mutex<Option<i64>>,
     /// When set, every range read waits for a permit of this semaphore.
     pub read_gate: Option<Arc<tokio::sync::Semaphore>>,
+    /// Range reads made so far.
+    pub reads: std::sync::atomic::AtomicUsize,
 }
 
 impl MemLog {
@@ -78,6 +80,8 @@ impl LogRead for MemLog {
         max: usize,
     ) -> BoxFuture<'a, Result<RangeBatch, LogError>> {
         Box::pin(async move {
+            self.reads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if self.yield_in_reads {
                 tokio::task::yield_now().await;
             }
@@ -86,8 +90,11 @@ impl LogRead for MemLog {
                     p.forget();
                 }
             }
-            if let Some(low) = self.delete_on_read.lock().unwrap().take() {
-                *self.low.lock().unwrap() = low;
+            {
+                let mut delete = self.delete_on_read.lock().unwrap();
+                if let Some(low) = delete.take_if(|low| from < *low) {
+                    *self.low.lock().unwrap() = low;
+                }
             }
             // Like Kafka's readers, a read below the log start starts there.
             let low = *self.low.lock().unwrap();

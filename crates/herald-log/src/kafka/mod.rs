@@ -231,4 +231,8 @@ impl Log for Kafka {
     fn start_tail(&self, sink: Arc<dyn RecordSink>) -> Result<(), LogError> {
         Kafka::start_tail(self, sink)
     }
+
+    fn prepare_reads<'a>(&'a self, topics: &'a [String]) -> BoxFuture<'a, Result<(), LogError>> {
+        Box::pin(self.prepare_readers(topics))
+    }
 }

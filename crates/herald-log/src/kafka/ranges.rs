@@ -203,6 +203,67 @@ impl Kafka {
         ))
     }
 
+    /// Fills the pool of idle readers, each connected to the leaders of
+    /// `topics`' partitions with their metadata looked up. Creating a
+    /// reader, looking the topic up and connecting to the partition's
+    /// leader cost the first range read of a node just started about 15 ms
+    /// on one local broker (docs/benchmarks.md, P4 cold).
+    pub(super) async fn prepare_readers(&self, topics: &[String]) -> Result<(), LogError> {
+        let idle = self.readers.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let mut made = Vec::new();
+        for _ in idle..IDLE_READERS {
+            let consumer: Arc<StreamConsumer> =
+                Arc::new(Self::consumer_config(&self.cfg, true).create()?);
+            let (c, names, t) = (consumer.clone(), topics.to_vec(), self.cfg.request_timeout);
+            made.push(tokio::task::spawn_blocking(
+                move || -> Result<_, KafkaError> {
+                    let mut warmed = HashMap::new();
+                    for name in names {
+                        let md = c.fetch_metadata(Some(&name), t)?;
+                        // One partition per leader: a watermark request opens
+                        // the connection a fetch from that leader will use.
+                        let mut leaders = HashMap::new();
+                        for tm in md.topics().iter().filter(|tm| tm.name() == name) {
+                            for p in tm.partitions() {
+                                leaders.entry(p.leader()).or_insert(p.id());
+                            }
+                        }
+                        for partition in leaders.into_values() {
+                            c.fetch_watermarks(&name, partition, t)?;
+                        }
+                        warmed.insert(name, Instant::now());
+                    }
+                    Ok(Reader {
+                        consumer: c,
+                        warmed,
+                        at: None,
+                    })
+                },
+            ));
+        }
+        let mut first_error = None;
+        for m in made {
+            match m.await {
+                Ok(Ok(r)) => {
+                    let mut idle = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+                    if idle.len() < IDLE_READERS {
+                        idle.push(r);
+                    } else {
+                        drop(idle);
+                        retire(r);
+                    }
+                }
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(LogError::from(e));
+                }
+                Err(e) => {
+                    first_error.get_or_insert(LogError::Task(format!("reader: {e}")));
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
     /// Back to the pool; `next` when the read stopped at its record limit, so
     /// that a read continuing from there keeps this assignment.
     fn return_reader(&self, mut r: Reader, topic: &str, partition: i32, next: Option<i64>) {
