@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use herald_log::Record;
-use herald_proto::{Envelope, ServerFrame};
+use herald_proto::envelope::EnvelopeRef;
 use tracing::debug;
 
 /// One message ready for the wire.
@@ -23,18 +23,13 @@ impl Delivery {
     /// the record is not a herald envelope, e.g. written by a foreign producer.
     pub fn from_record(r: &Record, epoch: &str) -> Option<Delivery> {
         let value = r.value.as_deref()?;
-        match Envelope::decode(value, r.key.as_deref()) {
-            Ok(env) => {
-                let channel: Arc<str> = Arc::from(env.channel.as_str());
-                let replayed = env.replayed.is_some();
-                let text = ServerFrame::Message(env.into_message(r.offset, epoch)).to_json();
-                Some(Delivery {
-                    channel,
-                    seq: r.offset,
-                    text: Arc::from(text),
-                    replayed,
-                })
-            }
+        match EnvelopeRef::decode(value, r.key.as_deref()) {
+            Ok(env) => Some(Delivery {
+                channel: Arc::from(&*env.channel),
+                seq: r.offset,
+                text: Arc::from(env.message_json(r.offset, epoch)),
+                replayed: env.replayed.is_some(),
+            }),
             Err(e) => {
                 metrics::counter!("herald_hub_malformed_records_total").increment(1);
                 debug!(topic = %r.topic, partition = r.partition, offset = r.offset, %e, "Skipping record that is not a herald envelope");

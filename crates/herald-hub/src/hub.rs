@@ -525,9 +525,12 @@ impl Hub {
         }
         let wm = self.log.watermarks(&part.topic, part.partition).await?;
         let mut from = wm.low.max(end - cap as i64);
-        // The offset from which `found` holds every record up to `from`.
+        // The offset from which `segments` hold every record up to `from`.
         let mut complete_from = from;
-        let mut found: Vec<Arc<Delivery>> = Vec::new();
+        // Batches decoded on the blocking pool while the next is read: the
+        // read waits on the broker and the decode is CPU, so on more than
+        // one core they overlap (docs/benchmarks.md, P4 cold).
+        let mut segments = Vec::new();
         while from < end {
             let batch = self
                 .log
@@ -539,33 +542,54 @@ impl Hub {
                     self.cfg.catchup_batch,
                 )
                 .await?;
-            for r in &batch.records {
+            let mut keep_from = 0;
+            let mut taken = 0;
+            for (i, r) in batch.records.iter().enumerate() {
                 if r.offset >= end {
                     break;
                 }
                 if r.offset != from {
                     // Deleted under the read (retention): the ring can only
                     // be complete from after the hole.
-                    found.clear();
+                    segments.clear();
                     complete_from = r.offset;
+                    keep_from = i;
                 }
                 from = r.offset + 1;
-                if let Some(d) = Delivery::from_record(r, &part.epoch) {
-                    found.push(Arc::new(d));
-                }
+                taken = i + 1;
+            }
+            let mut records = batch.records;
+            records.truncate(taken);
+            records.drain(..keep_from);
+            if !records.is_empty() {
+                let epoch = part.epoch.clone();
+                segments.push(tokio::task::spawn_blocking(move || {
+                    records
+                        .iter()
+                        .filter_map(|r| Delivery::from_record(r, &epoch))
+                        .map(Arc::new)
+                        .collect::<Vec<_>>()
+                }));
             }
             if batch.next > from {
                 // Offsets skipped without records: a hole as well (every
                 // offset below `end` existed when the tail started).
-                found.clear();
+                segments.clear();
                 complete_from = batch.next;
                 from = batch.next;
-            } else if batch.records.is_empty() {
+            } else if taken == 0 {
                 return Err(HubError::Log(herald_log::LogError::Other(format!(
                     "range read made no progress at {}/{}@{from}",
                     part.topic, part.partition
                 ))));
             }
+        }
+        let mut found: Vec<Arc<Delivery>> = Vec::new();
+        for seg in segments {
+            found.extend(
+                seg.await
+                    .map_err(|e| HubError::Log(herald_log::LogError::Task(e.to_string())))?,
+            );
         }
         let mut st = part.lock();
         if st.recent_from != end {

@@ -6,6 +6,8 @@
 //! (removing, renaming or retyping a field) bumps `v`. Readers must ignore
 //! fields they do not know.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
@@ -158,9 +160,135 @@ impl Envelope {
     }
 }
 
+/// An envelope decoded in place: its strings and `data` borrow the record
+/// value (a string with escapes is the only copy). The tail and the resume
+/// path turn every record into a `message` frame this way; the owned
+/// [`Envelope`] cost them six allocations and a second copy of `data` per
+/// record (docs/benchmarks.md, P4 cold).
+#[derive(Debug, Deserialize)]
+pub struct EnvelopeRef<'a> {
+    pub v: u32,
+    pub id: Uuid,
+    #[serde(borrow)]
+    pub channel: Cow<'a, str>,
+    #[serde(borrow)]
+    pub publisher: Option<Cow<'a, str>>,
+    pub ts: i64,
+    #[serde(borrow)]
+    pub content_type: Cow<'a, str>,
+    #[serde(borrow)]
+    pub data: &'a RawValue,
+    #[serde(default)]
+    pub replayed: Option<Replayed>,
+}
+
+/// The `message` frame written from borrowed parts: the same text as
+/// `ServerFrame::Message(..).to_json()` (a test holds them equal).
+#[derive(Serialize)]
+#[serde(tag = "type", rename = "message")]
+struct MessageOut<'a> {
+    channel: &'a str,
+    seq: i64,
+    epoch: &'a str,
+    id: Uuid,
+    ts: i64,
+    data: &'a RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replayed: Option<&'a Replayed>,
+}
+
+impl<'a> EnvelopeRef<'a> {
+    /// [`Envelope::decode`] without copying.
+    pub fn decode(value: &'a [u8], key: Option<&[u8]>) -> Result<Self, EnvelopeError> {
+        let env: EnvelopeRef<'a> = serde_json::from_slice(value)?;
+        if env.v > ENVELOPE_VERSION {
+            return Err(EnvelopeError::Version(env.v));
+        }
+        if let Some(key) = key {
+            if key != env.channel.as_bytes() {
+                return Err(EnvelopeError::KeyMismatch {
+                    envelope: env.channel.into_owned(),
+                    key: String::from_utf8_lossy(key).into_owned(),
+                });
+            }
+        }
+        Ok(env)
+    }
+
+    /// The `message` frame of this envelope at `seq` of `epoch`.
+    pub fn message_json(&self, seq: i64, epoch: &str) -> String {
+        let out = MessageOut {
+            channel: &self.channel,
+            seq,
+            epoch,
+            id: self.id,
+            ts: self.ts,
+            data: self.data,
+            replayed: self.replayed.as_ref(),
+        };
+        let mut buf = Vec::with_capacity(self.data.get().len() + self.channel.len() + 160);
+        match serde_json::to_writer(&mut buf, &out) {
+            // serde_json writes UTF-8 only.
+            Ok(()) => String::from_utf8(buf).unwrap_or_default(),
+            Err(e) => format!(r#"{{"type":"error","code":"internal","reason":"serialise: {e}"}}"#),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_borrowed_decode_writes_the_same_frame_as_the_owned_one() {
+        let replayed = Replayed {
+            topic: "herald.chat".into(),
+            partition: 3,
+            offset: 17,
+            id: Uuid::new_v4(),
+        };
+        for (channel, publisher, data, replayed) in [
+            ("chat:x", Some("alice"), r#"{"a":[1,2,{"b":"c"}]}"#, None),
+            (
+                "chat:\"q\"",
+                None,
+                r#""text with \"escapes\" and \u00e9""#,
+                None,
+            ),
+            ("chat:y", Some("b\\ob"), "42", Some(replayed)),
+        ] {
+            let mut env = Envelope::new(
+                Uuid::new_v4(),
+                channel,
+                publisher.map(str::to_owned),
+                RawValue::from_string(data.into()).expect("json"),
+            );
+            env.replayed = replayed;
+            let value = env.to_json();
+            let owned =
+                Envelope::decode(value.as_bytes(), Some(channel.as_bytes())).expect("owned decode");
+            let want = crate::ServerFrame::Message(owned.into_message(41, "e1")).to_json();
+            let borrowed =
+                EnvelopeRef::decode(value.as_bytes(), Some(channel.as_bytes())).expect("decode");
+            assert_eq!(borrowed.channel, channel);
+            assert_eq!(borrowed.message_json(41, "e1"), want);
+        }
+        assert!(matches!(
+            EnvelopeRef::decode(
+                Envelope::new(
+                    Uuid::new_v4(),
+                    "a",
+                    None,
+                    RawValue::from_string("1".into()).expect("json")
+                )
+                .to_json()
+                .as_bytes(),
+                Some(b"b")
+            ),
+            Err(EnvelopeError::KeyMismatch { .. })
+        ));
+        assert!(EnvelopeRef::decode(b"{\"v\":1}", None).is_err());
+    }
 
     #[test]
     fn the_record_carries_key_headers_and_an_id_that_peeks_back() {

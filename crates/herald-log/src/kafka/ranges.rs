@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -347,9 +348,17 @@ impl Kafka {
             }
             // The deadline is per record, not per batch: a large catch-up on
             // a busy broker is slow but making progress, and must not fail.
-            let msg = match tokio::time::timeout(self.cfg.request_timeout, reader.consumer.recv())
-                .await
-            {
+            // A record already fetched is taken without arming a timer: a
+            // timeout per record cost a read of 10,000 about a tenth of its
+            // time (docs/benchmarks.md, P4 cold). Only a wait is bounded.
+            let ready = reader.consumer.recv().now_or_never();
+            let got = match ready {
+                Some(r) => Ok(r),
+                None => {
+                    tokio::time::timeout(self.cfg.request_timeout, reader.consumer.recv()).await
+                }
+            };
+            let msg = match got {
                 Err(_) => break Err(LogError::Timeout(self.cfg.request_timeout, "a range read")),
                 Ok(Err(KafkaError::PartitionEOF(_))) => {
                     let wm = self.watermarks_now(topic, partition).await?;
