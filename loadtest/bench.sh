@@ -5,7 +5,7 @@
 # builds release binaries; starts its own herald node (anonymous `chat`, no
 # publish rate limit) and stops it at the end. JSON results go to $OUT.
 #
-#   loadtest/bench.sh [p1|p2|p2io|p4|p5|p6|p7|cf|cf-latency|cf-p2|cf-p7|all]   (default all)
+#   loadtest/bench.sh [p1|p2|p2io|p4|p5|p6|p7|p7k|cf|cf-latency|cf-p2|cf-p7|all]   (default all)
 #   (cf: all three against Centrifugo v6, loadtest/centrifugo/start.sh)
 #   RATES=25,50,100,200,400 loadtest/bench.sh sweep|sweep-cf   (throughput and
 #                                    p99 against offered load, charts in docs/bench/)
@@ -126,6 +126,21 @@ start_ws_floor() {
     FLOOR_URL="$(sed -n 's/^ws-floor listening on //p' "$OUT/wsfloor.out")"
 }
 
+# The floor with Kafka in its path (ws-floor-server --kafka): publishes are
+# appended to a fresh topic of 8 partitions and acked when Kafka confirms;
+# a consumer tails it and fans out. What herald cannot avoid, without herald.
+kfloor=""
+start_ws_kafka_floor() {
+    if [[ -n $kfloor ]]; then return; fi
+    "$LT" ws-floor-server --listen 127.0.0.1:0 --kafka "$BROKERS" --partitions 8 \
+        --fetch-wait-max-ms "$FETCH_WAIT" ${FLOOR_FLUSH_EACH:+--flush-each} > "$OUT/wskfloor.out" 2>&1 &
+    kfloor=$!
+    KILL+=("$kfloor")
+    for _ in $(seq 1 150); do grep -q "ws-floor listening" "$OUT/wskfloor.out" && break; sleep 0.1; done
+    KFLOOR_URL="$(sed -n 's/^ws-floor listening on //p' "$OUT/wskfloor.out")"
+    [[ -n "$KFLOOR_URL" ]] || { echo "bench: the Kafka floor did not start"; cat "$OUT/wskfloor.out"; exit 1; }
+}
+
 # The Centrifugo peer (loadtest/centrifugo/start.sh: built from the Go
 # module proxy into the cache on first use, Redis engine, history and
 # recovery on); one per run of this script.
@@ -144,8 +159,12 @@ if [[ $WHAT == all || $WHAT == p1 ]]; then
     plot "p1${MOCK:+-mock}${CLUSTER:+-cluster}" "P1: latency at 200 msg/s, herald vs the Kafka floor${CLUSTER:+ (RF 3 cluster)}${MOCK:+ (mock broker)}"
 fi
 if [[ $WHAT == all || $WHAT == p6 ]]; then
-    echo "== P6: ingest, closed loop with 64 in flight, vs the bare producer (herald without its per-connection publish rate limit)"
-    start_herald herald-p6 --publish-rate 0
+    echo "== P6: ingest, closed loop with 64 in flight, vs the bare producer (herald without its per-connection publish rate limit, and a subscriber queue of 65,536 messages / 64 MiB)"
+    # The one subscriber takes ~30,000 messages/s: at the default queue of
+    # 1,024 messages it is cut as a slow consumer whenever its writer falls
+    # 35 ms behind, which the closed loop's opening burst on two busy cores
+    # does (measured 2026-12-02: 1,024 queued, none written, cut).
+    start_herald herald-p6 --publish-rate 0 --queue-messages 65536 --queue-bytes 67108864
     "$LT" vs-kafka --pairs "$PAIRS" --url "$NODE_URL" --brokers "$BROKERS" --fetch-wait-max-ms "$FETCH_WAIT" \
         --rate 0 --window 64 --duration-secs 15 --size 100 "${FLOOR_TOPIC[@]}" --json "$OUT/p6${MOCK:+-mock}${CLUSTER:+-cluster}.json"
 fi
@@ -180,6 +199,15 @@ if [[ $WHAT == all || $WHAT == p7 ]]; then
         --channels "$P7_CHANNELS" --publishers "$P7_PUBLISHERS" --rate "$P7_RATE" --duration-secs 20 --size 100 \
         --drain-secs 30 --source-ips 127.0.0.1-127.0.0.8 --json "$OUT/p7-$P7_SUBSCRIBERS-$P7_CHANNELS-$P7_PUBLISHERS.json"
     plot "p7-$P7_SUBSCRIBERS-$P7_CHANNELS-$P7_PUBLISHERS" "P7 chat: $P7_SUBSCRIBERS subscribers on $P7_CHANNELS channels, herald vs the WebSocket floor"
+fi
+if [[ $WHAT == all || $WHAT == p7 || $WHAT == p7k ]]; then
+    echo "== P7 (chat-like) vs the floor with Kafka in its path (append, ack on confirm, consumer fan-out)"
+    start_ws_kafka_floor
+    "$LT" vs-ws --pairs "$PAIRS" --url "$URL" --floor-url "$KFLOOR_URL" --floor-label ws-kafka-floor \
+        --subscribers "$P7_SUBSCRIBERS" --channels "$P7_CHANNELS" --publishers "$P7_PUBLISHERS" --rate "$P7_RATE" \
+        --duration-secs 20 --size 100 --drain-secs 30 --source-ips 127.0.0.1-127.0.0.8 \
+        --json "$OUT/p7k-$P7_SUBSCRIBERS-$P7_CHANNELS-$P7_PUBLISHERS.json"
+    plot "p7k-$P7_SUBSCRIBERS-$P7_CHANNELS-$P7_PUBLISHERS" "P7 chat: $P7_SUBSCRIBERS subscribers on $P7_CHANNELS channels, herald vs the WebSocket floor with Kafka"
 fi
 if [[ $WHAT == all || $WHAT == p2io ]]; then
     echo "== P2 vs the peer: Socket.IO 4 (Redis Streams adapter, state recovery), $SUBSCRIBERS subscribers, $P2_RATE msg/s"

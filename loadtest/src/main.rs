@@ -188,6 +188,15 @@ enum Cmd {
         /// once per batch of up to 64 queued frames, as herald does.
         #[arg(long)]
         flush_each: bool,
+        /// Put Kafka in the floor's path: publishes are appended to a fresh
+        /// topic on these brokers and delivered by a consumer tailing it.
+        #[arg(long)]
+        kafka: Option<String>,
+        /// Partitions of that topic (herald's `chat` namespace has 8).
+        #[arg(long, default_value_t = 8)]
+        partitions: i32,
+        #[arg(long, default_value_t = 100)]
+        fetch_wait_max_ms: u32,
     },
     /// P1/P6: the bare Kafka floor (in a child process), then herald, same
     /// rate (or window), one
@@ -357,6 +366,10 @@ enum Cmd {
         /// both ends of every floor connection.
         #[arg(long)]
         floor_url: Option<String>,
+        /// The floor's name in the report and charts (`ws-kafka-floor` for
+        /// `ws-floor-server --kafka`).
+        #[arg(long, default_value = "ws-floor")]
+        floor_label: String,
         #[command(flatten)]
         load: Load,
     },
@@ -692,8 +705,15 @@ async fn main() -> anyhow::Result<()> {
             tokio::signal::ctrl_c().await?;
             drop(cluster);
         }
-        Cmd::WsFloorServer { listen, flush_each } => {
-            let addr = wsfloor::serve(listen, flush_each).await?;
+        Cmd::WsFloorServer {
+            listen,
+            flush_each,
+            kafka,
+            partitions,
+            fetch_wait_max_ms,
+        } => {
+            let kafka = kafka.map(|b| (b, partitions, fetch_wait_max_ms));
+            let addr = wsfloor::serve(listen, flush_each, kafka).await?;
             println!("ws-floor listening on ws://{addr}/ws");
             tokio::signal::ctrl_c().await?;
         }
@@ -903,17 +923,18 @@ async fn main() -> anyhow::Result<()> {
         Cmd::VsWs {
             url,
             floor_url,
+            floor_label,
             load,
         } => {
             let floor_url = match floor_url {
                 Some(u) => u,
                 None => format!(
                     "ws://{}/ws",
-                    wsfloor::serve("127.0.0.1:0".parse()?, false).await?
+                    wsfloor::serve("127.0.0.1:0".parse()?, false, None).await?
                 ),
             };
             let base = gen_cfg(&floor_url, &load)?;
-            fan_out_vs(base, "ws-floor", &url, &load).await?;
+            fan_out_vs(base, &floor_label, &url, &load).await?;
         }
     }
     Ok(())
