@@ -6,10 +6,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
+use tracing::{debug, error};
 
 use super::Kafka;
 use crate::{LogError, RangeBatch, Record, Watermarks};
@@ -49,9 +52,37 @@ pub(super) const RANGE_FETCH_WAIT_MS: u32 = 5;
 /// for the next read to continue without a new assignment.
 const CONTINUE_FOR: Duration = Duration::from_secs(2);
 
+/// The range readers' librdkafka context. A reader stays assigned for a
+/// while after its read ([`CONTINUE_FOR`]) and reports reaching the end of
+/// the partition (`enable.partition.eof`); when nobody is reading it then,
+/// the event comes out as a client-level error, which librdkafka's default
+/// context logs at ERROR (hundreds per reconnect storm before 2026-12-02).
+/// The end of a partition is no error: it is logged at debug; every other
+/// error as before.
+pub(super) struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if is_partition_end(&error) {
+            debug!(%error, reason, "Range reader reached the end of a partition");
+        } else {
+            error!(%error, reason, "librdkafka: range reader error");
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
+fn is_partition_end(e: &KafkaError) -> bool {
+    matches!(e, KafkaError::PartitionEOF(_))
+        || e.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF)
+}
+
+type ReaderConsumer = StreamConsumer<ReaderContext>;
+
 /// A pooled range reader and the topics it has looked up.
 pub(super) struct Reader {
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<ReaderConsumer>,
     warmed: HashMap<String, Instant>,
     /// Still assigned at (topic, partition, next offset) since the instant:
     /// the previous read stopped at its record limit and the next record is
@@ -196,7 +227,9 @@ impl Kafka {
         }
         Ok((
             Reader {
-                consumer: Arc::new(Self::consumer_config(&self.cfg, true).create()?),
+                consumer: Arc::new(
+                    Self::consumer_config(&self.cfg, true).create_with_context(ReaderContext)?,
+                ),
                 warmed: HashMap::new(),
                 at: None,
             },
@@ -213,8 +246,9 @@ impl Kafka {
         let idle = self.readers.lock().unwrap_or_else(|p| p.into_inner()).len();
         let mut made = Vec::new();
         for _ in idle..IDLE_READERS {
-            let consumer: Arc<StreamConsumer> =
-                Arc::new(Self::consumer_config(&self.cfg, true).create()?);
+            let consumer: Arc<ReaderConsumer> = Arc::new(
+                Self::consumer_config(&self.cfg, true).create_with_context(ReaderContext)?,
+            );
             let (c, names, t) = (consumer.clone(), topics.to_vec(), self.cfg.request_timeout);
             made.push(tokio::task::spawn_blocking(
                 move || -> Result<_, KafkaError> {
@@ -409,6 +443,26 @@ impl Kafka {
                 retire(reader);
                 Err(e)
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_end_of_a_partition_is_quieted() {
+        assert!(is_partition_end(&KafkaError::Global(
+            RDKafkaErrorCode::PartitionEOF
+        )));
+        assert!(is_partition_end(&KafkaError::PartitionEOF(3)));
+        for other in [
+            KafkaError::Global(RDKafkaErrorCode::AllBrokersDown),
+            KafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure),
+            KafkaError::Global(RDKafkaErrorCode::UnknownTopicOrPartition),
+        ] {
+            assert!(!is_partition_end(&other), "{other}");
         }
     }
 }
