@@ -11,6 +11,7 @@
 #
 #   loadtest/idle-memory.sh [N] [C]      (default N = 5000, C = 100)
 #   HOLD=80 SERVERS="herald floor centrifugo" loadtest/idle-memory.sh 10000
+#   HERALD_ARGS="--read-buffer-bytes 1024" SERVERS=herald loadtest/idle-memory.sh
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -40,7 +41,7 @@ for server in $SERVERS; do
                 stop_broker=1
             fi
             "$BIN/herald" serve --listen 127.0.0.1:0 --topic-prefix "mem-$$." \
-                --namespaces chat=8:anonymous > "$OUT/mem-herald.out" 2> "$OUT/mem-herald.err" &
+                --namespaces chat=8:anonymous ${HERALD_ARGS:-} > "$OUT/mem-herald.out" 2> "$OUT/mem-herald.err" &
             srv=$!; KILL+=("$srv"); proto=herald
             for _ in $(seq 1 300); do grep -q listening "$OUT/mem-herald.out" && break; sleep 0.1; done
             url="$(sed -n 's/^herald listening on //p' "$OUT/mem-herald.out")"
