@@ -1,8 +1,9 @@
 //! The bare WebSocket floor: a broadcast server with no Kafka and no
 //! durability, speaking the subset of herald's frames the generator uses
 //! (`subscribe` → `subscribed`; `publish` → `message` to every subscriber of
-//! the channel, then `publish_ack`). Same tokio-tungstenite, same 4 KiB read
-//! buffer as herald, so the difference is herald's work. Like herald, its
+//! the channel, then `publish_ack`). Same tokio-tungstenite, same 1 KiB read
+//! buffer as herald's default (4 KiB before 2026-12-02), so the difference
+//! is herald's work. Like herald, its
 //! writer feeds whatever is queued for a connection (up to 64 frames) and
 //! flushes once; `flush_each` flushes after every frame instead (the floor
 //! before 2026-12-02, kept to show both ways).
@@ -198,7 +199,7 @@ pub async fn serve(
             let seq = seq.clone();
             let kafka = kafka.clone();
             tokio::spawn(async move {
-                let cfg = WebSocketConfig::default().read_buffer_size(4096);
+                let cfg = WebSocketConfig::default().read_buffer_size(1024);
                 let Ok(ws) = tokio_tungstenite::accept_async_with_config(stream, Some(cfg)).await
                 else {
                     return;

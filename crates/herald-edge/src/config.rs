@@ -134,9 +134,11 @@ pub struct EdgeConfig {
     pub max_message_bytes: usize,
     /// Largest WebSocket message accepted, in bytes. Default 1 MiB.
     pub max_frame_bytes: usize,
-    /// Initial read buffer of a connection, in bytes. Default 4 KiB; it grows
-    /// for larger frames. (tungstenite's own default is 128 KiB, allocated
-    /// up front for every connection.)
+    /// Read buffer of a connection, in bytes, allocated for its whole life.
+    /// Default 1 KiB; it grows for a larger frame, which then takes more
+    /// reads of this size. (tungstenite's own default is 128 KiB, allocated
+    /// up front for every connection; herald's was 4 KiB until 2026-12-02:
+    /// 1 KiB saves ~3 KB per idle connection, docs/benchmarks.md, P3.)
     pub read_buffer_bytes: usize,
     /// Publishes per second per connection (token bucket), 0 = unlimited.
     /// Default 1000.
@@ -237,7 +239,7 @@ impl Default for EdgeConfig {
             queue_bytes: 4 << 20,
             max_message_bytes: 64 << 10,
             max_frame_bytes: 1 << 20,
-            read_buffer_bytes: 4 << 10,
+            read_buffer_bytes: 1 << 10,
             publish_rate: 1000,
             publish_burst: 2000,
             max_connections: 100_000,
