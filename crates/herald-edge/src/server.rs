@@ -135,12 +135,18 @@ impl Edge {
             hub.register_topic(&info.name, &info.epoch, info.partitions);
             topics.insert(ns.name.clone(), info.name);
         }
+        // In the background: a start never waits for it (a partition
+        // without a leader would hold it for the request timeout), and a
+        // resume that comes first connects its own reader, as before.
         let topic_names: Vec<String> = topics.values().cloned().collect();
-        if let Err(e) = log.prepare_reads(&topic_names).await {
-            // Only the first resumes are slower: they connect their own.
-            metrics::counter!("herald_log_errors_total", "op" => "prepare_reads").increment(1);
-            warn!(%e, "Could not ready the range readers");
-        }
+        let preparing = log.clone();
+        tokio::spawn(async move {
+            if let Err(e) = preparing.prepare_reads(&topic_names).await {
+                // Only the first resumes are slower: they connect their own.
+                metrics::counter!("herald_log_errors_total", "op" => "prepare_reads").increment(1);
+                warn!(%e, "Could not ready the range readers");
+            }
+        });
         let cursors = CursorStore::open(
             log.clone(),
             cfg.cursor_partitions,

@@ -42,7 +42,7 @@ async fn loadtest_smoke_against_herald_and_the_ws_floor() {
     let strict = herald_loadtest::verify::Strict { min_acked: 300 };
     r.judge(strict).expect("herald: all of it, once, in order");
 
-    let addr = herald_loadtest::wsfloor::serve("127.0.0.1:0".parse().unwrap(), false)
+    let addr = herald_loadtest::wsfloor::serve("127.0.0.1:0".parse().unwrap(), false, None)
         .await
         .unwrap();
     let f = gen::run(smoke(&format!("ws://{addr}/ws")))
@@ -52,6 +52,23 @@ async fn loadtest_smoke_against_herald_and_the_ws_floor() {
     assert_eq!(f.delivered, f.acked * 5);
     f.judge(strict)
         .expect("the floor: all of it, once, in order");
+
+    // The floor with Kafka in its path (bench.sh p7k), on the test broker:
+    // acked on Kafka's confirmation, delivered by its consumer.
+    let addr = herald_loadtest::wsfloor::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        false,
+        Some((brokers(), 8, 100)),
+    )
+    .await
+    .expect("the Kafka floor starts");
+    let k = gen::run(smoke(&format!("ws://{addr}/ws")))
+        .await
+        .expect("Kafka floor run");
+    assert_eq!((k.lost, k.duplicated, k.nacked), (0, 0, 0));
+    assert_eq!(k.delivered, k.acked * 5);
+    k.judge(strict)
+        .expect("the Kafka floor: all of it, once, in order");
 }
 
 /// The P5 storm in small: subscribers on edge A, A killed (SIGKILL), all

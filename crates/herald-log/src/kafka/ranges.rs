@@ -259,7 +259,9 @@ impl Kafka {
                         // the connection a fetch from that leader will use.
                         let mut leaders = HashMap::new();
                         for tm in md.topics().iter().filter(|tm| tm.name() == name) {
-                            for p in tm.partitions() {
+                            // A partition without a leader (-1) has nobody
+                            // to connect to yet.
+                            for p in tm.partitions().iter().filter(|p| p.leader() >= 0) {
                                 leaders.entry(p.leader()).or_insert(p.id());
                             }
                         }
