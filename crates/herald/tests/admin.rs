@@ -236,7 +236,12 @@ async fn the_node_list_follows_heartbeats() {
 async fn disconnect_and_unsubscribe_apply_on_every_node() {
     let prefix = unique_prefix("admin-cmd");
     let ns = nodes(&prefix, 3);
-    wait_nodes(&ns[0], 3).await;
+    // Every node, not only the first: a command waits for the nodes the
+    // asking node knows, and a node that has not yet heard of one would
+    // call two answers complete (seen in CI: 2 subscribers, not 3).
+    for n in &ns {
+        wait_nodes(n, 3).await;
+    }
     let ch = "chat:admin";
     let mut alice_a = user(&ns[0], "alice").await;
     let mut alice_b = user(&ns[1], "alice").await;
