@@ -32,6 +32,57 @@ pub struct FloorConfig {
     pub topic: Option<String>,
 }
 
+fn client_config(brokers: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers).set("log_level", "4");
+    c
+}
+
+/// Creates `topic` with `partitions` at the broker's default replication.
+pub(crate) async fn create_topic(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+) -> anyhow::Result<()> {
+    let admin: AdminClient<_> = client_config(brokers).create()?;
+    let res = admin
+        .create_topics(
+            &[NewTopic::new(
+                topic,
+                partitions,
+                TopicReplication::Fixed(-1),
+            )],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await?;
+    for r in res {
+        r.map_err(|(t, e)| anyhow!("creating {t}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// A producer with herald's settings (idempotent, `acks=all`, `linger.ms=1`).
+pub(crate) fn producer(brokers: &str) -> anyhow::Result<FutureProducer> {
+    Ok(client_config(brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("max.in.flight.requests.per.connection", "5")
+        .set("message.timeout.ms", "10000")
+        .set("linger.ms", "1")
+        .create()?)
+}
+
+/// A consumer with herald's tail settings, in a group of its own.
+pub(crate) fn consumer(brokers: &str, fetch_wait_max_ms: u32) -> anyhow::Result<StreamConsumer> {
+    Ok(client_config(brokers)
+        .set("group.id", format!("loadtest-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", fetch_wait_max_ms.to_string())
+        .set("fetch.min.bytes", "1")
+        .set("fetch.queue.backoff.ms", "5")
+        .create()?)
+}
+
 pub async fn run(cfg: FloorConfig) -> anyhow::Result<Report> {
     let fresh = cfg.topic.is_none();
     let topic = cfg.topic.clone().unwrap_or_else(|| {
@@ -40,40 +91,11 @@ pub async fn run(cfg: FloorConfig) -> anyhow::Result<Report> {
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         )
     });
-    let base = |c: &mut ClientConfig| {
-        c.set("bootstrap.servers", &cfg.brokers)
-            .set("log_level", "4");
-    };
-    let mut ac = ClientConfig::new();
-    base(&mut ac);
-    let admin: AdminClient<_> = ac.create()?;
     if fresh {
-        let res = admin
-            .create_topics(
-                &[NewTopic::new(&topic, 1, TopicReplication::Fixed(-1))],
-                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-            )
-            .await?;
-        for r in res {
-            r.map_err(|(t, e)| anyhow!("creating {t}: {e}"))?;
-        }
+        create_topic(&cfg.brokers, &topic, 1).await?;
     }
-    let mut pc = ClientConfig::new();
-    base(&mut pc);
-    pc.set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("max.in.flight.requests.per.connection", "5")
-        .set("message.timeout.ms", "10000")
-        .set("linger.ms", "1");
-    let producer: FutureProducer = pc.create()?;
-    let mut cc = ClientConfig::new();
-    base(&mut cc);
-    cc.set("group.id", format!("loadtest-{}", uuid::Uuid::new_v4()))
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", cfg.fetch_wait_max_ms.to_string())
-        .set("fetch.min.bytes", "1")
-        .set("fetch.queue.backoff.ms", "5");
-    let consumer: StreamConsumer = cc.create()?;
+    let producer = producer(&cfg.brokers)?;
+    let consumer = consumer(&cfg.brokers, cfg.fetch_wait_max_ms)?;
     // Look the topic up first: librdkafka's assign() of a topic the client
     // has not asked about waits for its once-a-second scan of unknown topics
     // (herald-log does the same for its tail and readers).

@@ -21,11 +21,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::anyhow;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
+use rdkafka::{Message as _, Offset, TopicPartitionList};
 
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
@@ -71,39 +69,9 @@ impl KafkaPath {
             "loadtest-wsfloor-{}",
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
-        let base = || {
-            let mut c = ClientConfig::new();
-            c.set("bootstrap.servers", brokers).set("log_level", "4");
-            c
-        };
-        let admin: AdminClient<_> = base().create()?;
-        for r in admin
-            .create_topics(
-                &[NewTopic::new(
-                    &topic,
-                    partitions,
-                    TopicReplication::Fixed(-1),
-                )],
-                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-            )
-            .await?
-        {
-            r.map_err(|(t, e)| anyhow!("creating {t}: {e}"))?;
-        }
-        let producer: FutureProducer = base()
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("max.in.flight.requests.per.connection", "5")
-            .set("message.timeout.ms", "10000")
-            .set("linger.ms", "1")
-            .create()?;
-        let consumer: StreamConsumer = base()
-            .set("group.id", format!("loadtest-{}", uuid::Uuid::new_v4()))
-            .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", fetch_wait_max_ms.to_string())
-            .set("fetch.min.bytes", "1")
-            .set("fetch.queue.backoff.ms", "5")
-            .create()?;
+        crate::kafkafloor::create_topic(brokers, &topic, partitions).await?;
+        let producer = crate::kafkafloor::producer(brokers)?;
+        let consumer = crate::kafkafloor::consumer(brokers, fetch_wait_max_ms)?;
         // Looked up before assign(), as herald's tail does (else the first
         // fetch waits for librdkafka's scan of unknown topics).
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -183,9 +183,7 @@ impl Hub {
             .read_range(topic, partition, from, to, SCAN_CHUNK as usize)
             .await?;
         if batch.next <= from {
-            return Err(HubError::Log(herald_log::LogError::Other(format!(
-                "range read made no progress at {topic}/{partition}@{from}"
-            ))));
+            return Err(crate::hub::no_progress(topic, partition, from));
         }
         let found = batch
             .records

@@ -415,6 +415,26 @@ impl Hub {
         })
     }
 
+    /// One Kafka read of the partition from `from` (before `to`), at most
+    /// a catch-up batch.
+    async fn read_batch(
+        &self,
+        part: &Partition,
+        from: i64,
+        to: i64,
+    ) -> Result<herald_log::RangeBatch, HubError> {
+        Ok(self
+            .log
+            .read_range(
+                &part.topic,
+                part.partition,
+                from,
+                to,
+                self.cfg.catchup_batch,
+            )
+            .await?)
+    }
+
     /// Hands `channel`'s messages in `[from, upto)` from Kafka to `outbox`.
     async fn catch_up_from_log(
         &self,
@@ -426,16 +446,7 @@ impl Hub {
     ) -> Result<u64, HubError> {
         let mut total = 0u64;
         while from < upto {
-            let batch = self
-                .log
-                .read_range(
-                    &part.topic,
-                    part.partition,
-                    from,
-                    upto,
-                    self.cfg.catchup_batch,
-                )
-                .await?;
+            let batch = self.read_batch(part, from, upto).await?;
             // herald's topics have no offset gaps (no transactions, no
             // compaction): a batch that skips offsets means the reader was
             // reset to the log start, i.e. retention deleted what this
@@ -475,10 +486,7 @@ impl Hub {
             total += n;
             metrics::counter!("herald_hub_catchup_messages_total", "source" => "log").increment(n);
             if batch.next <= from {
-                return Err(HubError::Log(herald_log::LogError::Other(format!(
-                    "range read made no progress at {}/{}@{from}",
-                    part.topic, part.partition
-                ))));
+                return Err(no_progress(&part.topic, part.partition, from));
             }
             from = batch.next;
         }
@@ -532,16 +540,7 @@ impl Hub {
         // one core they overlap (docs/benchmarks.md, P4 cold).
         let mut segments = Vec::new();
         while from < end {
-            let batch = self
-                .log
-                .read_range(
-                    &part.topic,
-                    part.partition,
-                    from,
-                    end,
-                    self.cfg.catchup_batch,
-                )
-                .await?;
+            let batch = self.read_batch(part, from, end).await?;
             let mut keep_from = 0;
             let mut taken = 0;
             for (i, r) in batch.records.iter().enumerate() {
@@ -578,10 +577,7 @@ impl Hub {
                 complete_from = batch.next;
                 from = batch.next;
             } else if taken == 0 {
-                return Err(HubError::Log(herald_log::LogError::Other(format!(
-                    "range read made no progress at {}/{}@{from}",
-                    part.topic, part.partition
-                ))));
+                return Err(no_progress(&part.topic, part.partition, from));
             }
         }
         let mut found: Vec<Arc<Delivery>> = Vec::new();
@@ -933,6 +929,14 @@ impl Hub {
             metrics::gauge!("herald_hub_subscriptions").decrement(dropped as f64);
         }
     }
+}
+
+/// A range read that returned nothing and did not move: an error, never a
+/// loop.
+pub(crate) fn no_progress(topic: &str, partition: i32, from: i64) -> HubError {
+    HubError::Log(herald_log::LogError::Other(format!(
+        "range read made no progress at {topic}/{partition}@{from}"
+    )))
 }
 
 impl RecordSink for Hub {

@@ -132,17 +132,7 @@ impl Envelope {
     /// Reads a record value. `key`, when given, must equal the envelope's channel.
     pub fn decode(value: &[u8], key: Option<&[u8]>) -> Result<Self, EnvelopeError> {
         let env: Envelope = serde_json::from_slice(value)?;
-        if env.v > ENVELOPE_VERSION {
-            return Err(EnvelopeError::Version(env.v));
-        }
-        if let Some(key) = key {
-            if key != env.channel.as_bytes() {
-                return Err(EnvelopeError::KeyMismatch {
-                    envelope: env.channel,
-                    key: String::from_utf8_lossy(key).into_owned(),
-                });
-            }
-        }
+        check(env.v, &env.channel, key)?;
         Ok(env)
     }
 
@@ -157,6 +147,21 @@ impl Envelope {
             data: self.data,
             replayed: self.replayed,
         }
+    }
+}
+
+/// What both decodes require: a version this reader knows, and the record
+/// key (when given) equal to the envelope's channel.
+fn check(v: u32, channel: &str, key: Option<&[u8]>) -> Result<(), EnvelopeError> {
+    if v > ENVELOPE_VERSION {
+        return Err(EnvelopeError::Version(v));
+    }
+    match key {
+        Some(key) if key != channel.as_bytes() => Err(EnvelopeError::KeyMismatch {
+            envelope: channel.to_owned(),
+            key: String::from_utf8_lossy(key).into_owned(),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -201,17 +206,7 @@ impl<'a> EnvelopeRef<'a> {
     /// [`Envelope::decode`] without copying.
     pub fn decode(value: &'a [u8], key: Option<&[u8]>) -> Result<Self, EnvelopeError> {
         let env: EnvelopeRef<'a> = serde_json::from_slice(value)?;
-        if env.v > ENVELOPE_VERSION {
-            return Err(EnvelopeError::Version(env.v));
-        }
-        if let Some(key) = key {
-            if key != env.channel.as_bytes() {
-                return Err(EnvelopeError::KeyMismatch {
-                    envelope: env.channel.into_owned(),
-                    key: String::from_utf8_lossy(key).into_owned(),
-                });
-            }
-        }
+        check(env.v, &env.channel, key)?;
         Ok(env)
     }
 

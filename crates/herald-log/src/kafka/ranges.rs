@@ -227,13 +227,17 @@ impl Kafka {
         }
         Ok((
             Reader {
-                consumer: Arc::new(
-                    Self::consumer_config(&self.cfg, true).create_with_context(ReaderContext)?,
-                ),
+                consumer: self.reader_consumer()?,
                 warmed: HashMap::new(),
                 at: None,
             },
             false,
+        ))
+    }
+
+    fn reader_consumer(&self) -> Result<Arc<ReaderConsumer>, KafkaError> {
+        Ok(Arc::new(
+            Self::consumer_config(&self.cfg, true).create_with_context(ReaderContext)?,
         ))
     }
 
@@ -246,9 +250,7 @@ impl Kafka {
         let idle = self.readers.lock().unwrap_or_else(|p| p.into_inner()).len();
         let mut made = Vec::new();
         for _ in idle..IDLE_READERS {
-            let consumer: Arc<ReaderConsumer> = Arc::new(
-                Self::consumer_config(&self.cfg, true).create_with_context(ReaderContext)?,
-            );
+            let consumer = self.reader_consumer()?;
             let (c, names, t) = (consumer.clone(), topics.to_vec(), self.cfg.request_timeout);
             made.push(tokio::task::spawn_blocking(
                 move || -> Result<_, KafkaError> {
