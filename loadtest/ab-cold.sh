@@ -18,6 +18,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${HERALD_CACHE:-$HOME/.cache/herald
 cargo build --release -q -p herald-loadtest || exit 1
 LT="$CARGO_TARGET_DIR/release/herald-loadtest"
 OUT="${OUT:-$(mktemp -d)}"
+mkdir -p "$OUT"
 BROKERS="${HERALD_TEST_BROKERS:-127.0.0.1:9092}"
 PFX="ab-$$."
 ulimit -n 65536 2>/dev/null || true

@@ -59,7 +59,7 @@ struct PartState {
     recent_from: i64,
     recent_bytes: usize,
     /// The offset the tail started from: the ring's start until it is
-    /// filled back from the log ([`Hub::fill_ring`]) or evicts.
+    /// filled back from the log ([`Hub::start_fill`]) or evicts.
     follow_from: i64,
     subs: HashMap<Arc<str>, Vec<Sub>>,
     /// Subscribes under way (between finding the partition and
@@ -74,10 +74,112 @@ struct Partition {
     partition: i32,
     epoch: Arc<str>,
     started: OnceCell<()>,
-    /// Set once the ring was filled back from the log (or that was tried):
-    /// the first resume that needs the log does it, the others wait for it.
-    filled: OnceCell<()>,
+    /// The ring's fill back from the log, once per start of the partition
+    /// ([`Hub::start_fill`]), and what it has read so far for the resumes
+    /// waiting on it.
+    feed: FillFeed,
     state: Mutex<PartState>,
+}
+
+/// The pieces a ring fill has decoded so far, in offset order: the resumes
+/// waiting on the fill are handed each piece as it is decoded, instead of
+/// all of it after the whole fill (docs/benchmarks.md, P4 cold). Emptied
+/// when the fill ends.
+#[derive(Default)]
+struct FillFeed {
+    state: Mutex<FeedState>,
+    /// Wakes the resumes waiting on the fill: a piece, the log start, or
+    /// the end.
+    more: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct FeedState {
+    pieces: Vec<Arc<FillPiece>>,
+    phase: FillPhase,
+    /// The log start as the fill's first read found it: a resume on the
+    /// cold partition checks its position against it instead of asking
+    /// Kafka itself.
+    low: Option<i64>,
+}
+
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum FillPhase {
+    #[default]
+    NotStarted,
+    Running,
+    /// Filled, or tried: what the ring lacks now comes from the log.
+    Done,
+}
+
+/// Every record of offsets `[from, to)` that decoded (a record that did not
+/// is skipped, as by the tail).
+struct FillPiece {
+    from: i64,
+    to: i64,
+    items: Vec<Arc<Delivery>>,
+}
+
+impl FillFeed {
+    fn lock(&self) -> MutexGuard<'_, FeedState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn is_done(&self) -> bool {
+        self.lock().phase == FillPhase::Done
+    }
+
+    /// True for the one caller that is to run the fill.
+    fn begin(&self) -> bool {
+        let mut st = self.lock();
+        let first = st.phase == FillPhase::NotStarted;
+        if first {
+            st.phase = FillPhase::Running;
+        }
+        first
+    }
+
+    fn set_low(&self, low: i64) {
+        self.lock().low = Some(low);
+        self.more.notify_waiters();
+    }
+
+    fn publish(&self, piece: FillPiece) {
+        self.lock().pieces.push(Arc::new(piece));
+        self.more.notify_waiters();
+    }
+
+    fn finish(&self) {
+        let mut st = self.lock();
+        st.pieces = Vec::new();
+        st.phase = FillPhase::Done;
+        drop(st);
+        self.more.notify_waiters();
+    }
+
+    /// Waits until `ready` says something of the state (`Some`).
+    async fn wait<T>(&self, mut ready: impl FnMut(&FeedState) -> Option<T>) -> T {
+        loop {
+            let more = self.more.notified();
+            tokio::pin!(more);
+            // Registered before looking, so a wake-up in between is kept.
+            more.as_mut().enable();
+            if let Some(v) = ready(&self.lock()) {
+                return v;
+            }
+            more.await;
+        }
+    }
+}
+
+/// Ends a fill's feed however the fill ends (a panic included): the
+/// resumes waiting on it go on from the ring or the log.
+struct FeedDone<'a>(&'a FillFeed);
+
+impl Drop for FeedDone<'_> {
+    fn drop(&mut self) {
+        self.0.finish();
+    }
 }
 
 impl Partition {
@@ -199,7 +301,7 @@ impl Hub {
                     partition,
                     epoch: meta.epoch,
                     started: OnceCell::new(),
-                    filled: OnceCell::new(),
+                    feed: FillFeed::default(),
                     state: Mutex::new(PartState {
                         next_offset: 0,
                         recent: VecDeque::new(),
@@ -275,7 +377,7 @@ impl Hub {
         let epoch = part.epoch.to_string();
 
         let start = match since {
-            Some(pos) if pos.epoch == epoch => self.check_position(part, pos.seq).await?,
+            Some(pos) if pos.epoch == epoch => self.check_position(&entered.0, pos.seq).await?,
             _ => None,
         };
         let Some(mut s) = start else {
@@ -372,7 +474,7 @@ impl Hub {
                     } else {
                         Step::FromCache(pending, upto)
                     }
-                } else if part.filled.get().is_none() {
+                } else if !part.feed.is_done() {
                     Step::FillRing
                 } else {
                     // Only what the ring lacks: the rest comes from it next.
@@ -393,7 +495,18 @@ impl Hub {
                         .increment(n);
                     s = upto - 1;
                 }
-                Step::FillRing => self.fill_ring(part).await,
+                Step::FillRing => {
+                    // Fed as the fill reads, then what is left from the ring.
+                    self.start_fill(&entered.0);
+                    let (to, n) = self.stream_fill(part, outbox, channel, s).await?;
+                    part.feed
+                        .wait(|st| (st.phase == FillPhase::Done).then_some(()))
+                        .await;
+                    s = to;
+                    caught_up += n;
+                    metrics::counter!("herald_hub_catchup_messages_total", "source" => "fill")
+                        .increment(n);
+                }
                 Step::FromLog(upto) => {
                     from_log = true;
                     caught_up += self
@@ -423,16 +536,7 @@ impl Hub {
         from: i64,
         to: i64,
     ) -> Result<herald_log::RangeBatch, HubError> {
-        Ok(self
-            .log
-            .read_range(
-                &part.topic,
-                part.partition,
-                from,
-                to,
-                self.cfg.catchup_batch,
-            )
-            .await?)
+        read_batch(&*self.log, &self.cfg, part, from, to).await
     }
 
     /// Hands `channel`'s messages in `[from, upto)` from Kafka to `outbox`.
@@ -493,129 +597,94 @@ impl Hub {
         Ok(total)
     }
 
-    /// Fills a cold partition's ring back from the log, once per start of
-    /// the partition: the records just below where the tail started, as many
-    /// as the ring holds. Concurrent callers wait for the one that reads, so
-    /// a reconnect storm onto a node that has just started following the
-    /// partition reads it from Kafka once, not once per client
-    /// (docs/benchmarks.md, P5 cold). A failed fill is counted and left:
-    /// resumes then read the log themselves, as before.
-    async fn fill_ring(&self, part: &Partition) {
-        part.filled
-            .get_or_init(|| async {
-                let started = Instant::now();
-                match self.read_ring_fill(part).await {
-                    Ok(n) => {
-                        metrics::counter!("herald_hub_ring_fills_total", "outcome" => "filled")
-                            .increment(1);
-                        metrics::counter!("herald_hub_ring_fill_messages_total").increment(n);
-                        metrics::histogram!("herald_hub_ring_fill_seconds")
-                            .record(started.elapsed().as_secs_f64());
-                    }
-                    Err(e) => {
-                        metrics::counter!("herald_hub_ring_fills_total", "outcome" => "failed")
-                            .increment(1);
-                        warn!(%e, topic = %part.topic, partition = part.partition, "Could not fill a partition's recent messages from the log; resumes read it themselves");
-                    }
+    /// Starts filling a cold partition's ring back from the log, once per
+    /// start of the partition: the records just below where the tail
+    /// started, as many as the ring holds. The fill runs as its own task;
+    /// the resumes that need it are fed from it as it reads
+    /// ([`Hub::stream_fill`]), so a reconnect storm onto a node that has just
+    /// started following the partition reads it from Kafka once, not once
+    /// per client (docs/benchmarks.md, P5 cold). A failed fill is counted
+    /// and left: resumes then read the log themselves, as before.
+    fn start_fill(&self, part: &Arc<Partition>) {
+        if !part.feed.begin() {
+            return;
+        }
+        let (log, cfg, part) = (self.log.clone(), self.cfg.clone(), part.clone());
+        tokio::spawn(async move {
+            let _done = FeedDone(&part.feed);
+            let started = Instant::now();
+            match read_ring_fill(&*log, &cfg, &part).await {
+                Ok(n) => {
+                    metrics::counter!("herald_hub_ring_fills_total", "outcome" => "filled")
+                        .increment(1);
+                    metrics::counter!("herald_hub_ring_fill_messages_total").increment(n);
+                    metrics::histogram!("herald_hub_ring_fill_seconds")
+                        .record(started.elapsed().as_secs_f64());
                 }
-            })
-            .await;
+                Err(e) => {
+                    metrics::counter!("herald_hub_ring_fills_total", "outcome" => "failed")
+                        .increment(1);
+                    warn!(%e, topic = %part.topic, partition = part.partition, "Could not fill a partition's recent messages from the log; resumes read it themselves");
+                }
+            }
+        });
     }
 
-    /// Reads the ring's worth of records below `follow_from` and puts them in
-    /// front of the ring, when the ring still starts there (nothing evicted,
-    /// no tail gap since). Returns the messages added.
-    async fn read_ring_fill(&self, part: &Partition) -> Result<u64, HubError> {
-        let cap = self.cfg.recent_messages;
-        let end = part.lock().follow_from;
-        if cap == 0 {
-            return Ok(0);
-        }
-        let wm = self.log.watermarks(&part.topic, part.partition).await?;
-        let mut from = wm.low.max(end - cap as i64);
-        // The offset from which `segments` hold every record up to `from`.
-        let mut complete_from = from;
-        // Batches decoded on the blocking pool while the next is read: the
-        // read waits on the broker and the decode is CPU, so on more than
-        // one core they overlap (docs/benchmarks.md, P4 cold).
-        let mut segments = Vec::new();
-        while from < end {
-            let batch = self.read_batch(part, from, end).await?;
-            let mut keep_from = 0;
-            let mut taken = 0;
-            for (i, r) in batch.records.iter().enumerate() {
-                if r.offset >= end {
-                    break;
+    /// Hands `channel`'s messages after `s` to `outbox` from the ring fill
+    /// under way, piece by piece as the fill decodes them, for as long as
+    /// the pieces continue `s` without a hole. Returns the last `seq` handed
+    /// over (or `s`) and how many messages, once the fill is done or a piece
+    /// does not continue `s` (what is left then comes from the ring or the
+    /// log, as without the feed).
+    async fn stream_fill(
+        &self,
+        part: &Partition,
+        outbox: &Outbox,
+        channel: &str,
+        mut s: i64,
+    ) -> Result<(i64, u64), HubError> {
+        let mut n = 0u64;
+        let mut next = 0;
+        loop {
+            let (pieces, done) = part
+                .feed
+                .wait(|st| {
+                    let fresh = st.pieces.get(next..).unwrap_or_default();
+                    let done = st.phase == FillPhase::Done;
+                    (done || !fresh.is_empty()).then(|| (fresh.to_vec(), done))
+                })
+                .await;
+            next += pieces.len();
+            for piece in pieces {
+                if piece.to <= s + 1 {
+                    continue;
                 }
-                if r.offset != from {
-                    // Deleted under the read (retention): the ring can only
-                    // be complete from after the hole.
-                    segments.clear();
-                    complete_from = r.offset;
-                    keep_from = i;
+                if piece.from > s + 1 {
+                    return Ok((s, n));
                 }
-                from = r.offset + 1;
-                taken = i + 1;
+                for d in &piece.items {
+                    if d.seq > s && *d.channel == *channel {
+                        if !outbox.push(Outbound::Message(d.clone())).await {
+                            return Err(HubError::Closed);
+                        }
+                        n += 1;
+                    }
+                }
+                s = piece.to - 1;
             }
-            let mut records = batch.records;
-            records.truncate(taken);
-            records.drain(..keep_from);
-            if !records.is_empty() {
-                let epoch = part.epoch.clone();
-                segments.push(tokio::task::spawn_blocking(move || {
-                    records
-                        .iter()
-                        .filter_map(|r| Delivery::from_record(r, &epoch))
-                        .map(Arc::new)
-                        .collect::<Vec<_>>()
-                }));
-            }
-            if batch.next > from {
-                // Offsets skipped without records: a hole as well (every
-                // offset below `end` existed when the tail started).
-                segments.clear();
-                complete_from = batch.next;
-                from = batch.next;
-            } else if taken == 0 {
-                return Err(no_progress(&part.topic, part.partition, from));
+            if done {
+                return Ok((s, n));
             }
         }
-        let mut found: Vec<Arc<Delivery>> = Vec::new();
-        for seg in segments {
-            found.extend(
-                seg.await
-                    .map_err(|e| HubError::Log(herald_log::LogError::Task(e.to_string())))?,
-            );
-        }
-        let mut st = part.lock();
-        if st.recent_from != end {
-            // The ring moved on (it evicted, or the tail skipped): what was
-            // read no longer joins it.
-            return Ok(0);
-        }
-        let mut added = 0u64;
-        let mut start = end;
-        let mut all = true;
-        for d in found.into_iter().rev() {
-            if st.recent.len() >= cap
-                || (!st.recent.is_empty() && st.recent_bytes + d.text.len() > self.cfg.recent_bytes)
-            {
-                all = false;
-                break;
-            }
-            // Complete from the oldest message kept.
-            start = d.seq;
-            st.recent_bytes += d.text.len();
-            st.recent.push_front(d);
-            added += 1;
-        }
-        st.recent_from = if all { complete_from } else { start };
-        Ok(added)
     }
 
     /// `Some(seq)` when resuming from `seq` loses nothing: it is inside the
     /// retained log (`low - 1 <= seq < high`).
-    async fn check_position(&self, part: &Partition, seq: i64) -> Result<Option<i64>, HubError> {
+    async fn check_position(
+        &self,
+        part: &Arc<Partition>,
+        seq: i64,
+    ) -> Result<Option<i64>, HubError> {
         if seq < -1 {
             return Ok(None);
         }
@@ -628,8 +697,18 @@ impl Hub {
         if in_ring() {
             return Ok(Some(seq));
         }
-        if part.filled.get().is_none() && seq < part.lock().next_offset {
-            self.fill_ring(part).await;
+        if !part.feed.is_done() && seq < part.lock().next_offset {
+            // A cold partition: the fill asks Kafka for the log start once
+            // for all the resumes (below `next_offset` is below the end).
+            self.start_fill(part);
+            let low = part.feed.wait(|st| match st.low {
+                Some(low) => Some(Some(low)),
+                None if st.phase == FillPhase::Done => Some(None),
+                None => None,
+            });
+            if let Some(low) = low.await {
+                return Ok((seq >= low - 1).then_some(seq));
+            }
             if in_ring() {
                 return Ok(Some(seq));
             }
@@ -933,6 +1012,166 @@ impl Hub {
 
 /// A range read that returned nothing and did not move: an error, never a
 /// loop.
+/// Reads the ring's worth of records below `follow_from` and puts them in
+/// front of the ring, when the ring still starts there (nothing evicted,
+/// no tail gap since). Returns the messages added.
+async fn read_ring_fill(
+    log: &dyn LogRead,
+    cfg: &HubConfig,
+    part: &Partition,
+) -> Result<u64, HubError> {
+    let cap = cfg.recent_messages;
+    let end = part.lock().follow_from;
+    if cap == 0 {
+        return Ok(0);
+    }
+    let wm = log.watermarks(&part.topic, part.partition).await?;
+    let mut from = wm.low.max(end - cap as i64);
+    if from >= end {
+        part.feed.set_low(wm.low);
+    }
+    // The offset from which `segments` hold every record up to `from`.
+    let mut complete_from = from;
+    let (start_from, mut first_read) = (from, true);
+    // Batches decoded on the blocking pool while the next is read (the
+    // read waits on the broker and the decode is CPU, so on more than one
+    // core they overlap), each handed on as soon as it is decoded
+    // (docs/benchmarks.md, P4 cold).
+    let mut segments = VecDeque::new();
+    // What was decoded and published, for the ring.
+    let mut found: Vec<Arc<Delivery>> = Vec::new();
+    while from < end {
+        // Read the next batch; meanwhile hand on each piece as it decodes.
+        let read = read_batch(log, cfg, part, from, end);
+        tokio::pin!(read);
+        let batch = loop {
+            let Some((_, decoding)) = segments.front_mut() else {
+                break read.await?;
+            };
+            tokio::select! {
+                biased;
+                batch = &mut read => break batch?,
+                items = decoding => {
+                    if let Some((piece, _)) = segments.pop_front() {
+                        publish_piece(part, piece, items, &mut found)?;
+                    }
+                }
+            }
+        };
+        let mut keep_from = 0;
+        let mut taken = 0;
+        for (i, r) in batch.records.iter().enumerate() {
+            if r.offset >= end {
+                break;
+            }
+            if r.offset != from {
+                // Deleted under the read (retention): the ring can only
+                // be complete from after the hole.
+                segments.clear();
+                found.clear();
+                complete_from = r.offset;
+                keep_from = i;
+            }
+            from = r.offset + 1;
+            taken = i + 1;
+        }
+        let mut records = batch.records;
+        records.truncate(taken);
+        records.drain(..keep_from);
+        if let Some(first) = records.first() {
+            let piece = (first.offset, from);
+            let epoch = part.epoch.clone();
+            segments.push_back((
+                piece,
+                tokio::task::spawn_blocking(move || {
+                    records
+                        .iter()
+                        .filter_map(|r| Delivery::from_record(r, &epoch))
+                        .map(Arc::new)
+                        .collect::<Vec<_>>()
+                }),
+            ));
+        }
+        if batch.next > from {
+            // Offsets skipped without records: a hole as well (every
+            // offset below `end` existed when the tail started).
+            segments.clear();
+            found.clear();
+            complete_from = batch.next;
+            from = batch.next;
+        } else if taken == 0 {
+            return Err(no_progress(&part.topic, part.partition, from));
+        }
+        if first_read {
+            // Where the log starts, as far as the resumes waiting on the
+            // fill are concerned: after a hole the first read found
+            // (retention deleting while it read), else the watermark.
+            first_read = false;
+            part.feed.set_low(if complete_from > start_from {
+                complete_from
+            } else {
+                wm.low
+            });
+        }
+    }
+    while let Some((piece, decoding)) = segments.pop_front() {
+        let items = decoding.await;
+        publish_piece(part, piece, items, &mut found)?;
+    }
+    let mut st = part.lock();
+    if st.recent_from != end {
+        // The ring moved on (it evicted, or the tail skipped): what was
+        // read no longer joins it.
+        return Ok(0);
+    }
+    let mut added = 0u64;
+    let mut start = end;
+    let mut all = true;
+    for d in found.into_iter().rev() {
+        if st.recent.len() >= cap
+            || (!st.recent.is_empty() && st.recent_bytes + d.text.len() > cfg.recent_bytes)
+        {
+            all = false;
+            break;
+        }
+        // Complete from the oldest message kept.
+        start = d.seq;
+        st.recent_bytes += d.text.len();
+        st.recent.push_front(d);
+        added += 1;
+    }
+    st.recent_from = if all { complete_from } else { start };
+    Ok(added)
+}
+
+/// One Kafka read of the partition from `from` (before `to`), at most a
+/// catch-up batch.
+async fn read_batch(
+    log: &dyn LogRead,
+    cfg: &HubConfig,
+    part: &Partition,
+    from: i64,
+    to: i64,
+) -> Result<herald_log::RangeBatch, HubError> {
+    Ok(log
+        .read_range(&part.topic, part.partition, from, to, cfg.catchup_batch)
+        .await?)
+}
+
+/// Keeps a decoded piece of a ring fill for the ring and hands it to the
+/// resumes waiting on the fill.
+fn publish_piece(
+    part: &Partition,
+    (from, to): (i64, i64),
+    decoded: Result<Vec<Arc<Delivery>>, tokio::task::JoinError>,
+    found: &mut Vec<Arc<Delivery>>,
+) -> Result<(), HubError> {
+    let items = decoded.map_err(|e| HubError::Log(herald_log::LogError::Task(e.to_string())))?;
+    found.extend(items.iter().cloned());
+    part.feed.publish(FillPiece { from, to, items });
+    Ok(())
+}
+
 pub(crate) fn no_progress(topic: &str, partition: i32, from: i64) -> HubError {
     HubError::Log(herald_log::LogError::Other(format!(
         "range read made no progress at {topic}/{partition}@{from}"

@@ -150,3 +150,54 @@ async fn a_fill_across_deleted_records_starts_the_ring_after_the_hole() {
     let want: Vec<i64> = (26..40).filter(|i| i % 2 == 0).collect();
     assert_eq!(seqs(&drain(&mut rx2).await), want);
 }
+
+/// A resume waiting on the fill is handed each piece as the fill decodes it,
+/// not all of it after the fill (docs/benchmarks.md, P4 cold): with the
+/// fill's second read held at the gate, the messages of its first read are
+/// already queued. Then every message arrives once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_is_fed_while_the_fill_still_reads() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(1));
+    let log = Arc::new(MemLog {
+        read_gate: Some(gate.clone()),
+        ..MemLog::default()
+    });
+    for i in 0..40 {
+        log.append(channel(i), i);
+    }
+    let h = hub(log.clone(), 100);
+    let (tx, mut rx) = Outbox::new(1, 1_000, 1 << 20);
+    let sub = {
+        let (h, tx) = (h.clone(), tx.clone());
+        tokio::spawn(async move { h.subscribe(&tx, TOPIC, "chat:a", Some(&position(-1))).await })
+    };
+    // The first read is [0, 7): chat:a's 0, 2, 4 and 6, after the reply.
+    let mut early = Vec::new();
+    let wait = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while early.len() < 4 {
+            match rx.recv().await {
+                Some(herald_hub::Outbound::Message(d)) => early.push(d.seq),
+                Some(_) => {}
+                None => break,
+            }
+        }
+    });
+    assert!(
+        wait.await.is_ok(),
+        "the first piece was not handed over while the fill waited (got {early:?})"
+    );
+    assert_eq!(early, [0, 2, 4, 6]);
+    assert_eq!(
+        log.reads.load(Ordering::Relaxed),
+        2,
+        "the second read is held"
+    );
+    assert!(!sub.is_finished());
+    gate.add_permits(1_000);
+    let out = sub.await.unwrap().unwrap();
+    assert!(out.recovered);
+    assert_eq!(out.caught_up, 20);
+    h.on_record(log.append("chat:a", 40));
+    let want: Vec<i64> = (8..41).filter(|i| i % 2 == 0).collect();
+    assert_eq!(seqs(&drain(&mut rx).await), want);
+}
