@@ -245,12 +245,13 @@ if [[ $WHAT == all || $WHAT == cf || $WHAT == cf-p7 ]]; then
 fi
 if [[ $WHAT == all || $WHAT == sweep || $WHAT == sweep-cf ]]; then
     # Throughput and p99 against offered load, one channel, $SUBSCRIBERS
-    # subscribers, each rate a point (baseline and herald, order alternating).
+    # subscribers, each rate a point of $PAIRS baseline/herald pairs (order
+    # alternating), each side drawn at its median.
     RATES="${RATES:-25,50,100,200,400}"
     if [[ $WHAT != sweep-cf ]]; then
         echo "== sweep: $SUBSCRIBERS subscribers, publishes/s $RATES, herald vs the WebSocket floor"
         start_ws_floor
-        "$LT" sweep --url "$URL" --base-url "$FLOOR_URL" --base-label ws-floor --rates "$RATES" \
+        "$LT" sweep --pairs "$PAIRS" --url "$URL" --base-url "$FLOOR_URL" --base-label ws-floor --rates "$RATES" \
             --subscribers "$SUBSCRIBERS" --channels 1 --publishers 1 --duration-secs 10 --size "${SIZE:-100}" \
             --drain-secs "${P2_DRAIN:-30}" --source-ips 127.0.0.1-127.0.0.4 \
             --json "$OUT/sweep-ws-$SUBSCRIBERS.json" --svg-prefix "$PLOTS/sweep-ws-$SUBSCRIBERS"
@@ -258,7 +259,7 @@ if [[ $WHAT == all || $WHAT == sweep || $WHAT == sweep-cf ]]; then
     if [[ $WHAT != sweep ]]; then
         echo "== sweep: $SUBSCRIBERS subscribers, publishes/s $RATES, herald vs Centrifugo"
         start_centrifugo
-        "$LT" sweep --url "$URL" --base-url "$CF_URL" --base-proto centrifugo --base-label centrifugo \
+        "$LT" sweep --pairs "$PAIRS" --url "$URL" --base-url "$CF_URL" --base-proto centrifugo --base-label centrifugo \
             --rates "$RATES" --subscribers "$SUBSCRIBERS" --channels 1 --publishers 1 --duration-secs 10 \
             --size "${SIZE:-100}" --drain-secs "${P2_DRAIN:-30}" --source-ips 127.0.0.1-127.0.0.4 \
             --json "$OUT/sweep-cf-$SUBSCRIBERS.json" --svg-prefix "$PLOTS/sweep-cf-$SUBSCRIBERS"

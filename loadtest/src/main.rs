@@ -312,6 +312,10 @@ enum Cmd {
         /// Writes PREFIX-throughput.svg and PREFIX-p99.svg.
         #[arg(long)]
         svg_prefix: PathBuf,
+        /// Baseline/herald pairs per point, the order alternating; the
+        /// charts show each side's median, the summary the median ratio.
+        #[arg(long, default_value_t = 3)]
+        pairs: usize,
         #[command(flatten)]
         load: Load,
     },
@@ -513,7 +517,19 @@ async fn fan_out_vs(base: GenConfig, label: &str, url: &str, load: &Load) -> any
     write_json(&load.json, &refs, ratios)
 }
 
+/// The median of `v` (0 when empty).
+fn median(v: impl IntoIterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = v.into_iter().filter(|x| x.is_finite()).collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 /// The `sweep` command (see its help).
+#[allow(clippy::too_many_arguments)]
 async fn sweep(
     url: &str,
     base_url: &str,
@@ -521,19 +537,21 @@ async fn sweep(
     label: &str,
     rates: &[u32],
     svg_prefix: &std::path::Path,
+    pairs: usize,
     load: &Load,
 ) -> anyhow::Result<()> {
     let mut points = Vec::new();
     let mut failed = Vec::new();
     let (mut base_line, mut herald_line) = (Vec::new(), Vec::new());
     let (mut base_p99, mut herald_p99) = (Vec::new(), Vec::new());
-    for (i, &rate) in rates.iter().enumerate() {
+    let mut turn = 0usize;
+    for &rate in rates {
         let at = Load {
             rate,
             ..load.clone()
         };
         let offered = rate as f64 * at.subscribers as f64 / at.channels.max(1) as f64;
-        println!("== offered {offered} deliveries/s ({rate} publishes/s)");
+        println!("== offered {offered} deliveries/s ({rate} publishes/s), {pairs} pair(s)");
         let run_base = || async {
             let mut r = gen::run(GenConfig {
                 proto,
@@ -543,26 +561,53 @@ async fn sweep(
             r.target = label.to_owned();
             anyhow::Ok(r)
         };
-        let (b, h) = if i % 2 == 0 {
-            let b = run_base().await?;
-            (b, gen::run(gen_cfg(url, &at)?).await?)
-        } else {
-            let h = gen::run(gen_cfg(url, &at)?).await?;
-            (run_base().await?, h)
-        };
-        for r in [&b, &h] {
-            r.print();
-            println!();
-            if let Err(e) = judge(r, &at) {
-                failed.push(format!("{} at {rate}/s: {e}", r.target));
+        let (mut bs, mut hs) = (Vec::new(), Vec::new());
+        for _ in 0..pairs {
+            // A B, then B A: neither side always runs first.
+            let (b, h) = if turn.is_multiple_of(2) {
+                let b = run_base().await?;
+                (b, gen::run(gen_cfg(url, &at)?).await?)
+            } else {
+                let h = gen::run(gen_cfg(url, &at)?).await?;
+                (run_base().await?, h)
+            };
+            turn += 1;
+            for r in [&b, &h] {
+                r.print();
+                println!();
+                if let Err(e) = judge(r, &at) {
+                    failed.push(format!("{} at {rate}/s: {e}", r.target));
+                }
             }
+            bs.push(b);
+            hs.push(h);
         }
-        base_line.push((offered, b.deliveries_per_sec));
-        herald_line.push((offered, h.deliveries_per_sec));
-        base_p99.push((offered, b.latency.p99_ms));
-        herald_p99.push((offered, h.latency.p99_ms));
-        points
-            .push(serde_json::json!({ "rate": rate, "offered": offered, "base": b, "herald": h }));
+        let del: Vec<f64> = bs
+            .iter()
+            .zip(&hs)
+            .map(|(b, h)| ratio(h.deliveries_per_sec, b.deliveries_per_sec))
+            .collect();
+        let p99: Vec<f64> = bs
+            .iter()
+            .zip(&hs)
+            .map(|(b, h)| ratio(h.latency.p99_ms, b.latency.p99_ms))
+            .collect();
+        let ratios = serde_json::json!({
+            "deliveries_per_sec": summarize(&del),
+            "p99": summarize(&p99),
+        });
+        println!("herald / {label} at {offered} offered: {ratios}");
+        base_line.push((offered, median(bs.iter().map(|r| r.deliveries_per_sec))));
+        herald_line.push((offered, median(hs.iter().map(|r| r.deliveries_per_sec))));
+        base_p99.push((offered, median(bs.iter().map(|r| r.latency.p99_ms))));
+        herald_p99.push((offered, median(hs.iter().map(|r| r.latency.p99_ms))));
+        points.push(serde_json::json!({
+            "rate": rate,
+            "offered": offered,
+            "base": bs,
+            "herald": hs,
+            "ratios": ratios,
+        }));
     }
     if let Some(p) = &load.json {
         std::fs::write(
@@ -850,6 +895,7 @@ async fn main() -> anyhow::Result<()> {
             base_label,
             rates,
             svg_prefix,
+            pairs,
             load,
         } => {
             let proto = gen::Proto::parse(&base_proto)?;
@@ -860,6 +906,7 @@ async fn main() -> anyhow::Result<()> {
                 &base_label,
                 &rates,
                 &svg_prefix,
+                pairs.max(1),
                 &load,
             )
             .await?;

@@ -85,7 +85,8 @@ struct Queue {
 }
 
 /// A queue that drained after a burst gives its memory back once it held
-/// more than this many entries (an idle connection keeps no buffer at all).
+/// more than this many entries (a smaller buffer is given back at the
+/// connection's next heartbeat, [`OutboxReceiver::release_if_empty`]).
 const KEEP_CAPACITY: usize = 64;
 
 /// The process-wide queued-bytes gauge, registered once (a handle per queue
@@ -289,6 +290,15 @@ impl Outbox {
 }
 
 impl OutboxReceiver {
+    /// Gives the queue's buffer back when nothing is queued (called on a
+    /// quiet connection's heartbeat: an idle connection keeps no buffer).
+    pub fn release_if_empty(&self) {
+        let mut q = self.shared.lock();
+        if q.items.is_empty() && q.items.capacity() > 0 {
+            q.items = VecDeque::new();
+        }
+    }
+
     /// The next item to write; `None` when every sender is gone.
     pub async fn recv(&mut self) -> Option<Outbound> {
         let shared = &*self.shared;
@@ -387,6 +397,25 @@ mod tests {
         assert_eq!(rx.recv().await.unwrap().text(), "a");
         // Once overflowed, nothing more is queued: the connection is closing.
         assert!(!tx.try_push(Outbound::Frame("d".into())));
+    }
+
+    /// A drained queue keeps a small buffer for the next message; the
+    /// heartbeat's release gives it back, and a queue that holds something
+    /// keeps it.
+    #[tokio::test]
+    async fn an_empty_queue_gives_its_buffer_back_on_release() {
+        let (tx, mut rx) = Outbox::new(1, 100, 1 << 20);
+        assert!(tx.try_push(Outbound::Frame("a".into())));
+        assert!(tx.try_push(Outbound::Frame("b".into())));
+        rx.release_if_empty();
+        assert!(tx.shared.lock().items.capacity() > 0, "not empty: kept");
+        rx.recv().await.unwrap();
+        rx.recv().await.unwrap();
+        assert!(tx.shared.lock().items.capacity() > 0);
+        rx.release_if_empty();
+        assert_eq!(tx.shared.lock().items.capacity(), 0);
+        assert!(tx.try_push(Outbound::Frame("c".into())));
+        assert_eq!(rx.recv().await.unwrap().text(), "c");
     }
 
     #[tokio::test]

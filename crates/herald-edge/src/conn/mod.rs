@@ -17,6 +17,7 @@ mod subscribe;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -187,9 +188,10 @@ async fn serve(id: u64, accepted: Box<Accepted>) {
         let mut last_seen = Instant::now();
         let overflow = rx.overflow_watch();
         // One timer for the token's expiry, re-armed only when the identity
-        // changes (auth, refresh), not per loop turn.
-        let expiry = tokio::time::sleep(Duration::from_secs(86_400 * 365));
-        tokio::pin!(expiry);
+        // changes (auth, refresh), not per loop turn; boxed, and made only
+        // for a connection with a token: kept inline, it would cost every
+        // anonymous connection a timer's worth of memory (P3).
+        let mut expiry: Option<Pin<Box<tokio::time::Sleep>>> = None;
         let mut armed_for: Option<u64> = None;
         let ctx = conn.ctx.clone();
         let (frames_in, frames_out) = (&ctx.frames.inbound, &ctx.frames.outbound);
@@ -204,15 +206,24 @@ async fn serve(id: u64, accepted: Box<Accepted>) {
         let close: Option<(u16, Cow<'static, str>)> = loop {
             let exp = conn.identity.as_ref().map(|i| i.exp);
             if exp != armed_for {
-                if let Some(id) = &conn.identity {
-                    expiry.as_mut().reset(expiry_at(id, conn.ctx.auth.leeway()));
+                match (&conn.identity, &mut expiry) {
+                    (Some(id), Some(timer)) => {
+                        timer.as_mut().reset(expiry_at(id, conn.ctx.auth.leeway()));
+                    }
+                    (Some(id), None) => {
+                        expiry = Some(Box::pin(tokio::time::sleep_until(expiry_at(
+                            id,
+                            conn.ctx.auth.leeway(),
+                        ))));
+                    }
+                    (None, _) => expiry = None,
                 }
                 armed_for = exp;
             }
             tokio::select! {
                 biased;
                 _ = overflow.overflowed() => break Some((codes::CLOSE_SLOW_CONSUMER, "slow consumer: resume with since".into())),
-                _ = &mut expiry, if armed_for.is_some() => {
+                _ = until_expiry(&mut expiry) => {
                     metrics::counter!("herald_auth_expired_total").increment(1);
                     break Some((codes::CLOSE_TOKEN_EXPIRED, "token expired".into()));
                 }
@@ -313,6 +324,9 @@ async fn serve(id: u64, accepted: Box<Accepted>) {
                     // count as liveness.
                 }
                 _ = heartbeat.tick() => {
+                    // Quiet for a while, most likely: an empty queue keeps no
+                    // buffer (P3).
+                    rx.release_if_empty();
                     if last_seen.elapsed() > conn.ctx.cfg.idle_timeout {
                         break Some((codes::CLOSE_IDLE_TIMEOUT, "idle timeout".into()));
                     }
@@ -464,6 +478,14 @@ impl Conn {
                 retry,
             } => Box::pin(self.publish(channel, id, data, retry)).await,
         }
+    }
+}
+
+/// Ends when the token's timer fires; never without a timer.
+async fn until_expiry(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
+    match timer {
+        Some(t) => t.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 
