@@ -312,10 +312,8 @@ enum Cmd {
         /// Writes PREFIX-throughput.svg and PREFIX-p99.svg.
         #[arg(long)]
         svg_prefix: PathBuf,
-        /// Baseline/herald pairs per point, the order alternating; the
-        /// charts show each side's median, the summary the median ratio.
-        #[arg(long, default_value_t = 3)]
-        pairs: usize,
+        /// (`--pairs`: baseline/herald pairs per point, the order
+        /// alternating; the charts show each side's median.)
         #[command(flatten)]
         load: Load,
     },
@@ -895,7 +893,6 @@ async fn main() -> anyhow::Result<()> {
             base_label,
             rates,
             svg_prefix,
-            pairs,
             load,
         } => {
             let proto = gen::Proto::parse(&base_proto)?;
@@ -906,7 +903,7 @@ async fn main() -> anyhow::Result<()> {
                 &base_label,
                 &rates,
                 &svg_prefix,
-                pairs.max(1),
+                load.pairs.max(1),
                 &load,
             )
             .await?;
