@@ -5,7 +5,7 @@
 # builds release binaries; starts its own herald node (anonymous `chat`, no
 # publish rate limit) and stops it at the end. JSON results go to $OUT.
 #
-#   loadtest/bench.sh [p1|p2|p2io|p4|p5|p6|p7|p7k|cf|cf-latency|cf-p2|cf-p7|all]   (default all)
+#   loadtest/bench.sh [p1|p2|p2x|p2io|p4|p5|p6|p7|p7k|cf|cf-latency|cf-p2|cf-p7|all]   (default all)
 #   (cf: all three against Centrifugo v6, loadtest/centrifugo/start.sh)
 #   RATES=25,50,100,200,400 loadtest/bench.sh sweep|sweep-cf   (throughput and
 #                                    p99 against offered load, charts in docs/bench/)
@@ -191,6 +191,14 @@ if [[ $WHAT == all || $WHAT == p2 ]]; then
         --rate "$P2_RATE" --duration-secs 10 --size 100 --drain-secs "${P2_DRAIN:-30}" \
         --source-ips 127.0.0.1-127.0.0.4 --json "$OUT/p2-$SUBSCRIBERS-$P2_RATE.json"
     plot "p2-$SUBSCRIBERS-$P2_RATE" "P2: $SUBSCRIBERS subscribers, $P2_RATE msg/s, herald vs the WebSocket floor"
+fi
+if [[ $WHAT == all || $WHAT == p2x ]]; then
+    echo "== P2 across two edges: $SUBSCRIBERS subscribers on edge A, the publisher on edge B, vs everyone on edge A"
+    start_herald herald-edge-b
+    "$LT" vs-edges --pairs "$PAIRS" --url "$URL" --url-b "$NODE_URL" --subscribers "$SUBSCRIBERS" --channels 1 \
+        --publishers 1 --rate "$P2_RATE" --duration-secs 10 --size 100 --drain-secs "${P2_DRAIN:-30}" \
+        --source-ips 127.0.0.1-127.0.0.4 --json "$OUT/p2x-$SUBSCRIBERS-$P2_RATE.json"
+    plot "p2x-$SUBSCRIBERS-$P2_RATE" "P2 across two edges: $SUBSCRIBERS subscribers on A, publisher on B, vs all on A"
 fi
 if [[ $WHAT == all || $WHAT == p7 ]]; then
     echo "== P7 (chat-like): $P7_SUBSCRIBERS subscribers on $P7_CHANNELS channels, $P7_PUBLISHERS publishing connections, $P7_RATE msg/s in all, vs the bare WebSocket floor"

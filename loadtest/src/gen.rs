@@ -55,6 +55,9 @@ pub struct GenConfig {
     pub progress: bool,
     /// The wire protocol of the server under test.
     pub proto: Proto,
+    /// Where the publishers connect, when not to `url` (another edge node
+    /// of the same cluster: fan-out across nodes).
+    pub publish_url: Option<String>,
 }
 
 impl Default for GenConfig {
@@ -73,6 +76,7 @@ impl Default for GenConfig {
             drain: Duration::from_secs(5),
             progress: true,
             proto: Proto::Herald,
+            publish_url: None,
         }
     }
 }
@@ -465,7 +469,8 @@ pub async fn run(cfg: GenConfig) -> anyhow::Result<Report> {
     let rate_each = cfg.rate as f64 / cfg.publishers as f64;
     let mut pubs = Vec::with_capacity(cfg.publishers);
     for i in 0..cfg.publishers {
-        let ws = connect_proto(&cfg.url, source(cfg.subscribers + i), cfg.proto).await?;
+        let url = cfg.publish_url.as_deref().unwrap_or(&cfg.url);
+        let ws = connect_proto(url, source(cfg.subscribers + i), cfg.proto).await?;
         pubs.push(tokio::spawn(publisher(
             ws,
             i,
@@ -557,6 +562,7 @@ pub async fn run(cfg: GenConfig) -> anyhow::Result<Report> {
 fn cfg_summary(cfg: &GenConfig) -> serde_json::Value {
     serde_json::json!({
         "url": cfg.url,
+        "publish_url": cfg.publish_url,
         "subscribers": cfg.subscribers,
         "channels": cfg.channels,
         "publishers": cfg.publishers,

@@ -360,6 +360,19 @@ enum Cmd {
     },
     /// P2: the bare WebSocket floor (in process), then herald, same fan-out;
     /// prints both and the ratio of deliveries per second.
+    /// Fan-out across two edge nodes of one cluster: subscribers on edge A
+    /// and publishers on edge B, against everyone on edge A (the baseline),
+    /// alternating pairs, strict verifier.
+    VsEdges {
+        /// Edge A: the subscribers (and the baseline's publishers).
+        #[arg(long)]
+        url: String,
+        /// Edge B: the publishers of the two-edge runs.
+        #[arg(long)]
+        url_b: String,
+        #[command(flatten)]
+        load: Load,
+    },
     VsWs {
         #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
         url: String,
@@ -485,7 +498,12 @@ async fn floor_in_child(
 /// The same fan-out against `base` (labelled `label`) and herald at `url`,
 /// alternating (A B A B ...) for `--pairs` pairs; every run judged by the
 /// strict verifier; prints each and the median herald / base ratios.
-async fn fan_out_vs(base: GenConfig, label: &str, url: &str, load: &Load) -> anyhow::Result<()> {
+async fn fan_out_vs(
+    base: GenConfig,
+    label: &str,
+    herald: GenConfig,
+    load: &Load,
+) -> anyhow::Result<()> {
     let mut runs: Vec<Report> = Vec::new();
     let (mut del, mut p50, mut p99) = (Vec::new(), Vec::new(), Vec::new());
     for pair in 0..load.pairs.max(1) {
@@ -495,7 +513,7 @@ async fn fan_out_vs(base: GenConfig, label: &str, url: &str, load: &Load) -> any
         b.print();
         judge(&b, load)?;
         println!();
-        let h = gen::run(gen_cfg(url, load)?).await?;
+        let h = gen::run(herald.clone()).await?;
         h.print();
         judge(&h, load)?;
         println!();
@@ -835,7 +853,7 @@ async fn main() -> anyhow::Result<()> {
                 proto: gen::Proto::SocketIo,
                 ..gen_cfg(&sio_url, &load)?
             };
-            fan_out_vs(base, "socket.io", &url, &load).await?;
+            fan_out_vs(base, "socket.io", gen_cfg(&url, &load)?, &load).await?;
         }
         Cmd::Idle {
             url,
@@ -913,7 +931,7 @@ async fn main() -> anyhow::Result<()> {
                 proto: gen::Proto::Centrifugo,
                 ..gen_cfg(&cf_url, &load)?
             };
-            fan_out_vs(base, "centrifugo", &url, &load).await?;
+            fan_out_vs(base, "centrifugo", gen_cfg(&url, &load)?, &load).await?;
         }
         Cmd::Storm {
             url_a,
@@ -964,6 +982,13 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
         }
+        Cmd::VsEdges { url, url_b, load } => {
+            let two = GenConfig {
+                publish_url: Some(url_b),
+                ..gen_cfg(&url, &load)?
+            };
+            fan_out_vs(gen_cfg(&url, &load)?, "one-edge", two, &load).await?;
+        }
         Cmd::VsWs {
             url,
             floor_url,
@@ -978,7 +1003,7 @@ async fn main() -> anyhow::Result<()> {
                 ),
             };
             let base = gen_cfg(&floor_url, &load)?;
-            fan_out_vs(base, &floor_label, &url, &load).await?;
+            fan_out_vs(base, &floor_label, gen_cfg(&url, &load)?, &load).await?;
         }
     }
     Ok(())

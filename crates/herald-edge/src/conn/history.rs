@@ -29,7 +29,7 @@ impl Conn {
                 format!("`limit` is at most {max}"),
             ));
         }
-        let permit = match self.history_permits.clone().acquire_owned().await {
+        let permit = match self.history_permits().acquire_owned().await {
             Ok(p) => p,
             Err(_) => return,
         };

@@ -15,6 +15,7 @@ pub mod session;
 mod subscribe;
 
 use std::borrow::Cow;
+use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -94,13 +95,16 @@ struct Conn {
     ctx: Arc<Ctx>,
     outbox: Outbox,
     subs: HashMap<String, Subscription>,
-    publish_permits: Arc<Semaphore>,
+    /// Made at first use, like `history_permits` and `catchups`: an idle
+    /// subscriber never publishes, reads history or resumes (each
+    /// semaphore is ~70 bytes per connection; P3).
+    publish_permits: OnceCell<Arc<Semaphore>>,
     /// Per-connection publish rate limit; `None` when unlimited.
     limiter: Option<Limiter>,
     /// Who owns this connection's durable cursors (`/ws?client_id=`).
     client_id: Option<Arc<str>>,
     /// Bounds the `history` requests served at once.
-    history_permits: Arc<Semaphore>,
+    history_permits: OnceCell<Arc<Semaphore>>,
     /// Who the connection acts as, from its token; `None`: anonymous.
     identity: Option<Identity>,
     /// Publish limits of namespaces with their own `publish_rate`.
@@ -111,7 +115,7 @@ struct Conn {
     reads: Vec<tokio::task::AbortHandle>,
     /// Catch-ups of resuming subscriptions running at once (from the log:
     /// each reads until it reaches the live position).
-    catchups: Arc<Semaphore>,
+    catchups: OnceCell<Arc<Semaphore>>,
     /// Headers forwarded to the backend hooks.
     hook_headers: Option<Arc<[(String, String)]>>,
 }
@@ -119,8 +123,6 @@ struct Conn {
 impl Conn {
     fn new(id: u64, ctx: Arc<Ctx>, client_id: Option<String>) -> Parts {
         let (outbox, rx) = Outbox::new(id, ctx.cfg.queue_messages, ctx.cfg.queue_bytes);
-        let permits = Arc::new(Semaphore::new(ctx.cfg.max_inflight_publishes));
-        let history_permits = Arc::new(Semaphore::new(ctx.cfg.history_concurrency.max(1)));
         let limiter = std::num::NonZeroU32::new(ctx.cfg.publish_rate).map(|rate| {
             let burst = std::num::NonZeroU32::new(ctx.cfg.publish_burst).unwrap_or(rate);
             governor::RateLimiter::direct(governor::Quota::per_second(rate).allow_burst(burst))
@@ -130,15 +132,15 @@ impl Conn {
                 id,
                 outbox,
                 subs: HashMap::new(),
-                publish_permits: permits,
+                publish_permits: OnceCell::new(),
                 limiter,
                 client_id: client_id.map(Arc::from),
-                history_permits,
+                history_permits: OnceCell::new(),
                 identity: None,
                 ns_limiters: HashMap::new(),
                 auth_limiter: None,
                 reads: Vec::new(),
-                catchups: Arc::new(Semaphore::new(CATCHUPS_PER_CONNECTION)),
+                catchups: OnceCell::new(),
                 hook_headers: None,
                 ctx,
             },
@@ -148,6 +150,31 @@ impl Conn {
 }
 
 type Parts = (Conn, herald_hub::OutboxReceiver);
+
+impl Conn {
+    /// Bounds the publishes in flight on this connection.
+    fn publish_permits(&self) -> Arc<Semaphore> {
+        let n = self.ctx.cfg.max_inflight_publishes;
+        self.publish_permits
+            .get_or_init(|| Arc::new(Semaphore::new(n)))
+            .clone()
+    }
+
+    /// Bounds the `history` requests served at once.
+    fn history_permits(&self) -> Arc<Semaphore> {
+        let n = self.ctx.cfg.history_concurrency.max(1);
+        self.history_permits
+            .get_or_init(|| Arc::new(Semaphore::new(n)))
+            .clone()
+    }
+
+    /// Bounds the catch-ups of resuming subscriptions running at once.
+    fn catchups(&self) -> Arc<Semaphore> {
+        self.catchups
+            .get_or_init(|| Arc::new(Semaphore::new(CATCHUPS_PER_CONNECTION)))
+            .clone()
+    }
+}
 
 async fn serve(id: u64, accepted: Box<Accepted>) {
     let Accepted {
@@ -411,7 +438,7 @@ impl Conn {
         sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
     ) {
         let total = self.ctx.cfg.max_inflight_publishes as u32;
-        let all = self.publish_permits.clone().acquire_many_owned(total);
+        let all = self.publish_permits().acquire_many_owned(total);
         tokio::pin!(all);
         let deadline = tokio::time::sleep(self.ctx.cfg.shutdown_grace);
         tokio::pin!(deadline);

@@ -106,7 +106,7 @@ impl Conn {
         };
         // Bounded in-flight publishes per connection: waiting here stops
         // reading from this client, which is the backpressure it gets.
-        let Ok(permit) = self.publish_permits.clone().acquire_owned().await else {
+        let Ok(permit) = self.publish_permits().acquire_owned().await else {
             return;
         };
         let publisher = match &self.identity {

@@ -321,7 +321,7 @@ async fn run(
             let _ = out.try_send(frame(ServerFrame::Reconnect { after_ms }.to_json()));
             // In-flight publishes get their answer before the end.
             let total = ctx.cfg.max_inflight_publishes as u32;
-            let all = conn.publish_permits.clone().acquire_many_owned(total);
+            let all = conn.publish_permits().acquire_many_owned(total);
             tokio::pin!(all);
             let deadline = tokio::time::sleep(ctx.cfg.shutdown_grace);
             tokio::pin!(deadline);

@@ -210,7 +210,7 @@ impl Conn {
             (body, headers)
         });
         let ctx = self.ctx.clone();
-        let catchups = self.catchups.clone();
+        let catchups = since.is_some().then(|| self.catchups());
         let outbox = self.outbox.clone();
         let flags = Arc::new(SubFlags::default());
         let task_flags = flags.clone();
@@ -230,8 +230,8 @@ impl Conn {
             }
             // A resume reads the log until it is live: a few per connection
             // at once (a subscription from now reads nothing).
-            let _catchup = match since {
-                Some(_) => catchups.acquire_owned().await.ok(),
+            let _catchup = match catchups {
+                Some(c) => c.acquire_owned().await.ok(),
                 None => None,
             };
             let since = match (since, &client) {
