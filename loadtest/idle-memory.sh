@@ -12,6 +12,8 @@
 #   loadtest/idle-memory.sh [N] [C]      (default N = 5000, C = 100)
 #   HOLD=80 SERVERS="herald floor centrifugo" loadtest/idle-memory.sh 10000
 #   HERALD_ARGS="--read-buffer-bytes 1024" SERVERS=herald loadtest/idle-memory.sh
+#   HERALD_BIN=/path/to/another/herald SERVERS=herald loadtest/idle-memory.sh
+#   (loadtest/ab-memory.sh alternates two builds this way)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -40,7 +42,7 @@ for server in $SERVERS; do
                 infra/dev/broker.sh start
                 stop_broker=1
             fi
-            "$BIN/herald" serve --listen 127.0.0.1:0 --topic-prefix "mem-$$." \
+            "${HERALD_BIN:-$BIN/herald}" serve --listen 127.0.0.1:0 --topic-prefix "mem-$$." \
                 --namespaces chat=8:anonymous ${HERALD_ARGS:-} > "$OUT/mem-herald.out" 2> "$OUT/mem-herald.err" &
             srv=$!; KILL+=("$srv"); proto=herald
             for _ in $(seq 1 300); do grep -q listening "$OUT/mem-herald.out" && break; sleep 0.1; done

@@ -96,11 +96,7 @@ fn summarize(ratios: &[f64]) -> serde_json::Value {
     if v.is_empty() {
         return serde_json::json!(null);
     }
-    let median = if v.len() % 2 == 1 {
-        v[v.len() / 2]
-    } else {
-        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
-    };
+    let median = median(v.iter().copied());
     serde_json::json!({
         "median": (median * 1000.0).round() / 1000.0,
         "min": v[0],

@@ -1010,8 +1010,6 @@ impl Hub {
     }
 }
 
-/// A range read that returned nothing and did not move: an error, never a
-/// loop.
 /// Reads the ring's worth of records below `follow_from` and puts them in
 /// front of the ring, when the ring still starts there (nothing evicted,
 /// no tail gap since). Returns the messages added.
@@ -1172,6 +1170,8 @@ fn publish_piece(
     Ok(())
 }
 
+/// A range read that returned nothing and did not move: an error, never a
+/// loop.
 pub(crate) fn no_progress(topic: &str, partition: i32, from: i64) -> HubError {
     HubError::Log(herald_log::LogError::Other(format!(
         "range read made no progress at {topic}/{partition}@{from}"
