@@ -37,6 +37,24 @@ pub enum EdgeError {
     },
     #[error("configuration: {0}")]
     Config(String),
+    /// A start-up step that failed, named so an operator knows which topic
+    /// or partition to look at.
+    #[error("{step}: {source}")]
+    Step { step: String, source: LogError },
+}
+
+/// Names the start-up step a [`LogError`] came from.
+trait StepContext<T> {
+    fn step(self, step: impl FnOnce() -> String) -> Result<T, EdgeError>;
+}
+
+impl<T> StepContext<T> for Result<T, LogError> {
+    fn step(self, step: impl FnOnce() -> String) -> Result<T, EdgeError> {
+        self.map_err(|source| EdgeError::Step {
+            step: step(),
+            source,
+        })
+    }
 }
 
 /// How often histogram samples are folded into their buckets.
@@ -116,7 +134,10 @@ impl Edge {
             if let Some(r) = &retention {
                 topic_cfg.push(("retention.ms", r.as_str()));
             }
-            let info = log.ensure_topic(&topic, ns.partitions, &topic_cfg).await?;
+            let info = log
+                .ensure_topic(&topic, ns.partitions, &topic_cfg)
+                .await
+                .step(|| format!("readying topic {topic} (namespace {})", ns.name))?;
             if info.partitions != ns.partitions {
                 return Err(EdgeError::Config(format!(
                     "namespace `{}`: topic {} has {} partitions but the configuration says {}; \
@@ -152,7 +173,8 @@ impl Edge {
             cfg.cursor_partitions,
             cfg.cursor_cache_capacity,
         )
-        .await?;
+        .await
+        .step(|| format!("readying the cursor topic {}", log.config().cursor_topic()))?;
         cursors.spawn_flusher(cfg.cursor_flush_interval);
         let control_topic = log.config().control_topic();
         log.ensure_internal_topic(
@@ -160,7 +182,8 @@ impl Edge {
             1,
             &[("retention.ms", "3600000"), ("cleanup.policy", "delete")],
         )
-        .await?;
+        .await
+        .step(|| format!("readying the control topic {control_topic}"))?;
         let cluster = Cluster::new(
             control_topic.clone(),
             cfg.node_heartbeat,
@@ -173,7 +196,8 @@ impl Edge {
                 PRESENCE_PARTITIONS,
                 &[("cleanup.policy", "compact")],
             )
-            .await?;
+            .await
+            .step(|| format!("readying the presence topic {presence_topic}"))?;
         let join_leave = cfg
             .namespaces
             .iter()
@@ -249,8 +273,12 @@ impl Edge {
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
-        Cluster::start(self.ctx.clone(), address, control).await?;
-        Presence::start(self.ctx.clone(), presence_partitions, presence).await?;
+        Cluster::start(self.ctx.clone(), address, control)
+            .await
+            .step(|| format!("following the control topic {}", self.ctx.cluster.topic()))?;
+        Presence::start(self.ctx.clone(), presence_partitions, presence)
+            .await
+            .step(|| format!("reading the presence topic {}", self.ctx.presence.topic()))?;
         Ok(self)
     }
 

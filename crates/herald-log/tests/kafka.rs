@@ -179,3 +179,35 @@ async fn watermarks_of_a_topic_created_after_a_failed_lookup() -> anyhow::Result
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watermarks_of_a_partition_the_client_has_not_seen_yet() -> anyhow::Result<()> {
+    // The client's metadata of the topic names fewer partitions than exist
+    // (it looked while the topic was being created, or before partitions
+    // were added): asking again from that memory answers "unknown
+    // partition" until the client's periodic refresh, minutes later. The
+    // read must look the topic up again instead (a node's start failed on
+    // it on the RF 3 cluster).
+    use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
+    use rdkafka::client::DefaultClientContext;
+    let cfg = LogConfig {
+        request_timeout: Duration::from_secs(3),
+        ..config()
+    };
+    let topic = cfg.topic_for("chat");
+    let k = Kafka::connect(cfg.clone())?;
+    k.ensure_topic(&topic, 1, &[]).await?;
+    assert_eq!(k.watermarks(&topic, 0).await?.high, 0);
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &cfg.brokers)
+        .create()?;
+    for r in admin
+        .create_partitions([&NewPartitions::new(&topic, 2)], &AdminOptions::new())
+        .await?
+    {
+        r.map_err(|(t, e)| anyhow::anyhow!("adding a partition to {t}: {e}"))?;
+    }
+    let wm = k.watermarks(&topic, 1).await?;
+    assert_eq!((wm.low, wm.high), (0, 0));
+    Ok(())
+}

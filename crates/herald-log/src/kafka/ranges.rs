@@ -52,6 +52,9 @@ pub(super) const RANGE_FETCH_WAIT_MS: u32 = 5;
 /// for the next read to continue without a new assignment.
 const CONTINUE_FOR: Duration = Duration::from_secs(2);
 
+/// The shortest metadata lookup a retried watermark read makes.
+const MIN_LOOKUP: Duration = Duration::from_millis(500);
+
 /// The range readers' librdkafka context. A reader stays assigned for a
 /// while after its read ([`CONTINUE_FOR`]) and reports reaching the end of
 /// the partition (`enable.partition.eof`); when nobody is reading it then,
@@ -146,11 +149,17 @@ impl Kafka {
                 // be unknown to the broker that metadata names as its leader
                 // for a moment (KRaft applies metadata on each broker
                 // asynchronously): asked again until the request timeout.
+                // The client answers "unknown partition" from the metadata
+                // it remembers (fewer partitions than exist: it looked while
+                // the topic was being created) and refreshes that only every
+                // few minutes, so each retry looks the topic up first.
                 let deadline = Instant::now() + t;
                 loop {
                     match c.fetch_watermarks(&name, partition, t) {
                         Err(e) if not_known_yet(&e) && Instant::now() < deadline => {
                             std::thread::sleep(Duration::from_millis(200));
+                            let left = deadline.saturating_duration_since(Instant::now());
+                            let _ = c.fetch_metadata(Some(&name), left.max(MIN_LOOKUP));
                         }
                         r => return r,
                     }
