@@ -5,7 +5,7 @@
 # builds release binaries; starts its own herald node (anonymous `chat`, no
 # publish rate limit) and stops it at the end. JSON results go to $OUT.
 #
-#   loadtest/bench.sh [p1|p2|p2x|p2io|p4|p5|p6|p7|p7k|cf|cf-latency|cf-p2|cf-p7|all]   (default all)
+#   loadtest/bench.sh [p1|p2|p2x|p2io|p4|p5|p6|p7|p7k|in1k|cf|cf-latency|cf-p2|cf-p7|all]   (default all)
 #   (cf: all three against Centrifugo v6, loadtest/centrifugo/start.sh)
 #   RATES=25,50,100,200,400 loadtest/bench.sh sweep|sweep-cf   (throughput and
 #                                    p99 against offered load, charts in docs/bench/)
@@ -216,6 +216,15 @@ if [[ $WHAT == all || $WHAT == p7 || $WHAT == p7k ]]; then
         --duration-secs 20 --size 100 --drain-secs 30 --source-ips 127.0.0.1-127.0.0.8 \
         --json "$OUT/p7k-$P7_SUBSCRIBERS-$P7_CHANNELS-$P7_PUBLISHERS.json"
     plot "p7k-$P7_SUBSCRIBERS-$P7_CHANNELS-$P7_PUBLISHERS" "P7 chat: $P7_SUBSCRIBERS subscribers on $P7_CHANNELS channels, herald vs the WebSocket floor with Kafka"
+fi
+if [[ $WHAT == all || $WHAT == in1k ]]; then
+    echo "== Ingest from 1,000 connections (closed loop, one publish in flight each, 1,000 subscribers on 1,000 channels) vs the floor with Kafka in its path"
+    start_ws_kafka_floor
+    "$LT" vs-ws --pairs "$PAIRS" --url "$URL" --floor-url "$KFLOOR_URL" --floor-label ws-kafka-floor \
+        --subscribers 1000 --channels 1000 --publishers 1000 --rate 0 --window 1 \
+        --duration-secs 15 --size 100 --drain-secs 30 --source-ips 127.0.0.1-127.0.0.8 \
+        --json "$OUT/in1k.json"
+    plot in1k "Ingest from 1,000 connections, herald vs the WebSocket floor with Kafka"
 fi
 if [[ $WHAT == all || $WHAT == p2io ]]; then
     echo "== P2 vs the peer: Socket.IO 4 (Redis Streams adapter, state recovery), $SUBSCRIBERS subscribers, $P2_RATE msg/s"
