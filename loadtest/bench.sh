@@ -5,7 +5,7 @@
 # builds release binaries; starts its own herald node (anonymous `chat`, no
 # publish rate limit) and stops it at the end. JSON results go to $OUT.
 #
-#   loadtest/bench.sh [p1|p2|p2x|p2io|p4|p5|p6|p7|p7k|in1k|cf|cf-latency|cf-p2|cf-p7|all]   (default all)
+#   loadtest/bench.sh [p1|p2|p2x|p2io|p4|p5|p6|p6k|p7|p7k|in1k|cf|cf-latency|cf-p2|cf-p7|all]   (default all)
 #   (cf: all three against Centrifugo v6, loadtest/centrifugo/start.sh)
 #   RATES=25,50,100,200,400 loadtest/bench.sh sweep|sweep-cf   (throughput and
 #                                    p99 against offered load, charts in docs/bench/)
@@ -167,6 +167,14 @@ if [[ $WHAT == all || $WHAT == p6 ]]; then
     start_herald herald-p6 --publish-rate 0 --queue-messages 65536 --queue-bytes 67108864
     "$LT" vs-kafka --pairs "$PAIRS" --url "$NODE_URL" --brokers "$BROKERS" --fetch-wait-max-ms "$FETCH_WAIT" \
         --rate 0 --window 64 --duration-secs 15 --size 100 "${FLOOR_TOPIC[@]}" --json "$OUT/p6${MOCK:+-mock}${CLUSTER:+-cluster}.json"
+fi
+if [[ $WHAT == all || $WHAT == p6k ]]; then
+    echo "== P6's closed loop (one connection, 64 in flight, one subscriber) vs the WebSocket floor with Kafka in its path"
+    start_herald herald-p6k --publish-rate 0 --queue-messages 65536 --queue-bytes 67108864
+    start_ws_kafka_floor
+    "$LT" vs-ws --pairs "$PAIRS" --url "$NODE_URL" --floor-url "$KFLOOR_URL" --floor-label ws-kafka-floor \
+        --subscribers 1 --channels 1 --publishers 1 --rate 0 --window 64 \
+        --duration-secs 15 --size 100 --drain-secs 30 --json "$OUT/p6k.json"
 fi
 if [[ $WHAT == all || $WHAT == p4 ]]; then
     P4_MESSAGES="${P4_MESSAGES:-10000}"
