@@ -13,7 +13,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${HERALD_CACHE:-$HOME/.cache/herald
 (cd "$ROOT" && cargo build --release -q -p herald-loadtest)
 BIN="$CARGO_TARGET_DIR/release"
 OUT="$(mktemp -d)"
-"$BIN/herald-loadtest" mock-broker --topics "ab.chat:8,ab.meta:1,ab.cursors:8,loadtest-floor:1" \
+"$BIN/herald-loadtest" mock-broker --topics "ab.chat:8,ab.meta:1,ab.cursors:8,ab.control:1,ab.presence:8,loadtest-floor:1" \
     > "$OUT/mock.out" 2>&1 &
 mock=$!
 trap 'kill $mock 2>/dev/null || true' EXIT
