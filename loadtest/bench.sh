@@ -81,7 +81,7 @@ if [[ -n "${MOCK:-}" ]]; then
     # that is never the bottleneck. It times out CreateTopics, so the topics
     # exist before anything starts.
     "$BIN/herald-loadtest" mock-broker \
-        --topics "bench-$$.chat:8,bench-$$.meta:1,bench-$$.cursors:8,loadtest-floor:1" \
+        --topics "bench-$$.chat:8,bench-$$.meta:1,bench-$$.cursors:8,bench-$$.control:1,bench-$$.presence:8,loadtest-floor:1" \
         > "$OUT/mock.out" 2>&1 &
     KILL+=($!)
     for _ in $(seq 1 50); do grep -q "mock broker at" "$OUT/mock.out" && break; sleep 0.1; done
