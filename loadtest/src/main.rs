@@ -354,8 +354,6 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
-    /// P2: the bare WebSocket floor (in process), then herald, same fan-out;
-    /// prints both and the ratio of deliveries per second.
     /// Fan-out across two edge nodes of one cluster: subscribers on edge A
     /// and publishers on edge B, against everyone on edge A (the baseline),
     /// alternating pairs, strict verifier.
@@ -369,6 +367,8 @@ enum Cmd {
         #[command(flatten)]
         load: Load,
     },
+    /// P2: the bare WebSocket floor (in process), then herald, same fan-out;
+    /// prints both and the ratio of deliveries per second.
     VsWs {
         #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
         url: String,
