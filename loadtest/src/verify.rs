@@ -173,11 +173,46 @@ impl Strict {
             Err(format!("{who}: {}", why.join(", ")))
         }
     }
+
+    /// The verdict on a baseline driven past what it can take (a point of a
+    /// sweep beyond its saturation): acking fewer than the minimum is then
+    /// the measurement, not a failure, so it is `Ok(Some(note))`, as long as
+    /// it acked something and delivered all of that once, in order. Loss,
+    /// duplicates, disorder or nothing acked still fail.
+    pub fn judge_saturated(
+        &self,
+        who: &str,
+        acked: u64,
+        lost: u64,
+        duplicated: u64,
+        out_of_order: u64,
+    ) -> Result<Option<String>, String> {
+        let floor = Strict { min_acked: 1 };
+        floor.judge(who, acked, lost, duplicated, out_of_order)?;
+        Ok((acked < self.min_acked).then(|| {
+            format!(
+                "{who}: saturated, {acked} publishes acked (the minimum for a run that keeps up is {})",
+                self.min_acked
+            )
+        }))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_saturated_baseline_is_noted_but_loss_still_fails() {
+        let s = Strict { min_acked: 100 };
+        assert_eq!(s.judge_saturated("b", 150, 0, 0, 0), Ok(None));
+        assert!(s.judge_saturated("b", 40, 0, 0, 0).unwrap().is_some());
+        assert!(s.judge("b", 40, 0, 0, 0).is_err());
+        assert!(s.judge_saturated("b", 0, 0, 0, 0).is_err());
+        assert!(s.judge_saturated("b", 40, 1, 0, 0).is_err());
+        assert!(s.judge_saturated("b", 40, 0, 1, 0).is_err());
+        assert!(s.judge_saturated("b", 40, 0, 0, 1).is_err());
+    }
 
     fn ids(n: usize) -> Vec<Uuid> {
         (0..n).map(|_| Uuid::new_v4()).collect()
