@@ -10,8 +10,8 @@
 #   RATES=25,50,100,200,400 loadtest/bench.sh sweep|sweep-cf   (throughput and
 #                                    p99 against offered load, charts in docs/bench/)
 #   SIZE=16384 loadtest/bench.sh cf-p2   (message padding of the cf-* rows, default 100)
-#   SUBSCRIBERS=10000 loadtest/bench.sh p2
-#   STORM_CLIENTS=10000 STORM_JITTER_MS=1000 loadtest/bench.sh p5
+#   SUBSCRIBERS=10000 P2_RATE=10 loadtest/bench.sh p2   (all: 1,000 x 100/s and 10,000 x 10/s)
+#   STORM_CLIENTS=1000 STORM_JITTER_MS=1000 loadtest/bench.sh p5   (default 10,000 clients, P5's bar)
 #   CLUSTER=1 loadtest/bench.sh p1  (the three-broker cluster, infra/dev/cluster.sh:
 #                                    herald's topics and the floor's with RF 3,
 #                                    min.insync.replicas=2)
@@ -192,13 +192,21 @@ if [[ $WHAT == all || $WHAT == p4 ]]; then
         kill "$PID"
     done
 fi
-if [[ $WHAT == all || $WHAT == p2 ]]; then
-    echo "== P2: fan-out, one channel, $SUBSCRIBERS subscribers, $P2_RATE msg/s, vs the bare WebSocket floor"
+# p2 SUBSCRIBERS RATE: one P2 comparison against the bare WebSocket floor.
+p2() {
+    echo "== P2: fan-out, one channel, $1 subscribers, $2 msg/s, vs the bare WebSocket floor"
     start_ws_floor
-    "$LT" vs-ws --pairs "$PAIRS" --url "$URL" --floor-url "$FLOOR_URL" --subscribers "$SUBSCRIBERS" --channels 1 --publishers 1 \
-        --rate "$P2_RATE" --duration-secs 10 --size 100 --drain-secs "${P2_DRAIN:-30}" \
-        --source-ips 127.0.0.1-127.0.0.4 --json "$OUT/p2-$SUBSCRIBERS-$P2_RATE.json"
-    plot "p2-$SUBSCRIBERS-$P2_RATE" "P2: $SUBSCRIBERS subscribers, $P2_RATE msg/s, herald vs the WebSocket floor"
+    "$LT" vs-ws --pairs "$PAIRS" --url "$URL" --floor-url "$FLOOR_URL" --subscribers "$1" --channels 1 --publishers 1 \
+        --rate "$2" --duration-secs 10 --size 100 --drain-secs "${P2_DRAIN:-30}" \
+        --source-ips 127.0.0.1-127.0.0.4 --json "$OUT/p2-$1-$2.json"
+    plot "p2-$1-$2" "P2: $1 subscribers, $2 msg/s, herald vs the WebSocket floor"
+}
+if [[ $WHAT == p2 ]]; then
+    p2 "$SUBSCRIBERS" "$P2_RATE"
+elif [[ $WHAT == all ]]; then
+    # Both shapes of the summary table: 1,000 x 100/s and the bar's 10,000.
+    p2 "$SUBSCRIBERS" "$P2_RATE"
+    p2 10000 10
 fi
 if [[ $WHAT == all || $WHAT == p2x ]]; then
     echo "== P2 across two edges: $SUBSCRIBERS subscribers on edge A, the publisher on edge B, vs everyone on edge A"
@@ -291,7 +299,7 @@ if [[ $WHAT == all || $WHAT == sweep || $WHAT == sweep-cf ]]; then
     fi
 fi
 if [[ $WHAT == all || $WHAT == p5 ]]; then
-    STORM_CLIENTS="${STORM_CLIENTS:-1000}"
+    STORM_CLIENTS="${STORM_CLIENTS:-10000}"
     echo "== P5: reconnect storm, $STORM_CLIENTS clients on edge A, A killed, all resume on edge B"
     start_herald herald-a
     srv_a=$PID
