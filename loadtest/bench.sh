@@ -5,7 +5,9 @@
 # builds release binaries; starts its own herald node (anonymous `chat`, no
 # publish rate limit) and stops it at the end. JSON results go to $OUT.
 #
-#   loadtest/bench.sh [p1|p2|p2x|p2io|p4|p5|p6|p6k|p7|p7k|in1k|cf|cf-latency|cf-p2|cf-p7|all]   (default all)
+#   loadtest/bench.sh [p1|p2|p2x|p2io|p3|p4|p5|p6|p6k|p7|p7k|in1k|cf|cf-latency|cf-p2|cf-p7|all]   (default all)
+#   (p3: loadtest/idle-memory.sh, herald, the bare floor and Centrifugo;
+#    all: every row, then P1 again on the RF 3 cluster, CLUSTER=1 ... p1)
 #   (cf: all three against Centrifugo v6, loadtest/centrifugo/start.sh)
 #   RATES=25,50,100,200,400 loadtest/bench.sh sweep|sweep-cf   (throughput and
 #                                    p99 against offered load, charts in docs/bench/)
@@ -252,6 +254,12 @@ if [[ $WHAT == all || $WHAT == p2io ]]; then
         --source-ips 127.0.0.1-127.0.0.4 --json "$OUT/p2io-$SUBSCRIBERS-$P2_RATE.json"
     plot "p2io-$SUBSCRIBERS-$P2_RATE" "P2: $SUBSCRIBERS subscribers, $P2_RATE msg/s, herald vs Socket.IO"
 fi
+if [[ $WHAT == all || $WHAT == p3 ]]; then
+    # Before any Centrifugo of this script starts: idle-memory.sh starts its
+    # own on the same ports, and measures each server in a process of its own.
+    echo "== P3: memory per idle subscribed connection (${P3_CONNECTIONS:-5000} connections, 100 channels), herald, the bare WebSocket floor, Centrifugo"
+    OUT="$OUT" loadtest/idle-memory.sh "${P3_CONNECTIONS:-5000}" 100 | tee "$OUT/p3.txt"
+fi
 if [[ $WHAT == all || $WHAT == cf || $WHAT == cf-latency ]]; then
     echo "== vs Centrifugo: end-to-end latency, one subscriber, 200 msg/s for ${P1_SECS:-60} s, 100-byte messages"
     start_centrifugo
@@ -318,4 +326,12 @@ if [[ $WHAT == all || $WHAT == p5 ]]; then
         --subscribers "$STORM_CLIENTS" --channels 10 --rate 50 --before-secs 5 --after-secs 15 \
         --jitter-ms "${STORM_JITTER_MS:-0}" --source-ips 127.0.0.1-127.0.0.4 \
         --json "$OUT/p5-cold-$STORM_CLIENTS-${STORM_JITTER_MS:-0}.json"
+fi
+if [[ $WHAT == all && -z ${CLUSTER:-} && -z ${MOCK:-} ]]; then
+    # The summary's P1 row on the RF 3 cluster: everything above stopped
+    # first (the single broker stays up, idle), then this script again.
+    echo "== P1 on the three-broker cluster (RF 3, min.insync.replicas=2)"
+    if ((${#KILL[@]})); then kill "${KILL[@]}" 2>/dev/null || true; fi
+    KILL=()
+    CLUSTER=1 OUT="$OUT" PLOTS="$PLOTS" loadtest/bench.sh p1
 fi
