@@ -73,8 +73,12 @@ fi
 # Everything this script starts goes on KILL; the broker it started (if any)
 # is stopped last.
 KILL=()
-finish() {
+stop_started() {
     if ((${#KILL[@]})); then kill "${KILL[@]}" 2>/dev/null || true; fi
+    KILL=()
+}
+finish() {
+    stop_started
     if [[ -n "$stop_broker" ]]; then $stop_broker >/dev/null 2>&1 || true; fi
 }
 trap finish EXIT
@@ -331,7 +335,6 @@ if [[ $WHAT == all && -z ${CLUSTER:-} && -z ${MOCK:-} ]]; then
     # The summary's P1 row on the RF 3 cluster: everything above stopped
     # first (the single broker stays up, idle), then this script again.
     echo "== P1 on the three-broker cluster (RF 3, min.insync.replicas=2)"
-    if ((${#KILL[@]})); then kill "${KILL[@]}" 2>/dev/null || true; fi
-    KILL=()
+    stop_started
     CLUSTER=1 OUT="$OUT" PLOTS="$PLOTS" loadtest/bench.sh p1
 fi
