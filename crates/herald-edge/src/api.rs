@@ -541,8 +541,10 @@ fn presence(ctx: &Ctx, q: &HashMap<String, String>, stats: bool) -> ApiResult {
         let (clients, users) = ctx.presence.stats(ctx, channel.as_str());
         return Ok(json!({ "channel": channel.as_str(), "clients": clients, "users": users }));
     }
-    let members = ctx.presence.members(ctx, channel.as_str());
-    Ok(json!({ "channel": channel.as_str(), "members": members }))
+    let (members, truncated) =
+        ctx.presence
+            .members(ctx, channel.as_str(), ctx.cfg.presence_max_members);
+    Ok(json!({ "channel": channel.as_str(), "members": members, "truncated": truncated }))
 }
 
 /// The live nodes, from their heartbeats in the control topic.

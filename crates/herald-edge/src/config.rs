@@ -228,6 +228,27 @@ pub struct EdgeConfig {
     /// How long a client may take to send a request's headers (the
     /// WebSocket handshake included) before its socket is closed. Default 10 s.
     pub header_read_timeout: Duration,
+    /// Frames per second a connection may send, of every type (publish,
+    /// subscribe, ack, presence, history, ping...), on every transport;
+    /// beyond, each is answered `rate_limited` and not handled. A `presence`
+    /// frame counts 20, `history` 10, `subscribe`/`unsubscribe` 2, the rest
+    /// 1. 0 = unlimited. Default 2,000.
+    pub frame_rate: u32,
+    /// Burst of the frame budget. Default 4,000.
+    pub frame_burst: u32,
+    /// Subscribes to channels with presence per connection per minute (each
+    /// writes a join and a leave to Kafka and sends them to every member).
+    /// 0 = unlimited. Default 120.
+    pub presence_churn_per_minute: u32,
+    /// Most members in a `presence` answer (then with `truncated: true`).
+    /// Default 1,000.
+    pub presence_max_members: usize,
+    /// Longest query string of `/ws`, `/sse` and `/poll`, in bytes; a longer
+    /// one is refused (414) before it is parsed. Default 8 KiB.
+    pub max_query_bytes: usize,
+    /// A second listener for `/metrics`, `/healthz` and `/readyz` only. With
+    /// it, `/metrics` is not served on `listen`. Default: none.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 impl Default for EdgeConfig {
@@ -275,6 +296,12 @@ impl Default for EdgeConfig {
             trusted_proxies: Vec::new(),
             auth_per_minute: 10,
             header_read_timeout: Duration::from_secs(10),
+            frame_rate: 2_000,
+            frame_burst: 4_000,
+            presence_churn_per_minute: 120,
+            presence_max_members: 1_000,
+            max_query_bytes: 8 << 10,
+            admin_listen: None,
         }
     }
 }

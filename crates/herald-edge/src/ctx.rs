@@ -232,6 +232,7 @@ impl ConnSlot {
                 "too many connections on this node",
             ));
         }
+        let ip = ip.map(crate::admission::limit_key);
         if let Some(ip) = ip {
             let mut per_ip = ctx.conns.per_ip.lock().unwrap_or_else(|p| p.into_inner());
             let n = per_ip.entry(ip).or_insert(0);

@@ -37,9 +37,10 @@ use herald_proto::{Position, Since};
 use warp::http::{HeaderMap, StatusCode};
 use warp::{Filter, Reply};
 
+use crate::admission::{admit, parse_query};
 use crate::conn::session::{self, Out, Positions, Refused, Transport};
 use crate::ctx::Ctx;
-use crate::server::{admit, PeerAddr};
+use crate::http::PeerAddr;
 
 /// Most frames one poll answers with.
 pub const POLL_MAX_FRAMES: usize = 256;
@@ -67,26 +68,11 @@ struct Opening {
 /// Reads `channel=` (repeatable) and the positions to resume from: `since`
 /// or else the `Last-Event-ID` header. A channel without a position starts
 /// live.
-/// A refusal is its reason (a `400`).
-fn opening(raw: &str, headers: &HeaderMap, ctx: &Ctx) -> Result<Opening, String> {
-    let bad = |r: String| r;
-    let mut single = HashMap::new();
-    let mut channels: Vec<String> = Vec::new();
-    for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
-        if k == "channel" {
-            if !channels.iter().any(|c| *c == v) {
-                channels.push(v.into_owned());
-            }
-        } else {
-            single.insert(k.into_owned(), v.into_owned());
-        }
-    }
-    if channels.len() > ctx.cfg.max_subscriptions {
-        return Err(bad(format!(
-            "at most {} channels per session",
-            ctx.cfg.max_subscriptions
-        )));
-    }
+/// A refusal is its HTTP answer.
+fn opening(raw: &str, headers: &HeaderMap, ctx: &Ctx) -> Result<Opening, warp::reply::Response> {
+    let bad = |r: String| refusal(StatusCode::BAD_REQUEST, herald_proto::codes::BAD_FRAME, r);
+    let crate::admission::Query { single, channels } =
+        parse_query(raw, ctx.cfg.max_query_bytes, ctx.cfg.max_subscriptions)?;
     let given = single.get("since").cloned().or_else(|| {
         headers
             .get("last-event-id")
@@ -121,7 +107,7 @@ async fn sse(
 ) -> warp::reply::Response {
     let o = match opening(&raw, &headers, &ctx) {
         Ok(o) => o,
-        Err(r) => return refusal(StatusCode::BAD_REQUEST, herald_proto::codes::BAD_FRAME, r),
+        Err(r) => return r,
     };
     let admitted = match admit(&o.single, &headers, &ctx, remote).await {
         Ok(a) => a,
@@ -200,7 +186,7 @@ async fn poll(
 ) -> warp::reply::Response {
     let o = match opening(&raw, &headers, &ctx) {
         Ok(o) => o,
-        Err(r) => return refusal(StatusCode::BAD_REQUEST, herald_proto::codes::BAD_FRAME, r),
+        Err(r) => return r,
     };
     let wait = o
         .single

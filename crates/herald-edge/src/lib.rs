@@ -17,12 +17,17 @@
 //!   `{prefix}presence` topic; join/leave events.
 //! - [`ctx`]: [`ctx::Ctx`], the state a node's connections and requests
 //!   share, connection slots under the limits, channel resolution.
-//! - [`server`]: [`Edge`]: start-up (topics, epochs, hub, tail) on Kafka or
-//!   any [`herald_log::Log`], the routes (`/ws`, `/healthz`, `/readyz`,
-//!   `/metrics`) and graceful shutdown.
-//! - [`conn`]: one task per WebSocket connection: the select loop and close
-//!   sequence, with its frame handlers in one module per group (subscribe,
-//!   publish, history, auth).
+//! - [`server`]: [`Edge`]: start-up (topics, epochs, hub, tail, listeners)
+//!   on Kafka or any [`herald_log::Log`], and graceful shutdown.
+//! - [`http`]: HTTP serving: the routes (`/ws`, `/healthz`, `/readyz`,
+//!   `/metrics`, the fallbacks, the API, the demo), the write deadline on
+//!   every HTTP connection, the admin listener.
+//! - [`admission`]: what a connection passes before it exists (query
+//!   length, `Origin`, limits per node and per address, token, connect hook).
+//! - [`conn`]: a client's connection: one lifecycle ([`conn::core`]) for
+//!   every transport (WebSocket, SSE, long-poll) and every bound in it, with
+//!   its frame handlers in one module per group (subscribe, publish,
+//!   history, auth).
 //!
 //! Publishes from WebSocket and from the HTTP API go through the same
 //! pipeline, [`herald_hub::publish::Publisher`].
@@ -38,6 +43,7 @@
 //!   draining it): its replies are queued with `try_push`, so a client that
 //!   stops reading is closed as a slow consumer instead of deadlocking.
 
+pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod cluster;
@@ -46,6 +52,7 @@ pub mod conn;
 pub mod ctx;
 pub mod fallback;
 pub mod hooks;
+pub mod http;
 pub mod http_client;
 pub mod jwks;
 pub mod presence;

@@ -46,12 +46,103 @@ struct Entry {
     reaped: bool,
 }
 
+/// One channel's members, with the counts `presence_stats` answers from
+/// (kept as members come and go, so a stats answer costs the same on a
+/// channel of five members as on one of five thousand).
+#[derive(Default)]
+struct ChannelView {
+    /// conn → member, ordered by conn.
+    members: BTreeMap<String, Entry>,
+    /// node → its members here.
+    by_node: HashMap<String, usize>,
+    /// user (`sub`) → its members here.
+    users: HashMap<String, usize>,
+    /// Join/leave events sent in the current second, and when it began:
+    /// beyond [`EVENTS_PER_CHANNEL`] a second, events are dropped.
+    window: Option<(std::time::Instant, u32)>,
+}
+
+impl ChannelView {
+    fn insert(&mut self, conn: String, e: Entry) -> bool {
+        *self.by_node.entry(e.node.clone()).or_default() += 1;
+        if let Some(u) = &e.member.user {
+            *self.users.entry(u.clone()).or_default() += 1;
+        }
+        match self.members.insert(conn, e) {
+            Some(old) => {
+                self.forget(&old);
+                false
+            }
+            None => true,
+        }
+    }
+
+    fn remove(&mut self, conn: &str) -> Option<Entry> {
+        let e = self.members.remove(conn)?;
+        self.forget(&e);
+        Some(e)
+    }
+
+    fn forget(&mut self, e: &Entry) {
+        fn dec(map: &mut HashMap<String, usize>, k: &str) {
+            if let Some(n) = map.get_mut(k) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(k);
+                }
+            }
+        }
+        dec(&mut self.by_node, &e.node);
+        if let Some(u) = &e.member.user {
+            dec(&mut self.users, u);
+        }
+    }
+
+    /// Whether one more join/leave event may go out this second.
+    fn event_allowed(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        match &mut self.window {
+            Some((start, n)) if now.duration_since(*start) < Duration::from_secs(1) => {
+                *n += 1;
+                *n <= EVENTS_PER_CHANNEL
+            }
+            w => {
+                *w = Some((now, 1));
+                true
+            }
+        }
+    }
+}
+
+/// Join/leave events sent to a channel's members per second, by each node;
+/// beyond, they are dropped and counted
+/// (`herald_presence_events_dropped_total{reason="channel_rate"}`): a
+/// channel's churn cannot flood its members. The member list itself stays
+/// exact (`presence`).
+pub const EVENTS_PER_CHANNEL: u32 = 100;
+
+/// What presence shows of a connection's `client_id`: an authenticated
+/// connection's is its user (`sub`), shown as is; an anonymous client's is
+/// the credential of its durable cursors, so only a one-way digest of it is
+/// shown (stable across its reconnects, useless to connect with).
+pub fn shown_client(client_id: &str, authenticated: bool) -> String {
+    if authenticated {
+        return client_id.to_owned();
+    }
+    let digest = uuid::Uuid::new_v5(&SHOWN_CLIENT_NAMESPACE, client_id.as_bytes());
+    format!("anonymous#{}", digest.simple())
+}
+
+/// The name space of [`shown_client`]'s digests (a fixed, random UUID).
+const SHOWN_CLIENT_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x5d0c_2f6e_8a4b_4c1e_9f37_1b2a_6e4d_8c90);
+
 /// This node's view of every node's members, and its own writes.
 pub struct Presence {
     topic: String,
     partitions: AtomicI32,
-    /// channel → conn → member.
-    view: Mutex<HashMap<String, BTreeMap<String, Entry>>>,
+    /// channel → its members.
+    view: Mutex<HashMap<String, ChannelView>>,
     /// Per partition: records from this offset on were written after this
     /// node started reading, so they make join/leave events.
     live_from: Mutex<HashMap<i32, i64>>,
@@ -247,8 +338,7 @@ impl Presence {
                             node: rec.node,
                             reaped: false,
                         },
-                    )
-                    .is_none();
+                    );
                 fresh.then(|| ServerFrame::Join {
                     channel: channel.clone(),
                     member,
@@ -257,11 +347,29 @@ impl Presence {
         };
         let Some(event) = event else { return };
         let namespace = channel.split(':').next().unwrap_or_default();
-        if live && self.join_leave.contains(namespace) {
-            if let Some(topic) = ctx.topics.get(namespace) {
-                let n = ctx.hub.notify(topic, &channel, &event.to_json());
-                metrics::counter!("herald_presence_events_total").increment(n as u64);
-            }
+        if !(live && self.join_leave.contains(namespace)) {
+            return;
+        }
+        let Some(topic) = ctx.topics.get(namespace) else {
+            return;
+        };
+        let allowed = {
+            let mut view = self.view.lock().unwrap_or_else(|e| e.into_inner());
+            // A leave of the last member took the channel's view away; its
+            // window starts again with the next join.
+            view.get_mut(&channel)
+                .is_none_or(ChannelView::event_allowed)
+        };
+        if !allowed {
+            metrics::counter!("herald_presence_events_dropped_total", "reason" => "channel_rate")
+                .increment(1);
+            return;
+        }
+        let (sent, dropped) = ctx.hub.notify(topic, &channel, &event.to_json());
+        metrics::counter!("herald_presence_events_total").increment(sent as u64);
+        if dropped > 0 {
+            metrics::counter!("herald_presence_events_dropped_total", "reason" => "queue_full")
+                .increment(dropped as u64);
         }
     }
 
@@ -269,7 +377,7 @@ impl Presence {
     fn remove(&self, channel: &str, conn: &str) -> Option<ServerFrame> {
         let mut view = self.view.lock().unwrap_or_else(|e| e.into_inner());
         let gone = view.get_mut(channel).and_then(|m| m.remove(conn));
-        if view.get(channel).is_some_and(BTreeMap::is_empty) {
+        if view.get(channel).is_some_and(|v| v.members.is_empty()) {
             view.remove(channel);
         }
         gone.map(|e| ServerFrame::Leave {
@@ -286,23 +394,36 @@ impl Presence {
         live
     }
 
-    /// `channel`'s members on live nodes, ordered by connection.
-    pub fn members(&self, ctx: &Ctx, channel: &str) -> Vec<Member> {
+    /// `channel`'s members on live nodes, ordered by connection: at most
+    /// `max`, and whether more were left out.
+    pub fn members(&self, ctx: &Ctx, channel: &str, max: usize) -> (Vec<Member>, bool) {
         let live = Self::live_nodes(ctx);
         let view = self.view.lock().unwrap_or_else(|e| e.into_inner());
-        view.get(channel).map_or_else(Vec::new, |m| {
-            m.values()
-                .filter(|e| live.contains(&e.node))
-                .map(|e| e.member.clone())
-                .collect()
-        })
+        let Some(v) = view.get(channel) else {
+            return (Vec::new(), false);
+        };
+        let mut shown = v.members.values().filter(|e| live.contains(&e.node));
+        let members: Vec<Member> = shown.by_ref().take(max).map(|e| e.member.clone()).collect();
+        let truncated = shown.next().is_some();
+        (members, truncated)
     }
 
-    /// (connections, distinct users) on `channel`.
+    /// (connections on live nodes, distinct users) on `channel`, from the
+    /// counts kept as members come and go: O(nodes), whatever the number of
+    /// members. `users` counts the members of a node that stopped until they
+    /// are reaped (three node heartbeats).
     pub fn stats(&self, ctx: &Ctx, channel: &str) -> (usize, usize) {
-        let members = self.members(ctx, channel);
-        let users: HashSet<&str> = members.iter().filter_map(|m| m.user.as_deref()).collect();
-        (members.len(), users.len())
+        let live = Self::live_nodes(ctx);
+        let view = self.view.lock().unwrap_or_else(|e| e.into_inner());
+        view.get(channel).map_or((0, 0), |v| {
+            let clients = v
+                .by_node
+                .iter()
+                .filter(|(node, _)| live.contains(*node))
+                .map(|(_, n)| n)
+                .sum();
+            (clients, v.users.len())
+        })
     }
 
     /// Tombstones the members of nodes that stopped heartbeating; done by
@@ -316,8 +437,8 @@ impl Presence {
         let mut gone = Vec::new();
         {
             let mut view = self.view.lock().unwrap_or_else(|e| e.into_inner());
-            for (channel, members) in view.iter_mut() {
-                for (conn, e) in members.iter_mut() {
+            for (channel, v) in view.iter_mut() {
+                for (conn, e) in v.members.iter_mut() {
                     if !e.reaped && !live.contains(&e.node) {
                         e.reaped = true;
                         gone.push((channel.clone(), conn.clone()));

@@ -813,11 +813,12 @@ impl Hub {
         });
     }
 
-    /// Queues `text` (a server frame that is not a message: no `seq`) for
-    /// every local subscriber of `channel`; returns how many took it.
-    pub fn notify(&self, topic: &str, channel: &str, text: &str) -> usize {
+    /// Offers `text` (a presence event: no `seq`) to every local subscriber
+    /// of `channel`, shared by all; a subscriber whose queue is full misses
+    /// it and is not cut. Returns (queued, dropped).
+    pub fn notify(&self, topic: &str, channel: &str, text: &str) -> (usize, usize) {
         let Ok(partition) = self.partition_of(topic, channel) else {
-            return 0;
+            return (0, 0);
         };
         let Some(part) = self
             .parts
@@ -826,13 +827,19 @@ impl Hub {
             .get(&(Arc::from(topic), partition))
             .cloned()
         else {
-            return 0;
+            return (0, 0);
         };
+        let event = Arc::new(crate::outbox::Event {
+            channel: Arc::from(channel),
+            text: Arc::from(text),
+        });
         let st = part.lock();
-        st.subs.get(channel).map_or(0, |list| {
-            list.iter()
-                .filter(|s| s.outbox.try_push(Outbound::Frame(text.to_owned())))
-                .count()
+        st.subs.get(channel).map_or((0, 0), |list| {
+            let sent = list
+                .iter()
+                .filter(|s| s.outbox.offer(Outbound::Event(event.clone())))
+                .count();
+            (sent, list.len() - sent)
         })
     }
 

@@ -42,7 +42,7 @@ pub use dedup::{Claim, Dedup, DedupOutcome};
 pub use delivery::Delivery;
 pub use history::{HistoryLimits, HistoryPage};
 pub use hub::{Hub, HubConfig, SubscribeOutcome};
-pub use outbox::{ConnCommand, Outbound, Outbox, OutboxReceiver, OverflowWatch};
+pub use outbox::{ConnCommand, Event, Outbound, Outbox, OutboxReceiver, OverflowWatch};
 pub use publish::{PublishOutcome, PublishRequest, Publisher};
 
 /// Errors of the hub.

@@ -18,6 +18,10 @@ pub enum Outbound {
     Message(Arc<Delivery>),
     /// Any other server frame, already serialised.
     Frame(String),
+    /// A presence event (`join`, `leave`) of a channel: serialised once and
+    /// shared by every member; offered, never a reason to cut
+    /// ([`Outbox::offer`]).
+    Event(Arc<Event>),
     /// An instruction to the connection itself (never written as is),
     /// queued behind what was queued before it.
     Command(ConnCommand),
@@ -37,10 +41,18 @@ pub enum ConnCommand {
     Unsubscribe(String),
 }
 
+/// A presence event for the subscribers of one channel.
+#[derive(Debug)]
+pub struct Event {
+    pub channel: Arc<str>,
+    pub text: Arc<str>,
+}
+
 impl Outbound {
     pub fn len(&self) -> usize {
         match self {
             Outbound::Message(d) => d.text.len(),
+            Outbound::Event(e) => e.text.len(),
             Outbound::Frame(s) => s.len(),
             Outbound::Command(_) => 0,
         }
@@ -54,6 +66,7 @@ impl Outbound {
     pub fn text(&self) -> &str {
         match self {
             Outbound::Message(d) => &d.text,
+            Outbound::Event(e) => &e.text,
             Outbound::Frame(s) => s,
             Outbound::Command(_) => "",
         }
@@ -228,6 +241,31 @@ impl Outbox {
             self.overflow();
             return false;
         }
+        q.items.push_back(item);
+        drop(q);
+        queued_gauge().increment(len as f64);
+        self.shared.readable.notify_one();
+        true
+    }
+
+    /// Queues when there is room (messages and bytes) and the connection
+    /// is not being cut; otherwise drops `item` and returns false, leaving
+    /// the connection alone. For what may be lost without breaking a
+    /// guarantee (presence events): a live member is never cut for them.
+    pub fn offer(&self, item: Outbound) -> bool {
+        if self.is_overflowed() {
+            return false;
+        }
+        let len = item.len();
+        let mut q = self.shared.lock();
+        let queued = self.shared.bytes.load(Ordering::Acquire);
+        if q.closed
+            || q.items.len() >= self.shared.max_messages
+            || queued + len > self.shared.max_bytes
+        {
+            return false;
+        }
+        self.shared.bytes.fetch_add(len, Ordering::AcqRel);
         q.items.push_back(item);
         drop(q);
         queued_gauge().increment(len as f64);

@@ -534,12 +534,16 @@ pub enum ServerFrame {
     Reconnect {
         after_ms: u64,
     },
-    /// Reply to `presence`: the channel's members on every node.
+    /// Reply to `presence`: the channel's members on every node, at most
+    /// the node's `presence_max_members`; `truncated` when more were left
+    /// out (`presence_stats` counts them all).
     Presence {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<String>,
         channel: String,
         members: Vec<Member>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        truncated: bool,
     },
     /// Reply to `presence_stats`: connections and distinct users.
     PresenceStats {

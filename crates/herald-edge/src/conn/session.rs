@@ -1,7 +1,8 @@
-//! HTTP sessions: herald's connection over plain HTTP, for networks that
-//! block WebSocket. A session is the same [`Conn`] a WebSocket drives (the
-//! same frame handlers, access rules, rate limits, dedup, hooks, presence
-//! and resume), with two differences of transport:
+//! The HTTP transport: herald's connection over plain HTTP, for networks
+//! that block WebSocket. A session is the same [`Conn`], run by the same
+//! lifecycle ([`super::core::drive`]) as a WebSocket, with every bound that
+//! lives there (queue bytes, write deadline, frame budget, expiry, drain);
+//! only the way frames move differs:
 //!
 //! - frames from the client arrive as `POST /session/{id}` requests, one
 //!   frame per request, and are handled in order;
@@ -10,30 +11,36 @@
 //!   long-polls (`GET /poll`, the session lives while polls keep coming,
 //!   ending `idle_timeout` after the last one).
 //!
-//! Between the connection and its reader sits a bounded queue
-//! ([`READER_FRAMES`]); a reader that falls behind for `write_timeout`
-//! (nobody polling, a stalled stream) ends the session like a stalled
-//! WebSocket. The session's end is announced to the reader with a `close`
-//! frame carrying the WebSocket close code herald would have used.
+//! Between the session and its reader sits a pipe bounded in frames
+//! ([`READER_FRAMES`]) and bytes ([`READER_BYTES`]): a reader that takes
+//! nothing for `write_timeout` (nobody polling, a stalled stream) ends the
+//! session like a stalled WebSocket, and what the session held is freed.
+//! The session's end is announced to the reader with a `close` frame
+//! carrying the WebSocket close code herald would have used.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use herald_hub::{ConnCommand, Outbound};
-use herald_proto::{codes, Position, ServerFrame, Since};
-use tokio::sync::{mpsc, Notify};
-use tracing::{debug, debug_span, Instrument};
+use herald_hub::Outbound;
+use herald_proto::{codes, Position, Since};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tracing::{debug_span, Instrument};
 use uuid::Uuid;
 
-use super::{expiry_at, note_delivery, Conn};
+use super::core::{drive, Beat, Close, Incoming, Sink, Source, Start};
+use super::Conn;
+use crate::admission::Admitted;
 use crate::ctx::Ctx;
-use crate::server::Admitted;
 
 /// Frames queued between a session and its reader.
 pub const READER_FRAMES: usize = 256;
+
+/// Bytes queued between a session and its reader (a larger frame passes
+/// alone); the rest waits in the session's outbound queue, under
+/// `queue_bytes`.
+pub const READER_BYTES: usize = 512 * 1024;
 
 /// Client frames queued for a session; a `POST` beyond is refused (429).
 pub const INBOUND_FRAMES: usize = 64;
@@ -61,6 +68,8 @@ impl Transport {
 pub struct Out {
     pub text: Arc<str>,
     pub message: Option<(Arc<str>, i64)>,
+    /// Its bytes' place in the pipe, given back when the reader drops it.
+    _held: Option<OwnedSemaphorePermit>,
 }
 
 /// The live sessions of a node, by id.
@@ -181,182 +190,129 @@ pub(crate) fn start(
     });
     ctx.sessions.lock().insert(sid.clone(), handle.clone());
     let span = debug_span!("session", conn = id, session = %sid, transport = transport.as_str(), client = ?admitted.client_id);
-    tokio::spawn(run(id, ctx, admitted, subscribe, handle.clone(), in_rx, out_tx).instrument(span));
-    handle
-}
-
-async fn run(
-    id: u64,
-    ctx: Arc<Ctx>,
-    admitted: Admitted,
-    subscribe: Vec<(String, Option<Since>)>,
-    handle: Arc<Handle>,
-    mut inbound: mpsc::Receiver<String>,
-    out: mpsc::Sender<Out>,
-) {
     let Admitted {
         client_id,
         identity,
         slot,
         hook_headers,
     } = admitted;
-    let transport = handle.transport.as_str();
-    let live = ctx.conns.live.clone();
-    metrics::gauge!("herald_edge_connections").increment(1.0);
-    metrics::counter!("herald_edge_connections_total").increment(1);
-    metrics::gauge!("herald_edge_http_sessions", "transport" => transport).increment(1.0);
-    metrics::counter!("herald_edge_http_sessions_total", "transport" => transport).increment(1);
-    let (mut conn, mut rx) = Conn::new(id, ctx.clone(), client_id);
-    if let Some(i) = &identity {
-        ctx.users.add(&i.sub, id, &conn.outbox);
-    }
+    let (mut conn, rx) = Conn::new(id, ctx.clone(), client_id);
     conn.identity = identity;
     conn.hook_headers = hook_headers.map(Arc::from);
-    conn.subscribe_personal();
     for (channel, since) in subscribe {
         let durable = since == Some(Since::Cursor);
         conn.subscribe(channel, since, durable);
     }
-    let write_timeout = ctx.cfg.write_timeout;
-    let forward = |item: Outbound| -> Option<Out> {
-        match item {
-            Outbound::Message(d) => Some(Out {
-                text: d.text.clone(),
-                message: Some((d.channel.clone(), d.seq)),
-            }),
-            Outbound::Frame(s) => Some(Out {
-                text: Arc::from(s),
-                message: None,
-            }),
-            Outbound::Command(_) => None,
-        }
+    let kind = transport.as_str();
+    metrics::gauge!("herald_edge_http_sessions", "transport" => kind).increment(1.0);
+    metrics::counter!("herald_edge_http_sessions_total", "transport" => kind).increment(1);
+    let source = HttpSource {
+        inbound: in_rx,
+        handle: handle.clone(),
     };
-    let frame = |text: String| Out {
-        text: Arc::from(text),
-        message: None,
+    let sink = HttpSink {
+        out: out_tx,
+        bytes: Arc::new(Semaphore::new(READER_BYTES)),
+        idle_timeout: ctx.cfg.idle_timeout,
+        handle: handle.clone(),
+        ctx,
     };
+    tokio::spawn(
+        drive(Box::new(Start {
+            conn,
+            rx,
+            source,
+            sink,
+            slot,
+        }))
+        .instrument(span),
+    );
+    handle
+}
 
-    let mut shutdown = ctx.shutdown.subscribe();
-    let mut heartbeat = tokio::time::interval(ctx.cfg.heartbeat.min(Duration::from_secs(5)));
-    heartbeat.tick().await;
-    let overflow = rx.overflow_watch();
-    let expiry = tokio::time::sleep(Duration::from_secs(86_400 * 365));
-    tokio::pin!(expiry);
-    let mut armed_for: Option<u64> = None;
-    let mut stalled = false;
-    let mut farewell: Option<String> = None;
-    debug!("Session started");
-    let close: Option<(u16, Cow<'static, str>)> = loop {
-        let exp = conn.identity.as_ref().map(|i| i.exp);
-        if exp != armed_for {
-            if let Some(i) = &conn.identity {
-                expiry.as_mut().reset(expiry_at(i, ctx.auth.leeway()));
-            }
-            armed_for = exp;
-        }
+/// Frames `POST`ed to the session; ends when its SSE stream does.
+struct HttpSource {
+    inbound: mpsc::Receiver<String>,
+    handle: Arc<Handle>,
+}
+
+impl Source for HttpSource {
+    type Text = String;
+
+    async fn next(&mut self) -> Incoming<String> {
         tokio::select! {
-            biased;
-            _ = overflow.overflowed() => break Some((codes::CLOSE_SLOW_CONSUMER, "slow consumer: resume with since".into())),
-            _ = &mut expiry, if armed_for.is_some() => {
-                metrics::counter!("herald_auth_expired_total").increment(1);
-                break Some((codes::CLOSE_TOKEN_EXPIRED, "token expired".into()));
-            }
-            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => {
-                break Some((codes::CLOSE_GOING_AWAY, "server shutting down".into()));
-            }
-            _ = handle.reader_gone.notified() => break None,
-            item = rx.recv() => {
-                let Some(item) = item else { break None };
-                if let Outbound::Command(c) = item {
-                    match c {
-                        ConnCommand::Close { code, reason, reconnect } => {
-                            metrics::counter!("herald_edge_disconnected_total").increment(1);
-                            if !reconnect {
-                                farewell = Some(ServerFrame::Disconnect { code, reason: reason.clone(), reconnect }.to_json());
-                            }
-                            break Some((code, Cow::Owned(reason)));
-                        }
-                        ConnCommand::Unsubscribe(channel) => conn.server_unsubscribe(channel),
-                    }
-                    continue;
-                }
-                note_delivery(&mut conn.subs, &item);
-                let Some(o) = forward(item) else { continue };
-                match tokio::time::timeout(write_timeout, out.send(o)).await {
-                    Ok(Ok(())) => ctx.frames.outbound.increment(1),
-                    Ok(Err(_)) => break None,
-                    Err(_) => {
-                        stalled = true;
-                        break None;
-                    }
-                }
-            }
-            f = inbound.recv() => {
-                let Some(text) = f else { break None };
-                ctx.frames.inbound.increment(1);
-                conn.on_text(&text).await;
-            }
-            _ = heartbeat.tick() => {
-                if handle.transport == Transport::Poll && handle.idle_for() > ctx.cfg.idle_timeout {
-                    break Some((codes::CLOSE_IDLE_TIMEOUT, "idle timeout: no poll".into()));
-                }
-            }
+            f = self.inbound.recv() => match f {
+                Some(text) => Incoming::Text(text),
+                None => Incoming::End(None),
+            },
+            _ = self.handle.reader_gone.notified() => Incoming::End(None),
         }
-    };
-    conn.unsubscribe_all();
-    for t in conn.reads.drain(..) {
-        t.abort();
     }
-    ctx.sessions.lock().remove(&handle.id);
-    if stalled {
-        metrics::counter!("herald_edge_write_stalls_total").increment(1);
-        debug!(?write_timeout, "Reader stalled; ending the session");
-    } else if let Some((code, reason)) = close {
-        if let Some(f) = farewell {
-            let _ = out.try_send(frame(f));
+}
+
+/// The pipe to the session's reader.
+struct HttpSink {
+    out: mpsc::Sender<Out>,
+    /// The pipe's byte bound ([`READER_BYTES`]).
+    bytes: Arc<Semaphore>,
+    idle_timeout: Duration,
+    handle: Arc<Handle>,
+    ctx: Arc<Ctx>,
+}
+
+impl HttpSink {
+    async fn put(&mut self, text: Arc<str>, message: Option<(Arc<str>, i64)>) -> bool {
+        let n = text.len().clamp(1, READER_BYTES) as u32;
+        let Ok(held) = self.bytes.clone().acquire_many_owned(n).await else {
+            return false;
+        };
+        let out = Out {
+            text,
+            message,
+            _held: Some(held),
+        };
+        self.out.send(out).await.is_ok()
+    }
+}
+
+impl Sink for HttpSink {
+    async fn feed(&mut self, item: Outbound) -> bool {
+        let (text, message) = match item {
+            Outbound::Message(d) => (d.text.clone(), Some((d.channel.clone(), d.seq))),
+            Outbound::Event(e) => (e.text.clone(), None),
+            Outbound::Frame(s) => (Arc::from(s), None),
+            Outbound::Command(_) => return true,
+        };
+        self.put(text, message).await
+    }
+
+    async fn flush(&mut self) -> bool {
+        true
+    }
+
+    async fn beat(&mut self, _quiet: Duration) -> Beat {
+        // An SSE stream's keep-alive is written by its reader; a
+        // long-polling client shows it is alive by polling.
+        if self.handle.transport == Transport::Poll && self.handle.idle_for() > self.idle_timeout {
+            return Beat::Close((codes::CLOSE_IDLE_TIMEOUT, "idle timeout: no poll".into()));
         }
-        if code == codes::CLOSE_GOING_AWAY {
-            let jitter = ctx.cfg.reconnect_jitter.as_millis();
-            let after_ms = (Uuid::new_v4().as_u128() % (jitter + 1)) as u64;
-            let _ = out.try_send(frame(ServerFrame::Reconnect { after_ms }.to_json()));
-            // In-flight publishes get their answer before the end.
-            let total = ctx.cfg.max_inflight_publishes as u32;
-            let all = conn.publish_permits().acquire_many_owned(total);
-            tokio::pin!(all);
-            let deadline = tokio::time::sleep(ctx.cfg.shutdown_grace);
-            tokio::pin!(deadline);
-            loop {
-                tokio::select! {
-                    _ = &mut all => break,
-                    _ = &mut deadline => break,
-                    item = rx.recv() => {
-                        let Some(o) = item.and_then(forward) else { continue };
-                        if tokio::time::timeout(write_timeout, out.send(o)).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
-            while let Some(item) = rx.try_recv() {
-                if let Some(o) = forward(item) {
-                    let _ = out.try_send(o);
-                }
-            }
+        Beat::Alive
+    }
+
+    async fn finish(&mut self, close: Option<&Close>) {
+        if let Some((code, reason)) = close {
+            let frame = serde_json::json!({ "type": "close", "code": code, "reason": reason });
+            self.put(Arc::from(frame.to_string()), None).await;
         }
-        debug!(code, %reason, "Session closing");
-        let close = serde_json::json!({ "type": "close", "code": code, "reason": reason });
-        let _ = out.try_send(frame(close.to_string()));
     }
-    if let Some(i) = &conn.identity {
-        ctx.users.remove(&i.sub, conn.id);
+}
+
+impl Drop for HttpSink {
+    fn drop(&mut self) {
+        self.ctx.sessions.lock().remove(&self.handle.id);
+        let kind = self.handle.transport.as_str();
+        metrics::gauge!("herald_edge_http_sessions", "transport" => kind).decrement(1.0);
     }
-    drop(conn);
-    drop(out);
-    metrics::gauge!("herald_edge_http_sessions", "transport" => transport).decrement(1.0);
-    metrics::gauge!("herald_edge_connections").decrement(1.0);
-    drop(live);
-    drop(slot);
-    debug!("Session ended");
 }
 
 /// Per-channel positions of what a reader has passed on: an SSE event's
@@ -441,6 +397,7 @@ mod tests {
         Out {
             text: Arc::from(text),
             message: message.map(|(c, s)| (Arc::from(c), s)),
+            _held: None,
         }
     }
 

@@ -26,6 +26,9 @@ pub(super) struct Subscription {
     flags: Arc<SubFlags>,
     /// Made by the server (the personal channel), not asked for.
     auto: bool,
+    /// The namespace sends join/leave events and its `presence` rule lets
+    /// this connection see them.
+    sees_presence: bool,
 }
 
 /// Set by one side, read by the other, of a subscription's task.
@@ -93,6 +96,10 @@ impl Subscription {
 
     pub(super) fn is_auto(&self) -> bool {
         self.auto
+    }
+
+    pub(super) fn sees_presence(&self) -> bool {
+        self.sees_presence
     }
 
     fn failed(&self) -> bool {
@@ -190,12 +197,32 @@ impl Conn {
             Some(Since::Position(p)) => p.seq.max(-1),
             _ => -1,
         };
-        let member = self
-            .ctx
-            .namespaces
-            .get(channel.namespace())
+        let ctx = self.ctx.clone();
+        let ns = ctx.namespaces.get(channel.namespace());
+        let member = ns
             .is_some_and(|n| n.records_presence())
             .then(|| self.member());
+        // Each subscribe here writes a join and a leave to Kafka and sends
+        // them to every member: limited per connection.
+        if member.is_some() && !self.within_churn_budget() {
+            return self.reply(error_frame(
+                codes::RATE_LIMITED,
+                format!(
+                    "more than {} subscribes to channels with presence per minute on this connection",
+                    self.ctx.cfg.presence_churn_per_minute
+                ),
+                Some(&name),
+            ));
+        }
+        let sees_presence = ns.is_some_and(|n| {
+            n.join_leave
+                && crate::auth::permits(
+                    n.presence,
+                    self.identity.as_ref(),
+                    &channel,
+                    Capability::Presence,
+                )
+        });
         // The application's subscribe hook (not for the server's own
         // personal subscription), called from the task.
         let hook = (!auto && self.ctx.hooks.has(Hook::Subscribe)).then(|| {
@@ -305,6 +332,7 @@ impl Conn {
                 ackable,
                 flags,
                 auto,
+                sees_presence,
             },
         );
     }
@@ -378,7 +406,10 @@ impl Conn {
         Member {
             conn: member_conn(&self.ctx, self.id),
             user: id.map(|i| i.sub.clone()),
-            client: self.client_id.as_deref().map(str::to_owned),
+            client: self
+                .client_id
+                .as_deref()
+                .map(|c| crate::presence::shown_client(c, id.is_some())),
             info: id
                 .and_then(|i| i.info.as_deref())
                 .and_then(|i| serde_json::value::RawValue::from_string(i.to_owned()).ok()),
@@ -416,13 +447,34 @@ impl Conn {
                 users,
             }
         } else {
+            let max = ctx.cfg.presence_max_members;
+            let (members, truncated) = ctx.presence.members(ctx, channel.as_str(), max);
             ServerFrame::Presence {
                 id,
-                members: ctx.presence.members(ctx, channel.as_str()),
+                members,
                 channel: name,
+                truncated,
             }
         };
         self.reply(Outbound::Frame(frame.to_json()));
+    }
+
+    /// Counts one subscribe to a channel with presence against the
+    /// connection's `presence_churn_per_minute`.
+    fn within_churn_budget(&mut self) -> bool {
+        let Some(n) = std::num::NonZeroU32::new(self.ctx.cfg.presence_churn_per_minute) else {
+            return true;
+        };
+        let limiter = self.churn_limiter.get_or_insert_with(|| {
+            Box::new(governor::RateLimiter::direct(governor::Quota::per_minute(
+                n,
+            )))
+        });
+        if limiter.check().is_ok() {
+            return true;
+        }
+        metrics::counter!("herald_presence_churn_refused_total").increment(1);
+        false
     }
 
     /// Ends every subscription (the connection is closing).

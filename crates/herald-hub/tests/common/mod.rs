@@ -169,7 +169,7 @@ pub fn seqs(items: &[Outbound]) -> Vec<i64> {
         .iter()
         .filter_map(|o| match o {
             Outbound::Message(d) => Some(d.seq),
-            Outbound::Frame(_) | Outbound::Command(_) => None,
+            Outbound::Frame(_) | Outbound::Event(_) | Outbound::Command(_) => None,
         })
         .collect()
 }

@@ -115,6 +115,7 @@ pub struct Server {
     pub trusted_proxies: Vec<String>,
     pub header_read_timeout_secs: u64,
     pub demo_dir: String,
+    pub admin_listen: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -146,6 +147,11 @@ pub struct Limits {
     pub max_subscriptions: usize,
     pub max_inflight_publishes: usize,
     pub auth_per_minute: u32,
+    pub frame_rate: u32,
+    pub frame_burst: u32,
+    pub presence_churn_per_minute: u32,
+    pub presence_max_members: usize,
+    pub max_query_bytes: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -212,6 +218,7 @@ impl Default for Settings {
                 trusted_proxies: Vec::new(),
                 header_read_timeout_secs: e.header_read_timeout.as_secs(),
                 demo_dir: String::new(),
+                admin_listen: String::new(),
             },
             kafka: Kafka {
                 brokers: l.brokers,
@@ -236,6 +243,11 @@ impl Default for Settings {
                 max_subscriptions: e.max_subscriptions,
                 max_inflight_publishes: e.max_inflight_publishes,
                 auth_per_minute: e.auth_per_minute,
+                frame_rate: e.frame_rate,
+                frame_burst: e.frame_burst,
+                presence_churn_per_minute: e.presence_churn_per_minute,
+                presence_max_members: e.presence_max_members,
+                max_query_bytes: e.max_query_bytes,
             },
             cache: Cache {
                 dedup_window_secs: e.dedup_window.as_secs(),
@@ -421,6 +433,13 @@ impl Settings {
                 .collect(),
             auth_per_minute: self.limits.auth_per_minute,
             header_read_timeout: Duration::from_secs(self.server.header_read_timeout_secs),
+            frame_rate: self.limits.frame_rate,
+            frame_burst: self.limits.frame_burst,
+            presence_churn_per_minute: self.limits.presence_churn_per_minute,
+            presence_max_members: self.limits.presence_max_members,
+            max_query_bytes: self.limits.max_query_bytes,
+            // Checked by `validate`.
+            admin_listen: self.server.admin_listen.parse().ok(),
             // URLs checked by `validate`.
             hooks: herald_edge::hooks::HooksConfig {
                 connect_url: herald_edge::hooks::parse_url(&self.hooks.connect_url).ok(),

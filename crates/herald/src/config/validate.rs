@@ -133,6 +133,24 @@ impl Settings {
         if self.server.header_read_timeout_secs == 0 {
             out.push(err("server.header_read_timeout_secs", "must be at least 1"));
         }
+        if !self.server.admin_listen.is_empty()
+            && self
+                .server
+                .admin_listen
+                .parse::<std::net::SocketAddr>()
+                .is_err()
+        {
+            out.push(err(
+                "server.admin_listen",
+                "must be an address with a port, e.g. 127.0.0.1:9090 (or empty: none)",
+            ));
+        }
+        if self.limits.presence_max_members == 0 {
+            out.push(err("limits.presence_max_members", "must be at least 1"));
+        }
+        if self.limits.max_query_bytes < 256 {
+            out.push(err("limits.max_query_bytes", "must be at least 256"));
+        }
         if self.limits.auth_per_minute == 0 {
             out.push(err("limits.auth_per_minute", "must be at least 1"));
         }

@@ -1,0 +1,163 @@
+//! The WebSocket transport: JSON text frames over one socket (RFC 6455).
+//! It only moves frames; [`super::core::drive`] runs the connection.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use herald_hub::Outbound;
+use herald_proto::codes;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+use tracing::{debug, debug_span, Instrument};
+
+use super::core::{drive, Beat, Close, Incoming, Sink, Source, Start};
+use super::Conn;
+use crate::auth::Identity;
+use crate::ctx::{ConnSlot, Ctx};
+
+/// The socket of one connection.
+pub type WebSocket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// An accepted upgrade request, everything its connection starts from.
+pub struct Accepted {
+    pub on_upgrade: hyper::upgrade::OnUpgrade,
+    pub config: WebSocketConfig,
+    pub ctx: Arc<Ctx>,
+    pub remote: Option<SocketAddr>,
+    pub client_id: Option<String>,
+    pub identity: Option<Identity>,
+    /// Its place under the connection limits, released at the end.
+    pub slot: ConnSlot,
+    /// Upgrade-request headers the backend hooks forward (when any hook is
+    /// configured).
+    pub hook_headers: Option<Box<[(String, String)]>>,
+}
+
+/// Runs one connection to its end: the task spawned per connection.
+///
+/// The request comes boxed and is unpacked once, the WebSocket is built
+/// and split in place ([`drive`] says why).
+pub async fn run(accepted: Box<Accepted>) {
+    let id = accepted.ctx.conns.next_id.fetch_add(1, Ordering::Relaxed);
+    // A debug span: at the default level it is off and costs nothing; an
+    // enabled span keeps its formatted fields per connection (~250 bytes).
+    let span =
+        debug_span!("conn", conn = id, remote = ?accepted.remote, client = ?accepted.client_id);
+    serve(id, accepted).instrument(span).await;
+}
+
+async fn serve(id: u64, accepted: Box<Accepted>) {
+    let Accepted {
+        on_upgrade,
+        config,
+        ctx,
+        remote: _,
+        client_id,
+        identity,
+        slot,
+        hook_headers,
+    } = *accepted;
+    let upgraded = match on_upgrade.await {
+        Ok(u) => u,
+        Err(e) => {
+            debug!(%e, "WebSocket upgrade failed");
+            return;
+        }
+    };
+    let (sink, stream) =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+            .await
+            .split();
+    let idle_timeout = ctx.cfg.idle_timeout;
+    let (mut conn, rx) = Conn::new(id, ctx, client_id);
+    conn.identity = identity;
+    conn.hook_headers = hook_headers.map(Arc::from);
+    drive(Box::new(Start {
+        conn,
+        rx,
+        source: WsSource(stream),
+        sink: WsSink { sink, idle_timeout },
+        slot,
+    }))
+    .await;
+}
+
+struct WsSource(SplitStream<WebSocket>);
+
+impl Source for WsSource {
+    type Text = Utf8Bytes;
+
+    async fn next(&mut self) -> Incoming<Utf8Bytes> {
+        match self.0.next().await {
+            None => Incoming::End(None),
+            Some(Err(e)) => {
+                // Protocol violations end the connection with the matching
+                // close code (RFC 6455 section 7.4.1).
+                use tokio_tungstenite::tungstenite::Error as WsError;
+                debug!(%e, "WebSocket error");
+                let close = match &e {
+                    WsError::Capacity(_) => Some((codes::CLOSE_TOO_BIG, "message too big")),
+                    WsError::Utf8(_) => {
+                        Some((codes::CLOSE_INVALID_DATA, "invalid UTF-8 in a text message"))
+                    }
+                    WsError::Protocol(_) => {
+                        Some((codes::CLOSE_PROTOCOL_ERROR, "WebSocket protocol error"))
+                    }
+                    _ => None,
+                };
+                Incoming::End(close.map(|(c, r)| (c, r.into())))
+            }
+            Some(Ok(Message::Text(t))) => Incoming::Text(t),
+            Some(Ok(Message::Binary(_))) => Incoming::Binary,
+            Some(Ok(Message::Close(_))) => Incoming::End(None),
+            // Pings are answered by the WebSocket layer; pongs only count
+            // as liveness.
+            Some(Ok(_)) => Incoming::Alive,
+        }
+    }
+}
+
+struct WsSink {
+    sink: SplitSink<WebSocket, Message>,
+    idle_timeout: Duration,
+}
+
+impl Sink for WsSink {
+    async fn feed(&mut self, item: Outbound) -> bool {
+        self.sink.feed(Message::text(item.text())).await.is_ok()
+    }
+
+    async fn flush(&mut self) -> bool {
+        self.sink.flush().await.is_ok()
+    }
+
+    async fn beat(&mut self, quiet: Duration) -> Beat {
+        if quiet > self.idle_timeout {
+            return Beat::Close((codes::CLOSE_IDLE_TIMEOUT, "idle timeout".into()));
+        }
+        match self.sink.send(Message::Ping(Default::default())).await {
+            Ok(()) => Beat::Alive,
+            Err(_) => Beat::Gone,
+        }
+    }
+
+    async fn finish(&mut self, close: Option<&Close>) {
+        if let Some((code, reason)) = close {
+            let _ = self
+                .sink
+                .send(Message::Close(Some(CloseFrame {
+                    code: CloseCode::from(*code),
+                    reason: reason.to_string().into(),
+                })))
+                .await;
+        }
+        let _ = self.sink.close().await;
+    }
+}
