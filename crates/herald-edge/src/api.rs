@@ -67,8 +67,40 @@ fn respond(route: &'static str, r: ApiResult) -> warp::reply::Response {
     warp::reply::with_status(warp::reply::json(&body), status).into_response()
 }
 
-/// The key from `Authorization: Bearer KEY` or `X-Api-Key: KEY`.
+/// Wrong API keys a client address may send per minute; beyond, its
+/// requests are refused (429) before any key is compared.
+pub const FAILED_KEYS_PER_MINUTE: u32 = 20;
+
+/// The key from `Authorization: Bearer KEY` or `X-Api-Key: KEY`; a client
+/// address that sent [`FAILED_KEYS_PER_MINUTE`] wrong keys is refused
+/// without a check until its budget refills.
 fn check_key(
+    ctx: &Ctx,
+    peer: Option<std::net::IpAddr>,
+    authorization: Option<String>,
+    x_api_key: Option<String>,
+) -> Result<(), ApiError> {
+    let failures = peer.map(|ip| ctx.api_failures.of(crate::admission::limit_key(ip)));
+    if failures.as_ref().is_some_and(|f| f.check().is_err()) {
+        metrics::counter!("herald_auth_failures_total", "reason" => "api_throttled").increment(1);
+        return Err(api_err(
+            StatusCode::TOO_MANY_REQUESTS,
+            codes::RATE_LIMITED,
+            format!(
+                "more than {FAILED_KEYS_PER_MINUTE} wrong API keys per minute from this address"
+            ),
+        ));
+    }
+    let result = check_key_given(ctx, authorization, x_api_key);
+    if result.is_err() {
+        if let Some(f) = failures {
+            f.spend();
+        }
+    }
+    result
+}
+
+fn check_key_given(
     ctx: &Ctx,
     authorization: Option<String>,
     x_api_key: Option<String>,
@@ -752,17 +784,24 @@ fn with_ctx(ctx: Arc<Ctx>) -> impl Filter<Extract = (Arc<Ctx>,), Error = Infalli
 pub fn routes(
     ctx: Arc<Ctx>,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
-    let keyed = with_ctx(ctx.clone())
-        .and(warp::header::optional::<String>("authorization"))
-        .and(warp::header::optional::<String>("x-api-key"))
-        .and_then(
-            |ctx: Arc<Ctx>, a: Option<String>, k: Option<String>| async move {
-                match check_key(&ctx, a, k) {
-                    Ok(()) => Ok::<_, warp::Rejection>(Ok(ctx)),
-                    Err(e) => Ok(Err(e)),
-                }
-            },
-        );
+    let peer = warp::ext::optional::<crate::http::PeerAddr>()
+        .map(|p: Option<crate::http::PeerAddr>| p.map(|p| p.0.ip()));
+    let keyed =
+        with_ctx(ctx.clone())
+            .and(peer)
+            .and(warp::header::optional::<String>("authorization"))
+            .and(warp::header::optional::<String>("x-api-key"))
+            .and_then(
+                |ctx: Arc<Ctx>,
+                 ip: Option<std::net::IpAddr>,
+                 a: Option<String>,
+                 k: Option<String>| async move {
+                    match check_key(&ctx, ip, a, k) {
+                        Ok(()) => Ok::<_, warp::Rejection>(Ok(ctx)),
+                        Err(e) => Ok(Err(e)),
+                    }
+                },
+            );
     let max_body = ctx.cfg.max_frame_bytes as u64;
     let publish_route = warp::path!("api" / "publish")
         .and(warp::post())

@@ -49,6 +49,71 @@ pub struct Ctx {
     pub hooks: crate::hooks::Hooks,
     /// Connections over HTTP (SSE, long-poll), by session id.
     pub sessions: crate::conn::session::Sessions,
+    /// Wrong API keys per client address.
+    pub api_failures: FailureBudgets,
+}
+
+/// Per client address, a budget of failures (wrong API keys) that refills
+/// over a minute; addresses not seen for ten minutes are forgotten (at most
+/// 100,000 remembered).
+pub struct FailureBudgets {
+    by_ip: moka::sync::Cache<IpAddr, Arc<FailureBudget>>,
+}
+
+impl Default for FailureBudgets {
+    fn default() -> Self {
+        FailureBudgets {
+            by_ip: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(std::time::Duration::from_secs(600))
+                .build(),
+        }
+    }
+}
+
+impl FailureBudgets {
+    pub fn of(&self, ip: IpAddr) -> Arc<FailureBudget> {
+        self.by_ip.get_with(ip, || {
+            Arc::new(FailureBudget::new(crate::api::FAILED_KEYS_PER_MINUTE))
+        })
+    }
+}
+
+/// Failures allowed per minute, counted in one-minute windows:
+/// [`FailureBudget::check`] looks, [`FailureBudget::spend`] counts one.
+pub struct FailureBudget {
+    per_minute: u32,
+    /// The current window's start and its failures.
+    window: std::sync::Mutex<(std::time::Instant, u32)>,
+}
+
+impl FailureBudget {
+    fn new(per_minute: u32) -> FailureBudget {
+        FailureBudget {
+            per_minute,
+            window: std::sync::Mutex::new((std::time::Instant::now(), 0)),
+        }
+    }
+
+    fn current(&self) -> std::sync::MutexGuard<'_, (std::time::Instant, u32)> {
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        if w.0.elapsed() >= std::time::Duration::from_secs(60) {
+            *w = (std::time::Instant::now(), 0);
+        }
+        w
+    }
+
+    /// `Err` when this window's failures are spent.
+    pub fn check(&self) -> Result<(), ()> {
+        if self.current().1 >= self.per_minute {
+            return Err(());
+        }
+        Ok(())
+    }
+
+    pub fn spend(&self) {
+        self.current().1 += 1;
+    }
 }
 
 /// This node's authenticated connections by user (`sub`): what admin

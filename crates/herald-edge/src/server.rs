@@ -268,6 +268,7 @@ impl Edge {
                 presence,
                 hooks,
                 sessions: Default::default(),
+                api_failures: Default::default(),
             }),
             listener,
             admin,

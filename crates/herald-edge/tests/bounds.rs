@@ -335,3 +335,53 @@ async fn join_and_leave_events_follow_the_presence_rule() {
     let leaked = joins(&mut anon, Duration::from_millis(300)).await;
     assert!(leaked.is_empty(), "{leaked:?}");
 }
+
+/// A client over its per-address limit is refused (429) before its token's
+/// signature is checked: a flood of bad tokens from one address costs one
+/// counter each, not a signature check.
+#[tokio::test]
+async fn the_address_limit_comes_before_the_token_check() {
+    let (mut edge, log) = config();
+    edge.max_connections_per_ip = 1;
+    let node = Node::start_with(edge, log).await;
+    let _held = node.connect().await;
+    let upgrade = "connection: upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\n\
+                   sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    for (path, headers) in [
+        ("/poll?channel=chat:a&token=bad", ""),
+        ("/ws?token=bad", upgrade),
+    ] {
+        let (status, _) = http_get(node.addr, path, headers).await;
+        assert_eq!(status, 429, "{path}");
+    }
+}
+
+/// With an admin listener, `/metrics` is served there and not to clients.
+#[tokio::test]
+async fn metrics_move_to_the_admin_listener() {
+    let (mut edge, log) = config();
+    edge.admin_listen = Some("127.0.0.1:0".parse().expect("address"));
+    let node = Node::start_with(edge, log).await;
+    let admin = node.admin.expect("an admin listener");
+    assert_ne!(http_get(node.addr, "/metrics", "").await.0, 200);
+    // (The in-process node's recorder is not installed: its page is empty.)
+    assert_eq!(http_get(admin, "/metrics", "").await.0, 200);
+    assert_eq!(http_get(admin, "/readyz", "").await.0, 200);
+    assert_eq!(http_get(node.addr, "/healthz", "").await.0, 200);
+}
+
+/// Wrong API keys from one address are throttled: past the budget, the
+/// answer is 429 without a check, even for the right key.
+#[tokio::test]
+async fn wrong_api_keys_are_throttled_per_address() {
+    let node = Node::start().await;
+    let mut statuses = Vec::new();
+    for _ in 0..(herald_edge::api::FAILED_KEYS_PER_MINUTE + 2) {
+        let (status, _) = http_get(node.addr, "/api/channels", "x-api-key: wrong\r\n").await;
+        statuses.push(status);
+    }
+    assert!(statuses[..20].iter().all(|s| *s == 401), "{statuses:?}");
+    assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+    let right = format!("x-api-key: {API_KEY}\r\n");
+    assert_eq!(http_get(node.addr, "/api/channels", &right).await.0, 429);
+}

@@ -27,6 +27,8 @@ pub const USER: &str = "herald.user";
 /// A running node and its log.
 pub struct Node {
     pub addr: SocketAddr,
+    /// The admin listener (`server.admin_listen`), when configured.
+    pub admin: Option<SocketAddr>,
     pub log: Arc<MemLog>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -76,12 +78,14 @@ impl Node {
             .await
             .expect("edge starts on the in-memory log");
         let addr = node.local_addr().expect("bound");
+        let admin = node.admin_addr();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(node.run(async move {
             let _ = stopped.await;
         }));
         Node {
             addr,
+            admin,
             log,
             stop: Some(stop),
             task: Some(task),
