@@ -122,6 +122,16 @@ pub struct RangeBatch {
     pub next: i64,
 }
 
+/// Bytes of keys and values one range read returns at most (one record
+/// larger than this comes alone): a resume or history of large messages
+/// holds this much per read, not `max` records' worth.
+pub const RANGE_MAX_BYTES: usize = 1 << 20;
+
+/// The size a record counts for in [`RANGE_MAX_BYTES`].
+pub fn record_bytes(r: &Record) -> usize {
+    r.key.as_ref().map_or(0, |k| k.len()) + r.value.as_ref().map_or(0, |v| v.len())
+}
+
 /// What the hub needs from the log. Implemented by [`Kafka`] and, in unit
 /// tests, by an in-memory log.
 pub trait LogRead: Send + Sync + 'static {
@@ -132,7 +142,9 @@ pub trait LogRead: Send + Sync + 'static {
         partition: i32,
     ) -> BoxFuture<'a, Result<Watermarks, LogError>>;
 
-    /// Records with `from <= offset < to`, at most `max` of them.
+    /// Records with `from <= offset < to`, at most `max` of them and about
+    /// [`RANGE_MAX_BYTES`] (a larger record comes alone); `next` is where
+    /// the next read goes on.
     fn read_range<'a>(
         &'a self,
         topic: &'a str,

@@ -207,16 +207,24 @@ impl LogRead for MemLog {
             self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let st = self.state();
             let p = part(&st, topic, partition).ok_or_else(|| unknown(topic, partition))?;
-            let records: Vec<Record> = p
+            let mut bytes = 0usize;
+            let mut full = false;
+            let mut records: Vec<Record> = Vec::new();
+            for r in p
                 .records
                 .iter()
                 .filter(|r| r.offset >= from && r.offset < to)
-                .take(max)
-                .cloned()
-                .collect();
+            {
+                if records.len() >= max || bytes >= crate::RANGE_MAX_BYTES {
+                    full = true;
+                    break;
+                }
+                bytes += crate::record_bytes(r);
+                records.push(r.clone());
+            }
             let high = p.low + p.records.len() as i64;
             let next = match records.last() {
-                Some(r) if records.len() == max => r.offset + 1,
+                Some(r) if full => r.offset + 1,
                 _ => to.min(high).max(from),
             };
             Ok(RangeBatch { records, next })

@@ -211,3 +211,32 @@ async fn watermarks_of_a_partition_the_client_has_not_seen_yet() -> anyhow::Resu
     assert_eq!((wm.low, wm.high), (0, 0));
     Ok(())
 }
+
+/// A range read of large records is bounded in bytes, not only in records:
+/// a resume of 200 KB messages holds about a MiB per read, and reading on
+/// from `next` gets every record once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn range_reads_are_bounded_in_bytes() -> anyhow::Result<()> {
+    let cfg = config();
+    let topic = cfg.topic_for("big");
+    let k = Kafka::connect(cfg)?;
+    k.ensure_topic(&topic, 1, &[]).await?;
+    let value = vec![b'x'; 200_000];
+    for _ in 0..20 {
+        k.append_record(&topic, 0, b"big:a", &value, &[])?.await?;
+    }
+    let (mut from, mut seen) = (0i64, Vec::new());
+    while from < 20 {
+        let b = k.read_range(&topic, 0, from, 20, 1000).await?;
+        let bytes: usize = b.records.iter().map(herald_log::record_bytes).sum();
+        assert!(
+            bytes <= herald_log::RANGE_MAX_BYTES + 200_005,
+            "{bytes} bytes in one read"
+        );
+        seen.extend(b.records.iter().map(|r| r.offset));
+        assert!(b.next > from);
+        from = b.next;
+    }
+    assert_eq!(seen, (0..20).collect::<Vec<i64>>());
+    Ok(())
+}

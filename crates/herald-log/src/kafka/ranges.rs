@@ -386,11 +386,13 @@ impl Kafka {
         }
         let topic_arc: Arc<str> = Arc::from(topic);
         let mut out = Vec::new();
+        let mut bytes = 0usize;
         let mut next = from;
-        // Ok(true): stopped at `to` or at `max` records, the consumer's next
-        // record being `next`; Ok(false): stopped at the end of the log.
+        // Ok(true): stopped at `to`, at `max` records or at RANGE_MAX_BYTES,
+        // the consumer's next record being `next`; Ok(false): stopped at the
+        // end of the log.
         let result = loop {
-            if next >= to || out.len() >= max {
+            if next >= to || out.len() >= max || bytes >= crate::RANGE_MAX_BYTES {
                 break Ok(true);
             }
             // The deadline is per record, not per batch: a large catch-up on
@@ -444,7 +446,9 @@ impl Kafka {
                 break Ok(false);
             }
             next = msg.offset() + 1;
-            out.push(Record::from_message(&msg, topic_arc.clone()));
+            let r = Record::from_message(&msg, topic_arc.clone());
+            bytes += crate::record_bytes(&r);
+            out.push(r);
         };
         match result {
             Ok(positioned) => {
