@@ -6,7 +6,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -25,23 +24,34 @@ pub(crate) struct Query {
     pub channels: Vec<String>,
 }
 
+/// Why a query string was refused: its HTTP status and reason.
+pub(crate) struct BadQuery {
+    pub status: StatusCode,
+    pub reason: String,
+}
+
+impl BadQuery {
+    pub fn into_response(self) -> warp::reply::Response {
+        warp::reply::with_status(self.reason, self.status).into_response()
+    }
+}
+
 /// Parses a query string of at most `max_bytes` with at most
-/// `max_channels` distinct `channel=` parameters. A refusal is its HTTP
-/// answer: 414 for a longer string (before any parsing), 400 for more
-/// channels (as soon as one too many is read).
+/// `max_channels` distinct `channel=` parameters: refused with 414 when
+/// longer (before any parsing), 400 with more channels (as soon as one too
+/// many is read).
 pub(crate) fn parse_query(
     raw: &str,
     max_bytes: usize,
     max_channels: usize,
-) -> Result<Query, warp::reply::Response> {
+) -> Result<Query, BadQuery> {
     if raw.len() > max_bytes {
         metrics::counter!("herald_edge_connections_refused_total", "reason" => "query_too_long")
             .increment(1);
-        return Err(warp::reply::with_status(
-            format!("the query string is longer than {max_bytes} bytes"),
-            StatusCode::URI_TOO_LONG,
-        )
-        .into_response());
+        return Err(BadQuery {
+            status: StatusCode::URI_TOO_LONG,
+            reason: format!("the query string is longer than {max_bytes} bytes"),
+        });
     }
     let mut single = HashMap::new();
     let mut seen: HashSet<String> = HashSet::new();
@@ -52,11 +62,10 @@ pub(crate) fn parse_query(
                 continue;
             }
             if channels.len() >= max_channels {
-                return Err(warp::reply::with_status(
-                    format!("at most {max_channels} channels per session"),
-                    StatusCode::BAD_REQUEST,
-                )
-                .into_response());
+                return Err(BadQuery {
+                    status: StatusCode::BAD_REQUEST,
+                    reason: format!("at most {max_channels} channels per session"),
+                });
             }
             let v = v.into_owned();
             seen.insert(v.clone());
@@ -81,12 +90,12 @@ pub(crate) async fn upgrade(
 ) -> warp::reply::Response {
     let status =
         |code: StatusCode, text: &'static str| warp::reply::with_status(text, code).into_response();
-    if ctx.shutting_down.load(Ordering::SeqCst) {
+    if ctx.shutdown.is_draining() {
         return status(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     }
     let query = match parse_query(&raw_query, ctx.cfg.max_query_bytes, usize::MAX) {
         Ok(q) => q.single,
-        Err(refusal) => return refusal,
+        Err(bad) => return bad.into_response(),
     };
     let has_token = |name: &str, token: &str| {
         headers.get_all(name).iter().any(|v| {
@@ -176,7 +185,7 @@ pub(crate) async fn admit(
 ) -> Result<Admitted, warp::reply::Response> {
     let status =
         |code: StatusCode, text: &'static str| warp::reply::with_status(text, code).into_response();
-    if ctx.shutting_down.load(Ordering::SeqCst) {
+    if ctx.shutdown.is_draining() {
         return Err(status(StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
     }
     if !origin_allowed(&ctx.cfg.allowed_origins, headers) {
@@ -410,7 +419,7 @@ mod tests {
         assert_eq!(
             parse_query(&"a".repeat(300), 256, 8)
                 .err()
-                .map(|r| r.status()),
+                .map(|r| r.status),
             Some(StatusCode::URI_TOO_LONG)
         );
         let q = parse_query("channel=a&channel=b&channel=a&token=t", 256, 2)

@@ -81,7 +81,7 @@ fn check_key(
     x_api_key: Option<String>,
 ) -> Result<(), ApiError> {
     let failures = peer.map(|ip| ctx.api_failures.of(crate::admission::limit_key(ip)));
-    if failures.as_ref().is_some_and(|f| f.check().is_err()) {
+    if failures.as_ref().is_some_and(|f| f.is_spent()) {
         metrics::counter!("herald_auth_failures_total", "reason" => "api_throttled").increment(1);
         return Err(api_err(
             StatusCode::TOO_MANY_REQUESTS,
@@ -241,7 +241,7 @@ async fn publish_one(
             format!("`data` is nested deeper than {MAX_DATA_DEPTH} levels"),
         ));
     }
-    if ctx.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
+    if ctx.shutdown.is_draining() {
         return Err(refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             codes::SHUTTING_DOWN,

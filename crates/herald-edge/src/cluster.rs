@@ -209,7 +209,7 @@ impl Cluster {
             loop {
                 tick.tick().await;
                 let Some(ctx) = weak.upgrade() else { return };
-                if ctx.shutting_down.load(Ordering::SeqCst) {
+                if ctx.shutdown.is_draining() {
                     return;
                 }
                 let info = ctx.cluster.info(&ctx);

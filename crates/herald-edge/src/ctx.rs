@@ -31,10 +31,8 @@ pub struct Ctx {
     pub topics: HashMap<String, String>,
     /// namespace → its settings (access rules, limits).
     pub namespaces: HashMap<String, NamespaceConfig>,
-    /// Set first on shutdown: `/readyz` fails and new upgrades are refused.
-    pub shutting_down: AtomicBool,
-    /// Flipped to true to tell every connection to finish and close.
-    pub shutdown: watch::Sender<bool>,
+    /// The node's shutdown: draining, then closing.
+    pub shutdown: Shutdown,
     pub conns: Connections,
     pub frames: FrameCounters,
     pub readiness: Readiness,
@@ -80,7 +78,7 @@ impl FailureBudgets {
 }
 
 /// Failures allowed per minute, counted in one-minute windows:
-/// [`FailureBudget::check`] looks, [`FailureBudget::spend`] counts one.
+/// [`FailureBudget::is_spent`] looks, [`FailureBudget::spend`] counts one.
 pub struct FailureBudget {
     per_minute: u32,
     /// The current window's start and its failures.
@@ -103,16 +101,59 @@ impl FailureBudget {
         w
     }
 
-    /// `Err` when this window's failures are spent.
-    pub fn check(&self) -> Result<(), ()> {
-        if self.current().1 >= self.per_minute {
-            return Err(());
-        }
-        Ok(())
+    /// This window's failures are spent.
+    pub fn is_spent(&self) -> bool {
+        self.current().1 >= self.per_minute
     }
 
     pub fn spend(&self) {
         self.current().1 += 1;
+    }
+}
+
+/// A node's shutdown, in two steps: [`Shutdown::drain`] (`/readyz` fails;
+/// new connections, publishes and node heartbeats stop), then
+/// [`Shutdown::close`] (every connection is told to finish and close).
+pub struct Shutdown {
+    draining: AtomicBool,
+    closing: watch::Sender<bool>,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Shutdown {
+            draining: AtomicBool::new(false),
+            closing: watch::channel(false).0,
+        }
+    }
+}
+
+impl Shutdown {
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    pub fn close(&self) {
+        self.drain();
+        self.closing.send_replace(true);
+    }
+
+    /// A handle that resolves once [`Shutdown::close`] was called.
+    pub fn signal(&self) -> ShutdownSignal {
+        ShutdownSignal(self.closing.subscribe())
+    }
+}
+
+/// Resolves once the node closes its connections.
+pub struct ShutdownSignal(watch::Receiver<bool>);
+
+impl ShutdownSignal {
+    pub async fn closing(&mut self) {
+        let _ = self.0.wait_for(|s| *s).await;
     }
 }
 

@@ -37,7 +37,7 @@ use herald_proto::{Position, Since};
 use warp::http::{HeaderMap, StatusCode};
 use warp::{Filter, Reply};
 
-use crate::admission::{admit, parse_query};
+use crate::admission::{admit, parse_query, BadQuery};
 use crate::conn::session::{self, Out, Positions, Refused, Transport};
 use crate::ctx::Ctx;
 use crate::http::PeerAddr;
@@ -69,8 +69,11 @@ struct Opening {
 /// or else the `Last-Event-ID` header. A channel without a position starts
 /// live.
 /// A refusal is its HTTP answer.
-fn opening(raw: &str, headers: &HeaderMap, ctx: &Ctx) -> Result<Opening, warp::reply::Response> {
-    let bad = |r: String| refusal(StatusCode::BAD_REQUEST, herald_proto::codes::BAD_FRAME, r);
+fn opening(raw: &str, headers: &HeaderMap, ctx: &Ctx) -> Result<Opening, BadQuery> {
+    let bad = |reason: String| BadQuery {
+        status: StatusCode::BAD_REQUEST,
+        reason,
+    };
     let crate::admission::Query { single, channels } =
         parse_query(raw, ctx.cfg.max_query_bytes, ctx.cfg.max_subscriptions)?;
     let given = single.get("since").cloned().or_else(|| {
@@ -107,7 +110,7 @@ async fn sse(
 ) -> warp::reply::Response {
     let o = match opening(&raw, &headers, &ctx) {
         Ok(o) => o,
-        Err(r) => return r,
+        Err(bad) => return refusal(bad.status, herald_proto::codes::BAD_FRAME, bad.reason),
     };
     let admitted = match admit(&o.single, &headers, &ctx, remote).await {
         Ok(a) => a,
@@ -186,7 +189,7 @@ async fn poll(
 ) -> warp::reply::Response {
     let o = match opening(&raw, &headers, &ctx) {
         Ok(o) => o,
-        Err(r) => return r,
+        Err(bad) => return refusal(bad.status, herald_proto::codes::BAD_FRAME, bad.reason),
     };
     let wait = o
         .single

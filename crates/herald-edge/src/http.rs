@@ -8,7 +8,6 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -163,7 +162,7 @@ fn health(
         .and(warp::path::end())
         .and(with_ctx(ctx))
         .then(|ctx: Arc<Ctx>| async move {
-            if ctx.shutting_down.load(Ordering::SeqCst) {
+            if ctx.shutdown.is_draining() {
                 return warp::reply::with_status(
                     "shutting down".to_string(),
                     StatusCode::SERVICE_UNAVAILABLE,

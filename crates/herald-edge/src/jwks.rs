@@ -166,8 +166,8 @@ impl RemoteJwks {
     }
 
     /// Fetches every refresh interval (sooner after a failure) until
-    /// `shutdown` turns true. The first fetch is made at once.
-    pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    /// `shutdown` fires. The first fetch is made at once.
+    pub async fn run(self: Arc<Self>, mut shutdown: crate::ctx::ShutdownSignal) {
         loop {
             let wait = match self.refresh().await {
                 Ok(_) => self.refresh,
@@ -175,7 +175,7 @@ impl RemoteJwks {
             };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.wait_for(|s| *s) => return,
+                _ = shutdown.closing() => return,
             }
         }
     }

@@ -212,7 +212,7 @@ impl Presence {
             loop {
                 tick.tick().await;
                 let Some(ctx) = weak.upgrade() else { return };
-                if ctx.shutting_down.load(Ordering::SeqCst) {
+                if ctx.shutdown.is_draining() {
                     return;
                 }
                 ctx.presence.reap(&ctx);

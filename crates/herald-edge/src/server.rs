@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,6 @@ use herald_hub::{Dedup, Hub, HubConfig, Publisher};
 use herald_log::{CursorStore, Kafka, Log, LogConfig, LogError, LogRead};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::auth::{AccessRule, Auth};
@@ -243,7 +242,6 @@ impl Edge {
             .iter()
             .map(|n| (n.name.clone(), n.clone()))
             .collect();
-        let (shutdown, _) = watch::channel(false);
         Edge {
             ctx: Arc::new(Ctx {
                 cfg,
@@ -254,8 +252,7 @@ impl Edge {
                 auth: Arc::new(auth),
                 namespaces,
                 topics,
-                shutting_down: AtomicBool::new(false),
-                shutdown,
+                shutdown: Default::default(),
                 conns: Connections {
                     next_id: AtomicU64::new(1),
                     ..Connections::default()
@@ -335,7 +332,7 @@ impl Edge {
         // Token keys from a JWKS URL: fetched now and every refresh
         // interval until shutdown.
         if let Some(remote) = ctx.auth.remote_jwks() {
-            tokio::spawn(remote.clone().run(ctx.shutdown.subscribe()));
+            tokio::spawn(remote.clone().run(ctx.shutdown.signal()));
         }
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -358,12 +355,12 @@ impl Edge {
 
         shutdown.await;
         info!("Shutting down: refusing new connections, closing live ones");
-        ctx.shutting_down.store(true, Ordering::SeqCst);
+        ctx.shutdown.drain();
         // Readiness fails first; load balancers get a moment to notice.
         if ctx.conns.live() > 0 {
             tokio::time::sleep(ctx.cfg.drain_delay).await;
         }
-        ctx.shutdown.send_replace(true);
+        ctx.shutdown.close();
         let _ = stop_tx.send(());
 
         let deadline = Instant::now() + ctx.cfg.shutdown_grace;

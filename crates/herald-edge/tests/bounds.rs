@@ -43,6 +43,8 @@ async fn drain_until_closed(sock: &mut TcpStream, wait: Duration) -> Option<usiz
 async fn node_with_big_history() -> Node {
     let (mut edge, log) = config();
     edge.write_timeout = Duration::from_secs(1);
+    // A response the kernel took whole ends with its idle connection.
+    edge.header_read_timeout = Duration::from_secs(1);
     edge.queue_bytes = 1 << 20;
     edge.history_max_bytes = 1 << 20;
     let node = Node::start_with(edge, log).await;

@@ -115,7 +115,7 @@ pub(crate) async fn drive<S: Source, W: Sink>(start: Box<Start<S, W>>) {
         ctx.users.add(&i.sub, conn.id, &conn.outbox);
     }
     conn.subscribe_personal();
-    let mut shutdown = ctx.shutdown.subscribe();
+    let mut shutdown = ctx.shutdown.signal();
     let mut heartbeat = tokio::time::interval(ctx.cfg.heartbeat);
     heartbeat.tick().await;
     let mut last_seen = Instant::now();
@@ -158,7 +158,7 @@ pub(crate) async fn drive<S: Source, W: Sink>(start: Box<Start<S, W>>) {
                 metrics::counter!("herald_auth_expired_total").increment(1);
                 break Some((codes::CLOSE_TOKEN_EXPIRED, "token expired".into()));
             }
-            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => {
+            _ = shutdown.closing() => {
                 break Some((codes::CLOSE_GOING_AWAY, "server shutting down".into()));
             }
             item = rx.recv() => {

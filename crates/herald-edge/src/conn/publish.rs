@@ -3,7 +3,6 @@
 //! are started in the order the client sent them and answered from a task
 //! each, through the outbound queue.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -65,7 +64,7 @@ impl Conn {
                 return self.reply(nack(id, &name, codes::RATE_LIMITED, reason, after));
             }
         }
-        if self.ctx.shutting_down.load(Ordering::SeqCst) {
+        if self.ctx.shutdown.is_draining() {
             let reason = "server is shutting down; reconnect and retry with the same id";
             return self.reply(nack(id, &name, codes::SHUTTING_DOWN, reason, None));
         }
