@@ -27,21 +27,12 @@ mkdir -p "$OUT"
 ulimit -n $(( N * 2 + 1000 )) 2>/dev/null || echo "idle-memory: could not raise the fd limit to $(( N * 2 + 1000 ))"
 cargo build --release -q -p herald -p herald-loadtest
 BIN="$CARGO_TARGET_DIR/release"
-KILL=()
-stop_broker=""
-cleanup() {
-    if ((${#KILL[@]})); then kill "${KILL[@]}" 2>/dev/null || true; fi
-    if [[ -n $stop_broker ]]; then infra/dev/broker.sh stop >/dev/null 2>&1 || true; fi
-}
-trap cleanup EXIT
+source loadtest/common.sh
 rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 for server in $SERVERS; do
     case $server in
         herald)
-            if ! infra/dev/broker.sh status >/dev/null 2>&1; then
-                infra/dev/broker.sh start
-                stop_broker=1
-            fi
+            ensure_broker
             "${HERALD_BIN:-$BIN/herald}" serve --listen 127.0.0.1:0 --topic-prefix "mem-$$." \
                 --namespaces chat=8:anonymous ${HERALD_ARGS:-} > "$OUT/mem-herald.out" 2> "$OUT/mem-herald.err" &
             srv=$!; KILL+=("$srv"); proto=herald

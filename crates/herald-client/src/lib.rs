@@ -189,6 +189,9 @@ pub enum Frame {
         id: Option<String>,
         channel: String,
         members: Vec<Member>,
+        /// More members than the node lists were left out.
+        #[serde(default)]
+        truncated: bool,
     },
     /// Reply to `presence_stats`.
     PresenceStats {

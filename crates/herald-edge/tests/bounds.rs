@@ -38,14 +38,15 @@ async fn drain_until_closed(sock: &mut TcpStream, wait: Duration) -> Option<usiz
     }
 }
 
-/// A node whose stalled readers are found within a second, with 300 KB
-/// messages on `chat:big` to ask history for.
-async fn node_with_big_history() -> Node {
+/// A node whose stalled readers are found within a second, with 20
+/// messages of 60 KB on `chat:big` to ask history for, and `queue_bytes`
+/// per connection.
+async fn node_with_big_history(queue_bytes: usize) -> Node {
     let (mut edge, log) = config();
     edge.write_timeout = Duration::from_secs(1);
     // A response the kernel took whole ends with its idle connection.
     edge.header_read_timeout = Duration::from_secs(1);
-    edge.queue_bytes = 1 << 20;
+    edge.queue_bytes = queue_bytes;
     edge.history_max_bytes = 1 << 20;
     let node = Node::start_with(edge, log).await;
     let mut c = node.connect().await;
@@ -113,7 +114,7 @@ fn history(limit: usize) -> Value {
 /// and pipe) plus socket buffers, not the 60 MB asked for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_never_read_sse_stream_holds_its_bounds_and_is_cut() {
-    let node = node_with_big_history().await;
+    let node = node_with_big_history(1 << 20).await;
     let mut sock = tight_socket(node.addr).await;
     let session = open_session(&mut sock, "/sse?channel=chat:other").await;
     let mut taken = 0;

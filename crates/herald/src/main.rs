@@ -15,6 +15,7 @@ use tracing_subscriber::EnvFilter;
 mod config;
 mod replay;
 mod tokens;
+mod trim;
 
 #[derive(Parser)]
 #[command(
@@ -305,6 +306,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(%addr, "Listening");
     // Machine-readable line for scripts and the test harness.
     println!("herald listening on ws://{addr}/ws");
+    trim::spawn();
     edge.run(shutdown_signal()).await;
     Ok(())
 }
