@@ -228,8 +228,9 @@ pub struct EdgeConfig {
     /// How long a client may take to send a request's headers (the
     /// WebSocket handshake included) before its socket is closed. Default 10 s.
     pub header_read_timeout: Duration,
-    /// Frames per second a connection may send, of every type (publish,
-    /// subscribe, ack, presence, history, ping...), on every transport;
+    /// Frames per second a connection may send, of every type but publish
+    /// (it has `publish_rate`): subscribe, ack, presence, history, ping...,
+    /// on every transport;
     /// beyond, each is answered `rate_limited` and not handled. A `presence`
     /// frame counts 20, `history` 10, `subscribe`/`unsubscribe` 2, the rest
     /// 1. 0 = unlimited. Default 2,000.

@@ -388,3 +388,35 @@ async fn wrong_api_keys_are_throttled_per_address() {
     let right = format!("x-api-key: {API_KEY}\r\n");
     assert_eq!(http_get(node.addr, "/api/channels", &right).await.0, 429);
 }
+
+/// Past the frame budget every frame that waits for an answer still gets
+/// one: publishes have their own budget (acked here), and a refused
+/// `history` hears `rate_limited` with its `id`.
+#[tokio::test]
+async fn refused_frames_are_answered_with_their_id() {
+    let (mut edge, log) = config();
+    edge.frame_rate = 1;
+    edge.frame_burst = 2;
+    let node = Node::start_with(edge, log).await;
+    let mut c = node.connect().await;
+    for _ in 0..10 {
+        let ack = c.publish("chat:f", uuid::Uuid::new_v4(), json!(1)).await;
+        assert_eq!(ack["type"], "publish_ack", "{ack}");
+    }
+    for i in 0..5 {
+        c.send(json!({"type": "history", "channel": "chat:f", "id": format!("h{i}"), "limit": 1}))
+            .await;
+    }
+    let mut answered = std::collections::BTreeSet::new();
+    let mut limited = 0;
+    while answered.len() < 5 {
+        let f = c.next().await;
+        if let Some(id) = f["id"].as_str() {
+            answered.insert(id.to_owned());
+            if f["code"] == "rate_limited" {
+                limited += 1;
+            }
+        }
+    }
+    assert!(limited >= 3, "{limited}");
+}

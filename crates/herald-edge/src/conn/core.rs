@@ -229,7 +229,7 @@ pub(crate) async fn drive<S: Source, W: Sink>(start: Box<Start<S, W>>) {
                     }
                     Incoming::Binary => {
                         frames_in.increment(1);
-                        if conn.within_frame_budget(1) {
+                        if conn.within_frame_budget(None) {
                             conn.reply(error_frame(
                                 codes::BINARY_UNSUPPORTED,
                                 "binary frames are not supported; send JSON text frames",
@@ -411,9 +411,11 @@ const WRITE_BATCH: u64 = 64;
 /// What a client frame costs of the connection's frame budget, in frames:
 /// most cost one; those whose answer is large or reads the log cost more,
 /// so that `frame_rate` bounds the work a connection causes, not only the
-/// frames it sends.
+/// frames it sends. A publish costs nothing here: it has its own budget
+/// (`publish_rate`), answered with a `publish_nack` its sender retries.
 pub(super) fn frame_cost(frame: &ClientFrame) -> u32 {
     match frame {
+        ClientFrame::Publish { .. } => 0,
         // Up to `presence_max_members` members serialised.
         ClientFrame::Presence { stats: false, .. } => 20,
         // A page of the log, up to `history_max_bytes`.
@@ -424,12 +426,33 @@ pub(super) fn frame_cost(frame: &ClientFrame) -> u32 {
     }
 }
 
+/// What a refused frame's `rate_limited` error echoes, so that a client
+/// waiting for an answer (a `history` or `presence` with its `id`, a
+/// `subscribe`) hears it.
+fn refused_echo(frame: &ClientFrame) -> (Option<String>, Option<String>) {
+    match frame {
+        ClientFrame::History(r) => (r.id.clone(), Some(r.channel.clone())),
+        ClientFrame::Presence { id, channel, .. } => (id.clone(), Some(channel.clone())),
+        ClientFrame::Subscribe { channel, .. }
+        | ClientFrame::Unsubscribe { channel }
+        | ClientFrame::Ack { channel, .. }
+        | ClientFrame::Publish { channel, .. } => (None, Some(channel.clone())),
+        ClientFrame::Ping | ClientFrame::Auth { .. } | ClientFrame::Refresh { .. } => (None, None),
+    }
+}
+
 impl Conn {
-    /// Counts `cost` frames against the connection's frame budget; when it
-    /// is spent, answers `rate_limited` and returns false.
-    pub(super) fn within_frame_budget(&mut self, cost: u32) -> bool {
+    /// Counts `frame` against the connection's frame budget (a frame that
+    /// did not decode counts one); when the budget is spent, answers
+    /// `rate_limited` (echoing the frame's `id` and channel) and returns
+    /// false: the frame is not handled.
+    pub(super) fn within_frame_budget(&mut self, frame: Option<&ClientFrame>) -> bool {
+        let cost = frame.map_or(1, frame_cost);
         let rate = self.ctx.cfg.frame_rate;
-        let Some(rate) = std::num::NonZeroU32::new(rate) else {
+        let (Some(rate), Some(cost)) = (
+            std::num::NonZeroU32::new(rate),
+            std::num::NonZeroU32::new(cost),
+        ) else {
             return true;
         };
         let burst = std::num::NonZeroU32::new(self.ctx.cfg.frame_burst).unwrap_or(rate);
@@ -439,15 +462,22 @@ impl Conn {
                 governor::Quota::per_second(rate).allow_burst(burst),
             ))
         });
-        let cost = std::num::NonZeroU32::new(cost).unwrap_or(std::num::NonZeroU32::MIN);
         if matches!(limiter.check_n(cost), Ok(Ok(()))) {
             return true;
         }
         metrics::counter!("herald_edge_frames_refused_total").increment(1);
-        self.reply(error_frame(
-            codes::RATE_LIMITED,
-            format!("more than {rate} frames per second on this connection"),
-            None,
+        metrics::counter!("herald_edge_errors_total", "code" => codes::RATE_LIMITED).increment(1);
+        let (id, channel) = frame.map_or((None, None), refused_echo);
+        self.reply(Outbound::Frame(
+            ServerFrame::Error {
+                code: codes::RATE_LIMITED,
+                reason: format!(
+                    "over this connection's frame budget ({rate} per second); not handled, send it again later"
+                ),
+                id,
+                channel,
+            }
+            .to_json(),
         ));
         false
     }

@@ -155,13 +155,13 @@ impl Conn {
             Ok(f) => f,
             Err(e) => {
                 metrics::counter!("herald_edge_errors_total", "code" => e.code).increment(1);
-                if self.within_frame_budget(1) {
+                if self.within_frame_budget(None) {
                     self.reply(Outbound::Frame(ServerFrame::error(&e).to_json()));
                 }
                 return;
             }
         };
-        if !self.within_frame_budget(core::frame_cost(&frame)) {
+        if !self.within_frame_budget(Some(&frame)) {
             return;
         }
         match frame {
