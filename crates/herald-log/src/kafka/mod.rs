@@ -84,11 +84,14 @@ impl Kafka {
         )
         .set("fetch.min.bytes", "1")
         .set("fetch.queue.backoff.ms", "5")
-        // Readers stop at a record limit (and may stay assigned for a read
-        // that continues): a smaller prefetch bounds what an idle one holds.
+        // Readers stop at a record limit or at RANGE_MAX_BYTES (and may stay
+        // assigned for a read that continues): a prefetch of one read's
+        // bytes is what a continued read uses, and bounds what an idle
+        // reader in the pool holds (docs/benchmarks.md, "Memory after the
+        // attacks": 4 MiB each kept ~16 MB after a burst).
         .set(
             "queued.max.messages.kbytes",
-            if eof { "4096" } else { "16384" },
+            if eof { "1024" } else { "16384" },
         );
         c
     }
