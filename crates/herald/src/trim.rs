@@ -4,12 +4,12 @@
 //! allocated: herald's workers and librdkafka's threads), so after a burst
 //! (a large catch-up, history pages, a client attack that was cut) the node
 //! keeps its peak RSS although the memory is free. Measured with
-//! `loadtest/attack-memory.sh` (docs/benchmarks.md, "Memory after an
-//! attack"): five never-read resumes of 2,000 x 60 KB left the node ~100 MB
-//! above its baseline 30 s after they closed; `malloc_trim(0)` brought it
-//! back within 10 MB. The other settings measured did not (an arena limit,
-//! `mmap` thresholds). So the node trims every [`EVERY`], on a blocking
-//! thread, and reports how long it took and what it gave back.
+//! `loadtest/attack-memory.sh` (docs/benchmarks.md, "Memory after the
+//! attacks of docs/security.md"): the attacks left the node ~124 MiB above
+//! its baseline 30 s after they closed; one `malloc_trim(0)` brought it
+//! back within 10 MiB, which an arena limit or `mmap` thresholds did not.
+//! So the node trims every [`EVERY`], on a blocking thread (1-5 ms a trim),
+//! and reports how long it took and what it gave back.
 
 use std::time::Duration;
 

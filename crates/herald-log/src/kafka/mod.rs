@@ -88,7 +88,8 @@ impl Kafka {
         // assigned for a read that continues): a prefetch of one read's
         // bytes is what a continued read uses, and bounds what an idle
         // reader in the pool holds (docs/benchmarks.md, "Memory after the
-        // attacks": 4 MiB each kept ~16 MB after a burst).
+        // attacks of docs/security.md": 4 MiB each kept ~16 MB after a
+        // burst).
         .set(
             "queued.max.messages.kbytes",
             if eof { "1024" } else { "16384" },
