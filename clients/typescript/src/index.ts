@@ -34,7 +34,10 @@ export interface Message {
 export interface Member {
   conn: string;
   user?: string;
+  /** The token's `sub`, or a digest of an anonymous client's id. */
   client?: string;
+  /** The display name the member gave. */
+  name?: string;
   info?: unknown;
 }
 
@@ -78,8 +81,11 @@ export interface Options {
   /** Returns a token (a JWT) to connect with; called at every connect and
    *  before the token expires. Without it the connection is anonymous. */
   getToken?: () => Promise<string> | string;
-  /** Names an anonymous client's durable cursors. */
+  /** Names an anonymous client's durable cursors. It is their credential:
+   *  keep it secret (presence shows only a digest of it). */
   clientId?: string;
+  /** A display name others see in presence (`member.name`): public. */
+  name?: string;
   /** Transports to try, in order. Default: websocket, sse, poll. */
   transports?: TransportName[];
   /** Backoff between reconnects: full jitter over an exponential ceiling. */
@@ -178,7 +184,7 @@ function uuid(): string {
 }
 
 export class HeraldClient {
-  private opts: Required<Omit<Options, "getToken" | "clientId" | "storage" | "transportFactory">> & Options;
+  private opts: Required<Omit<Options, "getToken" | "clientId" | "name" | "storage" | "transportFactory">> & Options;
   private listeners = new Map<keyof Events, Set<Listener<unknown>>>();
   private transport: Transport | null = null;
   private _state: State = "disconnected";
@@ -363,7 +369,13 @@ export class HeraldClient {
     let current: Transport | null = null;
     current = factory(
       name,
-      { url: this.opts.url, token: this.token, clientId: this.opts.clientId, openTimeoutMs: this.opts.openTimeoutMs },
+      {
+        url: this.opts.url,
+        token: this.token,
+        clientId: this.opts.clientId,
+        name: this.opts.name,
+        openTimeoutMs: this.opts.openTimeoutMs,
+      },
       {
         open: () => {
           if (this.transport !== current) return;

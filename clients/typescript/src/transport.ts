@@ -29,6 +29,8 @@ export interface ConnectParams {
   url: string;
   token?: string;
   clientId?: string;
+  /** Display name shown in presence. */
+  name?: string;
   /** Milliseconds a transport may take to open before it counts as failed. */
   openTimeoutMs: number;
 }
@@ -43,6 +45,7 @@ function query(params: ConnectParams): string {
   const q = new URLSearchParams();
   if (params.token) q.set("token", params.token);
   if (params.clientId) q.set("client_id", params.clientId);
+  if (params.name) q.set("name", params.name);
   const s = q.toString();
   return s ? `?${s}` : "";
 }

@@ -41,9 +41,12 @@ pub struct Member {
     /// The token's `sub`.
     #[serde(default)]
     pub user: Option<String>,
-    /// The connection's client id.
+    /// The connection's client id (a digest for an anonymous client).
     #[serde(default)]
     pub client: Option<String>,
+    /// The display name the connection gave.
+    #[serde(default)]
+    pub name: Option<String>,
     /// The token's `info` claim.
     #[serde(default)]
     pub info: Option<Value>,

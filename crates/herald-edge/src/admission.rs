@@ -134,12 +134,7 @@ pub(crate) async fn upgrade(
             "this connection cannot be upgraded",
         );
     };
-    let Admitted {
-        client_id,
-        identity,
-        slot,
-        hook_headers,
-    } = match admit(&query, &headers, &ctx, remote).await {
+    let admitted = match admit(&query, &headers, &ctx, remote).await {
         Ok(a) => a,
         Err(refusal) => return refusal,
     };
@@ -153,10 +148,7 @@ pub(crate) async fn upgrade(
         config,
         ctx,
         remote,
-        client_id,
-        identity,
-        slot,
-        hook_headers,
+        admitted,
     })));
     let reply = warp::reply::with_status(warp::reply(), StatusCode::SWITCHING_PROTOCOLS);
     let reply = warp::reply::with_header(reply, "connection", "upgrade");
@@ -168,6 +160,8 @@ pub(crate) async fn upgrade(
 /// the headers its hooks forward.
 pub(crate) struct Admitted {
     pub client_id: Option<String>,
+    /// The display name it gave (`?name=`), shown in presence.
+    pub name: Option<Box<str>>,
     pub identity: Option<crate::auth::Identity>,
     pub slot: ConnSlot,
     pub hook_headers: Option<Box<[(String, String)]>>,
@@ -205,6 +199,16 @@ pub(crate) async fn admit(
     };
     // The limits first: a token's signature check (RS/ES: the costly part
     // of admission) is made only for a client within them.
+    let name = match query.get("name") {
+        None => None,
+        Some(n) if valid_name(n) => Some(Box::from(n.as_str())),
+        Some(_) => {
+            return Err(status(
+                StatusCode::BAD_REQUEST,
+                "name must be 1-64 characters, none of them a control character",
+            ))
+        }
+    };
     let client_ip = remote.map(|a| client_ip(a.ip(), headers, &ctx.cfg.trusted_proxies));
     let slot = match ConnSlot::acquire(ctx, client_ip) {
         Ok(s) => s,
@@ -295,6 +299,7 @@ pub(crate) async fn admit(
     }
     Ok(Admitted {
         client_id,
+        name,
         identity,
         slot,
         hook_headers,
@@ -355,6 +360,11 @@ pub(crate) fn limit_key(ip: IpAddr) -> IpAddr {
             }
         },
     }
+}
+
+/// A display name for presence: 1 to 64 characters, no control characters.
+fn valid_name(s: &str) -> bool {
+    (1..=64).contains(&s.chars().count()) && !s.chars().any(char::is_control)
 }
 
 /// A client id names the owner of durable cursors. Until connection auth

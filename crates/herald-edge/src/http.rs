@@ -22,6 +22,13 @@ use warp::{Filter, Reply};
 use crate::admission::upgrade;
 use crate::ctx::Ctx;
 
+/// How much later than `write_timeout` a socket's own deadline
+/// ([`DeadlineIo`]) fires: a connection's deadline (the core's) ends it
+/// first, and is what is counted (`herald_edge_write_stalls_total`); the
+/// socket's is the backstop for what no connection covers (a response
+/// hyper still writes after its session ended, an API reply).
+pub(crate) const SOCKET_MARGIN: Duration = Duration::from_secs(1);
+
 /// A client socket with a write deadline: a write (or flush) that makes no
 /// progress for `limit` fails with `TimedOut`, so hyper drops the
 /// connection and every byte it held for it. This bounds every response on
@@ -277,7 +284,7 @@ pub(crate) async fn serve_http(
         );
         let conn = builder
             .serve_connection_with_upgrades(
-                TokioIo::new(DeadlineIo::new(tcp, ctx.cfg.write_timeout)),
+                TokioIo::new(DeadlineIo::new(tcp, ctx.cfg.write_timeout + SOCKET_MARGIN)),
                 svc,
             )
             .into_owned();

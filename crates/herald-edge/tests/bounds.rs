@@ -147,18 +147,8 @@ async fn a_never_read_sse_stream_holds_its_bounds_and_is_cut() {
 /// an HTTP connection) instead of staying open with its answer pinned.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn never_read_poll_answers_are_cut_by_the_write_deadline() {
-    let (mut edge, log) = config();
-    edge.write_timeout = Duration::from_secs(1);
-    edge.header_read_timeout = Duration::from_secs(1);
-    let node = Node::start_with(edge, log).await;
-    let mut c = node.connect().await;
-    let big = "x".repeat(60_000);
-    for _ in 0..20 {
-        let ack = c
-            .publish("chat:big", uuid::Uuid::new_v4(), json!(big))
-            .await;
-        assert_eq!(ack["type"], "publish_ack", "{ack}");
-    }
+    // The default queue: answers of up to 4 MiB before the reader pipe.
+    let node = node_with_big_history(4 << 20).await;
     let mut first = TcpStream::connect(node.addr).await.expect("connect");
     let session = open_session(&mut first, "/poll?channel=chat:other").await;
     let mut pinned = Vec::new();
@@ -289,7 +279,9 @@ async fn presence_answers_are_capped_and_show_no_credentials() {
     let node = Node::start_with(edge, log).await;
     let mut members = Vec::new();
     for i in 0..5 {
-        let mut c = node.connect_with(&format!("?client_id=secret-{i}")).await;
+        let mut c = node
+            .connect_with(&format!("?client_id=secret-{i}&name=member-{i}"))
+            .await;
         c.subscribe("room:p", None).await;
         members.push(c);
     }
@@ -307,6 +299,12 @@ async fn presence_answers_are_capped_and_show_no_credentials() {
     let list = answer["members"].as_array().expect("members");
     assert_eq!(list.len(), 3, "{answer}");
     assert!(!answer.to_string().contains("secret-"), "{answer}");
+    // The display name each gave is what others see.
+    assert!(
+        list.iter()
+            .all(|m| m["name"].as_str().is_some_and(|n| n.starts_with("member-"))),
+        "{answer}"
+    );
     asker
         .send(json!({"type": "presence_stats", "channel": "room:p"}))
         .await;

@@ -118,9 +118,13 @@ pub struct Member {
     /// The token's `sub`; absent for an anonymous connection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
-    /// The connection's `client_id`, when it gave one.
+    /// The connection's `client_id`, when it gave one: a token's `sub`, or
+    /// a one-way digest of an anonymous client's (its cursors' credential).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client: Option<String>,
+    /// The display name the connection gave (`?name=`): public, unchecked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// The token's `info` claim, as is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub info: Option<Box<RawValue>>,

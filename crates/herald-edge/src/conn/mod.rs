@@ -33,7 +33,8 @@ use tokio::sync::Semaphore;
 use crate::auth::{Identity, MAX_EXPIRY_TIMER};
 use crate::ctx::Ctx;
 use subscribe::Subscription;
-pub use ws::{run, Accepted, WebSocket};
+pub use ws::WebSocket;
+pub(crate) use ws::{run, Accepted};
 
 fn error_frame(code: &'static str, reason: impl Into<String>, channel: Option<&str>) -> Outbound {
     metrics::counter!("herald_edge_errors_total", "code" => code).increment(1);
@@ -84,6 +85,8 @@ pub(crate) struct Conn {
     catchups: OnceCell<Arc<Semaphore>>,
     /// Headers forwarded to the backend hooks.
     hook_headers: Option<Arc<[(String, String)]>>,
+    /// The display name shown in presence (`?name=`).
+    name: Option<Box<str>>,
 }
 
 impl Conn {
@@ -110,6 +113,7 @@ impl Conn {
                 reads: Vec::new(),
                 catchups: OnceCell::new(),
                 hook_headers: None,
+                name: None,
                 ctx,
             },
             rx,
@@ -118,6 +122,29 @@ impl Conn {
 }
 
 pub(crate) type Parts = (Conn, herald_hub::OutboxReceiver);
+
+impl Conn {
+    /// The connection of an admitted client, and its place under the
+    /// connection limits.
+    pub(crate) fn admitted(
+        id: u64,
+        ctx: Arc<Ctx>,
+        admitted: crate::admission::Admitted,
+    ) -> (Parts, crate::ctx::ConnSlot) {
+        let crate::admission::Admitted {
+            client_id,
+            name,
+            identity,
+            slot,
+            hook_headers,
+        } = admitted;
+        let (mut conn, rx) = Conn::new(id, ctx, client_id);
+        conn.identity = identity;
+        conn.hook_headers = hook_headers.map(Arc::from);
+        conn.name = name;
+        ((conn, rx), slot)
+    }
+}
 
 impl Conn {
     /// Bounds the publishes in flight on this connection.

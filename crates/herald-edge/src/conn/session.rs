@@ -190,15 +190,7 @@ pub(crate) fn start(
     });
     ctx.sessions.lock().insert(sid.clone(), handle.clone());
     let span = debug_span!("session", conn = id, session = %sid, transport = transport.as_str(), client = ?admitted.client_id);
-    let Admitted {
-        client_id,
-        identity,
-        slot,
-        hook_headers,
-    } = admitted;
-    let (mut conn, rx) = Conn::new(id, ctx.clone(), client_id);
-    conn.identity = identity;
-    conn.hook_headers = hook_headers.map(Arc::from);
+    let ((mut conn, rx), slot) = Conn::admitted(id, ctx.clone(), admitted);
     for (channel, since) in subscribe {
         let durable = since == Some(Since::Cursor);
         conn.subscribe(channel, since, durable);

@@ -410,6 +410,7 @@ impl Conn {
                 .client_id
                 .as_deref()
                 .map(|c| crate::presence::shown_client(c, id.is_some())),
+            name: self.name.as_deref().map(str::to_owned),
             info: id
                 .and_then(|i| i.info.as_deref())
                 .and_then(|i| serde_json::value::RawValue::from_string(i.to_owned()).ok()),

@@ -19,37 +19,31 @@ use tracing::{debug, debug_span, Instrument};
 
 use super::core::{drive, Beat, Close, Incoming, Sink, Source, Start};
 use super::Conn;
-use crate::auth::Identity;
-use crate::ctx::{ConnSlot, Ctx};
+use crate::admission::Admitted;
+use crate::ctx::Ctx;
 
 /// The socket of one connection.
 pub type WebSocket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// An accepted upgrade request, everything its connection starts from.
-pub struct Accepted {
+pub(crate) struct Accepted {
     pub on_upgrade: hyper::upgrade::OnUpgrade,
     pub config: WebSocketConfig,
     pub ctx: Arc<Ctx>,
     pub remote: Option<SocketAddr>,
-    pub client_id: Option<String>,
-    pub identity: Option<Identity>,
-    /// Its place under the connection limits, released at the end.
-    pub slot: ConnSlot,
-    /// Upgrade-request headers the backend hooks forward (when any hook is
-    /// configured).
-    pub hook_headers: Option<Box<[(String, String)]>>,
+    /// Who it is, its place under the limits, the headers hooks forward.
+    pub admitted: Admitted,
 }
 
 /// Runs one connection to its end: the task spawned per connection.
 ///
 /// The request comes boxed and is unpacked once, the WebSocket is built
 /// and split in place ([`drive`] says why).
-pub async fn run(accepted: Box<Accepted>) {
+pub(crate) async fn run(accepted: Box<Accepted>) {
     let id = accepted.ctx.conns.next_id.fetch_add(1, Ordering::Relaxed);
     // A debug span: at the default level it is off and costs nothing; an
     // enabled span keeps its formatted fields per connection (~250 bytes).
-    let span =
-        debug_span!("conn", conn = id, remote = ?accepted.remote, client = ?accepted.client_id);
+    let span = debug_span!("conn", conn = id, remote = ?accepted.remote, client = ?accepted.admitted.client_id);
     serve(id, accepted).instrument(span).await;
 }
 
@@ -59,10 +53,7 @@ async fn serve(id: u64, accepted: Box<Accepted>) {
         config,
         ctx,
         remote: _,
-        client_id,
-        identity,
-        slot,
-        hook_headers,
+        admitted,
     } = *accepted;
     let upgraded = match on_upgrade.await {
         Ok(u) => u,
@@ -76,9 +67,7 @@ async fn serve(id: u64, accepted: Box<Accepted>) {
             .await
             .split();
     let idle_timeout = ctx.cfg.idle_timeout;
-    let (mut conn, rx) = Conn::new(id, ctx, client_id);
-    conn.identity = identity;
-    conn.hook_headers = hook_headers.map(Arc::from);
+    let ((conn, rx), slot) = Conn::admitted(id, ctx, admitted);
     drive(Box::new(Start {
         conn,
         rx,
