@@ -56,8 +56,8 @@ impl DeadlineIo {
     /// After a write that could not proceed: pending until the deadline,
     /// then the error that ends the connection.
     fn stalled<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
-        let deadline = tokio::time::Instant::now() + self.limit;
         if !self.armed {
+            let deadline = tokio::time::Instant::now() + self.limit;
             match &mut self.timer {
                 Some(t) => t.as_mut().reset(deadline),
                 None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),

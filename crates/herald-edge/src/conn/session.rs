@@ -205,7 +205,6 @@ pub(crate) fn start(
     let sink = HttpSink {
         out: out_tx,
         bytes: Arc::new(Semaphore::new(READER_BYTES)),
-        idle_timeout: ctx.cfg.idle_timeout,
         handle: handle.clone(),
         ctx,
     };
@@ -247,7 +246,6 @@ struct HttpSink {
     out: mpsc::Sender<Out>,
     /// The pipe's byte bound ([`READER_BYTES`]).
     bytes: Arc<Semaphore>,
-    idle_timeout: Duration,
     handle: Arc<Handle>,
     ctx: Arc<Ctx>,
 }
@@ -285,7 +283,9 @@ impl Sink for HttpSink {
     async fn beat(&mut self, _quiet: Duration) -> Beat {
         // An SSE stream's keep-alive is written by its reader; a
         // long-polling client shows it is alive by polling.
-        if self.handle.transport == Transport::Poll && self.handle.idle_for() > self.idle_timeout {
+        if self.handle.transport == Transport::Poll
+            && self.handle.idle_for() > self.ctx.cfg.idle_timeout
+        {
             return Beat::Close((codes::CLOSE_IDLE_TIMEOUT, "idle timeout: no poll".into()));
         }
         Beat::Alive
