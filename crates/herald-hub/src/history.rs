@@ -16,6 +16,7 @@ use herald_proto::HistoryFrom;
 use crate::delivery::Delivery;
 use crate::hub::Hub;
 use crate::HubError;
+use herald_log::Span;
 
 /// Bounds of one history page.
 #[derive(Clone, Copy, Debug)]
@@ -178,13 +179,17 @@ impl Hub {
             return Ok((found, to, true));
         }
         let epoch = self.epoch(topic)?;
-        let batch = self
-            .log_read()
-            .read_range(topic, partition, from, to, SCAN_CHUNK as usize)
-            .await?;
-        if batch.next <= from {
-            return Err(crate::hub::no_progress(topic, partition, from));
-        }
+        let mut span = Span::new(
+            self.log_read(),
+            topic,
+            partition,
+            from,
+            to,
+            SCAN_CHUNK as usize,
+        );
+        let Some(batch) = span.next_batch().await? else {
+            return Ok((Vec::new(), to, false));
+        };
         let found = batch
             .records
             .iter()

@@ -27,7 +27,7 @@ use herald_proto::partition::partition_for_key;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
-use crate::{Kafka, Log, LogError, LogRead};
+use crate::{newest_per_key, Kafka, Log, LogError, LogRead};
 
 /// The cursor record format version this code writes.
 pub const CURSOR_VERSION: u32 = 1;
@@ -228,36 +228,23 @@ impl CursorStore {
             cursor: None,
             scanned_to: wm.low,
         });
-        let mut from = known.scanned_to.max(wm.low);
-        let mut scanned = 0u64;
-        while from < wm.high {
-            let batch = self
-                .log
-                .read_range(&self.topic, partition, from, wm.high, 1000)
-                .await?;
-            scanned += (batch.next - from).max(0) as u64;
-            for r in &batch.records {
-                if r.key.as_deref() != Some(k.as_slice()) {
-                    continue;
-                }
-                let Some(v) = r.value.as_deref() else {
-                    continue;
-                };
-                match serde_json::from_slice::<CursorRecord>(v) {
-                    Ok(rec) => {
-                        if known.cursor.as_ref().is_none_or(|old| rec.supersedes(old)) {
-                            known.cursor = Some(rec);
-                        }
-                    }
-                    Err(e) => warn!(offset = r.offset, %e, "Skipping malformed cursor record"),
-                }
+        let from = known.scanned_to.max(wm.low);
+        let found = newest_per_key(
+            &*self.log,
+            &self.topic,
+            partition,
+            (from, wm.high),
+            Some(&k),
+            CursorRecord::supersedes,
+        )
+        .await?;
+        if let Some(rec) = found.into_values().next() {
+            if known.cursor.as_ref().is_none_or(|old| rec.supersedes(old)) {
+                known.cursor = Some(rec);
             }
-            if batch.next <= from {
-                break;
-            }
-            from = batch.next;
         }
-        known.scanned_to = from.max(known.scanned_to);
+        let scanned = (wm.high - from).max(0) as u64;
+        known.scanned_to = wm.high.max(known.scanned_to);
         metrics::counter!("herald_cursor_scan_records_total").increment(scanned);
         self.known.insert(key.clone(), known.clone());
         let mut found = known.cursor;
@@ -278,30 +265,20 @@ impl CursorStore {
         let Some(partitions) = kafka.partition_count(&topic).await? else {
             return Ok(Vec::new());
         };
-        let mut latest: HashMap<Vec<u8>, CursorRecord> = HashMap::new();
+        let mut all = Vec::new();
         for p in 0..partitions {
             let wm = LogRead::watermarks(kafka, &topic, p).await?;
-            let mut from = wm.low;
-            while from < wm.high {
-                let batch = LogRead::read_range(kafka, &topic, p, from, wm.high, 1000).await?;
-                for r in &batch.records {
-                    let (Some(k), Some(v)) = (&r.key, &r.value) else {
-                        continue;
-                    };
-                    if let Ok(rec) = serde_json::from_slice::<CursorRecord>(v) {
-                        let newer = latest.get(k).is_none_or(|old| rec.supersedes(old));
-                        if newer {
-                            latest.insert(k.clone(), rec);
-                        }
-                    }
-                }
-                if batch.next <= from {
-                    break;
-                }
-                from = batch.next;
-            }
+            let latest = newest_per_key(
+                kafka,
+                &topic,
+                p,
+                (wm.low, wm.high),
+                None,
+                CursorRecord::supersedes,
+            )
+            .await?;
+            all.extend(latest.into_values());
         }
-        let mut all: Vec<CursorRecord> = latest.into_values().collect();
         all.sort_by(|a, b| (&a.client, &a.channel).cmp(&(&b.client, &b.channel)));
         Ok(all)
     }

@@ -12,6 +12,9 @@
 //!   (the partition tail that feeds live delivery).
 //! - [`memory`]: [`memory::MemLog`], an in-memory log for tests, with
 //!   switches for slow or failing appends.
+//! - [`range`]: [`Span`], the one loop that reads a span of a partition
+//!   (and its rules for the end of data, holes, no progress and timeouts),
+//!   and [`newest_per_key`], the scan of a compacted topic.
 //! - [`scan`]: [`scan::find_message`], looking a record up by message id.
 //! - [`epoch`]: topic incarnation ids kept in a compacted meta topic.
 //! - [`cursors`]: [`CursorStore`], durable per-client channel cursors in a
@@ -32,6 +35,7 @@ pub mod cursors;
 pub mod epoch;
 pub mod kafka;
 pub mod memory;
+pub mod range;
 pub mod record;
 pub mod scan;
 
@@ -46,6 +50,7 @@ use herald_proto::Envelope;
 pub use config::LogConfig;
 pub use cursors::{CursorRecord, CursorStore};
 pub use kafka::{Kafka, PartitionSummary, TopicInfo};
+pub use range::{newest_per_key, Span};
 pub use record::Record;
 
 /// A boxed future, so the trait stays object-safe.
@@ -63,6 +68,14 @@ pub enum LogError {
     /// The log could not be reached (an in-memory log told to fail).
     #[error("log unavailable: {0}")]
     Unavailable(String),
+    /// A range read that returned nothing and did not move
+    /// ([`range`]'s rule: an error, never a silent stop).
+    #[error("reading {topic}/{partition} made no progress at offset {at}")]
+    NoProgress {
+        topic: String,
+        partition: i32,
+        at: i64,
+    },
     #[error("background task failed: {0}")]
     Task(String),
     #[error("{0}")]

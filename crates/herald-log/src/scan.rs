@@ -3,7 +3,7 @@
 
 use uuid::Uuid;
 
-use crate::{LogError, LogRead};
+use crate::{LogError, LogRead, Span};
 
 /// Records read per range read while scanning.
 const SCAN_BATCH: usize = 1000;
@@ -28,11 +28,9 @@ pub async fn find_message<L: LogRead + ?Sized>(
         .offset_for_time(topic, partition, since_ms)
         .await?
         .unwrap_or(wm.high);
-    let mut from = by_time.max(wm.low).max(wm.high - max_scan);
-    while from < wm.high {
-        let batch = log
-            .read_range(topic, partition, from, wm.high, SCAN_BATCH)
-            .await?;
+    let from = by_time.max(wm.low).max(wm.high - max_scan);
+    let mut span = Span::new(log, topic, partition, from, wm.high, SCAN_BATCH);
+    while let Some(batch) = span.next_batch().await? {
         for r in &batch.records {
             if r.key.as_deref() != Some(channel.as_bytes()) {
                 continue;
@@ -44,10 +42,6 @@ pub async fn find_message<L: LogRead + ?Sized>(
                 return Ok(Some(r.offset));
             }
         }
-        if batch.next <= from {
-            break;
-        }
-        from = batch.next;
     }
     Ok(None)
 }

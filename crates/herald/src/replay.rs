@@ -266,16 +266,13 @@ pub async fn run(a: ReplayArgs) -> anyhow::Result<()> {
     let mut progress = Progress::new((to - from).max(0) as u64);
     let started = Instant::now();
     let (mut scanned, mut written) = (0u64, 0u64);
-    let mut pos = from;
     let mut pending = Vec::new();
-    while pos < to {
-        let batch = LogRead::read_range(&*kafka, &topic, a.partition, pos, to, 1000).await?;
-        if batch.next <= pos {
-            bail!(
-                "reading {topic}/{} made no progress at offset {pos}",
-                a.partition
-            );
-        }
+    let mut span = herald_log::Span::new(&*kafka, &topic, a.partition, from, to, 1000);
+    loop {
+        let pos = span.position();
+        let Some(batch) = span.next_batch().await? else {
+            break;
+        };
         for r in &batch.records {
             if let Some(ch) = &a.channel {
                 if r.key.as_deref() != Some(ch.as_bytes()) {
@@ -294,7 +291,6 @@ pub async fn run(a: ReplayArgs) -> anyhow::Result<()> {
             progress.update((r.offset + 1 - from) as u64, written);
         }
         scanned += (batch.next - pos) as u64;
-        pos = batch.next;
         progress.update(scanned, written);
     }
     settle(&mut pending).await?;

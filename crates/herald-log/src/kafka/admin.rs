@@ -324,27 +324,20 @@ impl Kafka {
                 Err(e) => return Err(e),
             }
         };
-        let mut out = HashMap::new();
-        let mut from = wm.low;
-        while from < wm.high {
-            let batch = self.range(&meta, 0, from, wm.high, 1000).await?;
-            for r in &batch.records {
-                let (Some(k), Some(v)) = (&r.key, &r.value) else {
-                    continue;
-                };
-                match serde_json::from_slice::<EpochRecord>(v) {
-                    Ok(e) => {
-                        out.insert(String::from_utf8_lossy(k).into_owned(), e);
-                    }
-                    Err(e) => warn!(offset = r.offset, %e, "Skipping malformed epoch record"),
-                }
-            }
-            if batch.next <= from {
-                break;
-            }
-            from = batch.next;
-        }
-        Ok(out)
+        // A later record of a topic replaces the earlier.
+        let newest = crate::newest_per_key::<EpochRecord, _>(
+            self,
+            &meta,
+            0,
+            (wm.low, wm.high),
+            None,
+            |_, _| true,
+        )
+        .await?;
+        Ok(newest
+            .into_iter()
+            .map(|(k, e)| (String::from_utf8_lossy(&k).into_owned(), e))
+            .collect())
     }
 
     async fn epoch_for(

@@ -1,0 +1,104 @@
+//! Live dispatch: each record the tail reads goes into its partition's
+//! ring and to every subscriber of its channel, serialised once.
+//!
+//! Invariant: dispatch never waits on a connection. A subscriber whose
+//! queue is full is removed and its connection cut (it resumes from its
+//! position); a record below `next_offset` was dispatched already and is
+//! dropped; a record above it means the tail skipped deleted records, and
+//! every subscriber of the partition is cut rather than carried on with a
+//! silent gap.
+
+use std::sync::Arc;
+
+use herald_log::{Record, RecordSink};
+use tracing::{debug, warn};
+
+use super::Hub;
+use crate::delivery::Delivery;
+use crate::outbox::Outbound;
+
+impl Hub {
+    /// Live dispatch of one tailed record.
+    fn dispatch(&self, r: Record) {
+        // Keyed by the record's own `Arc<str>`: no allocation per record.
+        let found = self
+            .parts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(r.topic.clone(), r.partition))
+            .cloned();
+        let Some(part) = found else {
+            // Fetched before the partition was retired.
+            debug!(topic = %r.topic, partition = r.partition, "Record for a partition the hub no longer follows");
+            return;
+        };
+        let delivery = Delivery::from_record(&r, &part.epoch).map(Arc::new);
+        let mut st = part.lock();
+        if r.offset < st.next_offset {
+            // Already dispatched (a re-fetch after a broker reconnect).
+            return;
+        }
+        if r.offset > st.next_offset {
+            // The tail skipped records: herald's topics have no offset gaps
+            // (no transactions, no compaction), so this is librdkafka
+            // resetting a tail that fell behind the log start (the records
+            // were deleted before it read them). No live subscriber of the
+            // partition got them, and the ring is no longer contiguous.
+            let (from, to) = (st.next_offset, r.offset);
+            warn!(topic = %r.topic, partition = r.partition, from, to, "The tail skipped records; cutting the partition's subscribers");
+            metrics::counter!("herald_hub_tail_gaps_total").increment(1);
+            metrics::counter!("herald_hub_tail_skipped_records_total")
+                .increment((to - from) as u64);
+            st.forget(r.offset);
+            let mut cut = 0usize;
+            for (_, list) in st.subs.drain() {
+                for sub in list {
+                    sub.outbox.cut();
+                    cut += 1;
+                }
+            }
+            metrics::gauge!("herald_hub_subscriptions").decrement(cut as f64);
+        }
+        st.next_offset = r.offset + 1;
+        let Some(d) = delivery else {
+            return;
+        };
+        st.remember(d.clone(), &self.cfg);
+        let mut delivered = 0u64;
+        let mut dropped = 0usize;
+        if let Some(list) = st.subs.get_mut(&d.channel) {
+            list.retain_mut(|sub| {
+                if d.seq <= sub.last_seq {
+                    return true;
+                }
+                if sub.outbox.try_push(Outbound::Message(d.clone())) {
+                    sub.last_seq = d.seq;
+                    delivered += 1;
+                    true
+                } else {
+                    // Slow consumer (or gone): its connection closes and the
+                    // client resumes from its position.
+                    dropped += 1;
+                    false
+                }
+            });
+            if list.is_empty() {
+                st.subs.remove(&d.channel);
+            }
+        }
+        drop(st);
+        metrics::counter!("herald_hub_deliveries_total").increment(delivered);
+        if d.replayed {
+            metrics::counter!("herald_hub_replayed_records_total").increment(1);
+        }
+        if dropped > 0 {
+            metrics::gauge!("herald_hub_subscriptions").decrement(dropped as f64);
+        }
+    }
+}
+
+impl RecordSink for Hub {
+    fn on_record(&self, record: Record) {
+        self.dispatch(record);
+    }
+}
