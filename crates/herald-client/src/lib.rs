@@ -18,13 +18,16 @@
 //! - [`Connection::publish`] uses the caller's message id; retrying with the
 //!   same id is safe because the server deduplicates it.
 
+mod frames;
 pub mod resilient;
+
+use frames::Request;
+pub use frames::{Frame, HistoryPage, HistoryQuery, Member, Msg, Published, Replayed, Start};
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -32,25 +35,6 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use uuid::Uuid;
 
 pub use herald_proto::Position;
-
-/// A member of a channel's presence (one subscribed connection).
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-pub struct Member {
-    /// `{node}/{connection}`, unique in the cluster.
-    pub conn: String,
-    /// The token's `sub`.
-    #[serde(default)]
-    pub user: Option<String>,
-    /// The connection's client id (a digest for an anonymous client).
-    #[serde(default)]
-    pub client: Option<String>,
-    /// The display name the connection gave.
-    #[serde(default)]
-    pub name: Option<String>,
-    /// The token's `info` claim.
-    #[serde(default)]
-    pub info: Option<Value>,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -64,213 +48,6 @@ pub enum ClientError {
     BadFrame(String),
     #[error("server error {code}: {reason}")]
     Server { code: String, reason: String },
-}
-
-/// A delivered message.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-pub struct Msg {
-    pub channel: String,
-    pub seq: i64,
-    pub epoch: String,
-    pub id: Uuid,
-    pub ts: i64,
-    pub data: Value,
-    /// Set on messages an operator re-delivered with `herald replay --live`.
-    #[serde(default)]
-    pub replayed: Option<Replayed>,
-}
-
-/// Where the original of a replayed message is.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-pub struct Replayed {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    pub id: Uuid,
-}
-
-/// Where a subscription starts.
-#[derive(Clone, Copy, Debug)]
-pub enum Start<'a> {
-    /// Live from now.
-    Live,
-    /// After a position the client kept.
-    After(&'a Position),
-    /// After the server-side durable cursor of this connection's client id.
-    Cursor,
-}
-
-/// A `history` request (at most one of the `since_*`/`before_seq` fields).
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct HistoryQuery {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub since_seq: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub since_time: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub before_seq: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub limit: Option<u64>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub reverse: bool,
-}
-
-/// The answer to a `history` request.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-pub struct HistoryPage {
-    pub channel: String,
-    pub epoch: String,
-    pub messages: Vec<Msg>,
-    pub next: i64,
-    pub done: bool,
-    #[serde(default)]
-    pub truncated: bool,
-}
-
-/// A server frame.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Frame {
-    Subscribed {
-        channel: String,
-        position: Position,
-        recovered: bool,
-        /// The server's own subscription to a personal channel.
-        #[serde(default)]
-        auto: bool,
-    },
-    Unsubscribed {
-        channel: String,
-    },
-    Message(Msg),
-    PublishAck {
-        id: Uuid,
-        channel: String,
-        seq: i64,
-        #[serde(default)]
-        duplicate: bool,
-    },
-    PublishNack {
-        id: Uuid,
-        channel: String,
-        code: String,
-        reason: String,
-    },
-    Error {
-        code: String,
-        reason: String,
-        #[serde(default)]
-        id: Option<String>,
-        #[serde(default)]
-        channel: Option<String>,
-    },
-    History {
-        #[serde(default)]
-        id: Option<String>,
-        #[serde(flatten)]
-        page: HistoryPage,
-    },
-    /// Reply to `auth` / `refresh`.
-    Authenticated {
-        sub: String,
-        expires_at: u64,
-    },
-    Pong,
-    /// The server is draining: reconnect after `after_ms`.
-    Reconnect {
-        after_ms: u64,
-    },
-    /// The backend disconnected this connection; `reconnect: false`: stay away.
-    Disconnect {
-        code: u16,
-        reason: String,
-        reconnect: bool,
-    },
-    /// Reply to `presence`: the channel's members.
-    Presence {
-        #[serde(default)]
-        id: Option<String>,
-        channel: String,
-        members: Vec<Member>,
-        /// More members than the node lists were left out.
-        #[serde(default)]
-        truncated: bool,
-    },
-    /// Reply to `presence_stats`.
-    PresenceStats {
-        #[serde(default)]
-        id: Option<String>,
-        channel: String,
-        clients: usize,
-        users: usize,
-    },
-    /// A member joined a channel with join/leave events.
-    Join {
-        channel: String,
-        member: Member,
-    },
-    /// A member left.
-    Leave {
-        channel: String,
-        member: Member,
-    },
-    /// A frame type this client does not know (servers may add some).
-    #[serde(other)]
-    Unknown,
-}
-
-/// The outcome of a publish.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Published {
-    Ack { seq: i64, duplicate: bool },
-    Nack { code: String, reason: String },
-}
-
-#[derive(Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum Request<'a> {
-    Subscribe {
-        channel: &'a str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        since: Option<Value>,
-        #[serde(skip_serializing_if = "std::ops::Not::not")]
-        durable: bool,
-    },
-    History {
-        id: &'a str,
-        channel: &'a str,
-        #[serde(flatten)]
-        query: &'a HistoryQuery,
-    },
-    Auth {
-        token: &'a str,
-    },
-    Refresh {
-        token: &'a str,
-    },
-    Unsubscribe {
-        channel: &'a str,
-    },
-    Publish {
-        channel: &'a str,
-        id: Uuid,
-        data: &'a Value,
-        #[serde(skip_serializing_if = "std::ops::Not::not")]
-        retry: bool,
-    },
-    Ack {
-        channel: &'a str,
-        seq: i64,
-    },
-    Ping,
-    Presence {
-        id: &'a str,
-        channel: &'a str,
-    },
-    PresenceStats {
-        id: &'a str,
-        channel: &'a str,
-    },
 }
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;

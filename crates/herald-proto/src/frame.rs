@@ -126,8 +126,30 @@ pub struct Member {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// The token's `info` claim, as is.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "info_from_value"
+    )]
     pub info: Option<Box<RawValue>>,
+}
+
+/// `info` read through a JSON value: a [`RawValue`] cannot be read inside an
+/// internally tagged frame (serde buffers its content first), which is how
+/// clients read `presence`, `join` and `leave`.
+fn info_from_value<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Box<RawValue>>, D::Error> {
+    let v = Option::<serde_json::Value>::deserialize(d)?;
+    v.map(|v| serde_json::value::to_raw_value(&v).map_err(serde::de::Error::custom))
+        .transpose()
+}
+
+impl PartialEq for Member {
+    fn eq(&self, o: &Member) -> bool {
+        (&self.conn, &self.user, &self.client, &self.name) == (&o.conn, &o.user, &o.client, &o.name)
+            && self.info.as_ref().map(|r| r.get()) == o.info.as_ref().map(|r| r.get())
+    }
 }
 
 /// Why a client frame could not be decoded. `id` and `channel` are echoed in
