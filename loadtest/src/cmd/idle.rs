@@ -1,0 +1,74 @@
+//! `idle`: P3, memory per idle subscribed connection.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use herald_loadtest::gen::{self, GenConfig};
+
+use super::source_ips;
+
+/// P3: N connections subscribe (connection i to channel i % channels),
+/// each receives one message, then all sit idle answering pings for
+/// --hold-secs; prints `open K of N` and holds them until killed, so a
+/// script can read the server's memory. Exits 1 if any closed.
+#[derive(Args)]
+pub struct IdleArgs {
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+    pub url: String,
+    /// herald (also the WebSocket floor), socketio or centrifugo.
+    #[arg(long, default_value = "herald")]
+    pub proto: String,
+    #[arg(long, default_value_t = 5000)]
+    pub connections: usize,
+    #[arg(long, default_value_t = 100)]
+    pub channels: usize,
+    /// Idle time after the message (several ping intervals: herald
+    /// pings every 20 s, Centrifugo every 25 s).
+    #[arg(long, default_value_t = 80)]
+    pub hold_secs: u64,
+    #[arg(long)]
+    pub source_ips: Option<String>,
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// `idle`.
+pub async fn idle(args: IdleArgs) -> anyhow::Result<()> {
+    let IdleArgs {
+        url,
+        proto,
+        connections,
+        channels,
+        hold_secs,
+        source_ips: ips,
+        json,
+    } = args;
+    let (r, held) = herald_loadtest::idle::run(herald_loadtest::idle::IdleConfig {
+        url,
+        proto: gen::Proto::parse(&proto)?,
+        connections,
+        channels,
+        hold: Duration::from_secs(hold_secs),
+        source_ips: source_ips(&ips)?,
+        channel_prefix: GenConfig::default().channel_prefix,
+    })
+    .await?;
+    if let Some(p) = json {
+        std::fs::write(&p, serde_json::to_string_pretty(&r)?)?;
+    }
+    println!(
+        "open {} of {} after {} s idle (subscribed {}, received {})",
+        r.open, r.connections, r.hold_secs, r.subscribed, r.received
+    );
+    if r.open < r.connections as u64 {
+        held.release().await;
+        anyhow::bail!(
+            "{} connections closed while idle",
+            r.connections as u64 - r.open
+        );
+    }
+    tokio::signal::ctrl_c().await?;
+    held.release().await;
+    Ok(())
+}

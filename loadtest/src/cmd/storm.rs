@@ -1,0 +1,105 @@
+//! `storm`: P5, a reconnect storm onto another edge.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use herald_loadtest::gen::GenConfig;
+
+use super::source_ips;
+
+/// P5: subscribers on edge A, a publisher on edge B; A is killed and
+/// every subscriber resumes on B. Time to all resumed, lost, duplicated.
+#[derive(Args)]
+pub struct StormArgs {
+    /// The edge the subscribers start on (it is killed).
+    #[arg(long)]
+    pub url_a: String,
+    /// Edge A's process id.
+    #[arg(long)]
+    pub pid_a: u32,
+    /// The surviving edge.
+    #[arg(long)]
+    pub url_b: String,
+    #[arg(long, default_value_t = 1000)]
+    pub subscribers: usize,
+    #[arg(long, default_value_t = 10)]
+    pub channels: usize,
+    /// Publishes per second over all channels, for the whole run.
+    #[arg(long, default_value_t = 50)]
+    pub rate: u32,
+    /// Seconds of publishing before the kill.
+    #[arg(long, default_value_t = 5)]
+    pub before_secs: u64,
+    /// Seconds of publishing after the kill.
+    #[arg(long, default_value_t = 15)]
+    pub after_secs: u64,
+    /// Each client's first reconnect waits a random time up to this.
+    #[arg(long, default_value_t = 0)]
+    pub jitter_ms: u64,
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    #[arg(long)]
+    pub source_ips: Option<String>,
+    #[arg(long, default_value_t = 60)]
+    pub drain_secs: u64,
+    /// No witness subscribers on the surviving edge: it follows none of
+    /// the channels when the storm arrives.
+    #[arg(long)]
+    pub cold: bool,
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// `storm`.
+pub async fn storm(args: StormArgs) -> anyhow::Result<()> {
+    let StormArgs {
+        url_a,
+        pid_a,
+        url_b,
+        subscribers,
+        channels,
+        rate,
+        before_secs,
+        after_secs,
+        jitter_ms,
+        size,
+        source_ips: ips,
+        drain_secs,
+        cold,
+        json,
+    } = args;
+    let r = herald_loadtest::storm::run(herald_loadtest::storm::StormConfig {
+        url_a,
+        pid_a,
+        url_b,
+        subscribers,
+        channels,
+        rate,
+        before: Duration::from_secs(before_secs),
+        after: Duration::from_secs(after_secs),
+        jitter: Duration::from_millis(jitter_ms),
+        size,
+        source_ips: source_ips(&ips)?,
+        drain: Duration::from_secs(drain_secs),
+        channel_prefix: GenConfig::default().channel_prefix,
+        progress: true,
+        cold,
+    })
+    .await?;
+    r.print();
+    if let Some(p) = json {
+        std::fs::write(&p, serde_json::to_string_pretty(&r)?)?;
+    }
+    let t = &r.totals;
+    if t.lost > 0 || t.duplicated > 0 || t.out_of_order > 0 || r.not_recovered > 0 {
+        anyhow::bail!(
+            "lost {} duplicated {} out of order {} not recovered {}",
+            t.lost,
+            t.duplicated,
+            t.out_of_order,
+            r.not_recovered
+        );
+    }
+    Ok(())
+}
