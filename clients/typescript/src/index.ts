@@ -3,154 +3,34 @@
 // reconnects with full-jitter exponential backoff, resubscribes every channel
 // from the last position it processed and drops anything at or below it, so
 // the application sees each message once and in order per channel.
+//
+// Files: transport.ts (WebSocket, SSE, long-poll), protocol.ts (what is kept
+// across connections: positions, pending publishes and requests), types.ts
+// (the public types), frames.*.ts (the frames, generated from schemas/),
+// this file (the connection's life and the public API).
 
+import type { CHistory, ClientFrame, CPresence, CPresenceStats } from "./frames.client.js";
+import type { ServerFrame } from "./frames.server.js";
+import { ProtocolState, type PendingPublish } from "./protocol.js";
+import { defaultTransportFactory, type Frame, type Transport, type TransportName } from "./transport.js";
 import {
-  defaultTransportFactory,
-  type Frame,
-  type Transport,
-  type TransportFactory,
-  type TransportName,
-} from "./transport.js";
+  HeraldError,
+  type Events,
+  type HistoryPage,
+  type HistoryQuery,
+  type Member,
+  type Options,
+  type Position,
+  type State,
+  type SubscribeOptions,
+} from "./types.js";
 
 export type { Frame, Transport, TransportFactory, TransportName } from "./transport.js";
-
-export type State = "disconnected" | "connecting" | "connected" | "closed";
-
-export interface Position {
-  seq: number;
-  epoch: string;
-}
-
-export interface Message {
-  channel: string;
-  seq: number;
-  epoch: string;
-  id: string;
-  ts: number;
-  data: unknown;
-  replayed?: unknown;
-}
-
-export interface Member {
-  conn: string;
-  user?: string;
-  /** The token's `sub`, or a digest of an anonymous client's id. */
-  client?: string;
-  /** The display name the member gave. */
-  name?: string;
-  info?: unknown;
-}
-
-export interface HistoryQuery {
-  since_seq?: number;
-  since_time?: number;
-  before_seq?: number;
-  limit?: number;
-  reverse?: boolean;
-}
-
-export interface HistoryPage {
-  channel: string;
-  epoch: string;
-  messages: Message[];
-  next: unknown;
-  done: boolean;
-  truncated?: boolean;
-}
-
-/** A refusal from the server: its code and reason. */
-export class HeraldError extends Error {
-  constructor(
-    public readonly code: string,
-    reason: string,
-  ) {
-    super(`${code}: ${reason}`);
-    this.name = "HeraldError";
-  }
-}
-
-/** Where positions are kept across reloads (`localStorage` fits). */
-export interface PositionStore {
-  getItem(key: string): string | null;
-  setItem(key: string, value: string): void;
-}
-
-export interface Options {
-  /** herald's base URL, `http(s)://host:port`. */
-  url: string;
-  /** Returns a token (a JWT) to connect with; called at every connect and
-   *  before the token expires. Without it the connection is anonymous. */
-  getToken?: () => Promise<string> | string;
-  /** Names an anonymous client's durable cursors. It is their credential:
-   *  keep it secret (presence shows only a digest of it). */
-  clientId?: string;
-  /** A display name others see in presence (`member.name`): public. */
-  name?: string;
-  /** Transports to try, in order. Default: websocket, sse, poll. */
-  transports?: TransportName[];
-  /** Backoff between reconnects: full jitter over an exponential ceiling. */
-  backoffInitialMs?: number;
-  backoffMaxMs?: number;
-  /** How long a transport may take to open. Default 5000. */
-  openTimeoutMs?: number;
-  /** Refresh the token this long before it expires. Default 30000. */
-  refreshBeforeMs?: number;
-  /** Keeps positions across reloads under `storageKey`. */
-  storage?: PositionStore | null;
-  storageKey?: string;
-  /** Acks of durable subscriptions are sent at most this often. Default 200. */
-  ackIntervalMs?: number;
-  /** For tests: the transports and the random source. */
-  transportFactory?: TransportFactory;
-  random?: () => number;
-}
-
-export interface SubscribeOptions {
-  /** Store acks as a durable cursor; a first subscribe resumes from it. */
-  durable?: boolean;
-}
-
-export interface Subscribed {
-  channel: string;
-  position: Position;
-  /** True when the server resumed the channel exactly from our position. */
-  recovered: boolean;
-  /** The server's own subscription to a personal channel (not asked for). */
-  auto: boolean;
-}
-
-type Events = {
-  state: State;
-  transport: TransportName;
-  message: Message;
-  subscribed: Subscribed;
-  unsubscribed: { channel: string };
-  join: { channel: string; member: Member };
-  leave: { channel: string; member: Member };
-  /** The server asked for a reconnect after `after_ms` (it is draining). */
-  reconnect: { after_ms: number };
-  /** The application's backend disconnected us and asked us to stay away. */
-  disconnect: { code: number; reason: string };
-  /** An `error` frame not tied to a request. */
-  error: { code: string; reason: string; channel?: string };
-  authenticated: { sub: string; expires_at: number };
-  closed: { code: number; reason: string };
-};
+export type { ClientFrame } from "./frames.client.js";
+export type { ServerFrame } from "./frames.server.js";
+export * from "./types.js";
 
 type Listener<T> = (v: T) => void;
-
-interface PendingPublish {
-  frame: { type: "publish"; channel: string; id: string; data: unknown; retry?: boolean };
-  resolve: (r: { seq: number; duplicate: boolean }) => void;
-  reject: (e: Error) => void;
-  sent: boolean;
-}
-
-interface PendingRequest {
-  resolve: (f: Frame) => void;
-  reject: (e: Error) => void;
-  frame: object;
-}
 
 /** Decodes a JWT's `exp` (seconds), or null. */
 export function tokenExpiry(token: string): number | null {
@@ -198,16 +78,7 @@ export class HeraldClient {
   private refreshTimer: ReturnType<typeof setTimeout> | null = null;
   private ackTimer: ReturnType<typeof setTimeout> | null = null;
   private nextDelayMs: number | null = null;
-  private subs = new Map<string, SubscribeOptions>();
-  private positions = new Map<string, Position>();
-  /** Channels whose resume (`subscribe` with `since`) is not answered yet:
-   *  their messages are dropped until it is, as the resume delivers them
-   *  again in order (a personal channel's server subscription may deliver
-   *  newer ones first). */
-  private resuming = new Set<string>();
-  private pendingAcks = new Map<string, number>();
-  private publishes = new Map<string, PendingPublish>();
-  private requests = new Map<string, PendingRequest>();
+  private st: ProtocolState;
   private token: string | undefined;
   private stopped = false;
 
@@ -224,7 +95,7 @@ export class HeraldClient {
       // Options given as `undefined` keep their defaults.
       ...(Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as Options),
     };
-    this.loadPositions();
+    this.st = new ProtocolState(this.opts.storage, this.opts.storageKey);
   }
 
   get state(): State {
@@ -238,7 +109,7 @@ export class HeraldClient {
 
   /** The last processed position of each channel. */
   position(channel: string): Position | undefined {
-    const p = this.positions.get(channel);
+    const p = this.st.positions.get(channel);
     return p ? { ...p } : undefined;
   }
 
@@ -284,21 +155,18 @@ export class HeraldClient {
     const t = this.transport;
     this.transport = null;
     t?.close();
-    for (const p of this.publishes.values()) p.reject(new HeraldError("closed", "the client was closed"));
-    this.publishes.clear();
-    for (const r of this.requests.values()) r.reject(new HeraldError("closed", "the client was closed"));
-    this.requests.clear();
+    this.st.rejectAll(new HeraldError("closed", "the client was closed"));
     this.setState("closed");
   }
 
   subscribe(channel: string, options: SubscribeOptions = {}): void {
-    this.subs.set(channel, options);
-    if (this._state === "connected") this.sendSubscribe(channel);
+    this.st.subs.set(channel, options);
+    if (this._state === "connected") this.send(this.st.subscribeFrame(channel));
   }
 
   unsubscribe(channel: string): void {
-    this.subs.delete(channel);
-    this.pendingAcks.delete(channel);
+    this.st.subs.delete(channel);
+    this.st.pendingAcks.delete(channel);
     if (this._state === "connected") this.transport?.send({ type: "unsubscribe", channel });
   }
 
@@ -310,15 +178,14 @@ export class HeraldClient {
   publish(channel: string, data: unknown, id: string = uuid()): Promise<{ seq: number; duplicate: boolean }> {
     return new Promise((resolve, reject) => {
       const p: PendingPublish = { frame: { type: "publish", channel, id, data }, resolve, reject, sent: false };
-      this.publishes.set(id, p);
+      this.st.publishes.set(id, p);
       if (this._state === "connected") this.sendPublish(p);
     });
   }
 
   /** Marks everything up to `seq` processed (durable subscriptions). */
   ack(channel: string, seq: number): void {
-    const prev = this.pendingAcks.get(channel);
-    if (prev === undefined || seq > prev) this.pendingAcks.set(channel, seq);
+    this.st.ack(channel, seq);
     if (!this.ackTimer) {
       this.ackTimer = setTimeout(() => {
         this.ackTimer = null;
@@ -328,25 +195,34 @@ export class HeraldClient {
   }
 
   history(channel: string, query: HistoryQuery = {}): Promise<HistoryPage> {
-    return this.request({ type: "history", channel, ...query }) as Promise<unknown> as Promise<HistoryPage>;
+    return this.request({ type: "history", channel, ...query }, "history");
   }
 
   async presence(channel: string): Promise<Member[]> {
-    const f = await this.request({ type: "presence", channel });
-    return (f.members as Member[]) ?? [];
+    const f = await this.request({ type: "presence", channel }, "presence");
+    return f.members ?? [];
   }
 
   async presenceStats(channel: string): Promise<{ clients: number; users: number }> {
-    const f = await this.request({ type: "presence_stats", channel });
-    return { clients: Number(f.clients), users: Number(f.users) };
+    const f = await this.request({ type: "presence_stats", channel }, "presence_stats");
+    return { clients: f.clients, users: f.users };
   }
 
-  private request(frame: { type: string; [k: string]: unknown }): Promise<Frame> {
+  /** Sends a request with a fresh id; resolves with its answer, which must
+   *  be a frame of type `answer`. */
+  private request<T extends ServerFrame["type"]>(
+    frame: CHistory | CPresence | CPresenceStats,
+    answer: T,
+  ): Promise<Extract<ServerFrame, { type: T }>> {
     return new Promise((resolve, reject) => {
       const id = uuid();
       const full = { ...frame, id };
-      this.requests.set(id, { resolve, reject, frame: full });
-      if (this._state === "connected") this.transport?.send(full);
+      const done = (f: ServerFrame) =>
+        f.type === answer
+          ? resolve(f as Extract<ServerFrame, { type: T }>)
+          : reject(new HeraldError("internal", `a ${f.type} frame answered a ${frame.type} request`));
+      this.st.requests.set(id, { resolve: done, reject, frame: full });
+      if (this._state === "connected") this.send(full);
     });
   }
 
@@ -404,16 +280,13 @@ export class HeraldClient {
     }
     this.setState("connected");
     this.armRefresh();
-    this.resuming.clear();
-    for (const ch of this.subs.keys()) this.sendSubscribe(ch);
-    for (const p of this.publishes.values()) this.sendPublish(p);
-    for (const r of this.requests.values()) this.transport?.send(r.frame);
+    for (const f of this.st.onOpen()) this.send(f);
     this.flushAcksNow();
   }
 
   private onClose(code: number, reason: string, opened: boolean) {
     this.clearTimer("refreshTimer");
-    for (const p of this.publishes.values()) if (p.sent) p.frame.retry = true;
+    this.st.onConnectionLost();
     this.emit("closed", { code, reason });
     if (this.stopped) {
       this.setState("closed");
@@ -457,7 +330,7 @@ export class HeraldClient {
     const t = this.transport;
     this.transport = null;
     t?.close();
-    for (const p of this.publishes.values()) if (p.sent) p.frame.retry = true;
+    this.st.onConnectionLost();
     this.setState("disconnected");
   }
 
@@ -472,139 +345,108 @@ export class HeraldClient {
 
   // --- frames -----------------------------------------------------------
 
-  private sendSubscribe(channel: string) {
-    const o = this.subs.get(channel) ?? {};
-    const p = this.positions.get(channel);
-    const frame: Record<string, unknown> = { type: "subscribe", channel };
-    if (p) frame.since = { seq: p.seq, epoch: p.epoch };
-    else if (o.durable) frame.since = "cursor";
-    if (o.durable) frame.durable = true;
-    if (frame.since !== undefined) this.resuming.add(channel);
-    this.transport?.send(frame);
+  private send(f: ClientFrame) {
+    this.transport?.send(f);
   }
 
   private sendPublish(p: PendingPublish) {
     p.sent = true;
-    this.transport?.send(p.frame);
+    this.send(p.frame);
   }
 
   private flushAcksNow() {
     this.clearTimer("ackTimer");
     if (this._state !== "connected" || !this.transport) return;
-    for (const [channel, seq] of this.pendingAcks) {
-      if (this.subs.has(channel)) this.transport.send({ type: "ack", channel, seq });
-    }
-    this.pendingAcks.clear();
+    for (const a of this.st.takeAcks()) this.send(a);
   }
 
-  private onFrame(f: Frame) {
+  private onFrame(raw: Frame) {
+    // Shapes as schemas/frames.server.json says (frames.server.ts is
+    // generated from it); a type this client does not know is ignored.
+    const f = raw as ServerFrame;
     switch (f.type) {
       case "message":
-        return this.onMessage(f as unknown as Message);
-      case "subscribed": {
-        const channel = String(f.channel);
-        const position = f.position as Position;
-        const recovered = Boolean(f.recovered);
-        const auto = f.auto === true;
-        // The server's subscription, which our resume replaces: not its answer.
-        if (auto && this.resuming.has(channel)) return;
-        if (!auto) this.resuming.delete(channel);
-        // Where live starts, when the server could not resume us and we know
-        // nothing of this epoch; a recovered reply's catch-up (at or below
-        // `position`) follows, even when we know nothing (a cursor resume).
-        const known = this.positions.get(channel);
-        if (!recovered && (!known || known.epoch !== position.epoch)) {
-          this.positions.set(channel, { ...position });
-          this.savePositions();
+        if (this.st.accept(f)) {
+          const { type: _, ...m } = f;
+          this.emit("message", m);
+          if (this.st.subs.get(f.channel)?.durable) this.ack(f.channel, f.seq);
         }
-        this.emit("subscribed", { channel, position, recovered, auto });
         return;
-      }
+      case "subscribed":
+        if (this.st.onSubscribed(f)) {
+          const { channel, position, recovered } = f;
+          this.emit("subscribed", { channel, position, recovered, auto: f.auto === true });
+        }
+        return;
       case "unsubscribed":
-        this.subs.delete(String(f.channel));
-        this.emit("unsubscribed", { channel: String(f.channel) });
+        this.st.subs.delete(f.channel);
+        this.emit("unsubscribed", { channel: f.channel });
         return;
       case "publish_ack": {
-        const p = this.publishes.get(String(f.id));
+        const p = this.st.publishes.get(f.id);
         if (!p) return;
-        this.publishes.delete(String(f.id));
-        p.resolve({ seq: Number(f.seq), duplicate: Boolean(f.duplicate) });
+        this.st.publishes.delete(f.id);
+        p.resolve({ seq: f.seq, duplicate: f.duplicate === true });
         return;
       }
       case "publish_nack": {
-        const p = this.publishes.get(String(f.id));
+        const p = this.st.publishes.get(f.id);
         if (!p) return;
-        const code = String(f.code);
-        if (code === "unavailable" || code === "rate_limited" || code === "shutting_down") {
+        if (f.code === "unavailable" || f.code === "rate_limited" || f.code === "shutting_down") {
           // Not confirmed: re-send with the same id, so it lands once.
           p.frame.retry = true;
-          const after = Number(f.retry_after_ms) || 500;
           setTimeout(() => {
-            if (this.publishes.get(p.frame.id) === p && this._state === "connected") this.sendPublish(p);
-          }, after);
+            if (this.st.publishes.get(p.frame.id) === p && this._state === "connected") this.sendPublish(p);
+          }, f.retry_after_ms || 500);
           return;
         }
-        this.publishes.delete(String(f.id));
-        p.reject(new HeraldError(code, String(f.reason ?? "")));
+        this.st.publishes.delete(f.id);
+        p.reject(new HeraldError(f.code, f.reason ?? ""));
         return;
       }
       case "history":
       case "presence":
       case "presence_stats": {
-        const r = f.id !== undefined ? this.requests.get(String(f.id)) : undefined;
-        if (r) {
-          this.requests.delete(String(f.id));
+        const r = f.id !== undefined ? this.st.requests.get(f.id) : undefined;
+        if (r && f.id !== undefined) {
+          this.st.requests.delete(f.id);
           r.resolve(f);
         }
         return;
       }
       case "error": {
-        const r = f.id !== undefined ? this.requests.get(String(f.id)) : undefined;
-        if (r) {
-          this.requests.delete(String(f.id));
-          r.reject(new HeraldError(String(f.code), String(f.reason ?? "")));
+        const r = f.id !== undefined ? this.st.requests.get(f.id) : undefined;
+        if (r && f.id !== undefined) {
+          this.st.requests.delete(f.id);
+          r.reject(new HeraldError(f.code, f.reason ?? ""));
           return;
         }
-        if (f.channel !== undefined) this.resuming.delete(String(f.channel));
-        this.emit("error", {
-          code: String(f.code),
-          reason: String(f.reason ?? ""),
-          channel: f.channel === undefined ? undefined : String(f.channel),
-        });
+        if (f.channel !== undefined) this.st.resuming.delete(f.channel);
+        this.emit("error", { code: f.code, reason: f.reason ?? "", channel: f.channel });
         return;
       }
       case "join":
       case "leave":
-        this.emit(f.type, { channel: String(f.channel), member: f.member as Member });
+        this.emit(f.type, { channel: f.channel, member: f.member });
         return;
       case "authenticated":
-        this.emit("authenticated", { sub: String(f.sub), expires_at: Number(f.expires_at) });
+        this.emit("authenticated", { sub: f.sub, expires_at: f.expires_at });
         return;
       case "reconnect": {
-        const after = Number(f.after_ms) || 0;
+        const after = f.after_ms || 0;
         this.nextDelayMs = after;
         this.emit("reconnect", { after_ms: after });
         return;
       }
       case "disconnect":
         if (f.reconnect === false) {
-          this.emit("disconnect", { code: Number(f.code), reason: String(f.reason ?? "") });
+          this.emit("disconnect", { code: f.code, reason: f.reason ?? "" });
           this.close();
         }
         return;
       default:
         return; // pong, and frame types this client does not know
     }
-  }
-
-  private onMessage(m: Message) {
-    if (this.resuming.has(m.channel)) return; // the resume delivers it again
-    const last = this.positions.get(m.channel);
-    if (last && last.epoch === m.epoch && m.seq <= last.seq) return; // seen already
-    this.positions.set(m.channel, { seq: m.seq, epoch: m.epoch });
-    this.savePositions();
-    this.emit("message", m);
-    if (this.subs.get(m.channel)?.durable) this.ack(m.channel, m.seq);
   }
 
   // --- tokens -----------------------------------------------------------
@@ -624,39 +466,12 @@ export class HeraldClient {
     try {
       const token = await this.opts.getToken();
       this.token = token;
-      this.transport?.send({ type: "refresh", token });
+      this.send({ type: "refresh", token });
       this.armRefresh();
     } catch {
       // Try again shortly; the server closes with 4003 at expiry and the
       // reconnect asks for a token again.
       this.refreshTimer = setTimeout(() => void this.refresh(), 5_000);
-    }
-  }
-
-  // --- positions --------------------------------------------------------
-
-  private loadPositions() {
-    const s = this.opts.storage;
-    if (!s) return;
-    try {
-      const raw = s.getItem(this.opts.storageKey);
-      if (!raw) return;
-      const obj = JSON.parse(raw) as Record<string, Position>;
-      for (const [ch, p] of Object.entries(obj)) {
-        if (p && typeof p.seq === "number" && typeof p.epoch === "string") this.positions.set(ch, p);
-      }
-    } catch {
-      // A damaged entry is ignored: channels start live.
-    }
-  }
-
-  private savePositions() {
-    const s = this.opts.storage;
-    if (!s) return;
-    try {
-      s.setItem(this.opts.storageKey, JSON.stringify(Object.fromEntries(this.positions)));
-    } catch {
-      // Storage full or denied: positions stay in memory.
     }
   }
 

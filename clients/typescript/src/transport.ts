@@ -2,9 +2,12 @@
 // frames, and long-polling with POSTed frames. Each carries herald's JSON
 // frames both ways; the client above them does not know which it has.
 
+import type { ClientFrame } from "./frames.client.js";
+
 export type TransportName = "websocket" | "sse" | "poll";
 
-/** A server frame as parsed JSON. */
+/** A server frame as parsed JSON: an object with a `type` (its shape is
+ *  `ServerFrame` for the types this client knows). */
 export type Frame = { type: string; [key: string]: unknown };
 
 export interface TransportHandlers {
@@ -20,7 +23,7 @@ export interface TransportHandlers {
 
 export interface Transport {
   readonly name: TransportName;
-  send(frame: object): void;
+  send(frame: ClientFrame): void;
   close(): void;
 }
 
@@ -137,7 +140,7 @@ class Poster {
     private fail: (reason: string) => void,
   ) {}
 
-  send(frame: object) {
+  send(frame: ClientFrame) {
     this.queue.push(frame);
     this.pump();
   }
