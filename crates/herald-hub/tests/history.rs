@@ -1,6 +1,6 @@
 //! History pages against an in-memory log: every mode, every bound, paging
 //! to the end, and the ring answering when it covers the range. The real
-//! broker runs the same requests in `crates/herald/tests/history.rs`.
+//! broker runs the same requests in `crates/herald/tests/e2e/history.rs`.
 
 mod common;
 

@@ -1,6 +1,6 @@
 //! The resume hand-off against an in-memory log: pure logic, deterministic
 //! where it can be, and raced on purpose where it matters. The same scenarios
-//! run against the real broker in `crates/herald/tests/core.rs`.
+//! run against the real broker in `crates/herald/tests/e2e/core.rs`.
 
 mod common;
 

@@ -6,7 +6,7 @@
 //! through the balancer on the node left, and every acked message reaches
 //! the subscriber once.
 
-mod common;
+use crate::common;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! or it was made beforehand outside herald: a client moving between them
 //! resumes with `recovered: true`.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

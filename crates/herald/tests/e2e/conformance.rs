@@ -4,7 +4,7 @@
 //! frames, ping/pong payloads, close handshake and codes, UTF-8 validation
 //! (whole and fragmented), size limits.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -7,7 +7,7 @@
 //! members and counts alike on every node, join/leave events in one order
 //! everywhere, a killed node's members expiring; personal channels.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -1,7 +1,7 @@
 //! `history` over WebSocket against the real broker: by seq, by time, the
 //! newest first with paging back, the scan bound, and bad requests.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

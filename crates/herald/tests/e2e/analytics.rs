@@ -2,7 +2,7 @@
 //! the Python (confluent-kafka) script and the Rust example must both count
 //! messages per channel per minute exactly, and skip a foreign record.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -1,6 +1,6 @@
 //! `herald offsets` against the real broker.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

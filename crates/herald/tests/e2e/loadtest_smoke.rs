@@ -4,7 +4,7 @@
 //! same run against the bare WebSocket floor. Benchmarks proper are not part
 //! of the test run (docs/benchmarks.md).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! subscriptions per connection, frame size. Each refusal has its documented
 //! code, and nothing refused reaches Kafka.
 
-mod common;
+use crate::common;
 
 use common::*;
 use herald_client::{Connection, Frame, Published};

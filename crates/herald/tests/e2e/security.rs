@@ -2,7 +2,7 @@
 //! and nothing published or leaked by a refused request. Tokens come from
 //! `herald gentoken` (the operators' tool) or are forged here.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::Command;

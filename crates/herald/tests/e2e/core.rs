@@ -1,7 +1,7 @@
 //! The durable core, end to end: real broker over TCP, real `herald serve`
 //! processes, real WebSocket clients.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! reconnect), long-polls, frames `POST`ed to a session, and their refusals.
 //! Everything acked is delivered, once, in order per channel.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

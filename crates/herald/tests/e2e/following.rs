@@ -6,7 +6,7 @@
 //! `follow_grace_secs`, and a client that resumes there later gets everything
 //! it missed, once.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

@@ -6,7 +6,7 @@
 //! expiring mid-session is refreshed. `infra/dev/test.sh` installs Chromium
 //! and the npm packages and builds the client first.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::Command;

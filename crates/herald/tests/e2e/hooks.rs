@@ -5,7 +5,7 @@
 //! timing out (failing closed), the publish hook refusing and rewriting;
 //! every acked publish is delivered once, in order, as rewritten.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

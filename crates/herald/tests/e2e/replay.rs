@@ -2,7 +2,7 @@
 //! filter, to stdout, to a file, to another topic, live to subscribers with
 //! the `replayed` marker, dry run, and bad arguments.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Output};
 use std::time::Duration;

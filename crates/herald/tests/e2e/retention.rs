@@ -9,7 +9,7 @@
 //! broker setting) and only deletes closed segments, so waiting for it would
 //! make the test slow and its timing the broker's.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Frames as they cross the wire validate against `schemas/`: every text
 //! frame a real server sends in a session that exercises every frame type.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! The configuration commands and start-up checks, run as an operator would.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! `schemas/envelope.v1.json`, header `herald-id`, partition = Kafka's
 //! murmur2 default partitioner, as librdkafka itself computes it.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

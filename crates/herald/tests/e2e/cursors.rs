@@ -2,7 +2,7 @@
 //! and by SIGKILL), start a new one, resume a new device from the stored
 //! cursor: nothing lost, nothing delivered twice beyond the unacked tail.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
