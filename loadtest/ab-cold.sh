@@ -22,25 +22,12 @@ mkdir -p "$OUT"
 BROKERS="${HERALD_TEST_BROKERS:-127.0.0.1:9092}"
 PFX="ab-$$."
 ulimit -n 65536 2>/dev/null || true
-KILL=()
-stop_broker=""
-finish() {
-    if ((${#KILL[@]})); then kill "${KILL[@]}" 2>/dev/null || true; fi
-    if [[ -n $stop_broker ]]; then infra/dev/broker.sh stop >/dev/null 2>&1 || true; fi
-}
-trap finish EXIT
-if [[ -z "${HERALD_TEST_BROKERS:-}" ]] && ! infra/dev/broker.sh status >/dev/null 2>&1; then
-    infra/dev/broker.sh start || exit 1
-    stop_broker=1
-fi
+source loadtest/common.sh
+if [[ -z "${HERALD_TEST_BROKERS:-}" ]]; then ensure_broker; fi
 # start BIN NAME: a node on a free port; sets PID and NODE_URL.
 start() {
-    "$1" serve --listen 127.0.0.1:0 --kafka-brokers "$BROKERS" --topic-prefix "$PFX" \
-        --namespaces chat=8:anonymous --fetch-wait-max-ms 100 > "$OUT/$2.out" 2> "$OUT/$2.err" &
-    PID=$!; KILL+=("$PID")
-    for _ in $(seq 1 300); do grep -q listening "$OUT/$2.out" && break; sleep 0.1; done
-    NODE_URL="$(sed -n 's/^herald listening on //p' "$OUT/$2.out")"
-    [[ -n $NODE_URL ]] || { echo "ab-cold: $2 did not start"; cat "$OUT/$2.err"; exit 1; }
+    start_node "$OUT" "$2" "$1" --kafka-brokers "$BROKERS" --topic-prefix "$PFX" \
+        --namespaces chat=8:anonymous --fetch-wait-max-ms 100
 }
 start "$B" publisher
 URL=$NODE_URL

@@ -13,20 +13,20 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${HERALD_CACHE:-$HOME/.cache/herald
 (cd "$ROOT" && cargo build --release -q -p herald-loadtest)
 BIN="$CARGO_TARGET_DIR/release"
 OUT="$(mktemp -d)"
+cd "$ROOT"
+source loadtest/common.sh
 "$BIN/herald-loadtest" mock-broker --topics "ab.chat:8,ab.meta:1,ab.cursors:8,ab.control:1,ab.presence:8,loadtest-floor:1" \
     > "$OUT/mock.out" 2>&1 &
-mock=$!
-trap 'kill $mock 2>/dev/null || true' EXIT
-for _ in $(seq 1 50); do grep -q "mock broker at" "$OUT/mock.out" && break; sleep 0.1; done
-BROKERS="$(sed -n 's/^mock broker at //p' "$OUT/mock.out")"
+KILL+=("$!")
+wait_listening "$OUT/mock.out" "mock broker at "
+BROKERS=$LISTENING
 for round in 1 2; do
     for H in "$@"; do
-        "$H" serve --listen 127.0.0.1:0 --kafka-brokers "$BROKERS" --topic-prefix ab. \
+        start_node "$OUT" h "$H" --kafka-brokers "$BROKERS" --topic-prefix ab. \
             --namespaces chat=8:anonymous --fetch-wait-max-ms 5 --publish-rate 0 \
-            --queue-messages 100000 --queue-bytes 67108864 > "$OUT/h.out" 2> "$OUT/h.err" &
-        srv=$!
-        for _ in $(seq 1 300); do grep -q listening "$OUT/h.out" && break; sleep 0.1; done
-        URL="$(sed -n 's/^herald listening on //p' "$OUT/h.out")"
+            --queue-messages 100000 --queue-bytes 67108864
+        srv=$PID
+        URL=$NODE_URL
         result="$("$BIN/herald-loadtest" vs-kafka --url "$URL" --brokers "$BROKERS" --fetch-wait-max-ms 5 \
             --rate 0 --window 64 --duration-secs "${DUR:-10}" --size 100 --floor-topic loadtest-floor 2>/dev/null \
             | grep -E 'acks/s|herald /' | sed 's/publishes *sent [0-9]* *acked [0-9]* *nacked 0 *//' | tr '\n' ' ')"

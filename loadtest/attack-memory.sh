@@ -34,12 +34,11 @@ for variant in $VARIANTS; do
         glibc-mmap) env=(GLIBC_TUNABLES=glibc.malloc.mmap_threshold=131072:glibc.malloc.trim_threshold=131072) ;;
         *) echo "attack-memory: unknown variant $variant" >&2; exit 2 ;;
     esac
-    env "${env[@]}" HERALD_AUTH_API_KEY=attack-memory-key "$BIN/herald" serve --listen 127.0.0.1:0 \
-        --topic-prefix "attack-$$-$variant." --namespaces chat=8:anonymous \
-        > "$OUT/attack-$variant.out" 2> "$OUT/attack-$variant.err" &
-    srv=$!; KILL+=("$srv")
-    for _ in $(seq 1 300); do grep -q listening "$OUT/attack-$variant.out" && break; sleep 0.1; done
-    url="$(sed -n 's/^herald listening on ws:\/\/\([^/]*\).*/http:\/\/\1/p' "$OUT/attack-$variant.out")"
+    NODE_ENV=(${env[@]+"${env[@]}"} HERALD_AUTH_API_KEY=attack-memory-key)
+    start_node "$OUT" "attack-$variant" "$BIN/herald" \
+        --topic-prefix "attack-$$-$variant." --namespaces chat=8:anonymous
+    srv=$PID
+    url="$(echo "$NODE_URL" | sed 's#^ws://\([^/]*\).*#http://\1#')"
     result="$(python3 loadtest/attack-memory.py --url "$url" --pid "$srv" \
         --api-key attack-memory-key --hold "$HOLD" --after "$AFTER" ${ATTACK_ARGS:-})"
     echo "$variant $result" | tee -a "$OUT/attack-memory.txt"

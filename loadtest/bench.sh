@@ -28,6 +28,8 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+# KILL, start_node, wait_listening (its exit trap is replaced below).
+source loadtest/common.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${HERALD_CACHE:-$HOME/.cache/herald}/target}"
 WHAT="${1:-all}"
 OUT="${OUT:-$CARGO_TARGET_DIR/bench-results}"
@@ -72,7 +74,6 @@ elif [[ -z "${MOCK:-}" && -z "${HERALD_TEST_BROKERS:-}" ]]; then
 fi
 # Everything this script starts goes on KILL; the broker it started (if any)
 # is stopped last.
-KILL=()
 stop_started() {
     if ((${#KILL[@]})); then kill "${KILL[@]}" 2>/dev/null || true; fi
     KILL=()
@@ -90,8 +91,8 @@ if [[ -n "${MOCK:-}" ]]; then
         --topics "bench-$$.chat:8,bench-$$.meta:1,bench-$$.cursors:8,bench-$$.control:1,bench-$$.presence:8,loadtest-floor:1" \
         > "$OUT/mock.out" 2>&1 &
     KILL+=($!)
-    for _ in $(seq 1 50); do grep -q "mock broker at" "$OUT/mock.out" && break; sleep 0.1; done
-    BROKERS="$(sed -n 's/^mock broker at //p' "$OUT/mock.out")"
+    wait_listening "$OUT/mock.out" "mock broker at "
+    BROKERS=$LISTENING
     FLOOR_TOPIC=(--floor-topic loadtest-floor)
     echo "bench: librdkafka mock cluster at $BROKERS"
 fi
@@ -103,14 +104,9 @@ fi
 start_herald() {
     local name=$1
     shift
-    "$BIN/herald" serve --listen 127.0.0.1:0 --kafka-brokers "$BROKERS" \
+    start_node "$OUT" "$name" "$BIN/herald" --kafka-brokers "$BROKERS" \
         --topic-prefix "bench-$$." --namespaces chat=8:anonymous --fetch-wait-max-ms "$FETCH_WAIT" \
-        "${REPLICATION[@]}" ${HERALD_ARGS:-} "$@" > "$OUT/$name.out" 2> "$OUT/$name.err" &
-    PID=$!
-    KILL+=("$PID")
-    for _ in $(seq 1 300); do grep -q listening "$OUT/$name.out" && break; sleep 0.1; done
-    NODE_URL="$(sed -n 's/^herald listening on //p' "$OUT/$name.out")"
-    [[ -n "$NODE_URL" ]] || { echo "bench: herald ($name) did not start"; cat "$OUT/$name.err"; exit 1; }
+        ${REPLICATION[@]+"${REPLICATION[@]}"} ${HERALD_ARGS:-} "$@"
 }
 start_herald herald
 URL=$NODE_URL
@@ -128,8 +124,8 @@ start_ws_floor() {
     "$LT" ws-floor-server --listen 127.0.0.1:0 ${FLOOR_FLUSH_EACH:+--flush-each} > "$OUT/wsfloor.out" 2>&1 &
     floor=$!
     KILL+=("$floor")
-    for _ in $(seq 1 50); do grep -q "ws-floor listening" "$OUT/wsfloor.out" && break; sleep 0.1; done
-    FLOOR_URL="$(sed -n 's/^ws-floor listening on //p' "$OUT/wsfloor.out")"
+    wait_listening "$OUT/wsfloor.out" "ws-floor listening on "
+    FLOOR_URL=$LISTENING
 }
 
 # The floor with Kafka in its path (ws-floor-server --kafka): publishes are
@@ -142,9 +138,9 @@ start_ws_kafka_floor() {
         --fetch-wait-max-ms "$FETCH_WAIT" ${FLOOR_FLUSH_EACH:+--flush-each} > "$OUT/wskfloor.out" 2>&1 &
     kfloor=$!
     KILL+=("$kfloor")
-    for _ in $(seq 1 150); do grep -q "ws-floor listening" "$OUT/wskfloor.out" && break; sleep 0.1; done
-    KFLOOR_URL="$(sed -n 's/^ws-floor listening on //p' "$OUT/wskfloor.out")"
-    [[ -n "$KFLOOR_URL" ]] || { echo "bench: the Kafka floor did not start"; cat "$OUT/wskfloor.out"; exit 1; }
+    wait_listening "$OUT/wskfloor.out" "ws-floor listening on " ||
+        { echo "bench: the Kafka floor did not start"; cat "$OUT/wskfloor.out"; exit 1; }
+    KFLOOR_URL=$LISTENING
 }
 
 # The Centrifugo peer (loadtest/centrifugo/start.sh: built from the Go

@@ -4,6 +4,7 @@
 #   source loadtest/common.sh
 #   ensure_broker                 # start infra/dev/broker.sh unless running
 #   some_server & KILL+=("$!")    # stopped at exit
+#   start_node DIR NAME BIN FLAGS  # a herald node on a free port: PID, NODE_URL
 KILL=()
 stop_broker=""
 stop_started() {
@@ -16,4 +17,33 @@ ensure_broker() {
         infra/dev/broker.sh start
         stop_broker=1
     fi
+}
+# wait_listening FILE PREFIX: waits up to 30 s for a line PREFIX<address> in
+# FILE (what herald and the floors print once they listen); sets LISTENING.
+wait_listening() {
+    LISTENING=""
+    for _ in $(seq 1 300); do
+        LISTENING="$(sed -n "s|^$2||p" "$1" | head -n 1)"
+        if [[ -n $LISTENING ]]; then return 0; fi
+        sleep 0.1
+    done
+    return 1
+}
+# start_node DIR NAME BIN [FLAGS...]: `BIN serve --listen 127.0.0.1:0
+# FLAGS...` (with the variables of the array NODE_ENV, if set, in its
+# environment), its output in DIR/NAME.out and .err, stopped at exit; sets
+# PID and NODE_URL once it listens, and exits the script when it does not.
+start_node() {
+    local dir=$1 name=$2 bin=$3
+    shift 3
+    env ${NODE_ENV[@]+"${NODE_ENV[@]}"} "$bin" serve --listen 127.0.0.1:0 "$@" \
+        >"$dir/$name.out" 2>"$dir/$name.err" &
+    PID=$!
+    KILL+=("$PID")
+    if ! wait_listening "$dir/$name.out" "herald listening on "; then
+        echo "$name did not start:" >&2
+        cat "$dir/$name.err" >&2
+        exit 1
+    fi
+    NODE_URL=$LISTENING
 }

@@ -15,15 +15,15 @@ cargo build --release -q -p herald -p herald-loadtest
 B="$CARGO_TARGET_DIR/release"
 BPID="$(cat "${HERALD_BROKER_DATA:-$CACHE/broker}/node.pid")"
 TMP="$(mktemp -d)"
+source loadtest/common.sh
 tick=$(getconf CLK_TCK)
 cpu() { awk -v t="$tick" '{printf "%.2f", ($14+$15)/t}' "/proc/$1/stat"; }
 for round in 1 2; do
     for fw in "${WAITS[@]}"; do
-        "$B/herald" serve --listen 127.0.0.1:0 --topic-prefix "fwcpu-$$-$fw-$round." \
-            --namespaces chat=8:anonymous --fetch-wait-max-ms "$fw" > "$TMP/out" 2> "$TMP/err" &
-        H=$!
-        for _ in $(seq 1 100); do grep -q listening "$TMP/out" && break; sleep 0.1; done
-        URL="$(sed -n 's/^herald listening on //p' "$TMP/out")"
+        start_node "$TMP" herald "$B/herald" --topic-prefix "fwcpu-$$-$fw-$round." \
+            --namespaces chat=8:anonymous --fetch-wait-max-ms "$fw"
+        H=$PID
+        URL=$NODE_URL
         sleep 2
         h0=$(cpu $H); b0=$(cpu "$BPID")
         "$B/herald-loadtest" ws --url "$URL" --subscribers 32 --channels 32 --publishers 1 \

@@ -33,17 +33,16 @@ for server in $SERVERS; do
     case $server in
         herald)
             ensure_broker
-            "${HERALD_BIN:-$BIN/herald}" serve --listen 127.0.0.1:0 --topic-prefix "mem-$$." \
-                --namespaces chat=8:anonymous ${HERALD_ARGS:-} > "$OUT/mem-herald.out" 2> "$OUT/mem-herald.err" &
-            srv=$!; KILL+=("$srv"); proto=herald
-            for _ in $(seq 1 300); do grep -q listening "$OUT/mem-herald.out" && break; sleep 0.1; done
-            url="$(sed -n 's/^herald listening on //p' "$OUT/mem-herald.out")"
+            start_node "$OUT" mem-herald "${HERALD_BIN:-$BIN/herald}" --topic-prefix "mem-$$." \
+                --namespaces chat=8:anonymous ${HERALD_ARGS:-}
+            srv=$PID; proto=herald
+            url=$NODE_URL
             ;;
         floor)
             "$BIN/herald-loadtest" ws-floor-server --listen 127.0.0.1:0 > "$OUT/mem-floor.out" 2>&1 &
             srv=$!; KILL+=("$srv"); proto=herald
-            for _ in $(seq 1 50); do grep -q "ws-floor listening" "$OUT/mem-floor.out" && break; sleep 0.1; done
-            url="$(sed -n 's/^ws-floor listening on //p' "$OUT/mem-floor.out")"
+            wait_listening "$OUT/mem-floor.out" "ws-floor listening on "
+            url=$LISTENING
             ;;
         centrifugo)
             url="$(OUT="$OUT" loadtest/centrifugo/start.sh | tail -1)"

@@ -11,12 +11,13 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${HERALD_CACHE:-$HOME/.cache/herald
 LT="$CARGO_TARGET_DIR/release/herald-loadtest"
 ulimit -n 65536 2>/dev/null
 OUT="$(mktemp -d)"
-"$CARGO_TARGET_DIR/release/herald" serve --listen 127.0.0.1:0 --kafka-brokers 127.0.0.1:9092 --topic-prefix "in1k-$$." --namespaces chat=8:anonymous --fetch-wait-max-ms 100 > "$OUT/in1k.out" 2>"$OUT/in1k.err" & HP=$!
-for _ in $(seq 1 100); do grep -q listening "$OUT/in1k.out" && break; sleep 0.1; done
-U=$(sed -n 's/^herald listening on //p' "$OUT/in1k.out")
+cd "$ROOT"
+source loadtest/common.sh
+start_node "$OUT" in1k "$CARGO_TARGET_DIR/release/herald" --kafka-brokers 127.0.0.1:9092 \
+    --topic-prefix "in1k-$$." --namespaces chat=8:anonymous --fetch-wait-max-ms 100
+U=$NODE_URL
 for i in 1 2 3; do
   echo "pair $i floor: $($LT kafka-floor --brokers 127.0.0.1:9092 --fetch-wait-max-ms 100 --rate 0 --window 1000 --duration-secs 15 --size 100 2>&1 | grep -E '^publishes|^lost|^dup|^latency' | tr '\n' ' ')"
   echo "pair $i herald: $(timeout 120 $LT ws --url $U --publishers 1000 --subscribers 1000 --channels 1000 --rate 0 --window 1 --duration-secs 15 --size 100 --drain-secs 20 --source-ips 127.0.0.1-127.0.0.4 2>&1 | grep -E '^publishes|^lost|^dup|^out of|^latency|^deliveries|Error' | tr '\n' ' ')"
 done
-kill $HP
 echo "ingest-1k: logs in $OUT"

@@ -11,7 +11,7 @@
 #
 #   HERALD_CACHE       cache root (default ~/.cache/herald)
 #   CARGO_TARGET_DIR   build dir (default $HERALD_CACHE/target, shared by runs)
-#   Extra arguments go to every `cargo test`.
+#   Extra arguments go to the `cargo test --no-run` that builds the tests.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -23,26 +23,24 @@ export HERALD_TEST_BROKERS="${HERALD_TEST_BROKERS:-127.0.0.1:9092}"
 infra/kafka/install.sh >/dev/null
 
 # The brokers start in the background while the tests build.
-started_broker=0
-started_cluster=0
+# Each with fresh data, unless one is running already (then it is used and
+# left running).
+declare -A started=([broker]=0 [cluster]=0)
+declare -A data_var=([broker]=HERALD_BROKER_DATA [cluster]=HERALD_CLUSTER_DATA)
+for b in broker cluster; do
+    if infra/dev/$b.sh status >/dev/null 2>&1; then
+        echo "test: using the $b that is already running"
+    else
+        export "${data_var[$b]}=$HERALD_CACHE/test-$b"
+        rm -rf "$HERALD_CACHE/test-$b"
+        started[$b]=1
+    fi
+done
 brokers_log="$(mktemp)"
-if ! infra/dev/broker.sh status >/dev/null 2>&1; then
-    export HERALD_BROKER_DATA="$HERALD_CACHE/test-broker"
-    rm -rf "$HERALD_BROKER_DATA"
-    started_broker=1
-else
-    echo "test: using the broker that is already running"
-fi
-if ! infra/dev/cluster.sh status >/dev/null 2>&1; then
-    export HERALD_CLUSTER_DATA="$HERALD_CACHE/test-cluster"
-    rm -rf "$HERALD_CLUSTER_DATA"
-    started_cluster=1
-else
-    echo "test: using the cluster that is already running"
-fi
 (
-    if [[ $started_broker == 1 ]]; then infra/dev/broker.sh start; fi
-    if [[ $started_cluster == 1 ]]; then infra/dev/cluster.sh start; fi
+    for b in broker cluster; do
+        if [[ ${started[$b]} == 1 ]]; then infra/dev/$b.sh start; fi
+    done
 ) >"$brokers_log" 2>&1 &
 brokers_pid=$!
 HERALD_TEST_CLUSTER="$(infra/dev/cluster.sh bootstrap)"
@@ -51,9 +49,10 @@ cleanup() {
     # Whatever still runs in the background (a failed build leaves the
     # brokers' start or the installs going).
     jobs -p | xargs -r kill 2>/dev/null || true
-    if [[ $started_cluster == 1 ]]; then infra/dev/cluster.sh stop || true; fi
-    if [[ $started_broker == 1 ]]; then infra/dev/broker.sh stop || true; fi
-    rm -rf "$brokers_log" "${cluster_log:-}" "${installs:-}"
+    for b in cluster broker; do
+        if [[ ${started[$b]} == 1 ]]; then infra/dev/$b.sh stop || true; fi
+    done
+    rm -rf "$brokers_log" "${cluster_log:-}" "${installs:-}" "${artifacts:-}" "${tests:-}"
 }
 trap cleanup EXIT
 
@@ -75,7 +74,23 @@ installs="$(mktemp -d)"
 installs_pid=$!
 
 echo "test: building every test (target dir $CARGO_TARGET_DIR)"
-cargo test --workspace --no-run "$@"
+artifacts="$(mktemp)"
+cargo test --workspace --no-run --message-format=json-render-diagnostics "$@" >"$artifacts"
+# Every test binary of that build, one line each: its package's folder (where
+# cargo would run it), its target's name, the binary. They are run as built,
+# not through `cargo test`: cargo would hold the build directory's lock for
+# as long as a binary runs, so no two could run at once, and a second cargo
+# selecting other packages would build the workspace again.
+tests="$(mktemp)"
+python3 - "$artifacts" >"$tests" <<'PY'
+import json, os, sys
+for line in open(sys.argv[1]):
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        print(os.path.dirname(m["manifest_path"]), m["target"]["name"], m["executable"], sep="\t")
+PY
+# The test binaries whose target is named $1 (herald's own when several).
+binary() { awk -F'\t' -v n="$1" '$2 == n && $1 ~ /crates\/herald$/ { print $3 }' "$tests"; }
 if ! wait "$brokers_pid"; then
     cat "$brokers_log"
     echo "test: the brokers did not start" >&2
@@ -94,23 +109,38 @@ HERALD_PYTHON="$(cat "$installs/python")"
 export HERALD_PROMTOOL HERALD_HELM CHROMIUM HERALD_PYTHON
 
 status=0
+# run DIR BINARY [ARGS...]: one test binary, from DIR as cargo would.
+run() { (cd "$1" && "${@:2}"); }
+
 # The cluster's fault suites (they stop, kill and pause its brokers) run one
 # test at a time, beside the rest, which use the single broker and brokers
 # of their own; bounded, so a hang fails the run instead of stalling it.
 cluster_log="$(mktemp)"
-timeout 20m cargo test -p herald --no-fail-fast --test cluster --test chaos "$@" -- --test-threads=1 \
-    >"$cluster_log" 2>&1 &
+(
+    st=0
+    run crates/herald timeout 20m "$(binary cluster)" --test-threads=1 || st=1
+    run crates/herald timeout 10m "$(binary chaos)" --test-threads=1 || st=1
+    exit $st
+) >"$cluster_log" 2>&1 &
 cluster_pid=$!
 
 echo "test: the TypeScript client's unit tests"
 (cd clients/typescript && node --test test/) || status=1
-cargo test --workspace --exclude herald --no-fail-fast "$@" || status=1
-# herald's end-to-end tests: one binary, each test with its own nodes and
-# topic prefix, so they run in parallel.
-cargo test -p herald --no-fail-fast --bin herald --test e2e "$@" -- --test-threads=4 || status=1
+while IFS=$'\t' read -r dir name bin; do
+    case "$dir:$name" in
+        */crates/herald:cluster | */crates/herald:chaos | */crates/herald:faults) continue ;;
+        # herald's end-to-end tests: one binary, each test with its own
+        # nodes and topic prefix, so they run in parallel.
+        */crates/herald:e2e) args=(--test-threads=4) ;;
+        *) args=() ;;
+    esac
+    echo "test: $name (${dir#"$ROOT"/})"
+    run "$dir" "$bin" ${args[@]+"${args[@]}"} || status=1
+done <"$tests"
 # The single-broker fault suite kills nodes and restarts its own brokers:
 # one test at a time, after the parallel ones.
-cargo test -p herald --no-fail-fast --test faults "$@" -- --test-threads=1 || status=1
+echo "test: faults"
+run crates/herald "$(binary faults)" --test-threads=1 || status=1
 
 echo "test: the cluster's fault suites (cluster, chaos)"
 wait "$cluster_pid" || status=1

@@ -50,6 +50,22 @@ pub enum ClientError {
     Server { code: String, reason: String },
 }
 
+/// The `error` frame that answers the request `id`, as an error.
+fn error_for(f: &Frame, id: &str) -> Option<ClientError> {
+    match f {
+        Frame::Error {
+            code,
+            reason,
+            id: Some(i),
+            ..
+        } if i == id => Some(ClientError::Server {
+            code: code.clone(),
+            reason: reason.clone(),
+        }),
+        _ => None,
+    }
+}
+
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// One connection to a herald edge.
@@ -65,13 +81,7 @@ pub struct Connection {
 impl Connection {
     /// Connects to `url`, e.g. `ws://127.0.0.1:8080/ws`.
     pub async fn connect(url: &str) -> Result<Self, ClientError> {
-        let (ws, _resp) = tokio_tungstenite::connect_async(url).await?;
-        Ok(Connection {
-            ws,
-            pending: VecDeque::new(),
-            timeout: Duration::from_secs(30),
-            closed: None,
-        })
+        Self::connect_with_headers(url, &[]).await
     }
 
     /// Connects with extra headers on the upgrade request (a cookie, say).
@@ -272,16 +282,7 @@ impl Connection {
         .await?;
         self.wait_for("history", |f| match f {
             Frame::History { id: Some(i), page } if *i == id => Some(Ok(page.clone())),
-            Frame::Error {
-                code,
-                reason,
-                id: Some(i),
-                ..
-            } if *i == id => Some(Err(ClientError::Server {
-                code: code.clone(),
-                reason: reason.clone(),
-            })),
-            _ => None,
+            f => error_for(f, &id).map(Err),
         })
         .await?
     }
@@ -296,16 +297,7 @@ impl Connection {
                 members,
                 ..
             } if *i == id => Some(Ok(members.clone())),
-            Frame::Error {
-                code,
-                reason,
-                id: Some(i),
-                ..
-            } if *i == id => Some(Err(ClientError::Server {
-                code: code.clone(),
-                reason: reason.clone(),
-            })),
-            _ => None,
+            f => error_for(f, &id).map(Err),
         })
         .await?
     }
@@ -322,16 +314,7 @@ impl Connection {
                 users,
                 ..
             } if *i == id => Some(Ok((*clients, *users))),
-            Frame::Error {
-                code,
-                reason,
-                id: Some(i),
-                ..
-            } if *i == id => Some(Err(ClientError::Server {
-                code: code.clone(),
-                reason: reason.clone(),
-            })),
-            _ => None,
+            f => error_for(f, &id).map(Err),
         })
         .await?
     }

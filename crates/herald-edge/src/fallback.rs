@@ -69,7 +69,22 @@ struct Opening {
 /// or else the `Last-Event-ID` header. A channel without a position starts
 /// live.
 /// A refusal is its HTTP answer.
-fn opening(raw: &str, headers: &HeaderMap, ctx: &Ctx) -> Result<Opening, BadQuery> {
+/// The session's opening from its query string, or the refusal to answer.
+fn opening(
+    raw: &str,
+    headers: &HeaderMap,
+    ctx: &Ctx,
+) -> Result<Opening, Box<warp::reply::Response>> {
+    opening_of(raw, headers, ctx).map_err(|bad| {
+        Box::new(refusal(
+            bad.status,
+            herald_proto::codes::BAD_FRAME,
+            bad.reason,
+        ))
+    })
+}
+
+fn opening_of(raw: &str, headers: &HeaderMap, ctx: &Ctx) -> Result<Opening, BadQuery> {
     let bad = |reason: String| BadQuery {
         status: StatusCode::BAD_REQUEST,
         reason,
@@ -110,7 +125,7 @@ async fn sse(
 ) -> warp::reply::Response {
     let o = match opening(&raw, &headers, &ctx) {
         Ok(o) => o,
-        Err(bad) => return refusal(bad.status, herald_proto::codes::BAD_FRAME, bad.reason),
+        Err(r) => return *r,
     };
     let admitted = match admit(&o.single, &headers, &ctx, remote).await {
         Ok(a) => a,
@@ -189,7 +204,7 @@ async fn poll(
 ) -> warp::reply::Response {
     let o = match opening(&raw, &headers, &ctx) {
         Ok(o) => o,
-        Err(bad) => return refusal(bad.status, herald_proto::codes::BAD_FRAME, bad.reason),
+        Err(r) => return *r,
     };
     let wait = o
         .single

@@ -10,9 +10,8 @@
 //! - [`outbox`]: [`Outbox`], one bounded outbound queue per connection (by
 //!   messages and bytes); overflowing it marks the connection a slow consumer.
 //! - [`hub`]: [`Hub`], the subscription index per partition, the recent-message
-//!   ring per partition, live dispatch and [`Hub::subscribe`] with resume.
-//! - [`history`]: [`Hub::history`], bounded pages of one channel's messages
-//!   (ring first, Kafka otherwise).
+//!   ring per partition, live dispatch, [`Hub::subscribe`] with resume and
+//!   [`Hub::history`], bounded pages of one channel's messages.
 //! - [`dedup`]: [`Dedup`], the publish dedup window (a map and a FIFO of
 //!   appended keys), which also makes concurrent retries of one id wait for
 //!   the first instead of appending twice.
@@ -33,14 +32,13 @@
 
 pub mod dedup;
 pub mod delivery;
-pub mod history;
 pub mod hub;
 pub mod outbox;
 pub mod publish;
 
 pub use dedup::{Claim, Dedup, DedupOutcome};
 pub use delivery::Delivery;
-pub use history::{HistoryLimits, HistoryPage};
+pub use hub::{HistoryLimits, HistoryPage};
 pub use hub::{Hub, HubConfig, SubscribeOutcome};
 pub use outbox::{ConnCommand, Event, Outbound, Outbox, OutboxReceiver, OverflowWatch};
 pub use publish::{PublishOutcome, PublishRequest, Publisher};

@@ -46,20 +46,8 @@ pub struct ChaosArgs {
 }
 
 /// `chaos`.
-pub async fn chaos(args: ChaosArgs) -> anyhow::Result<()> {
-    let ChaosArgs {
-        herald_bin,
-        brokers,
-        cluster_script,
-        nodes,
-        channels,
-        subscribers,
-        secs,
-        seed,
-        pace_ms,
-        herald_args,
-    } = args;
-    let seed = seed.unwrap_or_else(|| {
+pub async fn chaos(a: ChaosArgs) -> anyhow::Result<()> {
+    let seed = a.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -67,16 +55,20 @@ pub async fn chaos(args: ChaosArgs) -> anyhow::Result<()> {
     });
     eprintln!("chaos: seed {seed}");
     let report = herald_loadtest::chaos::run(herald_loadtest::chaos::ChaosConfig {
-        herald_bin,
-        brokers,
-        cluster_script,
-        nodes,
-        channels,
-        subscribers,
-        duration: Duration::from_secs(secs),
+        herald_bin: a.herald_bin,
+        brokers: a.brokers,
+        cluster_script: a.cluster_script,
+        nodes: a.nodes,
+        channels: a.channels,
+        subscribers: a.subscribers,
+        duration: Duration::from_secs(a.secs),
         seed,
-        pace: Duration::from_millis(pace_ms),
-        herald_args: herald_args.into_iter().filter(|a| !a.is_empty()).collect(),
+        pace: Duration::from_millis(a.pace_ms),
+        herald_args: a
+            .herald_args
+            .into_iter()
+            .filter(|x| !x.is_empty())
+            .collect(),
         topic_prefix: format!("chaos-{seed}."),
     })
     .await?;

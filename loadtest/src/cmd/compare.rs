@@ -6,6 +6,7 @@ use herald_loadtest::gen::{self, GenConfig};
 use herald_loadtest::report::Report;
 use herald_loadtest::wsfloor;
 
+use super::runs::KafkaFloorArgs;
 use super::{gen_cfg, judge, ratio, summarize, write_json, Load};
 
 /// P1/P6: the bare Kafka floor (in a child process), then herald, same
@@ -15,22 +16,19 @@ use super::{gen_cfg, judge, ratio, summarize, write_json, Load};
 pub struct VsKafkaArgs {
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
     pub url: String,
-    #[arg(long, default_value = "127.0.0.1:9092")]
-    pub brokers: String,
-    #[arg(long, default_value_t = 10)]
-    pub fetch_wait_max_ms: u32,
+    /// The floor's broker and reader setting, and the load of both sides.
     #[command(flatten)]
-    pub load: Load,
+    pub floor: KafkaFloorArgs,
 }
 
 /// `vs-kafka`.
 pub async fn vs_kafka(args: VsKafkaArgs) -> anyhow::Result<()> {
-    let VsKafkaArgs {
-        url,
+    let VsKafkaArgs { url, floor } = args;
+    let KafkaFloorArgs {
         brokers,
         fetch_wait_max_ms,
         load,
-    } = args;
+    } = floor;
     let one = Load {
         subscribers: 1,
         channels: 1,

@@ -29,32 +29,22 @@ pub struct ResumeArgs {
 }
 
 /// `resume`.
-pub async fn resume(args: ResumeArgs) -> anyhow::Result<()> {
-    let ResumeArgs {
-        url,
-        resume_url,
-        brokers,
-        topic_prefix,
-        messages,
-        size,
-        fetch_wait_max_ms,
-        json,
-    } = args;
+pub async fn resume(a: ResumeArgs) -> anyhow::Result<()> {
     let r = herald_loadtest::resume::run(herald_loadtest::resume::ResumeConfig {
-        url,
-        resume_url,
-        brokers,
-        topic_prefix,
-        messages,
-        size,
-        fetch_wait_max_ms,
+        url: a.url,
+        resume_url: a.resume_url,
+        brokers: a.brokers,
+        topic_prefix: a.topic_prefix,
+        messages: a.messages,
+        size: a.size,
+        fetch_wait_max_ms: a.fetch_wait_max_ms,
     })
     .await?;
     println!(
         "resume of {} messages: herald {:.3} s, raw Kafka {:.3} s, ratio {}",
         r.messages, r.herald_secs, r.kafka_secs, r.ratio
     );
-    if let Some(p) = json {
+    if let Some(p) = a.json {
         std::fs::write(&p, serde_json::to_string_pretty(&r)?)?;
     }
     Ok(())

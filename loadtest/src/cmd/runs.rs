@@ -47,14 +47,9 @@ pub struct KafkaFloorArgs {
 
 /// `kafka-floor`.
 pub async fn kafka_floor(args: KafkaFloorArgs) -> anyhow::Result<()> {
-    let KafkaFloorArgs {
-        brokers,
-        fetch_wait_max_ms,
-        load,
-    } = args;
-    let r = kafkafloor::run(floor_cfg(&brokers, fetch_wait_max_ms, &load)).await?;
+    let r = kafkafloor::run(floor_cfg(&args.brokers, args.fetch_wait_max_ms, &args.load)).await?;
     r.print();
-    write_json(&load.json, &[&r], serde_json::json!({}))?;
-    judge(&r, &load)?;
+    write_json(&args.load.json, &[&r], serde_json::json!({}))?;
+    judge(&r, &args.load)?;
     Ok(())
 }

@@ -52,43 +52,27 @@ pub struct StormArgs {
 }
 
 /// `storm`.
-pub async fn storm(args: StormArgs) -> anyhow::Result<()> {
-    let StormArgs {
-        url_a,
-        pid_a,
-        url_b,
-        subscribers,
-        channels,
-        rate,
-        before_secs,
-        after_secs,
-        jitter_ms,
-        size,
-        source_ips: ips,
-        drain_secs,
-        cold,
-        json,
-    } = args;
+pub async fn storm(a: StormArgs) -> anyhow::Result<()> {
     let r = herald_loadtest::storm::run(herald_loadtest::storm::StormConfig {
-        url_a,
-        pid_a,
-        url_b,
-        subscribers,
-        channels,
-        rate,
-        before: Duration::from_secs(before_secs),
-        after: Duration::from_secs(after_secs),
-        jitter: Duration::from_millis(jitter_ms),
-        size,
-        source_ips: source_ips(&ips)?,
-        drain: Duration::from_secs(drain_secs),
+        source_ips: source_ips(&a.source_ips)?,
+        url_a: a.url_a,
+        pid_a: a.pid_a,
+        url_b: a.url_b,
+        subscribers: a.subscribers,
+        channels: a.channels,
+        rate: a.rate,
+        before: Duration::from_secs(a.before_secs),
+        after: Duration::from_secs(a.after_secs),
+        jitter: Duration::from_millis(a.jitter_ms),
+        size: a.size,
+        drain: Duration::from_secs(a.drain_secs),
         channel_prefix: GenConfig::default().channel_prefix,
         progress: true,
-        cold,
+        cold: a.cold,
     })
     .await?;
     r.print();
-    if let Some(p) = json {
+    if let Some(p) = a.json {
         std::fs::write(&p, serde_json::to_string_pretty(&r)?)?;
     }
     let t = &r.totals;

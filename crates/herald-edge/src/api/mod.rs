@@ -103,67 +103,57 @@ struct Route {
 /// handler, then [`respond`] (status from the code, the log line, the
 /// request counter).
 const ROUTES: &[Route] = &[
-    Route {
-        name: "publish",
-        method: Method::POST,
-        path: &["publish"],
-        handler: |c, r| Box::pin(publish::publish(c, r.body)),
-    },
-    Route {
-        name: "broadcast",
-        method: Method::POST,
-        path: &["broadcast"],
-        handler: |c, r| Box::pin(publish::broadcast(c, r.body)),
-    },
-    Route {
-        name: "disconnect",
-        method: Method::POST,
-        path: &["disconnect"],
-        handler: |c, r| Box::pin(commands::disconnect(c, r.body)),
-    },
-    Route {
-        name: "unsubscribe",
-        method: Method::POST,
-        path: &["unsubscribe"],
-        handler: |c, r| Box::pin(commands::unsubscribe(c, r.body)),
-    },
-    Route {
-        name: "channels",
-        method: Method::GET,
-        path: &["channels"],
-        handler: |c, r| Box::pin(commands::channels(c, r.query)),
-    },
-    Route {
-        name: "nodes",
-        method: Method::GET,
-        path: &["nodes"],
-        handler: |c, _| Box::pin(async move { Ok(commands::nodes(&c)) }),
-    },
-    Route {
-        name: "history",
-        method: Method::GET,
-        path: &["history"],
-        handler: |c, r| Box::pin(read::history(c, r.query)),
-    },
-    Route {
-        name: "position",
-        method: Method::GET,
-        path: &["channels", "*", "position"],
-        handler: |c, r| Box::pin(read::position(c, r.segment)),
-    },
-    Route {
-        name: "presence",
-        method: Method::GET,
-        path: &["presence"],
-        handler: |c, r| Box::pin(async move { read::presence(&c, &r.query, false) }),
-    },
-    Route {
-        name: "presence_stats",
-        method: Method::GET,
-        path: &["presence_stats"],
-        handler: |c, r| Box::pin(async move { read::presence(&c, &r.query, true) }),
-    },
+    route("publish", Method::POST, &["publish"], |c, r| {
+        Box::pin(publish::publish(c, r.body))
+    }),
+    route("broadcast", Method::POST, &["broadcast"], |c, r| {
+        Box::pin(publish::broadcast(c, r.body))
+    }),
+    route("disconnect", Method::POST, &["disconnect"], |c, r| {
+        Box::pin(commands::disconnect(c, r.body))
+    }),
+    route("unsubscribe", Method::POST, &["unsubscribe"], |c, r| {
+        Box::pin(commands::unsubscribe(c, r.body))
+    }),
+    route("channels", Method::GET, &["channels"], |c, r| {
+        Box::pin(commands::channels(c, r.query))
+    }),
+    route("nodes", Method::GET, &["nodes"], |c, _| {
+        Box::pin(async move { Ok(commands::nodes(&c)) })
+    }),
+    route("history", Method::GET, &["history"], |c, r| {
+        Box::pin(read::history(c, r.query))
+    }),
+    route(
+        "position",
+        Method::GET,
+        &["channels", "*", "position"],
+        |c, r| Box::pin(read::position(c, r.segment)),
+    ),
+    route("presence", Method::GET, &["presence"], |c, r| {
+        Box::pin(async move { read::presence(&c, &r.query, false) })
+    }),
+    route(
+        "presence_stats",
+        Method::GET,
+        &["presence_stats"],
+        |c, r| Box::pin(async move { read::presence(&c, &r.query, true) }),
+    ),
 ];
+
+const fn route(
+    name: &'static str,
+    method: Method,
+    path: &'static [&'static str],
+    handler: Handler,
+) -> Route {
+    Route {
+        name,
+        method,
+        path,
+        handler,
+    }
+}
 
 /// The route for `method` and the path after `/api/`, with its `*`
 /// segment.

@@ -13,10 +13,13 @@ use serde_json::{json, Value};
 use super::{api_err, resolve, ApiError, ApiResult};
 use crate::ctx::Ctx;
 
-/// A channel's members on every live node (`stats`: only the counts), from
-/// this node's view of the presence topic.
-pub(super) fn presence(ctx: &Ctx, q: &HashMap<String, String>, stats: bool) -> ApiResult {
-    if let Some(k) = q.keys().find(|k| k.as_str() != "channel") {
+/// The query's `channel`, resolved, once every parameter is one of `known`.
+fn channel_param(
+    ctx: &Ctx,
+    q: &HashMap<String, String>,
+    known: &[&str],
+) -> Result<(herald_proto::Channel, String), ApiError> {
+    if let Some(k) = q.keys().find(|k| !known.contains(&k.as_str())) {
         return Err(api_err(
             codes::BAD_FRAME,
             format!("unknown parameter `{k}`"),
@@ -25,7 +28,13 @@ pub(super) fn presence(ctx: &Ctx, q: &HashMap<String, String>, stats: bool) -> A
     let name = q
         .get("channel")
         .ok_or_else(|| api_err(codes::BAD_FRAME, "`channel` is required"))?;
-    let (channel, _) = resolve(ctx, name)?;
+    resolve(ctx, name)
+}
+
+/// A channel's members on every live node (`stats`: only the counts), from
+/// this node's view of the presence topic.
+pub(super) fn presence(ctx: &Ctx, q: &HashMap<String, String>, stats: bool) -> ApiResult {
+    let (channel, _) = channel_param(ctx, q, &["channel"])?;
     if !ctx
         .namespaces
         .get(channel.namespace())
@@ -67,16 +76,7 @@ pub(super) async fn history(ctx: Arc<Ctx>, q: HashMap<String, String>) -> ApiRes
         "limit",
         "reverse",
     ];
-    if let Some(k) = q.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-        return Err(api_err(
-            codes::BAD_FRAME,
-            format!("unknown parameter `{k}`"),
-        ));
-    }
-    let name = q
-        .get("channel")
-        .ok_or_else(|| api_err(codes::BAD_FRAME, "`channel` is required"))?;
-    let (channel, topic) = resolve(&ctx, name)?;
+    let (channel, topic) = channel_param(&ctx, &q, &KNOWN)?;
     let from = match (
         int(&q, "since_seq")?,
         int(&q, "since_time")?,

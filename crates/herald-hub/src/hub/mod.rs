@@ -17,6 +17,8 @@
 //!   subscriber of the channel);
 //! - [`fill`]: filling a cold partition's ring back from the log, once for
 //!   every resume that needs it;
+//! - [`history`]: [`Hub::history`], bounded pages of one channel's
+//!   messages (the ring when it holds them, Kafka otherwise);
 //! - [`resume`]: `subscribe` with a position, choosing a strategy (the ring,
 //!   the fill under way, the log) until nothing is missing.
 //!
@@ -28,6 +30,7 @@
 //! last one it got.
 
 mod fill;
+mod history;
 mod live;
 mod partition;
 mod resume;
@@ -38,11 +41,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use herald_log::LogRead;
 use herald_proto::partition::partition_for_key;
 
-use crate::delivery::Delivery;
 use crate::outbox::{Outbound, Outbox};
 use crate::HubError;
 use partition::{Partition, PartitionKey, TopicMeta};
 
+pub use history::{HistoryLimits, HistoryPage};
 pub use resume::SubscribeOutcome;
 
 /// Tuning of the hub.
@@ -218,24 +221,5 @@ impl Hub {
         let partition = self.partition_of(topic, channel).ok()?;
         let next = self.followed(topic, partition)?.lock().next_offset;
         Some(next - 1)
-    }
-
-    pub(crate) fn log_read(&self) -> &dyn LogRead {
-        &*self.log
-    }
-
-    /// `channel`'s messages with `from <= seq < to` from the partition's
-    /// ring, or `None` unless the ring is complete over that whole span.
-    pub(crate) fn ring_span(
-        &self,
-        topic: &str,
-        partition: i32,
-        channel: &str,
-        from: i64,
-        to: i64,
-    ) -> Option<Vec<Arc<Delivery>>> {
-        self.followed(topic, partition)?
-            .lock()
-            .ring_span(channel, from, to)
     }
 }

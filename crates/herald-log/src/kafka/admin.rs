@@ -68,26 +68,32 @@ impl Kafka {
 
     /// True when every partition of `topic` has a leader in metadata.
     async fn leaders_known(&self, topic: &str) -> Result<bool, LogError> {
-        let t = self.cfg.request_timeout;
-        let name = topic.to_owned();
-        self.blocking("metadata", move |c| {
-            let md = c.fetch_metadata(Some(&name), t)?;
-            Ok(md
-                .topics()
-                .iter()
-                .find(|tp| tp.name() == name && tp.error().is_none())
-                .is_some_and(|tp| {
-                    !tp.partitions().is_empty()
-                        && tp
-                            .partitions()
-                            .iter()
-                            .all(|p| p.leader() >= 0 && p.error().is_none())
-                }))
-        })
-        .await
+        let known = self
+            .topic_metadata(topic, |tp| {
+                !tp.partitions().is_empty()
+                    && tp
+                        .partitions()
+                        .iter()
+                        .all(|p| p.leader() >= 0 && p.error().is_none())
+            })
+            .await?;
+        Ok(known == Some(true))
     }
 
     async fn partition_count_once(&self, topic: &str) -> Result<Option<i32>, LogError> {
+        let count = self
+            .topic_metadata(topic, |tp| tp.partitions().len() as i32)
+            .await?;
+        Ok(count.filter(|n| *n > 0))
+    }
+
+    /// `f` of `topic`'s metadata, or `None` when the broker does not know
+    /// the topic (or answers it with an error).
+    async fn topic_metadata<T: Send + 'static>(
+        &self,
+        topic: &str,
+        f: impl FnOnce(&rdkafka::metadata::MetadataTopic) -> T + Send + 'static,
+    ) -> Result<Option<T>, LogError> {
         let t = self.cfg.request_timeout;
         let name = topic.to_owned();
         self.blocking("metadata", move |c| {
@@ -96,8 +102,7 @@ impl Kafka {
                 .topics()
                 .iter()
                 .find(|tp| tp.name() == name && tp.error().is_none())
-                .map(|tp| tp.partitions().len() as i32)
-                .filter(|n| *n > 0))
+                .map(f))
         })
         .await
     }

@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use herald_proto::HistoryFrom;
 
+use super::Hub;
 use crate::delivery::Delivery;
-use crate::hub::Hub;
 use crate::HubError;
 use herald_log::Span;
 
@@ -79,7 +79,7 @@ impl Hub {
     ) -> Result<HistoryPage, HubError> {
         let partition = self.partition_of(topic, channel)?;
         let epoch = self.epoch(topic)?;
-        let wm = self.log_read().watermarks(topic, partition).await?;
+        let wm = self.log.watermarks(topic, partition).await?;
         let mut page = HistoryPage {
             epoch,
             messages: Vec::new(),
@@ -98,7 +98,7 @@ impl Hub {
                 let start = match from {
                     HistoryFrom::AfterSeq(s) => s.saturating_add(1),
                     HistoryFrom::SinceTime(t) => self
-                        .log_read()
+                        .log
                         .offset_for_time(topic, partition, t)
                         .await?
                         .unwrap_or(wm.high),
@@ -175,18 +175,14 @@ impl Hub {
         from: i64,
         to: i64,
     ) -> Result<(Vec<Arc<Delivery>>, i64, bool), HubError> {
-        if let Some(found) = self.ring_span(topic, partition, channel, from, to) {
+        let ring = self
+            .followed(topic, partition)
+            .and_then(|p| p.lock().ring_span(channel, from, to));
+        if let Some(found) = ring {
             return Ok((found, to, true));
         }
         let epoch = self.epoch(topic)?;
-        let mut span = Span::new(
-            self.log_read(),
-            topic,
-            partition,
-            from,
-            to,
-            SCAN_CHUNK as usize,
-        );
+        let mut span = Span::new(&*self.log, topic, partition, from, to, SCAN_CHUNK as usize);
         let Some(batch) = span.next_batch().await? else {
             return Ok((Vec::new(), to, false));
         };
