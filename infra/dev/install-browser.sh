@@ -11,11 +11,7 @@ for p in /usr/bin/chromium /usr/bin/chromium-browser; do
     if [[ -x $p ]]; then chromium="$p"; break; fi
 done
 if [[ -z $chromium ]]; then
-    sudo=""
-    if [[ $(id -u) != 0 ]]; then sudo="sudo"; fi
-    echo "install-browser: installing Debian's chromium" >&2
-    $sudo apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium chromium-driver >&2
+    "$ROOT/infra/dev/apt-install.sh" chromium chromium-driver
     chromium=/usr/bin/chromium
 fi
 cd "$ROOT/clients/typescript"

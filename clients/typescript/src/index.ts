@@ -149,14 +149,20 @@ export class HeraldClient {
 
   /** Closes for good; pending publishes and requests are rejected. */
   close(): void {
+    this.stop();
+    this.st.rejectAll(new HeraldError("closed", "the client was closed"));
+    this.setState("closed");
+  }
+
+  /** Stops: acks flushed, timers cleared, the transport closed, nothing
+   *  reconnects until `connect()`. */
+  private stop() {
     this.flushAcksNow();
     this.stopped = true;
     this.clearTimers();
     const t = this.transport;
     this.transport = null;
     t?.close();
-    this.st.rejectAll(new HeraldError("closed", "the client was closed"));
-    this.setState("closed");
   }
 
   subscribe(channel: string, options: SubscribeOptions = {}): void {
@@ -324,12 +330,7 @@ export class HeraldClient {
   /** Goes offline until `connect()`: the transport is closed, unanswered
    *  publishes and requests wait (and are re-sent on the next connect). */
   disconnect(): void {
-    this.flushAcksNow();
-    this.stopped = true;
-    this.clearTimers();
-    const t = this.transport;
-    this.transport = null;
-    t?.close();
+    this.stop();
     this.st.onConnectionLost();
     this.setState("disconnected");
   }

@@ -281,31 +281,18 @@ impl Default for Settings {
     }
 }
 
-impl Default for Server {
-    fn default() -> Self {
-        Settings::default().server
-    }
+/// A section's default is its part of [`Settings::default`]: the defaults
+/// are written once, there.
+macro_rules! default_from_settings {
+    ($($section:ident => $field:ident),* $(,)?) => {$(
+        impl Default for $section {
+            fn default() -> Self {
+                Settings::default().$field
+            }
+        }
+    )*};
 }
-impl Default for Kafka {
-    fn default() -> Self {
-        Settings::default().kafka
-    }
-}
-impl Default for Limits {
-    fn default() -> Self {
-        Settings::default().limits
-    }
-}
-impl Default for Cache {
-    fn default() -> Self {
-        Settings::default().cache
-    }
-}
-impl Default for Auth {
-    fn default() -> Self {
-        Settings::default().auth
-    }
-}
+default_from_settings!(Server => server, Kafka => kafka, Limits => limits, Cache => cache, Auth => auth);
 
 impl Default for Namespace {
     /// The default namespace: `chat`, 8 partitions, authenticated users only.
