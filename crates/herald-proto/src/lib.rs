@@ -6,6 +6,8 @@
 //! # Layout
 //! - [`frame`]: the JSON text frames a WebSocket client and the server exchange,
 //!   and [`frame::decode_client`], the decoder for untrusted client input.
+//! - [`member`]: [`member::Member`], one subscribed connection as presence
+//!   frames show it.
 //! - [`envelope`]: the JSON value of every Kafka record herald writes (the
 //!   analytics contract, versioned; schema in `schemas/envelope.v1.json`).
 //! - [`channel`]: channel names (`namespace:name`) and their validation.
@@ -24,6 +26,7 @@ pub mod channel;
 pub mod codes;
 pub mod envelope;
 pub mod frame;
+pub mod member;
 pub mod partition;
 
 pub use channel::{Channel, ChannelError};
