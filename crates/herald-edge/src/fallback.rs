@@ -118,15 +118,11 @@ fn opening_of(raw: &str, headers: &HeaderMap, ctx: &Ctx) -> Result<Opening, BadQ
 }
 
 async fn sse(
-    raw: String,
+    o: Opening,
     headers: HeaderMap,
     ctx: Arc<Ctx>,
     remote: Option<SocketAddr>,
 ) -> warp::reply::Response {
-    let o = match opening(&raw, &headers, &ctx) {
-        Ok(o) => o,
-        Err(r) => return *r,
-    };
     let admitted = match admit(&o.single, &headers, &ctx, remote).await {
         Ok(a) => a,
         Err(r) => return r,
@@ -197,15 +193,11 @@ fn frames(
 }
 
 async fn poll(
-    raw: String,
+    o: Opening,
     headers: HeaderMap,
     ctx: Arc<Ctx>,
     remote: Option<SocketAddr>,
 ) -> warp::reply::Response {
-    let o = match opening(&raw, &headers, &ctx) {
-        Ok(o) => o,
-        Err(r) => return *r,
-    };
     let wait = o
         .single
         .get("wait_ms")
@@ -328,22 +320,32 @@ pub fn routes(
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
     let raw_query = warp::query::raw().or(warp::any().map(String::new)).unify();
     let peer = warp::ext::optional::<PeerAddr>().map(|p: Option<PeerAddr>| p.map(|p| p.0));
-    let sse = warp::get()
-        .and(warp::path("sse"))
+    // `GET /sse` and `GET /poll`: the same parameters, one opening.
+    let open = warp::get()
+        .and(
+            warp::path("sse")
+                .map(|| true)
+                .or(warp::path("poll").map(|| false))
+                .unify(),
+        )
         .and(warp::path::end())
         .and(raw_query)
         .and(warp::header::headers_cloned())
         .and(with_ctx(ctx.clone()))
         .and(peer)
-        .then(sse);
-    let poll = warp::get()
-        .and(warp::path("poll"))
-        .and(warp::path::end())
-        .and(raw_query)
-        .and(warp::header::headers_cloned())
-        .and(with_ctx(ctx.clone()))
-        .and(peer)
-        .then(poll);
+        .then(
+            |is_sse: bool, raw: String, headers: HeaderMap, ctx: Arc<Ctx>, remote| async move {
+                let o = match opening(&raw, &headers, &ctx) {
+                    Ok(o) => o,
+                    Err(r) => return *r,
+                };
+                if is_sse {
+                    sse(o, headers, ctx, remote).await
+                } else {
+                    poll(o, headers, ctx, remote).await
+                }
+            },
+        );
     let limit = ctx.cfg.max_frame_bytes as u64;
     let post = warp::post()
         .and(warp::path("session"))
@@ -361,10 +363,5 @@ pub fn routes(
     } else {
         cors.allow_origins(ctx.cfg.allowed_origins.iter().map(String::as_str))
     };
-    sse.or(poll)
-        .unify()
-        .or(post)
-        .unify()
-        .with(cors)
-        .map(Reply::into_response)
+    open.or(post).unify().with(cors).map(Reply::into_response)
 }

@@ -446,36 +446,43 @@ impl Settings {
     /// Every scalar key path, for documentation checks.
     #[cfg(test)]
     pub fn key_paths() -> Vec<String> {
-        fn walk(path: &str, v: &toml::Value, out: &mut Vec<String>) {
-            match v {
-                toml::Value::Table(t) => {
-                    for (k, v) in t {
-                        let p = if path.is_empty() {
-                            k.clone()
-                        } else {
-                            format!("{path}.{k}")
-                        };
-                        if p == "kafka.client" {
-                            out.push(p);
-                        } else {
-                            walk(&p, v, out);
-                        }
-                    }
-                }
-                toml::Value::Array(a) if path == "namespace" => {
-                    if let Some(first) = a.first() {
-                        walk("namespace[]", first, out);
-                    }
-                }
-                _ => out.push(path.to_owned()),
-            }
-        }
-        let mut out = Vec::new();
-        if let Ok(v) = toml::Value::try_from(Settings::default()) {
-            walk("", &v, &mut out);
-        }
-        out
+        toml::Value::try_from(Settings::default())
+            .map(|v| key_paths_of(&v))
+            .unwrap_or_default()
     }
+}
+
+/// Every scalar key path of a configuration's TOML (`kafka.client` as one,
+/// the namespaces' keys as `namespace[].key`).
+#[cfg(test)]
+fn key_paths_of(v: &toml::Value) -> Vec<String> {
+    fn walk(path: &str, v: &toml::Value, out: &mut Vec<String>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    if p == "kafka.client" {
+                        out.push(p);
+                    } else {
+                        walk(&p, v, out);
+                    }
+                }
+            }
+            toml::Value::Array(a) if path == "namespace" => {
+                if let Some(first) = a.first() {
+                    walk("namespace[]", first, out);
+                }
+            }
+            _ => out.push(path.to_owned()),
+        }
+    }
+    let mut out = Vec::new();
+    walk("", v, &mut out);
+    out
 }
 
 /// `herald genconfig`: the default configuration, every key commented.
@@ -495,28 +502,7 @@ mod tests {
         assert_eq!(s, Settings::default());
         // Every key is written out (uncommented) in the template.
         let parsed: toml::Table = DEFAULT_CONFIG.parse().unwrap();
-        let mut flat = Vec::new();
-        fn walk(p: &str, v: &toml::Value, out: &mut Vec<String>) {
-            match v {
-                toml::Value::Table(t) => {
-                    for (k, v) in t {
-                        let q = if p.is_empty() {
-                            k.clone()
-                        } else {
-                            format!("{p}.{k}")
-                        };
-                        if q == "kafka.client" {
-                            out.push(q);
-                        } else {
-                            walk(&q, v, out);
-                        }
-                    }
-                }
-                toml::Value::Array(a) if p == "namespace" => walk("namespace[]", &a[0], out),
-                _ => out.push(p.to_owned()),
-            }
-        }
-        walk("", &toml::Value::Table(parsed), &mut flat);
+        let mut flat = key_paths_of(&toml::Value::Table(parsed));
         let mut want = Settings::key_paths();
         want.sort();
         flat.sort();

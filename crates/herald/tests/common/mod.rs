@@ -491,6 +491,14 @@ async fn exchange(host: &str, req: &str) -> (u16, String) {
     (status, text)
 }
 
+/// Writes `toml` as the configuration file of the test `name` (in the
+/// temporary directory); returns its path.
+pub fn config_file(name: &str, toml: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("herald-{name}.toml"));
+    std::fs::write(&path, toml).expect("writing the config");
+    path
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -23,10 +23,9 @@ const API_KEY: &str = "admin-test-api-key-0123456789";
 
 /// The test configuration with `extra` namespaces appended.
 fn config_with(prefix: &str, extra: &str) -> PathBuf {
-    let path = std::env::temp_dir().join(format!("herald-{prefix}.toml"));
-    std::fs::write(
-        &path,
-        format!(
+    let path = config_file(
+        prefix,
+        &format!(
             r#"
 [auth]
 hs256_secret = "{SECRET}"
@@ -45,8 +44,7 @@ history = "authenticated"
 {extra}
 "#
         ),
-    )
-    .expect("config");
+    );
     path
 }
 

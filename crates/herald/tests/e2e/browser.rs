@@ -30,10 +30,9 @@ fn browser_scenarios_pass_in_chromium() {
         "{chromium} is missing: apt-get install chromium (infra/dev/test.sh does)"
     );
     let prefix = unique_prefix("browser");
-    let cfg = std::env::temp_dir().join(format!("herald-{prefix}.toml"));
-    std::fs::write(
-        &cfg,
-        format!(
+    let cfg = config_file(
+        &prefix,
+        &format!(
             r#"
 [server]
 demo_dir = "{}"
@@ -58,8 +57,7 @@ partitions = 1
 "#,
             client.display()
         ),
-    )
-    .expect("config");
+    );
     let s = Server::start(
         &prefix,
         &[

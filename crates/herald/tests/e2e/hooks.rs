@@ -146,10 +146,9 @@ async fn application() -> (String, Arc<Mutex<Vec<Call>>>) {
 }
 
 fn config(prefix: &str, app: &str) -> String {
-    let path = std::env::temp_dir().join(format!("herald-{prefix}.toml"));
-    std::fs::write(
-        &path,
-        format!(
+    let path = config_file(
+        prefix,
+        &format!(
             r#"
 [hooks]
 connect_url = "{app}/connect"
@@ -173,8 +172,7 @@ publish = "grant"
 history = "grant"
 "#
         ),
-    )
-    .expect("config");
+    );
     path.to_str().expect("path").to_owned()
 }
 

@@ -18,10 +18,9 @@ const API_KEY: &str = "test-api-key-0123456789";
 
 /// A config with one namespace per access rule.
 fn config(dir: &str, leeway: u64) -> PathBuf {
-    let path = std::env::temp_dir().join(format!("herald-{dir}.toml"));
-    std::fs::write(
-        &path,
-        format!(
+    let path = config_file(
+        dir,
+        &format!(
             r#"
 [auth]
 hs256_secret = "{SECRET}"
@@ -54,9 +53,16 @@ publish = "anonymous"
 history = "anonymous"
 "#
         ),
-    )
-    .expect("writing the config");
+    );
     path
+}
+
+/// Publishes `data` to `channel` and expects a nack with `code`.
+async fn assert_nack(c: &mut Connection, channel: &str, data: serde_json::Value, code: &str) {
+    match c.publish(channel, Uuid::new_v4(), &data).await.unwrap() {
+        Published::Nack { code: got, .. } => assert_eq!(got, code),
+        other => panic!("{other:?}"),
+    }
 }
 
 fn start(name: &str, leeway: u64, extra: &[&str]) -> Server {
@@ -147,14 +153,7 @@ async fn without_a_valid_token_nothing_is_allowed_where_auth_is_required() {
     let mut anon = s.connect().await;
     let e = anon.subscribe("chat:a", None).await.unwrap_err();
     assert_eq!(server_code(&e), "unauthorized", "{e}");
-    match anon
-        .publish("chat:a", Uuid::new_v4(), &json!("x"))
-        .await
-        .unwrap()
-    {
-        Published::Nack { code, .. } => assert_eq!(code, "unauthorized"),
-        other => panic!("{other:?}"),
-    }
+    assert_nack(&mut anon, "chat:a", json!("x"), "unauthorized").await;
     let e = anon
         .history("chat:a", &HistoryQuery::default())
         .await
@@ -244,14 +243,7 @@ async fn private_user_channels_and_grants() {
     assert_eq!(server_code(&e), "unauthorized");
     b.subscribe("user:bob", None).await.unwrap();
     // Users do not publish to user: channels (publish = nobody), backends do.
-    match phone
-        .publish("user:alice", Uuid::new_v4(), &json!("self"))
-        .await
-        .unwrap()
-    {
-        Published::Nack { code, .. } => assert_eq!(code, "unauthorized"),
-        other => panic!("{other:?}"),
-    }
+    assert_nack(&mut phone, "user:alice", json!("self"), "unauthorized").await;
     let (st, body) = http(
         &s.http,
         "POST",
@@ -281,14 +273,7 @@ async fn private_user_channels_and_grants() {
         .unwrap();
     let e = c.subscribe("room:other", None).await.unwrap_err();
     assert_eq!(server_code(&e), "unauthorized");
-    match c
-        .publish("room:team-1", Uuid::new_v4(), &json!("x"))
-        .await
-        .unwrap()
-    {
-        Published::Nack { code, .. } => assert_eq!(code, "unauthorized"),
-        other => panic!("{other:?}"),
-    }
+    assert_nack(&mut c, "room:team-1", json!("x"), "unauthorized").await;
     // Authenticated but without a grant: nothing in room.
     let e = b.subscribe("room:team-1", None).await.unwrap_err();
     assert_eq!(server_code(&e), "unauthorized");
