@@ -93,7 +93,7 @@ pub(crate) async fn upgrade(
     if ctx.shutdown.is_draining() {
         return status(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     }
-    let query = match parse_query(&raw_query, ctx.cfg.max_query_bytes, usize::MAX) {
+    let query = match parse_query(&raw_query, ctx.cfg.limits.max_query_bytes, usize::MAX) {
         Ok(q) => q.single,
         Err(bad) => return bad.into_response(),
     };
@@ -140,9 +140,9 @@ pub(crate) async fn upgrade(
     };
     let accept = derive_accept_key(key.as_bytes());
     let config = WebSocketConfig::default()
-        .read_buffer_size(ctx.cfg.read_buffer_bytes)
-        .max_message_size(Some(ctx.cfg.max_frame_bytes))
-        .max_frame_size(Some(ctx.cfg.max_frame_bytes));
+        .read_buffer_size(ctx.cfg.limits.read_buffer_bytes)
+        .max_message_size(Some(ctx.cfg.limits.max_frame_bytes))
+        .max_frame_size(Some(ctx.cfg.limits.max_frame_bytes));
     tokio::spawn(crate::conn::run(Box::new(crate::conn::Accepted {
         on_upgrade,
         config,

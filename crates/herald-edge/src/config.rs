@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use crate::auth::{AccessRule, Capability};
 
 /// A namespace: the channels `name:*`, stored in topic `{prefix}{name}`.
@@ -19,8 +21,8 @@ pub struct NamespaceConfig {
     pub subscribe: AccessRule,
     pub publish: AccessRule,
     pub history: AccessRule,
-    /// Overrides of [`EdgeConfig::max_message_bytes`] and
-    /// [`EdgeConfig::publish_rate`] for this namespace.
+    /// Overrides of [`Limits::max_message_bytes`] and
+    /// [`Limits::publish_rate`] for this namespace.
     pub max_message_bytes: Option<usize>,
     pub publish_rate: Option<u32>,
     /// Every subscription of a connection with a client id (a token's `sub`
@@ -120,12 +122,11 @@ impl std::str::FromStr for NamespaceConfig {
     }
 }
 
-#[derive(Clone, Debug)]
-pub struct EdgeConfig {
-    /// Where to listen. Default 127.0.0.1:8080; port 0 picks a free port.
-    pub listen: SocketAddr,
-    /// Configured namespaces. Default: `chat` with 8 partitions.
-    pub namespaces: Vec<NamespaceConfig>,
+/// What one connection (and one client address) may hold and do: the
+/// `[limits]` section of the configuration, as is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
     /// Outbound queue of a connection, in messages. Default 1024.
     pub queue_messages: usize,
     /// Outbound queue of a connection, in bytes. Default 4 MiB.
@@ -137,8 +138,8 @@ pub struct EdgeConfig {
     /// Read buffer of a connection, in bytes, allocated for its whole life.
     /// Default 1 KiB; it grows for a larger frame, which then takes more
     /// reads of this size. (tungstenite's own default is 128 KiB, allocated
-    /// up front for every connection; herald's was 4 KiB until 2026-12-02:
-    /// 1 KiB saves ~3 KB per idle connection, docs/benchmarks.md, P3.)
+    /// up front for every connection; each KiB
+    /// here is ~1 KB per idle connection, docs/operations.md, Sizing.)
     pub read_buffer_bytes: usize,
     /// Publishes per second per connection (token bucket), 0 = unlimited.
     /// Default 1000.
@@ -155,6 +156,62 @@ pub struct EdgeConfig {
     pub max_subscriptions: usize,
     /// Publishes of one connection waiting for Kafka at once. Default 256.
     pub max_inflight_publishes: usize,
+    /// `auth` and `refresh` frames per connection per minute (each may cost a
+    /// signature check). Default 10.
+    pub auth_per_minute: u32,
+    /// Frames per second a connection may send, of every type but publish
+    /// (it has `publish_rate`): subscribe, ack, presence, history, ping...,
+    /// on every transport;
+    /// beyond, each is answered `rate_limited` and not handled. A `presence`
+    /// frame counts 20, `history` 10, `subscribe`/`unsubscribe` 2, the rest
+    /// 1. 0 = unlimited. Default 2,000.
+    pub frame_rate: u32,
+    /// Burst of the frame budget. Default 4,000.
+    pub frame_burst: u32,
+    /// Subscribes to channels with presence per connection per minute (each
+    /// writes a join and a leave to Kafka and sends them to every member).
+    /// 0 = unlimited. Default 120.
+    pub presence_churn_per_minute: u32,
+    /// Most members in a `presence` answer (then with `truncated: true`).
+    /// Default 1,000.
+    pub presence_max_members: usize,
+    /// Longest query string of `/ws`, `/sse` and `/poll`, in bytes; a longer
+    /// one is refused (414) before it is parsed. Default 8 KiB.
+    pub max_query_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            queue_messages: 1024,
+            queue_bytes: 4 << 20,
+            max_message_bytes: 64 << 10,
+            max_frame_bytes: 1 << 20,
+            read_buffer_bytes: 1 << 10,
+            publish_rate: 1000,
+            publish_burst: 2000,
+            max_connections: 100_000,
+            max_connections_per_ip: 10_000,
+            max_subscriptions: 256,
+            max_inflight_publishes: 256,
+            auth_per_minute: 10,
+            frame_rate: 2_000,
+            frame_burst: 4_000,
+            presence_churn_per_minute: 120,
+            presence_max_members: 1_000,
+            max_query_bytes: 8 << 10,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct EdgeConfig {
+    /// Where to listen. Default 127.0.0.1:8080; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Configured namespaces. Default: `chat` with 8 partitions.
+    pub namespaces: Vec<NamespaceConfig>,
+    /// What one connection (and one client address) may hold and do.
+    pub limits: Limits,
     /// WebSocket ping interval. Default 20 s.
     pub heartbeat: Duration,
     /// Close a connection that sent nothing (not even a pong) for this long.
@@ -222,31 +279,9 @@ pub struct EdgeConfig {
     /// rightmost address of the header that is not itself a trusted proxy.
     /// Empty (the default): the header is ignored.
     pub trusted_proxies: Vec<std::net::IpAddr>,
-    /// `auth` and `refresh` frames per connection per minute (each may cost a
-    /// signature check). Default 10.
-    pub auth_per_minute: u32,
     /// How long a client may take to send a request's headers (the
     /// WebSocket handshake included) before its socket is closed. Default 10 s.
     pub header_read_timeout: Duration,
-    /// Frames per second a connection may send, of every type but publish
-    /// (it has `publish_rate`): subscribe, ack, presence, history, ping...,
-    /// on every transport;
-    /// beyond, each is answered `rate_limited` and not handled. A `presence`
-    /// frame counts 20, `history` 10, `subscribe`/`unsubscribe` 2, the rest
-    /// 1. 0 = unlimited. Default 2,000.
-    pub frame_rate: u32,
-    /// Burst of the frame budget. Default 4,000.
-    pub frame_burst: u32,
-    /// Subscribes to channels with presence per connection per minute (each
-    /// writes a join and a leave to Kafka and sends them to every member).
-    /// 0 = unlimited. Default 120.
-    pub presence_churn_per_minute: u32,
-    /// Most members in a `presence` answer (then with `truncated: true`).
-    /// Default 1,000.
-    pub presence_max_members: usize,
-    /// Longest query string of `/ws`, `/sse` and `/poll`, in bytes; a longer
-    /// one is refused (414) before it is parsed. Default 8 KiB.
-    pub max_query_bytes: usize,
     /// A second listener for `/metrics`, `/healthz` and `/readyz` only. With
     /// it, `/metrics` is not served on `listen`. Default: none.
     pub admin_listen: Option<SocketAddr>,
@@ -257,17 +292,7 @@ impl Default for EdgeConfig {
         EdgeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             namespaces: vec![NamespaceConfig::new("chat", 8)],
-            queue_messages: 1024,
-            queue_bytes: 4 << 20,
-            max_message_bytes: 64 << 10,
-            max_frame_bytes: 1 << 20,
-            read_buffer_bytes: 1 << 10,
-            publish_rate: 1000,
-            publish_burst: 2000,
-            max_connections: 100_000,
-            max_connections_per_ip: 10_000,
-            max_subscriptions: 256,
-            max_inflight_publishes: 256,
+            limits: Limits::default(),
             heartbeat: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(30),
@@ -295,13 +320,7 @@ impl Default for EdgeConfig {
             allowed_origins: Vec::new(),
             demo_dir: None,
             trusted_proxies: Vec::new(),
-            auth_per_minute: 10,
             header_read_timeout: Duration::from_secs(10),
-            frame_rate: 2_000,
-            frame_burst: 4_000,
-            presence_churn_per_minute: 120,
-            presence_max_members: 1_000,
-            max_query_bytes: 8 << 10,
             admin_listen: None,
         }
     }

@@ -313,7 +313,8 @@ impl Ctx {
 
     /// The most bytes of `data` a publish to a namespace may carry.
     pub fn max_message_bytes(&self, ns: &NamespaceConfig) -> usize {
-        ns.max_message_bytes.unwrap_or(self.cfg.max_message_bytes)
+        ns.max_message_bytes
+            .unwrap_or(self.cfg.limits.max_message_bytes)
     }
 }
 
@@ -330,7 +331,7 @@ impl ConnSlot {
         ip: Option<IpAddr>,
     ) -> Result<ConnSlot, (StatusCode, &'static str)> {
         let open = ctx.conns.open.fetch_add(1, Ordering::SeqCst);
-        if open >= ctx.cfg.max_connections {
+        if open >= ctx.cfg.limits.max_connections {
             ctx.conns.open.fetch_sub(1, Ordering::SeqCst);
             metrics::counter!("herald_edge_connections_refused_total", "reason" => "max_connections").increment(1);
             return Err((
@@ -342,7 +343,7 @@ impl ConnSlot {
         if let Some(ip) = ip {
             let mut per_ip = ctx.conns.per_ip.lock().unwrap_or_else(|p| p.into_inner());
             let n = per_ip.entry(ip).or_insert(0);
-            if *n >= ctx.cfg.max_connections_per_ip {
+            if *n >= ctx.cfg.limits.max_connections_per_ip {
                 drop(per_ip);
                 ctx.conns.open.fetch_sub(1, Ordering::SeqCst);
                 metrics::counter!("herald_edge_connections_refused_total", "reason" => "max_connections_per_ip").increment(1);

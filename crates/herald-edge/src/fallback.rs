@@ -89,8 +89,11 @@ fn opening_of(raw: &str, headers: &HeaderMap, ctx: &Ctx) -> Result<Opening, BadQ
         status: StatusCode::BAD_REQUEST,
         reason,
     };
-    let crate::admission::Query { single, channels } =
-        parse_query(raw, ctx.cfg.max_query_bytes, ctx.cfg.max_subscriptions)?;
+    let crate::admission::Query { single, channels } = parse_query(
+        raw,
+        ctx.cfg.limits.max_query_bytes,
+        ctx.cfg.limits.max_subscriptions,
+    )?;
     let given = single.get("since").cloned().or_else(|| {
         headers
             .get("last-event-id")
@@ -244,7 +247,7 @@ async fn poll(
             Ok(Some(first)) => {
                 texts.push(first.text);
                 let mut bytes = texts[0].len();
-                while texts.len() < POLL_MAX_FRAMES && bytes < ctx.cfg.queue_bytes {
+                while texts.len() < POLL_MAX_FRAMES && bytes < ctx.cfg.limits.queue_bytes {
                     match rx.try_recv() {
                         Ok(o) => {
                             bytes += o.text.len();
@@ -346,7 +349,7 @@ pub fn routes(
                 }
             },
         );
-    let limit = ctx.cfg.max_frame_bytes as u64;
+    let limit = ctx.cfg.limits.max_frame_bytes as u64;
     let post = warp::post()
         .and(warp::path("session"))
         .and(warp::path::param::<String>())

@@ -245,7 +245,10 @@ pub(crate) async fn serve_http(
         .header_read_timeout(ctx.cfg.header_read_timeout);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let open = Arc::new(tokio::sync::Semaphore::new(
-        ctx.cfg.max_connections.saturating_add(PENDING_HEADROOM),
+        ctx.cfg
+            .limits
+            .max_connections
+            .saturating_add(PENDING_HEADROOM),
     ));
     loop {
         let (tcp, peer) = tokio::select! {

@@ -59,5 +59,5 @@ pub mod presence;
 pub mod server;
 
 pub use auth::{AccessRule, Auth, AuthConfig, AuthError, Capability, Identity};
-pub use config::{EdgeConfig, NamespaceConfig};
+pub use config::{EdgeConfig, Limits, NamespaceConfig};
 pub use server::{Edge, EdgeError};

@@ -46,7 +46,7 @@ async fn node_with_big_history(queue_bytes: usize) -> Node {
     edge.write_timeout = Duration::from_secs(1);
     // A response the kernel took whole ends with its idle connection.
     edge.header_read_timeout = Duration::from_secs(1);
-    edge.queue_bytes = queue_bytes;
+    edge.limits.queue_bytes = queue_bytes;
     edge.history_max_bytes = 1 << 20;
     let node = Node::start_with(edge, log).await;
     let mut c = node.connect().await;
@@ -228,8 +228,8 @@ async fn joins(c: &mut Client, quiet: Duration) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_churn_is_limited_and_never_cuts_a_live_member() {
     let (mut edge, log) = presence_config();
-    edge.queue_messages = 16;
-    edge.presence_churn_per_minute = 30;
+    edge.limits.queue_messages = 16;
+    edge.limits.presence_churn_per_minute = 30;
     let node = Node::start_with(edge, log).await;
     let mut slow = node.connect().await;
     slow.subscribe("room:r", None).await;
@@ -275,7 +275,7 @@ async fn presence_churn_is_limited_and_never_cuts_a_live_member() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_answers_are_capped_and_show_no_credentials() {
     let (mut edge, log) = presence_config();
-    edge.presence_max_members = 3;
+    edge.limits.presence_max_members = 3;
     let node = Node::start_with(edge, log).await;
     let mut members = Vec::new();
     for i in 0..5 {
@@ -343,7 +343,7 @@ async fn join_and_leave_events_follow_the_presence_rule() {
 #[tokio::test]
 async fn the_address_limit_comes_before_the_token_check() {
     let (mut edge, log) = config();
-    edge.max_connections_per_ip = 1;
+    edge.limits.max_connections_per_ip = 1;
     let node = Node::start_with(edge, log).await;
     let _held = node.connect().await;
     let upgrade = "connection: upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\n\
@@ -393,8 +393,8 @@ async fn wrong_api_keys_are_throttled_per_address() {
 #[tokio::test]
 async fn refused_frames_are_answered_with_their_id() {
     let (mut edge, log) = config();
-    edge.frame_rate = 1;
-    edge.frame_burst = 2;
+    edge.limits.frame_rate = 1;
+    edge.limits.frame_burst = 2;
     let node = Node::start_with(edge, log).await;
     let mut c = node.connect().await;
     for _ in 0..10 {

@@ -162,9 +162,9 @@ async fn an_http_client_that_hangs_up_does_not_abandon_its_publish() {
 #[tokio::test]
 async fn refusals_before_the_pipeline_are_nacks_with_their_codes() {
     let (mut edge, log) = config();
-    edge.max_message_bytes = 16;
-    edge.publish_rate = 1;
-    edge.publish_burst = 1;
+    edge.limits.max_message_bytes = 16;
+    edge.limits.publish_rate = 1;
+    edge.limits.publish_burst = 1;
     let node = Node::start_with(edge, log).await;
     let mut c = node.connect().await;
     let big = c
@@ -265,7 +265,7 @@ async fn history_pages_come_from_the_log() {
 #[tokio::test]
 async fn the_subscription_limit_is_enforced() {
     let (mut edge, log) = config();
-    edge.max_subscriptions = 2;
+    edge.limits.max_subscriptions = 2;
     let node = Node::start_with(edge, log).await;
     let mut c = node.connect().await;
     c.subscribe("chat:1", None).await;
@@ -456,7 +456,7 @@ async fn readiness_asks_the_log_at_most_once_a_second() {
 #[tokio::test]
 async fn auth_frames_are_rate_limited_per_connection() {
     let (mut edge, log) = config();
-    edge.auth_per_minute = 3;
+    edge.limits.auth_per_minute = 3;
     let node = Node::start_with(edge, log).await;
     let mut c = node.connect().await;
     c.send(json!({"type": "auth", "token": token("carol", json!({}))}))
@@ -502,7 +502,7 @@ async fn only_allowed_origins_may_open_a_websocket() {
 async fn behind_a_trusted_proxy_the_per_ip_limit_counts_forwarded_clients() {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let (mut edge, log) = config();
-    edge.max_connections_per_ip = 1;
+    edge.limits.max_connections_per_ip = 1;
     edge.trusted_proxies = vec!["127.0.0.1".parse().expect("ip")];
     let node = Node::start_with(edge, log).await;
     let from = |client: &str| {
@@ -528,7 +528,7 @@ async fn behind_a_trusted_proxy_the_per_ip_limit_counts_forwarded_clients() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribe_unsubscribe_races_leave_no_registration_behind() {
     let (mut edge, log) = config();
-    edge.queue_messages = 4096;
+    edge.limits.queue_messages = 4096;
     let node = Node::start_with(edge, log).await;
     let mut p = node.connect().await;
     for i in 0..500 {

@@ -216,8 +216,8 @@ impl Conn {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_frame_budget_holds_on_every_transport() {
     let (mut edge, log) = config();
-    edge.frame_rate = 1;
-    edge.frame_burst = 5;
+    edge.limits.frame_rate = 1;
+    edge.limits.frame_burst = 5;
     let node = Node::start_with(edge, log).await;
     for kind in KINDS {
         let mut c = Conn::open(&node, kind, "channel=chat:budget").await;

@@ -345,7 +345,7 @@ where
     // its body ever being read.
     check_key(&ctx, peer, authorization, x_api_key)?;
     if route.method == Method::POST {
-        let max = ctx.cfg.max_frame_bytes;
+        let max = ctx.cfg.limits.max_frame_bytes;
         if length.is_some_and(|l| l > max as u64) {
             return Err(api_err(
                 codes::TOO_LARGE,

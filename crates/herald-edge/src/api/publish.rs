@@ -62,7 +62,7 @@ async fn publish_one(
         .namespaces
         .get(channel.namespace())
         .and_then(|n| n.max_message_bytes)
-        .unwrap_or(ctx.cfg.max_message_bytes);
+        .unwrap_or(ctx.cfg.limits.max_message_bytes);
     if req.data.get().len() > max {
         return Err(refuse(
             codes::TOO_LARGE,

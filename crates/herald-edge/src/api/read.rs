@@ -54,7 +54,7 @@ pub(super) fn presence(ctx: &Ctx, q: &HashMap<String, String>, stats: bool) -> A
     }
     let (members, truncated) =
         ctx.presence
-            .members(ctx, channel.as_str(), ctx.cfg.presence_max_members);
+            .members(ctx, channel.as_str(), ctx.cfg.limits.presence_max_members);
     Ok(json!({ "channel": channel.as_str(), "members": members, "truncated": truncated }))
 }
 

@@ -23,7 +23,7 @@ impl Conn {
     }
 
     pub(super) async fn authenticate(&mut self, token: &str, refresh: bool) {
-        let per_minute = self.ctx.cfg.auth_per_minute.max(1);
+        let per_minute = self.ctx.cfg.limits.auth_per_minute.max(1);
         let limiter = self.auth_limiter.get_or_insert_with(|| {
             let n = std::num::NonZeroU32::new(per_minute).unwrap_or(std::num::NonZeroU32::MIN);
             Box::new(governor::RateLimiter::direct(governor::Quota::per_minute(

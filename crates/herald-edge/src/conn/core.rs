@@ -272,7 +272,7 @@ pub(crate) async fn drive<S: Source, W: Sink>(start: Box<Start<S, W>>) {
     if !stalled {
         let publishes = (
             conn.publish_permits(),
-            ctx.cfg.max_inflight_publishes as u32,
+            ctx.cfg.limits.max_inflight_publishes as u32,
         );
         Box::pin(say_goodbye(
             &ctx, close, farewell, publishes, &mut rx, &mut sink,
@@ -448,14 +448,14 @@ impl Conn {
     /// false: the frame is not handled.
     pub(super) fn within_frame_budget(&mut self, frame: Option<&ClientFrame>) -> bool {
         let cost = frame.map_or(1, frame_cost);
-        let rate = self.ctx.cfg.frame_rate;
+        let rate = self.ctx.cfg.limits.frame_rate;
         let (Some(rate), Some(cost)) = (
             std::num::NonZeroU32::new(rate),
             std::num::NonZeroU32::new(cost),
         ) else {
             return true;
         };
-        let burst = std::num::NonZeroU32::new(self.ctx.cfg.frame_burst).unwrap_or(rate);
+        let burst = std::num::NonZeroU32::new(self.ctx.cfg.limits.frame_burst).unwrap_or(rate);
         // Made at the first frame: an idle connection carries none (P3).
         let limiter = self.frame_limiter.get_or_insert_with(|| {
             Box::new(governor::RateLimiter::direct(

@@ -43,7 +43,7 @@ impl Conn {
                 max_bytes: ctx
                     .cfg
                     .history_max_bytes
-                    .min(ctx.cfg.queue_bytes / 2)
+                    .min(ctx.cfg.limits.queue_bytes / 2)
                     .max(1),
                 max_scan: ctx.cfg.history_max_scan,
             };

@@ -91,9 +91,13 @@ pub(crate) struct Conn {
 
 impl Conn {
     pub(crate) fn new(id: u64, ctx: Arc<Ctx>, client_id: Option<String>) -> Parts {
-        let (outbox, rx) = Outbox::new(id, ctx.cfg.queue_messages, ctx.cfg.queue_bytes);
-        let limiter = std::num::NonZeroU32::new(ctx.cfg.publish_rate).map(|rate| {
-            let burst = std::num::NonZeroU32::new(ctx.cfg.publish_burst).unwrap_or(rate);
+        let (outbox, rx) = Outbox::new(
+            id,
+            ctx.cfg.limits.queue_messages,
+            ctx.cfg.limits.queue_bytes,
+        );
+        let limiter = std::num::NonZeroU32::new(ctx.cfg.limits.publish_rate).map(|rate| {
+            let burst = std::num::NonZeroU32::new(ctx.cfg.limits.publish_burst).unwrap_or(rate);
             governor::RateLimiter::direct(governor::Quota::per_second(rate).allow_burst(burst))
         });
         (
@@ -149,7 +153,7 @@ impl Conn {
 impl Conn {
     /// Bounds the publishes in flight on this connection.
     fn publish_permits(&self) -> Arc<Semaphore> {
-        let n = self.ctx.cfg.max_inflight_publishes;
+        let n = self.ctx.cfg.limits.max_inflight_publishes;
         self.publish_permits
             .get_or_init(|| Arc::new(Semaphore::new(n)))
             .clone()

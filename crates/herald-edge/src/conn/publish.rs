@@ -32,7 +32,7 @@ impl Conn {
         let ns = self.ctx.namespaces.get(channel.namespace());
         let max_bytes = ns
             .and_then(|n| n.max_message_bytes)
-            .unwrap_or(self.ctx.cfg.max_message_bytes);
+            .unwrap_or(self.ctx.cfg.limits.max_message_bytes);
         if data.get().len() > max_bytes {
             let reason = format!(
                 "data is {} bytes; the limit is {max_bytes}",
@@ -53,7 +53,7 @@ impl Conn {
                     });
                 (Some(&*l as &Limiter), rate)
             }
-            None => (self.limiter.as_ref(), self.ctx.cfg.publish_rate),
+            None => (self.limiter.as_ref(), self.ctx.cfg.limits.publish_rate),
         };
         if let Some(limiter) = limiter {
             if let Err(not_until) = limiter.check() {

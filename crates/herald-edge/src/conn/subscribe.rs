@@ -163,12 +163,12 @@ impl Conn {
                 Some(&name),
             ));
         }
-        if self.subs.len() >= self.ctx.cfg.max_subscriptions {
+        if self.subs.len() >= self.ctx.cfg.limits.max_subscriptions {
             return self.reply(error_frame(
                 codes::TOO_MANY_SUBSCRIPTIONS,
                 format!(
                     "at most {} subscriptions per connection",
-                    self.ctx.cfg.max_subscriptions
+                    self.ctx.cfg.limits.max_subscriptions
                 ),
                 Some(&name),
             ));
@@ -209,7 +209,7 @@ impl Conn {
                 codes::RATE_LIMITED,
                 format!(
                     "more than {} subscribes to channels with presence per minute on this connection",
-                    self.ctx.cfg.presence_churn_per_minute
+                    self.ctx.cfg.limits.presence_churn_per_minute
                 ),
                 Some(&name),
             ));
@@ -448,7 +448,7 @@ impl Conn {
                 users,
             }
         } else {
-            let max = ctx.cfg.presence_max_members;
+            let max = ctx.cfg.limits.presence_max_members;
             let (members, truncated) = ctx.presence.members(ctx, channel.as_str(), max);
             ServerFrame::Presence {
                 id,
@@ -463,7 +463,8 @@ impl Conn {
     /// Counts one subscribe to a channel with presence against the
     /// connection's `presence_churn_per_minute`.
     fn within_churn_budget(&mut self) -> bool {
-        let Some(n) = std::num::NonZeroU32::new(self.ctx.cfg.presence_churn_per_minute) else {
+        let Some(n) = std::num::NonZeroU32::new(self.ctx.cfg.limits.presence_churn_per_minute)
+        else {
             return true;
         };
         let limiter = self.churn_limiter.get_or_insert_with(|| {

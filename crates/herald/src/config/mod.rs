@@ -21,7 +21,7 @@ pub use load::{ConfigError, ConfigErrors};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use herald_edge::{AccessRule, AuthConfig, EdgeConfig, NamespaceConfig};
+use herald_edge::{AccessRule, AuthConfig, EdgeConfig, Limits, NamespaceConfig};
 use herald_log::LogConfig;
 use serde::{Deserialize, Serialize};
 
@@ -134,28 +134,6 @@ pub struct Kafka {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Limits {
-    pub queue_messages: usize,
-    pub queue_bytes: usize,
-    pub max_message_bytes: usize,
-    pub max_frame_bytes: usize,
-    pub read_buffer_bytes: usize,
-    pub publish_rate: u32,
-    pub publish_burst: u32,
-    pub max_connections: usize,
-    pub max_connections_per_ip: usize,
-    pub max_subscriptions: usize,
-    pub max_inflight_publishes: usize,
-    pub auth_per_minute: u32,
-    pub frame_rate: u32,
-    pub frame_burst: u32,
-    pub presence_churn_per_minute: u32,
-    pub presence_max_members: usize,
-    pub max_query_bytes: usize,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
 pub struct Cache {
     pub dedup_window_secs: u64,
     pub dedup_capacity: u64,
@@ -230,25 +208,7 @@ impl Default for Settings {
                 request_timeout_ms: l.request_timeout.as_millis() as u64,
                 client: BTreeMap::new(),
             },
-            limits: Limits {
-                queue_messages: e.queue_messages,
-                queue_bytes: e.queue_bytes,
-                max_message_bytes: e.max_message_bytes,
-                max_frame_bytes: e.max_frame_bytes,
-                read_buffer_bytes: e.read_buffer_bytes,
-                publish_rate: e.publish_rate,
-                publish_burst: e.publish_burst,
-                max_connections: e.max_connections,
-                max_connections_per_ip: e.max_connections_per_ip,
-                max_subscriptions: e.max_subscriptions,
-                max_inflight_publishes: e.max_inflight_publishes,
-                auth_per_minute: e.auth_per_minute,
-                frame_rate: e.frame_rate,
-                frame_burst: e.frame_burst,
-                presence_churn_per_minute: e.presence_churn_per_minute,
-                presence_max_members: e.presence_max_members,
-                max_query_bytes: e.max_query_bytes,
-            },
+            limits: e.limits.clone(),
             cache: Cache {
                 dedup_window_secs: e.dedup_window.as_secs(),
                 dedup_capacity: e.dedup_capacity,
@@ -292,7 +252,7 @@ macro_rules! default_from_settings {
         }
     )*};
 }
-default_from_settings!(Server => server, Kafka => kafka, Limits => limits, Cache => cache, Auth => auth);
+default_from_settings!(Server => server, Kafka => kafka, Cache => cache, Auth => auth);
 
 impl Default for Namespace {
     /// The default namespace: `chat`, 8 partitions, authenticated users only.
@@ -376,17 +336,7 @@ impl Settings {
                     personal: n.personal,
                 })
                 .collect(),
-            queue_messages: self.limits.queue_messages,
-            queue_bytes: self.limits.queue_bytes,
-            max_message_bytes: self.limits.max_message_bytes,
-            max_frame_bytes: self.limits.max_frame_bytes,
-            read_buffer_bytes: self.limits.read_buffer_bytes,
-            publish_rate: self.limits.publish_rate,
-            publish_burst: self.limits.publish_burst,
-            max_connections: self.limits.max_connections,
-            max_connections_per_ip: self.limits.max_connections_per_ip,
-            max_subscriptions: self.limits.max_subscriptions,
-            max_inflight_publishes: self.limits.max_inflight_publishes,
+            limits: self.limits.clone(),
             heartbeat: Duration::from_secs(self.server.heartbeat_secs),
             idle_timeout: Duration::from_secs(self.server.idle_timeout_secs),
             write_timeout: Duration::from_secs(self.server.write_timeout_secs),
@@ -418,13 +368,7 @@ impl Settings {
                 .iter()
                 .filter_map(|p| p.parse().ok())
                 .collect(),
-            auth_per_minute: self.limits.auth_per_minute,
             header_read_timeout: Duration::from_secs(self.server.header_read_timeout_secs),
-            frame_rate: self.limits.frame_rate,
-            frame_burst: self.limits.frame_burst,
-            presence_churn_per_minute: self.limits.presence_churn_per_minute,
-            presence_max_members: self.limits.presence_max_members,
-            max_query_bytes: self.limits.max_query_bytes,
             // Checked by `validate`.
             admin_listen: self.server.admin_listen.parse().ok(),
             // URLs checked by `validate`.
