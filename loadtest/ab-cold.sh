@@ -13,8 +13,9 @@
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+# The build directory, KILL (stopped at exit), start_node, wait_listening.
+source loadtest/common.sh
 MODE=${1:?p4 or p5}; A=${2:?herald build A}; B=${3:?herald build B}; PAIRS=${4:-3}
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${HERALD_CACHE:-$HOME/.cache/herald}/target}"
 cargo build --release -q -p herald-loadtest || exit 1
 LT="$CARGO_TARGET_DIR/release/herald-loadtest"
 OUT="${OUT:-$(mktemp -d)}"
@@ -22,7 +23,6 @@ mkdir -p "$OUT"
 BROKERS="${HERALD_TEST_BROKERS:-127.0.0.1:9092}"
 PFX="ab-$$."
 ulimit -n 65536 2>/dev/null || true
-source loadtest/common.sh
 if [[ -z "${HERALD_TEST_BROKERS:-}" ]]; then ensure_broker; fi
 # start BIN NAME: a node on a free port; sets PID and NODE_URL.
 start() {

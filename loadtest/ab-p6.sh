@@ -9,12 +9,12 @@
 #   (DUR=10 seconds per run by default)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${HERALD_CACHE:-$HOME/.cache/herald}/target}"
-(cd "$ROOT" && cargo build --release -q -p herald-loadtest)
+cd "$ROOT"
+# The build directory, KILL (stopped at exit), start_node, wait_listening.
+source loadtest/common.sh
+(cargo build --release -q -p herald-loadtest)
 BIN="$CARGO_TARGET_DIR/release"
 OUT="$(mktemp -d)"
-cd "$ROOT"
-source loadtest/common.sh
 "$BIN/herald-loadtest" mock-broker --topics "ab.chat:8,ab.meta:1,ab.cursors:8,ab.control:1,ab.presence:8,loadtest-floor:1" \
     > "$OUT/mock.out" 2>&1 &
 KILL+=("$!")

@@ -17,15 +17,15 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+# The build directory, KILL (stopped at exit), start_node, wait_listening.
+source loadtest/common.sh
 VARIANTS="${VARIANTS:-glibc glibc-arena2 glibc-mmap}"
 HOLD="${HOLD:-45}"
 AFTER="${AFTER:-30}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${HERALD_CACHE:-$HOME/.cache/herald}/target}"
 OUT="${OUT:-$CARGO_TARGET_DIR/bench-results}"
 mkdir -p "$OUT"
 cargo build --release -q -p herald
 BIN="$CARGO_TARGET_DIR/release"
-source loadtest/common.sh
 ensure_broker
 for variant in $VARIANTS; do
     case $variant in

@@ -28,9 +28,8 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-# KILL, start_node, wait_listening (its exit trap is replaced below).
+# The build directory, KILL (stopped at exit), start_node, wait_listening.
 source loadtest/common.sh
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${HERALD_CACHE:-$HOME/.cache/herald}/target}"
 WHAT="${1:-all}"
 OUT="${OUT:-$CARGO_TARGET_DIR/bench-results}"
 BROKERS="${HERALD_TEST_BROKERS:-127.0.0.1:9092}"

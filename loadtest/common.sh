@@ -1,10 +1,12 @@
-# Sourced by loadtest/ scripts: the processes a run starts, stopped when it
-# exits, and the broker it needs.
+# Sourced by loadtest/ scripts (from the repository's root): the build
+# directory (CARGO_TARGET_DIR, default ~/.cache/herald/target), the processes
+# a run starts, stopped when it exits, and the broker it needs.
 #
 #   source loadtest/common.sh
 #   ensure_broker                 # start infra/dev/broker.sh unless running
 #   some_server & KILL+=("$!")    # stopped at exit
 #   start_node DIR NAME BIN FLAGS  # a herald node on a free port: PID, NODE_URL
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${HERALD_CACHE:-$HOME/.cache/herald}/target}"
 KILL=()
 stop_broker=""
 stop_started() {

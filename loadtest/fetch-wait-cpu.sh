@@ -8,14 +8,14 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${HERALD_CACHE:-$HOME/.cache/herald}/target}"
+# The build directory, KILL (stopped at exit), start_node, wait_listening.
+source loadtest/common.sh
 CACHE="${HERALD_CACHE:-$HOME/.cache/herald}"
 WAITS=("$@"); [[ ${#WAITS[@]} -gt 0 ]] || WAITS=(5 100 500)
 cargo build --release -q -p herald -p herald-loadtest
 B="$CARGO_TARGET_DIR/release"
 BPID="$(cat "${HERALD_BROKER_DATA:-$CACHE/broker}/node.pid")"
 TMP="$(mktemp -d)"
-source loadtest/common.sh
 tick=$(getconf CLK_TCK)
 cpu() { awk -v t="$tick" '{printf "%.2f", ($14+$15)/t}' "/proc/$1/stat"; }
 for round in 1 2; do

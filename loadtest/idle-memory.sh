@@ -17,17 +17,17 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+# The build directory, KILL (stopped at exit), start_node, wait_listening.
+source loadtest/common.sh
 N="${1:-5000}"
 C="${2:-100}"
 HOLD="${HOLD:-80}"
 SERVERS="${SERVERS:-herald floor centrifugo}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${HERALD_CACHE:-$HOME/.cache/herald}/target}"
 OUT="${OUT:-$CARGO_TARGET_DIR/bench-results}"
 mkdir -p "$OUT"
 ulimit -n $(( N * 2 + 1000 )) 2>/dev/null || echo "idle-memory: could not raise the fd limit to $(( N * 2 + 1000 ))"
 cargo build --release -q -p herald -p herald-loadtest
 BIN="$CARGO_TARGET_DIR/release"
-source loadtest/common.sh
 rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 for server in $SERVERS; do
     case $server in

@@ -6,13 +6,13 @@
 #   loadtest/ingest-1k.sh
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${HERALD_CACHE:-$HOME/.cache/herald}/target}"
-(cd "$ROOT" && cargo build --release -q -p herald -p herald-loadtest) || exit 1
+cd "$ROOT"
+# The build directory, KILL (stopped at exit), start_node, wait_listening.
+source loadtest/common.sh
+(cargo build --release -q -p herald -p herald-loadtest) || exit 1
 LT="$CARGO_TARGET_DIR/release/herald-loadtest"
 ulimit -n 65536 2>/dev/null
 OUT="$(mktemp -d)"
-cd "$ROOT"
-source loadtest/common.sh
 start_node "$OUT" in1k "$CARGO_TARGET_DIR/release/herald" --kafka-brokers 127.0.0.1:9092 \
     --topic-prefix "in1k-$$." --namespaces chat=8:anonymous --fetch-wait-max-ms 100
 U=$NODE_URL
