@@ -150,6 +150,48 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn a_read_that_makes_no_progress_is_an_error_not_a_stop() -> Result<(), LogError> {
+        use crate::memory::MemLog;
+        use crate::{LogConfig, LogWrite};
+        let log = MemLog::new(LogConfig::default());
+        log.create_topic("t", 1, "e");
+        for i in 0..3u8 {
+            log.append_record("t", 0, b"k", &[i], &[])?.await?;
+        }
+        // Asked past the end: the records there are read, then a read that
+        // returns nothing and stays put fails the span.
+        let mut span = Span::new(&*log, "t", 0, 0, 10, 2);
+        let mut read = 0;
+        let err = loop {
+            match span.next_batch().await {
+                Ok(Some(b)) => read += b.records.len(),
+                Ok(None) => panic!("the span ended without reaching its end"),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(read, 3);
+        assert!(
+            matches!(
+                err,
+                LogError::NoProgress {
+                    at: 3,
+                    partition: 0,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // Within the log it ends at `to`.
+        let mut span = Span::new(&*log, "t", 0, 1, 3, 1);
+        let mut offsets = Vec::new();
+        while let Some(b) = span.next_batch().await? {
+            offsets.extend(b.records.iter().map(|r| r.offset));
+        }
+        assert_eq!(offsets, vec![1, 2]);
+        Ok(())
+    }
+
     #[test]
     fn a_gap_is_the_first_offset_a_batch_skipped() {
         let b = |offsets: &[i64], next| RangeBatch {
