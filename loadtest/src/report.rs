@@ -108,13 +108,17 @@ impl Report {
 
     /// The strict verdict on this run ([`crate::verify::Strict`]).
     pub fn judge(&self, s: crate::verify::Strict) -> Result<(), String> {
-        s.judge(
-            &self.target,
-            self.acked,
-            self.lost,
-            self.duplicated,
-            self.out_of_order,
-        )
+        s.judge(&self.target, self.counts())
+    }
+
+    /// What the verdict reads of this run.
+    pub fn counts(&self) -> crate::verify::Counts {
+        crate::verify::Counts {
+            acked: self.acked,
+            lost: self.lost,
+            duplicated: self.duplicated,
+            out_of_order: self.out_of_order,
+        }
     }
 
     /// The summary table.

@@ -133,6 +133,15 @@ impl Verifier {
     }
 }
 
+/// What a run counted, as a verdict reads it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub acked: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub out_of_order: u64,
+}
+
 /// The verdict a comparison exits with: it fails on any loss, duplicate or
 /// out-of-order delivery, and when fewer publishes were acked than the run
 /// needs to mean anything (a run with nothing acked has nothing lost).
@@ -143,14 +152,13 @@ pub struct Strict {
 
 impl Strict {
     /// `Err` with every reason the run fails.
-    pub fn judge(
-        &self,
-        who: &str,
-        acked: u64,
-        lost: u64,
-        duplicated: u64,
-        out_of_order: u64,
-    ) -> Result<(), String> {
+    pub fn judge(&self, who: &str, c: Counts) -> Result<(), String> {
+        let Counts {
+            acked,
+            lost,
+            duplicated,
+            out_of_order,
+        } = c;
         let mut why = Vec::new();
         if acked < self.min_acked {
             why.push(format!(
@@ -179,16 +187,9 @@ impl Strict {
     /// the measurement, not a failure, so it is `Ok(Some(note))`, as long as
     /// it acked something and delivered all of that once, in order. Loss,
     /// duplicates, disorder or nothing acked still fail.
-    pub fn judge_saturated(
-        &self,
-        who: &str,
-        acked: u64,
-        lost: u64,
-        duplicated: u64,
-        out_of_order: u64,
-    ) -> Result<Option<String>, String> {
-        let floor = Strict { min_acked: 1 };
-        floor.judge(who, acked, lost, duplicated, out_of_order)?;
+    pub fn judge_saturated(&self, who: &str, c: Counts) -> Result<Option<String>, String> {
+        Strict { min_acked: 1 }.judge(who, c)?;
+        let acked = c.acked;
         Ok((acked < self.min_acked).then(|| {
             format!(
                 "{who}: saturated, {acked} publishes acked (the minimum for a run that keeps up is {})",
@@ -202,16 +203,28 @@ impl Strict {
 mod tests {
     use super::*;
 
+    fn counts(acked: u64, lost: u64, duplicated: u64, out_of_order: u64) -> Counts {
+        Counts {
+            acked,
+            lost,
+            duplicated,
+            out_of_order,
+        }
+    }
+
     #[test]
     fn a_saturated_baseline_is_noted_but_loss_still_fails() {
         let s = Strict { min_acked: 100 };
-        assert_eq!(s.judge_saturated("b", 150, 0, 0, 0), Ok(None));
-        assert!(s.judge_saturated("b", 40, 0, 0, 0).unwrap().is_some());
-        assert!(s.judge("b", 40, 0, 0, 0).is_err());
-        assert!(s.judge_saturated("b", 0, 0, 0, 0).is_err());
-        assert!(s.judge_saturated("b", 40, 1, 0, 0).is_err());
-        assert!(s.judge_saturated("b", 40, 0, 1, 0).is_err());
-        assert!(s.judge_saturated("b", 40, 0, 0, 1).is_err());
+        assert_eq!(s.judge_saturated("b", counts(150, 0, 0, 0)), Ok(None));
+        assert!(s
+            .judge_saturated("b", counts(40, 0, 0, 0))
+            .unwrap()
+            .is_some());
+        assert!(s.judge("b", counts(40, 0, 0, 0)).is_err());
+        assert!(s.judge_saturated("b", counts(0, 0, 0, 0)).is_err());
+        assert!(s.judge_saturated("b", counts(40, 1, 0, 0)).is_err());
+        assert!(s.judge_saturated("b", counts(40, 0, 1, 0)).is_err());
+        assert!(s.judge_saturated("b", counts(40, 0, 0, 1)).is_err());
     }
 
     fn ids(n: usize) -> Vec<Uuid> {
@@ -317,11 +330,11 @@ mod tests {
     #[test]
     fn the_strict_verdict_fails_on_anything_wrong_or_too_little() {
         let s = Strict { min_acked: 10 };
-        assert!(s.judge("x", 10, 0, 0, 0).is_ok());
-        let e = s.judge("x", 0, 0, 0, 0).unwrap_err();
+        assert!(s.judge("x", counts(10, 0, 0, 0)).is_ok());
+        let e = s.judge("x", counts(0, 0, 0, 0)).unwrap_err();
         assert!(e.contains("only 0 publishes acked"), "{e}");
         for (l, d, o) in [(1, 0, 0), (0, 1, 0), (0, 0, 1)] {
-            assert!(s.judge("x", 100, l, d, o).is_err());
+            assert!(s.judge("x", counts(100, l, d, o)).is_err());
         }
     }
 

@@ -13,15 +13,15 @@ use uuid::Uuid;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1);
+    let args: Vec<String> = std::env::args().skip(1).collect();
     let url = args
-        .next()
-        .unwrap_or_else(|| "ws://127.0.0.1:8080/ws".into());
-    let n: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(1000);
-    let channels: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(0);
+        .first()
+        .map_or("ws://127.0.0.1:8080/ws", String::as_str);
+    let n: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(1000);
+    let channels: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(0);
     let mut conns = Vec::with_capacity(n);
     for i in 0..n {
-        let mut c = Connection::connect(&url).await?;
+        let mut c = Connection::connect(url).await?;
         if channels > 0 {
             c.subscribe(&format!("chat:idle-{}", i % channels), None)
                 .await?;
@@ -32,7 +32,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     if channels > 0 {
-        let mut publisher = Connection::connect(&url).await?;
+        let mut publisher = Connection::connect(url).await?;
         for ch in 0..channels {
             let data = serde_json::json!({ "hello": ch });
             publisher

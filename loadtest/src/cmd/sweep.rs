@@ -117,13 +117,7 @@ async fn run_sweep(
             // keeps up would; that is the curve's point, so it is noted,
             // not failed, while loss, duplicates and disorder still fail.
             // herald is held to the full verdict at every point.
-            match at.strict().judge_saturated(
-                &b.target,
-                b.acked,
-                b.lost,
-                b.duplicated,
-                b.out_of_order,
-            ) {
+            match at.strict().judge_saturated(&b.target, b.counts()) {
                 Ok(None) => {}
                 Ok(Some(note)) => {
                     println!("{note} at {rate}/s");

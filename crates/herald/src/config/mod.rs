@@ -467,39 +467,29 @@ mod tests {
 
     #[test]
     fn reports_every_error_with_its_path() {
-        let text = r#"
-            colour = "blue"
-            [server]
-            listen = 8080
-            speed = 3
+        // Wrong values (a zero queue, a bad name, an unknown rule).
+        const BAD_VALUES: &str = r#"
             [limits]
             queue_messages = 0
             [[namespace]]
             name = "Chat"
             publish = "everyone"
-            [[namespace]]
-            name = "user"
-            partitions = "four"
         "#;
-        let e = Settings::from_toml(text, &no_env).unwrap_err();
+        let text = format!(
+            "colour = \"blue\"\n[server]\nlisten = 8080\nspeed = 3\n{BAD_VALUES}\n\
+             [[namespace]]\nname = \"user\"\npartitions = \"four\"\n"
+        );
+        let e = Settings::from_toml(&text, &no_env).unwrap_err();
         let paths: Vec<&str> = e.0.iter().map(|e| e.path.as_str()).collect();
         assert!(paths.contains(&"colour"), "{e}");
         assert!(paths.contains(&"server.listen"), "{e}");
         assert!(paths.contains(&"server.speed"), "{e}");
         assert!(paths.contains(&"namespace[1].partitions"), "{e}");
         // Shape errors come first; values are checked once the shape is right.
-        let text = r#"
-            [limits]
-            queue_messages = 0
-            [[namespace]]
-            name = "Chat"
-            publish = "everyone"
-            [[namespace]]
-            name = "ok"
-            subscribe = "grant"
-            retention_ms = -1
-        "#;
-        let e = Settings::from_toml(text, &no_env).unwrap_err();
+        let text = format!(
+            "{BAD_VALUES}\n[[namespace]]\nname = \"ok\"\nsubscribe = \"grant\"\nretention_ms = -1\n"
+        );
+        let e = Settings::from_toml(&text, &no_env).unwrap_err();
         let paths: Vec<&str> = e.0.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(
             paths,

@@ -491,6 +491,17 @@ async fn exchange(host: &str, req: &str) -> (u16, String) {
     (status, text)
 }
 
+/// The `chat` namespace on two partitions, open to anonymous clients (a
+/// configuration file's `[[namespace]]` block).
+pub const OPEN_CHAT: &str = r#"
+[[namespace]]
+name = "chat"
+partitions = 2
+subscribe = "anonymous"
+publish = "anonymous"
+history = "anonymous"
+"#;
+
 /// Writes `toml` as the configuration file of the test `name` (in the
 /// temporary directory); returns its path.
 pub fn config_file(name: &str, toml: &str) -> std::path::PathBuf {

@@ -42,12 +42,7 @@ hs256_secret = "{SECRET}"
 api_key = "{API_KEY}"
 leeway_secs = 0
 
-[[namespace]]
-name = "chat"
-partitions = 2
-subscribe = "anonymous"
-publish = "anonymous"
-history = "anonymous"
+{OPEN_CHAT}
 presence = "anonymous"
 join_leave = true
 

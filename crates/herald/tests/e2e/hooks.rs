@@ -157,12 +157,7 @@ publish_url = "{app}/publish"
 timeout_ms = 500
 forward_headers = ["x-session"]
 
-[[namespace]]
-name = "chat"
-partitions = 2
-subscribe = "anonymous"
-publish = "anonymous"
-history = "anonymous"
+{OPEN_CHAT}
 
 [[namespace]]
 name = "vip"

@@ -13,6 +13,13 @@ use rdkafka::message::Headers;
 use rdkafka::Message;
 use serde_json::{json, Value};
 
+/// `herald replay` of partition `part` of the `chat` namespace.
+fn replay_chat(prefix: &str, part: &str, args: &[&str]) -> Output {
+    let mut all = vec!["--namespace", "chat", "--partition", part];
+    all.extend_from_slice(args);
+    replay(prefix, &all)
+}
+
 fn replay(prefix: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_herald"))
         .args([
@@ -96,20 +103,10 @@ async fn replay_by_offset_and_time_to_stdout_file_and_topic() {
 
     // An offset range with a channel filter.
     let (from, to) = (offsets[10].to_string(), offsets[20].to_string());
-    let out = replay(
+    let out = replay_chat(
         &prefix,
-        &[
-            "--namespace",
-            "chat",
-            "--partition",
-            &part,
-            "--from-offset",
-            &from,
-            "--to-offset",
-            &to,
-            "--channel",
-            &a,
-        ],
+        &part,
+        &["--from-offset", &from, "--to-offset", &to, "--channel", &a],
     );
     ok(&out);
     let got: Vec<i64> = lines(&out.stdout)
@@ -120,18 +117,10 @@ async fn replay_by_offset_and_time_to_stdout_file_and_topic() {
 
     // By time, to a file.
     let file = std::env::temp_dir().join(format!("{prefix}replay.jsonl"));
-    let out = replay(
+    let out = replay_chat(
         &prefix,
-        &[
-            "--namespace",
-            "chat",
-            "--partition",
-            &part,
-            "--from-time",
-            &middle,
-            "--output",
-            file.to_str().unwrap(),
-        ],
+        &part,
+        &["--from-time", &middle, "--output", file.to_str().unwrap()],
     );
     ok(&out);
     assert!(out.stdout.is_empty());
@@ -143,18 +132,7 @@ async fn replay_by_offset_and_time_to_stdout_file_and_topic() {
     let _ = std::fs::remove_file(&file);
 
     // Dry run: counts, writes nothing.
-    let out = replay(
-        &prefix,
-        &[
-            "--namespace",
-            "chat",
-            "--partition",
-            &part,
-            "--channel",
-            &b,
-            "--dry-run",
-        ],
-    );
+    let out = replay_chat(&prefix, &part, &["--channel", &b, "--dry-run"]);
     ok(&out);
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["matched"], 20);
@@ -162,19 +140,7 @@ async fn replay_by_offset_and_time_to_stdout_file_and_topic() {
 
     // To another topic: the same keys, values and herald headers.
     let target = format!("{prefix}archive");
-    let out = replay(
-        &prefix,
-        &[
-            "--namespace",
-            "chat",
-            "--partition",
-            &part,
-            "--channel",
-            &a,
-            "--to-topic",
-            &target,
-        ],
-    );
+    let out = replay_chat(&prefix, &part, &["--channel", &a, "--to-topic", &target]);
     ok(&out);
     let copied = read_topic(&target);
     assert_eq!(copied.len(), 20);

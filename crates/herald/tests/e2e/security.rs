@@ -57,6 +57,24 @@ history = "anonymous"
     path
 }
 
+/// A new P-256 private key (PEM) at `out`.
+fn ec_key(out: &str) {
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        out,
+    ]);
+}
+
+/// `GET path` on the node's HTTP listener with `headers`: (status, body).
+async fn api_get(s: &Server, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    http(&s.http, "GET", path, headers, None).await
+}
+
 /// Publishes `data` to `channel` and expects a nack with `code`.
 async fn assert_nack(c: &mut Connection, channel: &str, data: serde_json::Value, code: &str) {
     match c.publish(channel, Uuid::new_v4(), &data).await.unwrap() {
@@ -375,26 +393,12 @@ async fn http_api_needs_the_key_and_keeps_ws_semantics() {
     assert_eq!(again["seq"], first["seq"]);
     assert_eq!(records(&s, "chat"), 1);
 
-    let (st, resp) = http(
-        &s.http,
-        "GET",
-        "/api/history?channel=chat:api&since_seq=-1",
-        &key,
-        None,
-    )
-    .await;
+    let (st, resp) = api_get(&s, "/api/history?channel=chat:api&since_seq=-1", &key).await;
     assert_eq!(st, 200, "{resp}");
     let page: Value = serde_json::from_str(&resp).unwrap();
     assert_eq!(page["messages"][0]["data"], 1);
     assert_eq!(page["messages"][0]["seq"], first["seq"]);
-    let (st, resp) = http(
-        &s.http,
-        "GET",
-        "/api/channels/chat%3Aapi/position",
-        &key,
-        None,
-    )
-    .await;
+    let (st, resp) = api_get(&s, "/api/channels/chat%3Aapi/position", &key).await;
     assert_eq!(st, 200, "{resp}");
     let pos: Value = serde_json::from_str(&resp).unwrap();
     assert!(pos["position"]["seq"].as_i64().unwrap() >= first["seq"].as_i64().unwrap());
@@ -473,21 +477,17 @@ async fn secrets_never_reach_logs_or_metrics() {
     let mut d = s.connect().await;
     assert!(d.auth(&bad).await.is_err());
     d.auth(&good).await.unwrap();
-    let (st, _) = http(
-        &s.http,
-        "GET",
+    let (st, _) = api_get(
+        &s,
         "/api/history?channel=chat:z",
         &[("X-Api-Key", &api_key)],
-        None,
     )
     .await;
     assert_eq!(st, 200);
-    let (st, _) = http(
-        &s.http,
-        "GET",
+    let (st, _) = api_get(
+        &s,
         "/api/history?channel=chat:z",
         &[("X-Api-Key", "guess-guess-guess-1")],
-        None,
     )
     .await;
     assert_eq!(st, 401);
@@ -599,24 +599,8 @@ async fn rs256_from_jwks_and_es256_from_pem() {
         "-out",
         &ps("rsa.pem"),
     ]);
-    openssl(&[
-        "genpkey",
-        "-algorithm",
-        "EC",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-out",
-        &ps("ec.pem"),
-    ]);
-    openssl(&[
-        "genpkey",
-        "-algorithm",
-        "EC",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-out",
-        &ps("other-ec.pem"),
-    ]);
+    ec_key(&ps("ec.pem"));
+    ec_key(&ps("other-ec.pem"));
     openssl(&[
         "pkey",
         "-in",
@@ -769,15 +753,7 @@ async fn jwks_url_keys_rotate_without_restart() {
     std::fs::create_dir_all(&dir).unwrap();
     let pem = |k: &str| dir.join(format!("{k}.pem"));
     for k in ["k1", "k2", "k3"] {
-        openssl(&[
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-            pem(k).to_str().unwrap(),
-        ]);
+        ec_key(pem(k).to_str().unwrap());
     }
     let jwks = |kids: &[&str]| {
         let keys: Vec<Value> = kids.iter().map(|k| ec_jwk(&dir, &pem(k), k)).collect();
