@@ -104,9 +104,12 @@ impl Kafka {
                     .as_millis()
                     .to_string(),
             )
-            .set("linger.ms", "1")
             // Only used if a partition were not given; herald always gives one.
             .set("partitioner", "murmur2_random");
+        // Tuning, not contract: `[kafka.client]` may change it.
+        if !cfg.overrides.iter().any(|(k, _)| k == "linger.ms") {
+            p.set("linger.ms", "1");
+        }
         p
     }
 
@@ -245,5 +248,28 @@ impl LogWrite for Kafka {
             .producer
             .flush(timeout)
             .map_err(LogError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_tune_the_producer_but_cannot_weaken_its_contract() {
+        let mut cfg = LogConfig::default();
+        cfg.overrides = vec![
+            ("linger.ms".into(), "5".into()),
+            ("acks".into(), "1".into()),
+            ("enable.idempotence".into(), "false".into()),
+        ];
+        let p = Kafka::producer_config(&cfg);
+        assert_eq!(p.get("linger.ms"), Some("5"));
+        assert_eq!(p.get("acks"), Some("all"));
+        assert_eq!(p.get("enable.idempotence"), Some("true"));
+        assert_eq!(
+            Kafka::producer_config(&LogConfig::default()).get("linger.ms"),
+            Some("1")
+        );
     }
 }
