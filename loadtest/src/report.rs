@@ -113,11 +113,20 @@ impl Report {
 
     /// What the verdict reads of this run.
     pub fn counts(&self) -> crate::verify::Counts {
+        let (unacked_delivered, misrouted) = self.channels.as_ref().map_or((0, 0), |c| {
+            c.values().fold((0, 0), |(u, m), x| {
+                (u + x.unacked_delivered, m + x.misrouted)
+            })
+        });
         crate::verify::Counts {
+            sent: self.sent,
             acked: self.acked,
+            nacked: self.nacked,
             lost: self.lost,
             duplicated: self.duplicated,
             out_of_order: self.out_of_order,
+            unacked_delivered,
+            misrouted,
         }
     }
 

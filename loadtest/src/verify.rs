@@ -25,9 +25,14 @@ pub struct ChannelCounts {
     pub lost: u64,
     /// Deliveries of a message a subscriber had already received.
     pub duplicated: u64,
-    /// Deliveries of messages never acked (e.g. the ack was lost); not an
-    /// error, but reported.
+    /// Deliveries of messages never acked: a publish whose answer never
+    /// came (or was a nack) reached a subscriber anyway. A run that keeps
+    /// up has none; [`Strict`] fails it.
     pub unacked_delivered: u64,
+    /// Deliveries on this channel to subscribers that never subscribed to
+    /// it.
+    #[serde(default)]
+    pub misrouted: u64,
     /// First deliveries of a message that arrived after a message acked
     /// with a higher `seq` on the channel.
     #[serde(default)]
@@ -109,7 +114,9 @@ impl Verifier {
             // Deliveries on channels the subscriber never asked for.
             for (ch, list) in got {
                 if !subs.contains(ch) {
-                    out.entry(ch.clone()).or_default().delivered += list.len() as u64;
+                    let c = out.entry(ch.clone()).or_default();
+                    c.delivered += list.len() as u64;
+                    c.misrouted += list.len() as u64;
                 }
             }
         }
@@ -128,6 +135,7 @@ impl Verifier {
             t.duplicated += c.duplicated;
             t.unacked_delivered += c.unacked_delivered;
             t.out_of_order += c.out_of_order;
+            t.misrouted += c.misrouted;
         }
         t
     }
@@ -136,10 +144,26 @@ impl Verifier {
 /// What a run counted, as a verdict reads it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
+    /// Publishes sent, and how they were answered.
+    pub sent: u64,
     pub acked: u64,
+    pub nacked: u64,
+    /// Expected deliveries that never arrived, second deliveries, and
+    /// deliveries out of their channel's order.
     pub lost: u64,
     pub duplicated: u64,
     pub out_of_order: u64,
+    /// Deliveries of messages never acked, and deliveries on a channel the
+    /// subscriber did not subscribe to.
+    pub unacked_delivered: u64,
+    pub misrouted: u64,
+}
+
+impl Counts {
+    /// Publishes that got no answer by the end of the run's drain.
+    pub fn unanswered(&self) -> u64 {
+        self.sent.saturating_sub(self.acked + self.nacked)
+    }
 }
 
 /// The verdict a comparison exits with: it fails on any loss, duplicate or
@@ -155,10 +179,15 @@ impl Strict {
     pub fn judge(&self, who: &str, c: Counts) -> Result<(), String> {
         let Counts {
             acked,
+            nacked,
             lost,
             duplicated,
             out_of_order,
+            unacked_delivered,
+            misrouted,
+            ..
         } = c;
+        let unanswered = c.unanswered();
         let mut why = Vec::new();
         if acked < self.min_acked {
             why.push(format!(
@@ -175,6 +204,22 @@ impl Strict {
         if out_of_order > 0 {
             why.push(format!("{out_of_order} out of order"));
         }
+        if nacked > 0 {
+            why.push(format!("{nacked} publishes nacked"));
+        }
+        if unanswered > 0 {
+            why.push(format!("{unanswered} publishes unanswered"));
+        }
+        if unacked_delivered > 0 {
+            why.push(format!(
+                "{unacked_delivered} deliveries of messages never acked"
+            ));
+        }
+        if misrouted > 0 {
+            why.push(format!(
+                "{misrouted} deliveries on channels not subscribed to"
+            ));
+        }
         if why.is_empty() {
             Ok(())
         } else {
@@ -188,7 +233,15 @@ impl Strict {
     /// it acked something and delivered all of that once, in order. Loss,
     /// duplicates, disorder or nothing acked still fail.
     pub fn judge_saturated(&self, who: &str, c: Counts) -> Result<Option<String>, String> {
-        Strict { min_acked: 1 }.judge(who, c)?;
+        // Past saturation a publish may be nacked, or answered after the
+        // drain (and delivered before its answer came): noted, not failed.
+        let kept = Counts {
+            sent: c.acked,
+            nacked: 0,
+            unacked_delivered: 0,
+            ..c
+        };
+        Strict { min_acked: 1 }.judge(who, kept)?;
         let acked = c.acked;
         Ok((acked < self.min_acked).then(|| {
             format!(
@@ -205,11 +258,78 @@ mod tests {
 
     fn counts(acked: u64, lost: u64, duplicated: u64, out_of_order: u64) -> Counts {
         Counts {
+            sent: acked,
             acked,
             lost,
             duplicated,
             out_of_order,
+            ..Counts::default()
         }
+    }
+
+    #[test]
+    fn nacks_silence_never_acked_and_misrouted_deliveries_fail_a_run() {
+        let s = Strict { min_acked: 10 };
+        let ok = counts(100, 0, 0, 0);
+        assert!(s.judge("x", ok).is_ok());
+        for (bad, says) in [
+            (
+                Counts {
+                    nacked: 1,
+                    sent: 101,
+                    ..ok
+                },
+                "1 publishes nacked",
+            ),
+            (Counts { sent: 149, ..ok }, "49 publishes unanswered"),
+            (
+                Counts {
+                    unacked_delivered: 2,
+                    ..ok
+                },
+                "2 deliveries of messages never acked",
+            ),
+            (
+                Counts { misrouted: 3, ..ok },
+                "3 deliveries on channels not subscribed to",
+            ),
+        ] {
+            let e = s.judge("x", bad).unwrap_err();
+            assert!(e.contains(says), "{e}");
+        }
+        // A saturated baseline may leave publishes unanswered or nacked.
+        let s = Strict { min_acked: 200 };
+        let behind = Counts {
+            sent: 150,
+            nacked: 10,
+            unacked_delivered: 5,
+            ..ok
+        };
+        assert!(s.judge_saturated("b", behind).unwrap().is_some());
+        assert!(s
+            .judge_saturated(
+                "b",
+                Counts {
+                    misrouted: 1,
+                    ..behind
+                }
+            )
+            .is_err());
+    }
+
+    #[test]
+    fn a_delivery_on_a_channel_not_subscribed_to_is_misrouted() {
+        let a = ids(2);
+        let mut v = Verifier::new();
+        for id in &a {
+            v.acked("c:1", *id);
+        }
+        v.subscriber(
+            vec!["c:1".into()],
+            HashMap::from([("c:1".into(), a.clone()), ("c:2".into(), vec![a[0]])]),
+        );
+        assert_eq!(v.totals().misrouted, 1);
+        assert_eq!(v.totals().lost, 0);
     }
 
     #[test]
