@@ -257,12 +257,14 @@ mod tests {
 
     #[test]
     fn overrides_tune_the_producer_but_cannot_weaken_its_contract() {
-        let mut cfg = LogConfig::default();
-        cfg.overrides = vec![
-            ("linger.ms".into(), "5".into()),
-            ("acks".into(), "1".into()),
-            ("enable.idempotence".into(), "false".into()),
-        ];
+        let cfg = LogConfig {
+            overrides: vec![
+                ("linger.ms".into(), "5".into()),
+                ("acks".into(), "1".into()),
+                ("enable.idempotence".into(), "false".into()),
+            ],
+            ..LogConfig::default()
+        };
         let p = Kafka::producer_config(&cfg);
         assert_eq!(p.get("linger.ms"), Some("5"));
         assert_eq!(p.get("acks"), Some("all"));
