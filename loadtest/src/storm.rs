@@ -85,6 +85,40 @@ pub struct StormReport {
 }
 
 impl StormReport {
+    /// The storm's verdict: enough of a run to judge (messages acked
+    /// before the kill and after it), every subscriber recovered, every
+    /// acked message delivered once to each of its subscribers and in
+    /// order, nothing sent twice on the wire (the clients drop a `seq` they
+    /// already have, as an application's client would, but herald must not
+    /// send one), nothing on a channel not subscribed to.
+    pub fn verdict(&self) -> Result<(), String> {
+        let t = &self.totals;
+        let mut why = Vec::new();
+        if self.acked_before_kill == 0 || self.acked <= self.acked_before_kill {
+            why.push(format!(
+                "nothing to judge: {} acked before the kill, {} in all",
+                self.acked_before_kill, self.acked
+            ));
+        }
+        for (n, what) in [
+            (t.lost, "lost"),
+            (t.duplicated, "duplicated"),
+            (t.out_of_order, "out of order"),
+            (t.misrouted, "on channels not subscribed to"),
+            (self.not_recovered, "resumes not recovered"),
+            (self.wire_duplicates, "sent twice on the wire"),
+        ] {
+            if n > 0 {
+                why.push(format!("{n} {what}"));
+            }
+        }
+        if why.is_empty() {
+            Ok(())
+        } else {
+            Err(why.join(", "))
+        }
+    }
+
     pub fn print(&self) {
         println!(
             "storm: {} subscribers on {} channels, {} msg/s, reconnect jitter {} ms",
@@ -552,6 +586,38 @@ pub async fn run(cfg: StormConfig) -> anyhow::Result<StormReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_storm_or_a_wire_duplicate_fails_the_verdict() {
+        let ok = StormReport {
+            subscribers: 1,
+            channels: 1,
+            rate: 1,
+            jitter_ms: 0,
+            all_resubscribed_secs: 1.0,
+            all_resumed_secs: 1.0,
+            resumed_p50_secs: 1.0,
+            resumed_p99_secs: 1.0,
+            failed_attempts: 0,
+            not_recovered: 0,
+            wire_duplicates: 0,
+            acked: 10,
+            acked_before_kill: 5,
+            totals: ChannelCounts::default(),
+        };
+        assert_eq!(ok.verdict(), Ok(()));
+        let empty = StormReport {
+            acked: 0,
+            acked_before_kill: 0,
+            ..ok.clone()
+        };
+        assert!(empty.verdict().unwrap_err().contains("nothing to judge"));
+        let twice = StormReport {
+            wire_duplicates: 1,
+            ..ok.clone()
+        };
+        assert!(twice.verdict().unwrap_err().contains("sent twice"));
+    }
 
     #[test]
     fn percentiles_of_sorted_samples() {

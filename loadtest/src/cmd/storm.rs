@@ -75,15 +75,5 @@ pub async fn storm(a: StormArgs) -> anyhow::Result<()> {
     if let Some(p) = a.json {
         std::fs::write(&p, serde_json::to_string_pretty(&r)?)?;
     }
-    let t = &r.totals;
-    if t.lost > 0 || t.duplicated > 0 || t.out_of_order > 0 || r.not_recovered > 0 {
-        anyhow::bail!(
-            "lost {} duplicated {} out of order {} not recovered {}",
-            t.lost,
-            t.duplicated,
-            t.out_of_order,
-            r.not_recovered
-        );
-    }
-    Ok(())
+    r.verdict().map_err(|e| anyhow::anyhow!("storm: {e}"))
 }

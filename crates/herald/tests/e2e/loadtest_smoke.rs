@@ -99,10 +99,7 @@ async fn storm_smoke_edge_killed_everyone_resumes_on_the_other() {
     .await
     .expect("storm run");
     r.print();
-    assert!(r.acked_before_kill > 0 && r.acked > r.acked_before_kill);
-    assert_eq!(r.totals.lost, 0, "lost");
-    assert_eq!(r.totals.duplicated, 0, "duplicated");
-    assert_eq!(r.not_recovered, 0);
+    r.verdict().expect("the storm: all of it, once, in order");
     // 100 subscribers and 4 witnesses on B over 4 channels: 26 per channel.
     assert_eq!(r.totals.delivered, r.acked * 26);
     assert!(r.all_resumed_secs > 0.0);
