@@ -342,6 +342,7 @@ pub(crate) async fn publisher(
         (acked, nacks)
     });
     let started = Instant::now();
+    let started_ns = now_ns();
     let mut sent = 0u64;
     let period = Duration::from_secs_f64(1.0 / rate_each.max(1e-9));
     let mut n = index;
@@ -351,11 +352,19 @@ pub(crate) async fn publisher(
                 Ok(p) => p.forget(),
                 Err(_) => break,
             }
-        } else {
-            // Open loop: the schedule does not wait for answers.
-            let due = started + period.mul_f64(sent as f64);
-            tokio::time::sleep_until(due.into()).await;
         }
+        // Open loop: the schedule does not wait for answers, and a message's
+        // latency is counted from when it was due, not from when the
+        // generator got to send it (no coordinated omission: a stall of
+        // the generator or the server shows in the latency of every message
+        // it delayed). Closed loop: from the send.
+        let stamp = if closed_loop {
+            now_ns()
+        } else {
+            let due = period.mul_f64(sent as f64);
+            tokio::time::sleep_until((started + due).into()).await;
+            started_ns + due.as_nanos() as u64
+        };
         while pong_rx.try_recv().is_ok() {
             sink.send(Message::text(pong_frame(proto))).await?;
         }
@@ -371,7 +380,7 @@ pub(crate) async fn publisher(
                 o.by_cmd.insert(cmd, id);
             }
         }
-        let frame = publish_frame(proto, ch, id, now_ns(), &pad, cmd);
+        let frame = publish_frame(proto, ch, id, stamp, &pad, cmd);
         sink.send(Message::text(frame)).await?;
         sent += 1;
     }
