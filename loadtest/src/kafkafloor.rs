@@ -1,8 +1,10 @@
 //! The bare Kafka floor: what herald's path costs without herald. An rdkafka
 //! producer with herald's settings (idempotent, `acks=all`, `linger.ms=1`,
 //! explicit partition) writes timestamped records to a fresh topic; a
-//! consumer with herald's reader settings tails it. End-to-end latency is
-//! produce call → consumed, acks/s is producer confirmations per second.
+//! consumer with herald's reader settings tails it. Both are warmed up
+//! first (records not counted), as a long-running herald node is. End-to-end
+//! latency is the (scheduled, in open loop) produce → consumed, acks/s is
+//! producer confirmations per second.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +19,13 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use crate::report::{Progress, Report};
 use crate::{latency_histogram, now_ns};
+
+/// Records numbered from here are the warm-up's, sent for [`WARMUP`]
+/// before the measured run so that the producer and the consumer are
+/// connected, their leader known and the consumer fetching, as a
+/// long-running herald node's are; they are not counted.
+const WARMUP_FROM: u64 = 1 << 62;
+const WARMUP: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug)]
 pub struct FloorConfig {
@@ -108,8 +117,9 @@ pub async fn run(cfg: FloorConfig) -> anyhow::Result<Report> {
     consumer.assign(&tpl).context("assign")?;
 
     let delivered = Arc::new(AtomicU64::new(0));
+    let warmed = Arc::new(AtomicU64::new(0));
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let d2 = delivered.clone();
+    let (d2, w2) = (delivered.clone(), warmed.clone());
     // Each record carries its send time and its number: the reader counts
     // duplicates and records out of send order, as the verifier does for
     // herald (one producer, one partition: send order is append order).
@@ -127,10 +137,14 @@ pub async fn run(cfg: FloorConfig) -> anyhow::Result<Report> {
                         if let Some(p) = m.payload() {
                             if p.len() >= 16 {
                                 let mut t = [0u8; 8];
-                                t.copy_from_slice(&p[..8]);
-                                let _ = h.record(now.saturating_sub(u64::from_be_bytes(t)) / 1_000);
                                 t.copy_from_slice(&p[8..16]);
                                 let n = u64::from_be_bytes(t);
+                                if n >= WARMUP_FROM {
+                                    w2.fetch_add(1, Ordering::Relaxed);
+                                    continue;
+                                }
+                                t.copy_from_slice(&p[..8]);
+                                let _ = h.record(now.saturating_sub(u64::from_be_bytes(t)) / 1_000);
                                 if !seen.insert(n) {
                                     dup += 1;
                                 } else {
@@ -148,26 +162,50 @@ pub async fn run(cfg: FloorConfig) -> anyhow::Result<Report> {
         }
         (h, seen, dup, out_of_order)
     });
-    // Let the consumer's assignment settle before timing anything.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Warm up: records the reader skips, until some have come back.
+    let warm_started = Instant::now();
+    let mut warm_sent = 0u64;
+    while warm_started.elapsed() < WARMUP || warmed.load(Ordering::Relaxed) == 0 {
+        if warm_started.elapsed() > WARMUP * 10 {
+            return Err(anyhow!("the floor's warm-up records never came back"));
+        }
+        let mut payload = now_ns().to_be_bytes().to_vec();
+        payload.extend_from_slice(&(WARMUP_FROM + warm_sent).to_be_bytes());
+        producer
+            .send_result(
+                FutureRecord::to(&topic)
+                    .partition(0)
+                    .key("floor")
+                    .payload(&payload),
+            )
+            .map_err(|(e, _)| anyhow!("enqueue: {e}"))?
+            .await
+            .map_err(|_| anyhow!("warm-up record cancelled"))?
+            .map_err(|(e, _)| anyhow!("warm-up record: {e}"))?;
+        warm_sent += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let acked = Arc::new(AtomicU64::new(0));
     let acked_numbers: Arc<std::sync::Mutex<Vec<u64>>> = Default::default();
     let window = Arc::new(tokio::sync::Semaphore::new(cfg.window.max(1)));
     let pad = vec![b'x'; cfg.size];
     let started = Instant::now();
+    let started_ns = now_ns();
     let period = Duration::from_secs_f64(1.0 / (cfg.rate.max(1)) as f64);
     let mut sent = 0u64;
     let mut waits = tokio::task::JoinSet::new();
     let mut progress = Progress::new(cfg.progress);
     while started.elapsed() < cfg.duration {
-        let permit = if cfg.rate == 0 {
-            Some(window.clone().acquire_owned().await?)
+        // As herald's generator: open loop from the scheduled send.
+        let (permit, stamp) = if cfg.rate == 0 {
+            (Some(window.clone().acquire_owned().await?), now_ns())
         } else {
-            tokio::time::sleep_until((started + period.mul_f64(sent as f64)).into()).await;
-            None
+            let due = period.mul_f64(sent as f64);
+            tokio::time::sleep_until((started + due).into()).await;
+            (None, started_ns + due.as_nanos() as u64)
         };
-        let mut payload = now_ns().to_be_bytes().to_vec();
+        let mut payload = stamp.to_be_bytes().to_vec();
         payload.extend_from_slice(&sent.to_be_bytes());
         payload.extend_from_slice(&pad);
         let fut = producer.send_result(
