@@ -250,6 +250,8 @@ pub(crate) struct PubResult {
     pub(crate) acked: Vec<(String, Uuid, Instant, Option<i64>)>,
     pub(crate) nacks: u64,
     pub(crate) sent: u64,
+    /// Open loop: how far behind its schedule the publisher sent, at most.
+    pub(crate) lag: Duration,
 }
 
 /// A publisher's unanswered publishes: by message id (herald, Socket.IO),
@@ -343,6 +345,7 @@ pub(crate) async fn publisher(
     });
     let started = Instant::now();
     let started_ns = now_ns();
+    let mut lag = Duration::ZERO;
     let mut sent = 0u64;
     let period = Duration::from_secs_f64(1.0 / rate_each.max(1e-9));
     let mut n = index;
@@ -363,6 +366,7 @@ pub(crate) async fn publisher(
         } else {
             let due = period.mul_f64(sent as f64);
             tokio::time::sleep_until((started + due).into()).await;
+            lag = lag.max(started.elapsed().saturating_sub(due));
             started_ns + due.as_nanos() as u64
         };
         while pong_rx.try_recv().is_ok() {
@@ -403,7 +407,12 @@ pub(crate) async fn publisher(
     let (acked, nacks) = tokio::time::timeout(Duration::from_secs(5), reader)
         .await
         .map_err(|_| anyhow!("publisher reader did not finish"))??;
-    Ok(PubResult { acked, nacks, sent })
+    Ok(PubResult {
+        acked,
+        nacks,
+        sent,
+        lag,
+    })
 }
 
 /// A scenario's channel names: `{prefix}0` to `{prefix}{n - 1}`.
@@ -507,11 +516,12 @@ pub async fn run(cfg: GenConfig) -> anyhow::Result<Report> {
         .min(cfg.duration.as_secs_f64())
         .max(1e-3);
     let mut verifier = Verifier::new();
-    let (mut sent, mut nacks) = (0u64, 0u64);
+    let (mut sent, mut nacks, mut lag) = (0u64, 0u64, Duration::ZERO);
     for p in pubs_done {
         let r = p.await??;
         sent += r.sent;
         nacks += r.nacks;
+        lag = lag.max(r.lag);
         for (ch, id, _, seq) in r.acked {
             match seq {
                 Some(seq) => verifier.acked_seq(&ch, id, seq),
@@ -553,7 +563,7 @@ pub async fn run(cfg: GenConfig) -> anyhow::Result<Report> {
     }
     progress.done();
     let totals = verifier.totals();
-    Ok(Report::new(
+    let mut report = Report::new(
         cfg.proto.label(),
         &cfg_summary(&cfg),
         sent,
@@ -565,7 +575,9 @@ pub async fn run(cfg: GenConfig) -> anyhow::Result<Report> {
         connect_secs,
         &latency,
         Some(verifier.report()),
-    ))
+    );
+    report.schedule_lag_ms = lag.as_secs_f64() * 1000.0;
+    Ok(report)
 }
 
 fn cfg_summary(cfg: &GenConfig) -> serde_json::Value {

@@ -192,6 +192,7 @@ pub async fn run(cfg: FloorConfig) -> anyhow::Result<Report> {
     let pad = vec![b'x'; cfg.size];
     let started = Instant::now();
     let started_ns = now_ns();
+    let mut lag = Duration::ZERO;
     let period = Duration::from_secs_f64(1.0 / (cfg.rate.max(1)) as f64);
     let mut sent = 0u64;
     let mut waits = tokio::task::JoinSet::new();
@@ -203,6 +204,7 @@ pub async fn run(cfg: FloorConfig) -> anyhow::Result<Report> {
         } else {
             let due = period.mul_f64(sent as f64);
             tokio::time::sleep_until((started + due).into()).await;
+            lag = lag.max(started.elapsed().saturating_sub(due));
             (None, started_ns + due.as_nanos() as u64)
         };
         let mut payload = stamp.to_be_bytes().to_vec();
@@ -271,5 +273,6 @@ pub async fn run(cfg: FloorConfig) -> anyhow::Result<Report> {
     r.lost = numbers.iter().filter(|n| !seen.contains(n)).count() as u64;
     r.duplicated = duplicated;
     r.out_of_order = out_of_order;
+    r.schedule_lag_ms = lag.as_secs_f64() * 1000.0;
     Ok(r)
 }

@@ -66,6 +66,12 @@ pub struct Report {
     pub out_of_order: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub channels: Option<BTreeMap<String, ChannelCounts>>,
+    /// Open loop: how far behind its schedule the generator sent a publish,
+    /// at most (ms). Its latency counts from the schedule, so a lag shows
+    /// there too; a large one says the generator, not the server under
+    /// test, could not keep up.
+    #[serde(default)]
+    pub schedule_lag_ms: f64,
 }
 
 impl Report {
@@ -103,6 +109,7 @@ impl Report {
             duplicated,
             out_of_order,
             channels,
+            schedule_lag_ms: 0.0,
         }
     }
 
@@ -150,6 +157,7 @@ impl Report {
         println!("lost            {}", self.lost);
         println!("duplicated      {}", self.duplicated);
         println!("out of order    {}", self.out_of_order);
+        println!("schedule lag    {:.1} ms at most", self.schedule_lag_ms);
     }
 }
 
