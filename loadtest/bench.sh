@@ -153,11 +153,26 @@ start_centrifugo() {
     [[ -n "$CF_URL" ]] || { echo "bench: centrifugo did not start"; cat "$OUT/centrifugo.err"; exit 1; }
 }
 
+# What a row starts (floors, peers, extra nodes) is stopped when the row
+# ends, so that nothing of it shares the machine with the rows after it; the
+# node every row uses and the broker stay.
+ROW_BASE=${#KILL[@]}
+end_row() {
+    if ((${#KILL[@]} > ROW_BASE)); then
+        kill "${KILL[@]:ROW_BASE}" 2>/dev/null || true
+        KILL=("${KILL[@]:0:ROW_BASE}")
+    fi
+    floor=""
+    kfloor=""
+    CF_URL=""
+}
+
 if [[ $WHAT == all || $WHAT == p1 ]]; then
     echo "== P1: end-to-end latency at 200 msg/s for 60 s (12,000 samples per run), 100-byte messages, vs the bare Kafka floor"
     "$LT" vs-kafka --pairs "$PAIRS" --url "$URL" --brokers "$BROKERS" --fetch-wait-max-ms "$FETCH_WAIT" \
         --rate 200 --duration-secs "${P1_SECS:-60}" --size 100 "${FLOOR_TOPIC[@]}" --json "$OUT/p1${MOCK:+-mock}${CLUSTER:+-cluster}.json"
     plot "p1${MOCK:+-mock}${CLUSTER:+-cluster}" "P1: latency at 200 msg/s, herald vs the Kafka floor${CLUSTER:+ (RF 3 cluster)}${MOCK:+ (mock broker)}"
+    end_row
 fi
 if [[ $WHAT == all || $WHAT == p6 ]]; then
     echo "== P6: ingest, closed loop with 64 in flight, vs the bare producer (herald without its per-connection publish rate limit, and a subscriber queue of 65,536 messages / 64 MiB)"
@@ -168,6 +183,7 @@ if [[ $WHAT == all || $WHAT == p6 ]]; then
     start_herald herald-p6 --publish-rate 0 --queue-messages 65536 --queue-bytes 67108864
     "$LT" vs-kafka --pairs "$PAIRS" --url "$NODE_URL" --brokers "$BROKERS" --fetch-wait-max-ms "$FETCH_WAIT" \
         --rate 0 --window 64 --duration-secs 15 --size 100 "${FLOOR_TOPIC[@]}" --json "$OUT/p6${MOCK:+-mock}${CLUSTER:+-cluster}.json"
+    end_row
 fi
 if [[ $WHAT == all || $WHAT == p6k ]]; then
     echo "== P6's closed loop (one connection, 64 in flight, one subscriber) vs the WebSocket floor with Kafka in its path"
@@ -176,6 +192,7 @@ if [[ $WHAT == all || $WHAT == p6k ]]; then
     "$LT" vs-ws --pairs "$PAIRS" --url "$NODE_URL" --floor-url "$KFLOOR_URL" --floor-label ws-kafka-floor \
         --subscribers 1 --channels 1 --publishers 1 --rate 0 --window 64 \
         --duration-secs 15 --size 100 --drain-secs 30 --json "$OUT/p6k.json"
+    end_row
 fi
 if [[ $WHAT == all || $WHAT == p4 ]]; then
     P4_MESSAGES="${P4_MESSAGES:-10000}"
@@ -192,6 +209,7 @@ if [[ $WHAT == all || $WHAT == p4 ]]; then
             --messages "$P4_MESSAGES" --size 100 --fetch-wait-max-ms "$FETCH_WAIT" --json "$OUT/p4-cold-$i.json"
         kill "$PID"
     done
+    end_row
 fi
 # p2 SUBSCRIBERS RATE: one P2 comparison against the bare WebSocket floor.
 p2() {
@@ -208,6 +226,7 @@ elif [[ $WHAT == all ]]; then
     # Both shapes of the summary table: 1,000 x 100/s and the bar's 10,000.
     p2 "$SUBSCRIBERS" "$P2_RATE"
     p2 10000 10
+    end_row
 fi
 if [[ $WHAT == all || $WHAT == p2x ]]; then
     echo "== P2 across two edges: $SUBSCRIBERS subscribers on edge A, the publisher on edge B, vs everyone on edge A"
@@ -216,6 +235,7 @@ if [[ $WHAT == all || $WHAT == p2x ]]; then
         --publishers 1 --rate "$P2_RATE" --duration-secs 10 --size 100 --drain-secs "${P2_DRAIN:-30}" \
         --source-ips 127.0.0.1-127.0.0.4 --json "$OUT/p2x-$SUBSCRIBERS-$P2_RATE.json"
     plot "p2x-$SUBSCRIBERS-$P2_RATE" "P2 across two edges: $SUBSCRIBERS subscribers on A, publisher on B, vs all on A"
+    end_row
 fi
 if [[ $WHAT == all || $WHAT == p7 ]]; then
     echo "== P7 (chat-like): $P7_SUBSCRIBERS subscribers on $P7_CHANNELS channels, $P7_PUBLISHERS publishing connections, $P7_RATE msg/s in all, vs the bare WebSocket floor"
@@ -224,6 +244,7 @@ if [[ $WHAT == all || $WHAT == p7 ]]; then
         --channels "$P7_CHANNELS" --publishers "$P7_PUBLISHERS" --rate "$P7_RATE" --duration-secs 20 --size 100 \
         --drain-secs 30 --source-ips 127.0.0.1-127.0.0.8 --json "$OUT/p7-$P7_SUBSCRIBERS-$P7_CHANNELS-$P7_PUBLISHERS.json"
     plot "p7-$P7_SUBSCRIBERS-$P7_CHANNELS-$P7_PUBLISHERS" "P7 chat: $P7_SUBSCRIBERS subscribers on $P7_CHANNELS channels, herald vs the WebSocket floor"
+    end_row
 fi
 if [[ $WHAT == all || $WHAT == p7 || $WHAT == p7k ]]; then
     echo "== P7 (chat-like) vs the floor with Kafka in its path (append, ack on confirm, consumer fan-out)"
@@ -233,6 +254,7 @@ if [[ $WHAT == all || $WHAT == p7 || $WHAT == p7k ]]; then
         --duration-secs 20 --size 100 --drain-secs 30 --source-ips 127.0.0.1-127.0.0.8 \
         --json "$OUT/p7k-$P7_SUBSCRIBERS-$P7_CHANNELS-$P7_PUBLISHERS.json"
     plot "p7k-$P7_SUBSCRIBERS-$P7_CHANNELS-$P7_PUBLISHERS" "P7 chat: $P7_SUBSCRIBERS subscribers on $P7_CHANNELS channels, herald vs the WebSocket floor with Kafka"
+    end_row
 fi
 if [[ $WHAT == all || $WHAT == in1k ]]; then
     echo "== Ingest from 1,000 connections (closed loop, one publish in flight each, 1,000 subscribers on 1,000 channels) vs the floor with Kafka in its path"
@@ -242,6 +264,7 @@ if [[ $WHAT == all || $WHAT == in1k ]]; then
         --duration-secs 15 --size 100 --drain-secs 30 --source-ips 127.0.0.1-127.0.0.8 \
         --json "$OUT/in1k.json"
     plot in1k "Ingest from 1,000 connections, herald vs the WebSocket floor with Kafka"
+    end_row
 fi
 if [[ $WHAT == all || $WHAT == p2io ]]; then
     echo "== P2 vs the peer: Socket.IO 4 (Redis Streams adapter, state recovery), $SUBSCRIBERS subscribers, $P2_RATE msg/s"
@@ -252,12 +275,14 @@ if [[ $WHAT == all || $WHAT == p2io ]]; then
         --publishers 1 --rate "$P2_RATE" --duration-secs 10 --size 100 --drain-secs "${P2_DRAIN:-30}" \
         --source-ips 127.0.0.1-127.0.0.4 --json "$OUT/p2io-$SUBSCRIBERS-$P2_RATE.json"
     plot "p2io-$SUBSCRIBERS-$P2_RATE" "P2: $SUBSCRIBERS subscribers, $P2_RATE msg/s, herald vs Socket.IO"
+    end_row
 fi
 if [[ $WHAT == all || $WHAT == p3 ]]; then
     # Before any Centrifugo of this script starts: idle-memory.sh starts its
     # own on the same ports, and measures each server in a process of its own.
     echo "== P3: memory per idle subscribed connection (${P3_CONNECTIONS:-5000} connections, 100 channels), herald, the bare WebSocket floor, Centrifugo"
     OUT="$OUT" loadtest/idle-memory.sh "${P3_CONNECTIONS:-5000}" 100 | tee "$OUT/p3.txt"
+    end_row
 fi
 if [[ $WHAT == all || $WHAT == cf || $WHAT == cf-latency ]]; then
     echo "== vs Centrifugo: end-to-end latency, one subscriber, 200 msg/s for ${P1_SECS:-60} s, 100-byte messages"
@@ -266,6 +291,7 @@ if [[ $WHAT == all || $WHAT == cf || $WHAT == cf-latency ]]; then
         --publishers 1 --rate 200 --duration-secs "${P1_SECS:-60}" --size "${SIZE:-100}" --drain-secs 10 \
         --json "$OUT/cf-latency-${SIZE:-100}.json"
     plot "cf-latency-${SIZE:-100}" "Latency at 200 msg/s, ${SIZE:-100} B: herald vs Centrifugo"
+    end_row
 fi
 if [[ $WHAT == all || $WHAT == cf || $WHAT == cf-p2 ]]; then
     echo "== vs Centrifugo, P2: fan-out, one channel, $SUBSCRIBERS subscribers, $P2_RATE msg/s, ${SIZE:-100}-byte messages"
@@ -274,6 +300,7 @@ if [[ $WHAT == all || $WHAT == cf || $WHAT == cf-p2 ]]; then
         --publishers 1 --rate "$P2_RATE" --duration-secs 10 --size "${SIZE:-100}" --drain-secs "${P2_DRAIN:-30}" \
         --source-ips 127.0.0.1-127.0.0.4 --json "$OUT/cf-p2-$SUBSCRIBERS-$P2_RATE-${SIZE:-100}.json"
     plot "cf-p2-$SUBSCRIBERS-$P2_RATE-${SIZE:-100}" "P2: $SUBSCRIBERS subscribers, $P2_RATE msg/s, ${SIZE:-100} B: herald vs Centrifugo"
+    end_row
 fi
 if [[ $WHAT == all || $WHAT == cf || $WHAT == cf-p7 ]]; then
     echo "== vs Centrifugo, P7 (chat-like): $P7_SUBSCRIBERS subscribers on $P7_CHANNELS channels, $P7_PUBLISHERS publishing connections, $P7_RATE msg/s"
@@ -282,6 +309,7 @@ if [[ $WHAT == all || $WHAT == cf || $WHAT == cf-p7 ]]; then
         --channels "$P7_CHANNELS" --publishers "$P7_PUBLISHERS" --rate "$P7_RATE" --duration-secs 20 --size 100 \
         --drain-secs 30 --source-ips 127.0.0.1-127.0.0.8 --json "$OUT/cf-p7-$P7_SUBSCRIBERS-$P7_CHANNELS-$P7_PUBLISHERS.json"
     plot "cf-p7-$P7_SUBSCRIBERS-$P7_CHANNELS-$P7_PUBLISHERS" "P7 chat: $P7_SUBSCRIBERS subscribers on $P7_CHANNELS channels, herald vs Centrifugo"
+    end_row
 fi
 if [[ $WHAT == all || $WHAT == sweep || $WHAT == sweep-cf ]]; then
     # Throughput and p99 against offered load, one channel, $SUBSCRIBERS
@@ -304,6 +332,7 @@ if [[ $WHAT == all || $WHAT == sweep || $WHAT == sweep-cf ]]; then
             --size "${SIZE:-100}" --drain-secs "${P2_DRAIN:-30}" --source-ips 127.0.0.1-127.0.0.4 \
             --json "$OUT/sweep-cf-$SUBSCRIBERS.json" --svg-prefix "$PLOTS/sweep-cf-$SUBSCRIBERS"
     fi
+    end_row
 fi
 if [[ $WHAT == all || $WHAT == p5 ]]; then
     STORM_CLIENTS="${STORM_CLIENTS:-10000}"
@@ -325,6 +354,7 @@ if [[ $WHAT == all || $WHAT == p5 ]]; then
         --subscribers "$STORM_CLIENTS" --channels 10 --rate 50 --before-secs 5 --after-secs 15 \
         --jitter-ms "${STORM_JITTER_MS:-0}" --source-ips 127.0.0.1-127.0.0.4 \
         --json "$OUT/p5-cold-$STORM_CLIENTS-${STORM_JITTER_MS:-0}.json"
+    end_row
 fi
 if [[ $WHAT == all && -z ${CLUSTER:-} && -z ${MOCK:-} ]]; then
     # The summary's P1 row on the RF 3 cluster: everything above stopped
