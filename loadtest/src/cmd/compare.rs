@@ -37,36 +37,22 @@ pub async fn vs_kafka(args: VsKafkaArgs) -> anyhow::Result<()> {
     let mut runs: Vec<Report> = Vec::new();
     let (mut p50, mut p99, mut p999, mut acks) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for pair in 0..load.pairs.max(1) {
-        // Counterbalanced: the floor first in even pairs, herald in odd.
-        let herald_first = pair % 2 == 1;
-        println!(
-            "pair {} of {} ({} first)",
-            pair + 1,
-            load.pairs.max(1),
-            if herald_first { "herald" } else { "the floor" }
-        );
         // The floor runs in a child process that judges itself
         // strictly (it exits non-zero otherwise); judged here too.
-        let run_floor = || async {
+        let run_floor = async {
             let floor = floor_in_child(&brokers, fetch_wait_max_ms, &load).await?;
             judge(&floor, &load)?;
             println!();
             anyhow::Ok(floor)
         };
-        let run_herald = || async {
+        let run_herald = async {
             let h = gen::run(gen_cfg(&url, &one)?).await?;
             h.print();
             judge(&h, &one)?;
             println!();
             anyhow::Ok(h)
         };
-        let (floor, h) = if herald_first {
-            let h = run_herald().await?;
-            (run_floor().await?, h)
-        } else {
-            let floor = run_floor().await?;
-            (floor, run_herald().await?)
-        };
+        let (floor, h) = in_order(pair, load.pairs, "the floor", run_floor, run_herald).await?;
         p50.push(ratio(h.latency.p50_ms, floor.latency.p50_ms));
         p99.push(ratio(h.latency.p99_ms, floor.latency.p99_ms));
         p999.push(ratio(h.latency.p999_ms, floor.latency.p999_ms));
@@ -242,6 +228,33 @@ async fn floor_in_child(
         .context("the kafka floor wrote no report")
 }
 
+/// Runs pair `pair` (of `pairs`) of a comparison: the baseline (`label`)
+/// and herald, counterbalanced: the baseline first in even pairs, herald
+/// first in odd ones, so neither side always runs on a warmer machine.
+/// Returns (baseline, herald).
+async fn in_order(
+    pair: usize,
+    pairs: usize,
+    label: &str,
+    base: impl std::future::Future<Output = anyhow::Result<Report>>,
+    herald: impl std::future::Future<Output = anyhow::Result<Report>>,
+) -> anyhow::Result<(Report, Report)> {
+    let herald_first = pair % 2 == 1;
+    println!(
+        "pair {} of {} ({} first)",
+        pair + 1,
+        pairs.max(1),
+        if herald_first { "herald" } else { label }
+    );
+    if herald_first {
+        let h = herald.await?;
+        Ok((base.await?, h))
+    } else {
+        let b = base.await?;
+        Ok((b, herald.await?))
+    }
+}
+
 /// The same fan-out against `base` (labelled `label`) and herald at `url`,
 /// alternating (A B A B ...) for `--pairs` pairs; every run judged by the
 /// strict verifier; prints each and the median herald / base ratios.
@@ -254,16 +267,7 @@ async fn fan_out_vs(
     let mut runs: Vec<Report> = Vec::new();
     let (mut del, mut p50, mut p99) = (Vec::new(), Vec::new(), Vec::new());
     for pair in 0..load.pairs.max(1) {
-        // Counterbalanced: the baseline first in even pairs, herald first
-        // in odd ones, so neither side always runs on a warmer machine.
-        let herald_first = pair % 2 == 1;
-        println!(
-            "pair {} of {} ({} first)",
-            pair + 1,
-            load.pairs.max(1),
-            if herald_first { "herald" } else { label }
-        );
-        let run_base = || async {
+        let run_base = async {
             let mut b = gen::run(base.clone()).await?;
             b.target = label.into();
             b.print();
@@ -271,20 +275,14 @@ async fn fan_out_vs(
             println!();
             anyhow::Ok(b)
         };
-        let run_herald = || async {
+        let run_herald = async {
             let h = gen::run(herald.clone()).await?;
             h.print();
             judge(&h, load)?;
             println!();
             anyhow::Ok(h)
         };
-        let (b, h) = if herald_first {
-            let h = run_herald().await?;
-            (run_base().await?, h)
-        } else {
-            let b = run_base().await?;
-            (b, run_herald().await?)
-        };
+        let (b, h) = in_order(pair, load.pairs, label, run_base, run_herald).await?;
         del.push(ratio(h.deliveries_per_sec, b.deliveries_per_sec));
         p50.push(ratio(h.latency.p50_ms, b.latency.p50_ms));
         p99.push(ratio(h.latency.p99_ms, b.latency.p99_ms));
