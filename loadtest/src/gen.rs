@@ -499,6 +499,7 @@ pub async fn run(cfg: GenConfig) -> anyhow::Result<Report> {
         )));
     }
     let started = Instant::now();
+    let cpu_at_start = crate::report::process_cpu_secs();
     let mut progress = Progress::new(cfg.progress);
     let pubs_done = pubs;
     // Progress while the publishers run.
@@ -577,6 +578,7 @@ pub async fn run(cfg: GenConfig) -> anyhow::Result<Report> {
         Some(verifier.report()),
     );
     report.schedule_lag_ms = lag.as_secs_f64() * 1000.0;
+    report.client_cpu_secs = crate::report::process_cpu_secs() - cpu_at_start;
     Ok(report)
 }
 

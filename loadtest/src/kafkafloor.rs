@@ -190,6 +190,7 @@ pub async fn run(cfg: FloorConfig) -> anyhow::Result<Report> {
     let acked_numbers: Arc<std::sync::Mutex<Vec<u64>>> = Default::default();
     let window = Arc::new(tokio::sync::Semaphore::new(cfg.window.max(1)));
     let pad = vec![b'x'; cfg.size];
+    let cpu_at_start = crate::report::process_cpu_secs();
     let started = Instant::now();
     let started_ns = now_ns();
     let mut lag = Duration::ZERO;
@@ -274,5 +275,6 @@ pub async fn run(cfg: FloorConfig) -> anyhow::Result<Report> {
     r.duplicated = duplicated;
     r.out_of_order = out_of_order;
     r.schedule_lag_ms = lag.as_secs_f64() * 1000.0;
+    r.client_cpu_secs = crate::report::process_cpu_secs() - cpu_at_start;
     Ok(r)
 }

@@ -72,7 +72,28 @@ pub struct Report {
     /// test, could not keep up.
     #[serde(default)]
     pub schedule_lag_ms: f64,
+    /// CPU seconds (user + system) the generator's process used from the
+    /// first publish to the end of the drain: against the run's length, its
+    /// share of the two cores (the server under test had the rest). For
+    /// the Kafka floor, the floor's own process.
+    #[serde(default)]
+    pub client_cpu_secs: f64,
 }
+
+/// CPU seconds (user + system) this process has used so far.
+pub fn process_cpu_secs() -> f64 {
+    // SAFETY: getrusage writes into the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return 0.0;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(u.ru_utime) + secs(u.ru_stime)
+}
+
+/// A schedule lag beyond this says the generator fell behind: the run is
+/// flagged in its output.
+pub const LAG_FLAG_MS: f64 = 50.0;
 
 impl Report {
     #[allow(clippy::too_many_arguments)]
@@ -110,6 +131,7 @@ impl Report {
             out_of_order,
             channels,
             schedule_lag_ms: 0.0,
+            client_cpu_secs: 0.0,
         }
     }
 
@@ -157,7 +179,21 @@ impl Report {
         println!("lost            {}", self.lost);
         println!("duplicated      {}", self.duplicated);
         println!("out of order    {}", self.out_of_order);
-        println!("schedule lag    {:.1} ms at most", self.schedule_lag_ms);
+        println!(
+            "schedule lag    {:.1} ms at most{}",
+            self.schedule_lag_ms,
+            if self.schedule_lag_ms > LAG_FLAG_MS {
+                "  (GENERATOR FELL BEHIND: the latency is partly its own)"
+            } else {
+                ""
+            }
+        );
+        println!(
+            "client CPU      {:.2} s ({:.2} ms per 1,000 acks, {:.2} per 1,000 deliveries)",
+            self.client_cpu_secs,
+            self.client_cpu_secs * 1e6 / (self.acked.max(1) as f64),
+            self.client_cpu_secs * 1e6 / (self.delivered.max(1) as f64)
+        );
     }
 }
 
