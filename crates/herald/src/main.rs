@@ -12,6 +12,7 @@ use herald_log::LogConfig;
 use herald_proto::partition::partition_for_key;
 use tracing_subscriber::EnvFilter;
 
+mod alloc;
 mod config;
 mod replay;
 mod tokens;
@@ -299,6 +300,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         .context("metric buckets")?
         .install_recorder()
         .context("installing the metrics recorder")?;
+    alloc::publish_count();
     let edge = Edge::start(settings.edge_config(), settings.log_config(), auth, metrics)
         .await
         .context("starting the edge (is the broker running? ./infra/dev/broker.sh start)")?;
