@@ -232,13 +232,13 @@ pub(crate) async fn admit(
         },
     };
     if let Some(id) = &identity {
-        if client_id.as_ref().is_some_and(|c| *c != id.sub) {
+        if client_id.as_ref().is_some_and(|c| **c != *id.sub) {
             return Err(status(
                 StatusCode::BAD_REQUEST,
                 "client_id must equal the token's sub (or be left out)",
             ));
         }
-        client_id = Some(id.sub.clone());
+        client_id = Some(id.sub.to_string());
         metrics::counter!("herald_auth_total", "kind" => "connect").increment(1);
     } else if let Some(c) = client_id.take() {
         client_id = Some(format!("{}{c}", crate::auth::ANONYMOUS_CLIENT_PREFIX));
@@ -280,7 +280,7 @@ pub(crate) async fn admit(
                 if let Some(raw) = answer.identity {
                     match crate::auth::identity_from_hook(&raw) {
                         Ok(id) => {
-                            client_id = Some(id.sub.clone());
+                            client_id = Some(id.sub.to_string());
                             identity = Some(id);
                         }
                         Err(e) => {

@@ -167,7 +167,7 @@ pub struct Auth {
 /// An authenticated connection's identity, from a verified token.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
-    pub sub: String,
+    pub sub: Arc<str>,
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
     grants: Vec<(String, u8)>,
@@ -501,7 +501,7 @@ fn identity(c: Claims) -> Result<Identity, AuthError> {
         .filter(|i| i.get().len() <= MAX_INFO_BYTES && i.get() != "null")
         .map(|i| Arc::from(i.get()));
     Ok(Identity {
-        sub: c.sub,
+        sub: c.sub.into(),
         exp: c.exp,
         grants,
         info,
@@ -596,7 +596,7 @@ pub fn permits(
             channel
                 .as_str()
                 .split_once(':')
-                .is_some_and(|(_, name)| name == i.sub)
+                .is_some_and(|(_, name)| *name == *i.sub)
         }),
         AccessRule::Nobody => false,
     }
@@ -689,7 +689,7 @@ mod tests {
             for (k, v) in extra.as_object().unwrap() {
                 c[k] = v.clone();
             }
-            a.verify(&token(c, SECRET)).map(|i| i.sub)
+            a.verify(&token(c, SECRET)).map(|i| i.sub.to_string())
         };
         let ok = serde_json::json!({"aud": "herald", "iss": "https://id.example"});
         assert_eq!(with(ok).unwrap(), "alice");
@@ -732,7 +732,7 @@ mod tests {
             SECRET,
         );
         let id = a.verify(&good).unwrap();
-        assert_eq!(id.sub, "alice");
+        assert_eq!(&*id.sub, "alice");
         assert!(id.granted("room:t-1", Capability::Subscribe));
         assert!(!id.granted("room:t-1", Capability::Publish));
         assert!(!id.granted("room:x", Capability::Subscribe));

@@ -238,7 +238,7 @@ async fn poll(
             "another poll of this session is waiting",
         );
     };
-    let mut texts: Vec<Arc<str>> = Vec::new();
+    let mut texts: Vec<herald_hub::Text> = Vec::new();
     let mut closed = false;
     if let Some(rx) = out.as_mut() {
         match tokio::time::timeout(wait, rx.recv()).await {

@@ -190,6 +190,7 @@ fn metrics_route(
     metrics: PrometheusHandle,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
     warp::path("metrics").and(warp::path::end()).map(move || {
+        herald_hub::outbox::report_queued_bytes();
         warp::reply::with_header(
             metrics.render(),
             "content-type",

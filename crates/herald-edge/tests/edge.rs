@@ -307,6 +307,81 @@ async fn a_drain_answers_publishes_in_flight_then_closes_with_1001() {
     assert_eq!(node.stored(CHAT, "chat:d").len(), 1);
 }
 
+#[tokio::test]
+async fn publishes_beyond_the_in_flight_limit_wait_and_are_all_answered() {
+    // The answers free the permits: a connection waiting for a permit must
+    // keep hearing them, or it waits forever.
+    let (mut edge, log) = config();
+    edge.limits.max_inflight_publishes = 2;
+    let node = Node::start_with(edge, log).await;
+    let mut c = node.connect().await;
+    node.log.hold_confirms(true);
+    let ids: Vec<Uuid> = (0..6).map(|_| Uuid::new_v4()).collect();
+    for id in &ids {
+        c.send(json!({"type": "publish", "channel": "chat:w", "id": id, "data": 1}))
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    node.log.hold_confirms(false);
+    // Answers match publishes by id, in whatever order Kafka confirms them.
+    let mut acked = std::collections::HashSet::new();
+    while acked.len() < ids.len() {
+        let f = c.next().await;
+        assert_ne!(f["type"], "publish_nack", "{f}");
+        if f["type"] == "publish_ack" {
+            acked.insert(f["id"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    assert!(ids.iter().all(|id| acked.contains(&id.to_string())));
+    assert_eq!(node.stored(CHAT, "chat:w").len(), 6);
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_publish_still_has_it_stored_once() {
+    // Its publish settles after it left: a resend (from a new connection)
+    // is a duplicate of it, not a second record.
+    let node = Node::start().await;
+    let mut c = node.connect().await;
+    node.log.hold_confirms(true);
+    let id = Uuid::new_v4();
+    c.send(json!({"type": "publish", "channel": "chat:l", "id": id, "data": 1}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    node.log.hold_confirms(false);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut again = node.connect().await;
+    let ack = again.publish("chat:l", id, json!(1)).await;
+    assert_eq!(ack["type"], "publish_ack", "{ack}");
+    assert_eq!(ack["duplicate"], true, "{ack}");
+    assert_eq!(node.stored(CHAT, "chat:l").len(), 1);
+}
+
+#[tokio::test]
+async fn a_confirmation_without_an_offset_is_acked_at_the_records_real_seq() {
+    // librdkafka confirms an idempotent retry the broker already had (its
+    // first response lost) as stored at offset -1001: the client must get
+    // the record's seq, found in the partition, not -1001.
+    let node = Node::start().await;
+    let mut c = node.connect().await;
+    let first = c.publish("chat:o", Uuid::new_v4(), json!(1)).await;
+    assert_eq!(first["seq"], 0, "{first}");
+    node.log.confirm_without_offsets(true);
+    let id = Uuid::new_v4();
+    let ack = c.publish("chat:o", id, json!(2)).await;
+    assert_eq!(ack["type"], "publish_ack", "{ack}");
+    assert_eq!(ack["seq"], 1, "{ack}");
+    // And the dedup window remembers the real seq.
+    node.log.confirm_without_offsets(false);
+    let again = c.publish("chat:o", id, json!(2)).await;
+    assert_eq!(
+        (again["seq"].clone(), again["duplicate"].clone()),
+        (json!(1), json!(true))
+    );
+    assert_eq!(node.stored(CHAT, "chat:o").len(), 2);
+}
+
 fn raw(s: &str) -> Box<serde_json::value::RawValue> {
     serde_json::value::RawValue::from_string(s.into()).expect("JSON")
 }

@@ -22,7 +22,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
 /// The outcome of the first append of a key.
@@ -33,15 +33,32 @@ pub enum DedupOutcome {
     Failed(&'static str, String),
 }
 
-/// Where the first attempt of a key records its outcome. Dropping it without
-/// [`Dedup::complete`] (the publishing task ended mid-append) tells the
-/// waiters to retry, and the next claim of the key appends afresh.
-pub type Slot = Arc<watch::Sender<Option<DedupOutcome>>>;
+/// Where the first attempt of a key records its outcome
+/// ([`Dedup::complete`]). Dropping it without completing (the publish was
+/// abandoned mid-append) tells the waiters to retry, and the next claim of
+/// the key appends afresh. Costs no allocation: a duplicate waiting for it
+/// is rare, and only a waiter makes a channel.
+pub struct Slot {
+    state: Arc<Mutex<State>>,
+    key: Key,
+    /// Tells this claim's entry from a later claim of the same key.
+    token: u64,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let waiters = lock(&self.state).take_in_flight(self);
+        // Completed already, or abandoned now: then the waiters hear it.
+        for w in waiters.into_iter().flat_map(|f| f.waiters) {
+            let _ = w.send(interrupted());
+        }
+    }
+}
 
 /// A key seen before: appended already, or being appended now.
 pub enum Seen {
     Appended(i64),
-    InFlight(watch::Receiver<Option<DedupOutcome>>),
+    InFlight(oneshot::Receiver<DedupOutcome>),
 }
 
 /// What [`Dedup::claim`] found.
@@ -59,9 +76,11 @@ pub enum Claim {
 /// for) *and* a publish id were reused across them.
 type Key = (u64, Uuid);
 
-/// In-flight entries whose first claimant vanished are swept once the map
-/// has grown past this many entries (and twice its size after the last sweep).
-const SWEEP_AT: usize = 1024;
+/// An append in flight: its claim's token, and the duplicates waiting.
+struct InFlight {
+    token: u64,
+    waiters: Vec<oneshot::Sender<DedupOutcome>>,
+}
 
 struct State {
     /// Appended keys: seq, and when (to tell a key's current entry from an
@@ -69,11 +88,28 @@ struct State {
     appended: HashMap<Key, (i64, Instant), ahash::RandomState>,
     /// Appended keys, oldest first.
     order: VecDeque<(Key, Instant)>,
-    in_flight: HashMap<Key, watch::Receiver<Option<DedupOutcome>>, ahash::RandomState>,
-    sweep_at: usize,
+    in_flight: HashMap<Key, InFlight, ahash::RandomState>,
+    next_token: u64,
+}
+
+/// What a duplicate hears when the first attempt of its key was abandoned.
+fn interrupted() -> DedupOutcome {
+    DedupOutcome::Failed(
+        herald_proto::codes::UNAVAILABLE,
+        "the original publish of this id was interrupted; retry".into(),
+    )
 }
 
 impl State {
+    /// Takes `slot`'s in-flight entry, unless a later claim of its key holds
+    /// it now (or it was taken already).
+    fn take_in_flight(&mut self, slot: &Slot) -> Option<InFlight> {
+        match self.in_flight.get(&slot.key) {
+            Some(f) if f.token == slot.token => self.in_flight.remove(&slot.key),
+            _ => None,
+        }
+    }
+
     /// Drops keys older than the window, and the oldest beyond `capacity`.
     fn evict(&mut self, now: Instant, window: Duration, capacity: usize) {
         while let Some(&(key, at)) = self.order.front() {
@@ -87,6 +123,13 @@ impl State {
         }
     }
 }
+
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Entries of slack kept when the window gives memory back.
+const KEEP: usize = 1024;
 
 #[derive(Clone)]
 pub struct Dedup {
@@ -103,7 +146,7 @@ impl Dedup {
                 appended: HashMap::with_hasher(ahash::RandomState::new()),
                 order: VecDeque::new(),
                 in_flight: HashMap::with_hasher(ahash::RandomState::new()),
-                sweep_at: SWEEP_AT,
+                next_token: 0,
             })),
             window,
             capacity: usize::try_from(max_entries).unwrap_or(usize::MAX),
@@ -116,7 +159,7 @@ impl Dedup {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
 
     /// How long an appended id is remembered.
@@ -132,57 +175,51 @@ impl Dedup {
                 return Claim::Seen(Seen::Appended(seq));
             }
         }
-        if let Some(rx) = st.in_flight.get(&key) {
-            // A closed channel is a first claimant that vanished: claim anew.
-            if rx.has_changed().is_ok() {
-                return Claim::Seen(Seen::InFlight(rx.clone()));
-            }
+        if let Some(f) = st.in_flight.get_mut(&key) {
+            let (tx, rx) = oneshot::channel();
+            f.waiters.push(tx);
+            return Claim::Seen(Seen::InFlight(rx));
         }
-        if st.in_flight.len() >= st.sweep_at {
-            st.in_flight.retain(|_, rx| rx.has_changed().is_ok());
-            st.sweep_at = (st.in_flight.len() * 2).max(SWEEP_AT);
-        }
-        let (tx, rx) = watch::channel(None);
-        st.in_flight.insert(key, rx);
-        Claim::First(Arc::new(tx))
+        st.next_token += 1;
+        let token = st.next_token;
+        st.in_flight.insert(
+            key,
+            InFlight {
+                token,
+                waiters: Vec::new(),
+            },
+        );
+        Claim::First(Slot {
+            state: self.state.clone(),
+            key,
+            token,
+        })
     }
 
     /// Records the outcome of a [`Claim::First`].
-    pub fn complete(&self, channel: &str, id: Uuid, slot: &Slot, outcome: DedupOutcome) {
-        let key = self.key(channel, id);
-        {
+    pub fn complete(&self, slot: &Slot, outcome: DedupOutcome) {
+        let waiters = {
             let mut st = self.lock();
             if let DedupOutcome::Appended(seq) = outcome {
                 let now = Instant::now();
-                st.appended.insert(key, (seq, now));
-                st.order.push_back((key, now));
+                st.appended.insert(slot.key, (seq, now));
+                st.order.push_back((slot.key, now));
                 st.evict(now, self.window, self.capacity);
             }
-            st.in_flight.remove(&key);
+            st.take_in_flight(slot)
+        };
+        for w in waiters.into_iter().flat_map(|f| f.waiters) {
+            let _ = w.send(outcome.clone());
         }
-        slot.send_replace(Some(outcome));
     }
 
     /// The outcome of a [`Claim::Seen`]: at once if it was appended, else
     /// when the first claimant completes.
     pub async fn wait(seen: Seen) -> DedupOutcome {
-        let mut rx = match seen {
-            Seen::Appended(seq) => return DedupOutcome::Appended(seq),
-            Seen::InFlight(rx) => rx,
-        };
-        let outcome = match rx.wait_for(Option::is_some).await {
-            Ok(v) => v.clone().unwrap_or(DedupOutcome::Failed(
-                herald_proto::codes::INTERNAL,
-                "dedup slot empty".into(),
-            )),
-            // The first claimant went away without an outcome (its
-            // connection task ended mid-append); the client retries.
-            Err(_) => DedupOutcome::Failed(
-                herald_proto::codes::UNAVAILABLE,
-                "the original publish of this id was interrupted; retry".into(),
-            ),
-        };
-        outcome
+        match seen {
+            Seen::Appended(seq) => DedupOutcome::Appended(seq),
+            Seen::InFlight(rx) => rx.await.unwrap_or_else(|_| interrupted()),
+        }
     }
 
     /// Drops the keys that have outlived the window (a node that stopped
@@ -192,7 +229,7 @@ impl Dedup {
     pub fn upkeep(&self) -> u64 {
         let mut st = self.lock();
         st.evict(Instant::now(), self.window, self.capacity);
-        if st.appended.capacity() > 4 * st.appended.len() + SWEEP_AT {
+        if st.appended.capacity() > 4 * st.appended.len() + KEEP {
             st.appended.shrink_to_fit();
             st.order.shrink_to_fit();
         }
@@ -217,7 +254,7 @@ mod tests {
         // Same id on another channel is another message.
         assert!(matches!(d.claim("chat:b", id), Claim::First(_)));
         let waiter = tokio::spawn(Dedup::wait(rx));
-        d.complete("chat:a", id, &slot, DedupOutcome::Appended(42));
+        d.complete(&slot, DedupOutcome::Appended(42));
         assert_eq!(waiter.await.unwrap(), DedupOutcome::Appended(42));
         let Claim::Seen(rx) = d.claim("chat:a", id) else {
             panic!()
@@ -235,12 +272,7 @@ mod tests {
         let Claim::Seen(rx) = d.claim("chat:a", id) else {
             panic!()
         };
-        d.complete(
-            "chat:a",
-            id,
-            &slot,
-            DedupOutcome::Failed("unavailable", "down".into()),
-        );
+        d.complete(&slot, DedupOutcome::Failed("unavailable", "down".into()));
         assert!(matches!(Dedup::wait(rx).await, DedupOutcome::Failed(..)));
         assert!(matches!(d.claim("chat:a", id), Claim::First(_)));
     }
@@ -263,7 +295,7 @@ mod tests {
         let Claim::First(slot) = d.claim("chat:a", id) else {
             panic!("a key whose first claimant vanished is claimed anew")
         };
-        d.complete("chat:a", id, &slot, DedupOutcome::Appended(7));
+        d.complete(&slot, DedupOutcome::Appended(7));
         let Claim::Seen(seen) = d.claim("chat:a", id) else {
             panic!()
         };
@@ -271,15 +303,34 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn vanished_claimants_are_swept() {
+    async fn vanished_claimants_leave_nothing_behind() {
         let d = Dedup::new(Duration::from_secs(60), 100_000);
-        for _ in 0..(SWEEP_AT * 3) {
+        for _ in 0..3000 {
             let Claim::First(slot) = d.claim("chat:a", Uuid::new_v4()) else {
                 panic!()
             };
             drop(slot);
         }
-        assert!(d.upkeep() <= SWEEP_AT as u64, "{} left", d.upkeep());
+        assert_eq!(d.upkeep(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_old_slot_dropped_late_does_not_release_a_newer_claim() {
+        let d = Dedup::new(Duration::from_secs(60), 100);
+        let id = Uuid::new_v4();
+        let Claim::First(old) = d.claim("chat:a", id) else {
+            panic!()
+        };
+        d.complete(&old, DedupOutcome::Failed("unavailable", String::new()));
+        let Claim::First(new) = d.claim("chat:a", id) else {
+            panic!("a failed key is claimed anew")
+        };
+        drop(old);
+        let Claim::Seen(seen) = d.claim("chat:a", id) else {
+            panic!("the newer claim still holds the key")
+        };
+        d.complete(&new, DedupOutcome::Appended(3));
+        assert_eq!(Dedup::wait(seen).await, DedupOutcome::Appended(3));
     }
 
     /// Claims racing on two threads with completes: every key is appended
@@ -301,12 +352,7 @@ mod tests {
                             match d.claim("chat:a", *id) {
                                 Claim::First(slot) => {
                                     firsts += 1;
-                                    d.complete(
-                                        "chat:a",
-                                        *id,
-                                        &slot,
-                                        DedupOutcome::Appended(n as i64),
-                                    );
+                                    d.complete(&slot, DedupOutcome::Appended(n as i64));
                                 }
                                 Claim::Seen(Seen::Appended(seq)) => {
                                     assert_eq!(seq, n as i64, "thread {t}")
@@ -340,7 +386,7 @@ mod tests {
             let Claim::First(slot) = d.claim("chat:a", *id) else {
                 panic!()
             };
-            d.complete("chat:a", *id, &slot, DedupOutcome::Appended(n as i64));
+            d.complete(&slot, DedupOutcome::Appended(n as i64));
         }
         assert_eq!(d.upkeep(), 3);
         // The two oldest were dropped: claimed anew (then failed, forgotten).
@@ -348,12 +394,7 @@ mod tests {
             let Claim::First(slot) = d.claim("chat:a", *id) else {
                 panic!("an id beyond the capacity is forgotten")
             };
-            d.complete(
-                "chat:a",
-                *id,
-                &slot,
-                DedupOutcome::Failed("unavailable", String::new()),
-            );
+            d.complete(&slot, DedupOutcome::Failed("unavailable", String::new()));
         }
         for (n, id) in ids.iter().enumerate().skip(2) {
             assert!(
@@ -369,7 +410,7 @@ mod tests {
         let Claim::First(slot) = d.claim("chat:a", id) else {
             panic!()
         };
-        d.complete("chat:a", id, &slot, DedupOutcome::Appended(1));
+        d.complete(&slot, DedupOutcome::Appended(1));
         assert!(matches!(
             d.claim("chat:a", id),
             Claim::Seen(Seen::Appended(1))
@@ -381,7 +422,7 @@ mod tests {
         };
         // Appended again: the key's new entry outlives its old place in the
         // queue.
-        d.complete("chat:a", id, &slot, DedupOutcome::Appended(2));
+        d.complete(&slot, DedupOutcome::Appended(2));
         assert!(matches!(
             d.claim("chat:a", id),
             Claim::Seen(Seen::Appended(2))
@@ -396,7 +437,7 @@ mod tests {
             let Claim::First(slot) = d.claim("chat:a", id) else {
                 panic!()
             };
-            d.complete("chat:a", id, &slot, DedupOutcome::Appended(n));
+            d.complete(&slot, DedupOutcome::Appended(n));
         }
         assert_eq!(d.upkeep(), 20_000);
         assert!(d.lock().appended.capacity() >= 20_000);

@@ -7,13 +7,15 @@ use herald_log::Record;
 use herald_proto::envelope::EnvelopeRef;
 use tracing::debug;
 
+use crate::Text;
+
 /// One message ready for the wire.
 #[derive(Debug)]
 pub struct Delivery {
     pub channel: Arc<str>,
     pub seq: i64,
     /// The serialised `message` frame.
-    pub text: Arc<str>,
+    pub text: Text,
     /// Re-delivered by `herald replay --live`.
     pub replayed: bool,
 }
@@ -27,7 +29,7 @@ impl Delivery {
             Ok(env) => Some(Delivery {
                 channel: Arc::from(&*env.channel),
                 seq: r.offset,
-                text: Arc::from(env.message_json(r.offset, epoch)),
+                text: Text::from(env.message_json(r.offset, epoch)),
                 replayed: env.replayed.is_some(),
             }),
             Err(e) => {

@@ -35,6 +35,7 @@ pub mod delivery;
 pub mod hub;
 pub mod outbox;
 pub mod publish;
+pub mod text;
 
 pub use dedup::{Claim, Dedup, DedupOutcome};
 pub use delivery::Delivery;
@@ -42,6 +43,7 @@ pub use hub::{HistoryLimits, HistoryPage};
 pub use hub::{Hub, HubConfig, SubscribeOutcome};
 pub use outbox::{ConnCommand, Event, Outbound, Outbox, OutboxReceiver, OverflowWatch};
 pub use publish::{PublishOutcome, PublishRequest, Publisher};
+pub use text::Text;
 
 /// Errors of the hub.
 #[derive(Debug, thiserror::Error)]

@@ -1,12 +1,13 @@
 //! Per-connection outbound queue, bounded by messages and by bytes.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
 use crate::delivery::Delivery;
+use crate::Text;
 
 /// Gauge of bytes waiting in all outbound queues of the process.
 const QUEUED_BYTES: &str = "herald_hub_outbound_queued_bytes";
@@ -45,7 +46,7 @@ pub enum ConnCommand {
 #[derive(Debug)]
 pub struct Event {
     pub channel: Arc<str>,
-    pub text: Arc<str>,
+    pub text: Text,
 }
 
 impl Outbound {
@@ -102,11 +103,24 @@ struct Queue {
 /// connection's next heartbeat, [`OutboxReceiver::release_if_empty`]).
 const KEEP_CAPACITY: usize = 64;
 
-/// The process-wide queued-bytes gauge, registered once (a handle per queue
-/// would cost an allocation per connection).
-fn queued_gauge() -> &'static metrics::Gauge {
-    static GAUGE: OnceLock<metrics::Gauge> = OnceLock::new();
-    GAUGE.get_or_init(|| metrics::gauge!(QUEUED_BYTES))
+/// Bytes queued in all outbound queues of the process: one atomic add per
+/// push and pop (a metrics gauge costs a compare-and-swap loop on a float
+/// per message per subscriber, measured at 4 % of a fan-out's CPU by
+/// loadtest/profile.sh); the gauge is set from it when metrics are read
+/// ([`report_queued_bytes`]).
+static QUEUED: AtomicI64 = AtomicI64::new(0);
+
+fn queued_add(n: usize) {
+    QUEUED.fetch_add(n as i64, Ordering::Relaxed);
+}
+
+fn queued_sub(n: usize) {
+    QUEUED.fetch_sub(n as i64, Ordering::Relaxed);
+}
+
+/// Sets `herald_hub_outbound_queued_bytes`: call before rendering metrics.
+pub fn report_queued_bytes() {
+    metrics::gauge!(QUEUED_BYTES).set(QUEUED.load(Ordering::Relaxed).max(0) as f64);
 }
 
 /// The sending side, held by the hub (live dispatch, catch-up) and by the
@@ -158,7 +172,7 @@ impl Shared {
         };
         // The bytes first: a `push` woken next looks at them.
         self.bytes.fetch_sub(item.len(), Ordering::AcqRel);
-        queued_gauge().decrement(item.len() as f64);
+        queued_sub(item.len());
         // A slot and room are free: one waiting `push` may go on.
         self.writable.notify_one();
         Some(item)
@@ -243,7 +257,7 @@ impl Outbox {
         }
         q.items.push_back(item);
         drop(q);
-        queued_gauge().increment(len as f64);
+        queued_add(len);
         self.shared.readable.notify_one();
         true
     }
@@ -268,7 +282,7 @@ impl Outbox {
         self.shared.bytes.fetch_add(len, Ordering::AcqRel);
         q.items.push_back(item);
         drop(q);
-        queued_gauge().increment(len as f64);
+        queued_add(len);
         self.shared.readable.notify_one();
         true
     }
@@ -301,7 +315,7 @@ impl Outbox {
                     self.shared.bytes.fetch_add(len, Ordering::AcqRel);
                     q.items.push_back(item);
                     drop(q);
-                    queued_gauge().increment(len as f64);
+                    queued_add(len);
                     self.shared.readable.notify_one();
                     return true;
                 }
@@ -396,7 +410,7 @@ impl Drop for OutboxReceiver {
             left.min(self.shared.bytes.load(Ordering::Acquire)),
             Ordering::AcqRel,
         );
-        queued_gauge().decrement(left as f64);
+        queued_sub(left);
         // Every waiting `push` must see `closed`.
         self.shared.writable.notify_waiters();
     }

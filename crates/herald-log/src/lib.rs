@@ -76,6 +76,12 @@ pub enum LogError {
         partition: i32,
         at: i64,
     },
+    /// Kafka stored the record but its answer carried no offset (librdkafka
+    /// reports an idempotent retry the broker already had, after a lost
+    /// response, as delivered at offset -1001), and it was not found where
+    /// it must be (the publish pipeline looks).
+    #[error("Kafka stored the record but did not say at which offset")]
+    OffsetUnknown,
     #[error("background task failed: {0}")]
     Task(String),
     #[error("{0}")]
@@ -88,7 +94,10 @@ impl LogError {
     pub fn is_retriable(&self) -> bool {
         match self {
             LogError::Kafka(_) => !self.is_too_large(),
-            LogError::Timeout(..) | LogError::Canceled | LogError::Unavailable(_) => true,
+            LogError::Timeout(..)
+            | LogError::Canceled
+            | LogError::Unavailable(_)
+            | LogError::OffsetUnknown => true,
             _ => false,
         }
     }
@@ -100,7 +109,7 @@ impl LogError {
     pub fn may_be_stored(&self) -> bool {
         use rdkafka::types::RDKafkaErrorCode as C;
         match self {
-            LogError::Canceled => true,
+            LogError::Canceled | LogError::OffsetUnknown => true,
             LogError::Kafka(e) => matches!(
                 e.rdkafka_error_code(),
                 Some(C::Fatal) | Some(C::MessageTimedOut)
@@ -270,7 +279,7 @@ pub trait LogWrite: LogRead {
             topic,
             partition,
             env.key(),
-            env.to_json().as_bytes(),
+            &env.to_json(),
             &headers.pairs(),
         )
     }

@@ -45,6 +45,10 @@ pub struct MemLog {
     tail: OnceLock<mpsc::UnboundedSender<Record>>,
     /// While `true`, appends are stored but not confirmed.
     hold: watch::Sender<bool>,
+    /// While `true`, appends are stored and confirmed without their offset
+    /// (-1001), as librdkafka confirms an idempotent retry after a lost
+    /// response.
+    offsetless: std::sync::atomic::AtomicBool,
     pings: std::sync::atomic::AtomicU64,
     /// Range reads served so far.
     reads: std::sync::atomic::AtomicU64,
@@ -59,6 +63,7 @@ impl MemLog {
             state: Mutex::new(State::default()),
             tail: OnceLock::new(),
             hold: watch::channel(false).0,
+            offsetless: Default::default(),
             pings: Default::default(),
             reads: Default::default(),
             read_pool: Mutex::new(None),
@@ -125,6 +130,13 @@ impl MemLog {
     /// waits: a broker whose answer is late.
     pub fn hold_confirms(&self, hold: bool) {
         self.hold.send_replace(hold);
+    }
+
+    /// While `true`, appends are stored and confirmed at offset -1001: an
+    /// answer that says "stored" without saying where.
+    pub fn confirm_without_offsets(&self, on: bool) {
+        self.offsetless
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// How many times [`Log::ping`] was called.
@@ -336,6 +348,11 @@ impl MemLog {
             offset
         };
         let mut hold = self.hold.subscribe();
+        let offset = if self.offsetless.load(std::sync::atomic::Ordering::Relaxed) {
+            -1001
+        } else {
+            offset
+        };
         Ok(PendingPublish::from_future(async move {
             let _ = hold.wait_for(|h| !*h).await;
             Ok(offset)

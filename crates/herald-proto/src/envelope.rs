@@ -7,6 +7,7 @@
 //! fields they do not know.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -34,10 +35,10 @@ pub struct Envelope {
     /// Who published: the token's `sub` on an authenticated WebSocket
     /// connection, `conn:<id>` on an anonymous one, `api` for the server HTTP
     /// API, `herald-replay` for `herald replay --live`. Null when unknown.
-    pub publisher: Option<String>,
+    pub publisher: Option<Arc<str>>,
     /// Milliseconds since the Unix epoch when the edge accepted the publish.
     pub ts: i64,
-    pub content_type: String,
+    pub content_type: Cow<'static, str>,
     /// The application payload, any JSON value, kept byte-for-byte.
     pub data: Box<RawValue>,
     /// Set on records written by `herald replay --live`: where the original
@@ -65,18 +66,19 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// The headers of an envelope's record, owned, ready to be borrowed as
-/// `(name, value)` pairs by a producer.
+/// The headers of an envelope's record, on the stack, ready to be
+/// borrowed as `(name, value)` pairs by a producer.
 pub struct RecordHeaders {
-    id: String,
-    version: String,
+    id: [u8; uuid::fmt::Hyphenated::LENGTH],
+    version: [u8; 10],
+    version_len: usize,
 }
 
 impl RecordHeaders {
     pub fn pairs(&self) -> [(&'static str, &[u8]); 2] {
         [
-            (HEADER_ID, self.id.as_bytes()),
-            (HEADER_VERSION, self.version.as_bytes()),
+            (HEADER_ID, &self.id),
+            (HEADER_VERSION, &self.version[..self.version_len]),
         ]
     }
 }
@@ -96,7 +98,7 @@ impl Envelope {
     pub fn new(
         id: Uuid,
         channel: impl Into<String>,
-        publisher: Option<String>,
+        publisher: Option<Arc<str>>,
         data: Box<RawValue>,
     ) -> Self {
         Envelope {
@@ -105,7 +107,7 @@ impl Envelope {
             channel: channel.into(),
             publisher,
             ts: now_ms(),
-            content_type: CONTENT_TYPE_JSON.to_owned(),
+            content_type: Cow::Borrowed(CONTENT_TYPE_JSON),
             data,
             replayed: None,
         }
@@ -118,15 +120,27 @@ impl Envelope {
 
     /// The record headers: `herald-id` and `herald-v`.
     pub fn headers(&self) -> RecordHeaders {
-        RecordHeaders {
-            id: self.id.to_string(),
-            version: self.v.to_string(),
-        }
+        let mut h = RecordHeaders {
+            id: [0; uuid::fmt::Hyphenated::LENGTH],
+            version: [0; 10],
+            version_len: 0,
+        };
+        self.id.hyphenated().encode_lower(&mut h.id);
+        let mut v = itoa::Buffer::new();
+        let v = v.format(self.v).as_bytes();
+        h.version[..v.len()].copy_from_slice(v);
+        h.version_len = v.len();
+        h
     }
 
-    /// The record value.
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
+    /// The record value, written into one buffer sized for it.
+    pub fn to_json(&self) -> Vec<u8> {
+        let fixed = 160 + self.channel.len() + self.publisher.as_ref().map_or(0, |p| p.len());
+        let mut out = Vec::with_capacity(fixed + self.data.get().len());
+        // Writing to a Vec fails only for a map with non-string keys,
+        // which an envelope has none of.
+        let _ = serde_json::to_writer(&mut out, self);
+        out
     }
 
     /// Reads a record value. `key`, when given, must equal the envelope's channel.
@@ -255,16 +269,14 @@ mod tests {
             let mut env = Envelope::new(
                 Uuid::new_v4(),
                 channel,
-                publisher.map(str::to_owned),
+                publisher.map(Arc::from),
                 RawValue::from_string(data.into()).expect("json"),
             );
             env.replayed = replayed;
             let value = env.to_json();
-            let owned =
-                Envelope::decode(value.as_bytes(), Some(channel.as_bytes())).expect("owned decode");
+            let owned = Envelope::decode(&value, Some(channel.as_bytes())).expect("owned decode");
             let want = crate::ServerFrame::Message(owned.into_message(41, "e1")).to_json();
-            let borrowed =
-                EnvelopeRef::decode(value.as_bytes(), Some(channel.as_bytes())).expect("decode");
+            let borrowed = EnvelopeRef::decode(&value, Some(channel.as_bytes())).expect("decode");
             assert_eq!(borrowed.channel, channel);
             assert_eq!(borrowed.message_json(41, "e1"), want);
         }
@@ -277,7 +289,7 @@ mod tests {
                     RawValue::from_string("1".into()).expect("json")
                 )
                 .to_json()
-                .as_bytes(),
+                .as_slice(),
                 Some(b"b")
             ),
             Err(EnvelopeError::KeyMismatch { .. })
@@ -296,10 +308,10 @@ mod tests {
         assert_eq!(pairs[0], (HEADER_ID, id.to_string().as_bytes()));
         assert_eq!(pairs[1], (HEADER_VERSION, b"1".as_slice()));
         let value = env.to_json();
-        assert_eq!(peek_id(value.as_bytes()), Some(id));
+        assert_eq!(peek_id(&value), Some(id));
         assert_eq!(peek_id(b"{\"id\":\"not a uuid\"}"), None);
         assert_eq!(peek_id(b"not json"), None);
-        let back = Envelope::decode(value.as_bytes(), Some(b"chat:x")).expect("decodes");
+        let back = Envelope::decode(&value, Some(b"chat:x")).expect("decodes");
         assert_eq!(back.data.get(), "{\"a\":1}");
     }
 }

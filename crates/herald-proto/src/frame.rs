@@ -10,6 +10,8 @@
 //! `channel` to echo), then the frame's own struct with unknown fields denied.
 //! That gives precise error codes: `bad_json`, `unknown_type`, `bad_frame`.
 
+use std::borrow::Cow;
+
 use serde::{de::IgnoredAny, Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -124,12 +126,21 @@ pub struct DecodeError {
 }
 
 /// First pass: what kind of frame, and what to echo if it turns out bad.
+/// Borrowed: a well-formed frame costs no allocation here, and the echoes
+/// of a bad one are read only when it is bad.
 #[derive(Deserialize)]
-struct Head {
-    #[serde(rename = "type")]
-    kind: Option<serde_json::Value>,
-    id: Option<serde_json::Value>,
-    channel: Option<serde_json::Value>,
+struct Head<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    channel: Option<&'a RawValue>,
+}
+
+/// A head field as an echo: its text when it is a JSON string.
+fn echo(field: Option<&RawValue>) -> Option<String> {
+    field.and_then(|v| serde_json::from_str::<String>(v.get()).ok())
 }
 
 #[derive(Deserialize)]
@@ -247,25 +258,25 @@ pub fn decode_client(text: &str) -> Result<ClientFrame, DecodeError> {
         id: None,
         channel: None,
     })?;
-    let id = head.id.as_ref().and_then(|v| v.as_str()).map(str::to_owned);
-    let channel = head
-        .channel
-        .as_ref()
-        .and_then(|v| v.as_str())
-        .map(str::to_owned);
     let bad = |code: &'static str, reason: String| DecodeError {
         code,
         reason,
-        id: id.clone(),
-        channel: channel.clone(),
+        id: echo(head.id),
+        channel: echo(head.channel),
     };
-    let kind = match head.kind {
-        Some(serde_json::Value::String(s)) => s,
-        Some(_) => return Err(bad(codes::UNKNOWN_TYPE, "`type` must be a string".into())),
+    let kind: Cow<'_, str> = match head.kind {
+        // Borrowed unless it has escapes.
+        Some(k) => match serde_json::from_str::<&str>(k.get()) {
+            Ok(k) => Cow::Borrowed(k),
+            Err(_) => match serde_json::from_str::<String>(k.get()) {
+                Ok(k) => Cow::Owned(k),
+                Err(_) => return Err(bad(codes::UNKNOWN_TYPE, "`type` must be a string".into())),
+            },
+        },
         None => return Err(bad(codes::UNKNOWN_TYPE, "missing `type`".into())),
     };
     let body = |e: serde_json::Error| bad(codes::BAD_FRAME, format!("bad `{kind}` frame: {e}"));
-    match kind.as_str() {
+    match kind.as_ref() {
         "subscribe" => {
             let b: SubscribeBody = serde_json::from_str(text).map_err(body)?;
             let since = match b.since {
@@ -370,7 +381,7 @@ pub fn decode_client(text: &str) -> Result<ClientFrame, DecodeError> {
                     format!("`token` must be 1-{MAX_TOKEN_LEN} bytes"),
                 ));
             }
-            Ok(if kind == "auth" {
+            Ok(if kind.as_ref() == "auth" {
                 ClientFrame::Auth { token: b.token }
             } else {
                 ClientFrame::Refresh { token: b.token }
@@ -391,7 +402,7 @@ pub fn decode_client(text: &str) -> Result<ClientFrame, DecodeError> {
             Ok(ClientFrame::Presence {
                 id: b.id,
                 channel: b.channel,
-                stats: kind == "presence_stats",
+                stats: kind.as_ref() == "presence_stats",
             })
         }
         other => Err(bad(
@@ -771,6 +782,15 @@ mod tests {
         let e = decode_client(r#"{"type":"publish","channel":"chat:a","id":"x"}"#).unwrap_err();
         assert_eq!(e.id.as_deref(), Some("x"));
         assert_eq!(e.channel.as_deref(), Some("chat:a"));
+        // Only strings are echoed; escapes are read.
+        let e = decode_client(r#"{"type":"shout","id":7,"channel":"chat:\u0061"}"#).unwrap_err();
+        assert_eq!((e.id, e.channel.as_deref()), (None, Some("chat:a")));
+        assert_eq!(code(r#"{"type":null}"#), codes::UNKNOWN_TYPE);
+        // A `type` with an escape is the same type.
+        assert!(matches!(
+            decode_client(r#"{"type":"p\u0069ng"}"#),
+            Ok(ClientFrame::Ping)
+        ));
     }
 
     proptest::proptest! {

@@ -197,7 +197,7 @@ fn envelope_validates() {
         data: raw(r#"{"text":"hello"}"#),
         replayed: None,
     };
-    let json = env.to_json();
+    let json = String::from_utf8(env.to_json()).unwrap();
     assert_valid(&v, &json);
     let back = Envelope::decode(json.as_bytes(), Some(b"chat:lobby")).unwrap();
     assert_eq!(back.data.get(), r#"{"text":"hello"}"#);

@@ -1,7 +1,5 @@
 //! `auth` and `refresh`, and the access check every channel frame makes.
 
-use std::sync::Arc;
-
 use herald_hub::Outbound;
 use herald_proto::{codes, Channel, ServerFrame};
 
@@ -76,10 +74,10 @@ impl Conn {
         metrics::counter!("herald_auth_total", "kind" => if refresh { "refresh" } else { "auth" })
             .increment(1);
         let reply = ServerFrame::Authenticated {
-            sub: id.sub.clone(),
+            sub: id.sub.to_string(),
             expires_at: id.exp,
         };
-        self.client_id = Some(Arc::from(id.sub.as_str()));
+        self.client_id = Some(id.sub.clone());
         let first = self.identity.is_none();
         if first {
             self.ctx.users.add(&id.sub, self.id, &self.outbox);

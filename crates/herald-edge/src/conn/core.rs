@@ -21,18 +21,19 @@
 //!   then the close), and the release of the connection's slot.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
+use futures_util::{FutureExt, StreamExt};
 use herald_hub::{ConnCommand, Outbound, OutboxReceiver};
 use herald_proto::frame::ClientFrame;
 use herald_proto::{codes, ServerFrame};
 use tracing::debug;
 use uuid::Uuid;
 
+use super::publish::{next_answer, settle_orphans, Answers};
 use super::subscribe::Subscription;
-use super::{error_frame, expiry_at, Conn};
+use super::{error_frame, expiry_at, Conn, Subs};
 use crate::ctx::ConnSlot;
 
 /// A close: the code and reason the client is told.
@@ -161,6 +162,7 @@ pub(crate) async fn drive<S: Source, W: Sink>(start: Box<Start<S, W>>) {
             _ = shutdown.closing() => {
                 break Some((codes::CLOSE_GOING_AWAY, "server shutting down".into()));
             }
+            answer = next_answer(&mut conn.answers) => conn.reply(answer),
             item = rx.recv() => {
                 let Some(item) = item else { break None };
                 // Whatever else is queued goes out with it: one flush (one
@@ -270,15 +272,17 @@ pub(crate) async fn drive<S: Source, W: Sink>(start: Box<Start<S, W>>) {
     // Boxed: the connection task would otherwise carry this rarely used
     // state for its whole life (P3).
     if !stalled {
-        let publishes = (
-            conn.publish_permits(),
-            ctx.cfg.limits.max_inflight_publishes as u32,
-        );
+        let publishes = InFlight {
+            permits: conn.publish_permits(),
+            total: ctx.cfg.limits.max_inflight_publishes as u32,
+            answers: &mut conn.answers,
+        };
         Box::pin(say_goodbye(
             &ctx, close, farewell, publishes, &mut rx, &mut sink,
         ))
         .await;
     }
+    settle_orphans(conn.answers.take());
     debug!("Disconnected");
     if let Some(i) = &conn.identity {
         ctx.users.remove(&i.sub, conn.id);
@@ -300,7 +304,7 @@ async fn say_goodbye<W: Sink>(
     ctx: &crate::ctx::Ctx,
     close: Option<Close>,
     farewell: Option<String>,
-    (permits, total): (std::sync::Arc<tokio::sync::Semaphore>, u32),
+    publishes: InFlight<'_>,
     rx: &mut OutboxReceiver,
     sink: &mut W,
 ) {
@@ -321,7 +325,7 @@ async fn say_goodbye<W: Sink>(
         let reconnect = ServerFrame::Reconnect { after_ms }.to_json();
         let _ = tokio::time::timeout(write_timeout, send(sink, reconnect)).await;
         let grace = ctx.cfg.shutdown_grace;
-        drain_publishes(permits, total, grace, rx, sink, write_timeout).await;
+        drain_publishes(publishes, grace, rx, sink, write_timeout).await;
     }
     let _ = tokio::time::timeout(write_timeout, sink.finish(Some(&close))).await;
 }
@@ -331,17 +335,29 @@ async fn send<W: Sink>(sink: &mut W, text: String) -> bool {
     sink.feed(Outbound::Frame(text)).await && sink.flush().await
 }
 
-/// On shutdown: answers in-flight publishes (their acks are queued as they
-/// come) until they are all done or `shutdown_grace` is over, then writes
-/// what they queued. Each write is bounded by the write deadline.
-async fn drain_publishes<W: Sink>(
+/// A connection's publishes in flight: their permits (all back when every
+/// one is settled) and their answers.
+struct InFlight<'a> {
     permits: std::sync::Arc<tokio::sync::Semaphore>,
     total: u32,
+    answers: &'a mut Option<Box<Answers>>,
+}
+
+/// On shutdown: answers in-flight publishes (as they come) until they are
+/// all done or `shutdown_grace` is over, then writes what was queued. Each
+/// write is bounded by the write deadline.
+async fn drain_publishes<W: Sink>(
+    publishes: InFlight<'_>,
     grace: Duration,
     rx: &mut OutboxReceiver,
     sink: &mut W,
     write_timeout: Duration,
 ) {
+    let InFlight {
+        permits,
+        total,
+        answers,
+    } = publishes;
     let all = permits.acquire_many_owned(total);
     tokio::pin!(all);
     let deadline = tokio::time::sleep(grace);
@@ -350,12 +366,23 @@ async fn drain_publishes<W: Sink>(
         tokio::select! {
             _ = &mut all => break,
             _ = &mut deadline => break,
+            answer = next_answer(answers) => {
+                if !write_one(sink, answer, write_timeout).await {
+                    return;
+                }
+            }
             item = rx.recv() => {
                 let Some(item) = item else { return };
                 if !write_one(sink, item, write_timeout).await {
                     return;
                 }
             }
+        }
+    }
+    // Answers that came with the last permits.
+    while let Some(Some(answer)) = answers.as_mut().and_then(|a| a.next().now_or_never()) {
+        if !write_one(sink, answer, write_timeout).await {
+            return;
         }
     }
     while let Some(item) = rx.try_recv() {
@@ -390,7 +417,7 @@ async fn until_expiry(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
 /// Remembers the last `seq` written on a subscription (its acks may not go
 /// beyond it); false for a presence event the subscription may not see
 /// (the namespace's `presence` rule refused this connection).
-fn note_delivery(subs: &mut HashMap<String, Subscription>, item: &Outbound) -> bool {
+fn note_delivery(subs: &mut Subs, item: &Outbound) -> bool {
     match item {
         Outbound::Message(d) => {
             if let Some(sub) = subs.get_mut(&*d.channel) {

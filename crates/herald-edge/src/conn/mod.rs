@@ -51,11 +51,17 @@ fn error_frame(code: &'static str, reason: impl Into<String>, channel: Option<&s
 
 type Limiter = governor::DefaultDirectRateLimiter;
 
+/// A connection's subscriptions by channel.
+type Subs = rustc_hash::FxHashMap<String, Subscription>;
+
 pub(crate) struct Conn {
     id: u64,
     ctx: Arc<Ctx>,
     outbox: Outbox,
-    subs: HashMap<String, Subscription>,
+    /// Looked up for every message written, so with FxHash rather than
+    /// SipHash (a client's own channel names, at most `max_subscriptions`
+    /// of them: nothing to flood), and a hasher of no size (P3).
+    subs: Subs,
     /// Made at first use, like `history_permits` and `catchups`: an idle
     /// subscriber never publishes, reads history or resumes (each
     /// semaphore is ~70 bytes per connection; P3).
@@ -87,6 +93,12 @@ pub(crate) struct Conn {
     hook_headers: Option<Arc<[(String, String)]>>,
     /// The display name shown in presence (`?name=`).
     name: Option<Box<str>>,
+    /// `conn:<id>`, the publisher written into the envelopes of an
+    /// anonymous connection; made at its first publish.
+    anonymous: OnceCell<Arc<str>>,
+    /// The answers of publishes in flight, polled by the connection's own
+    /// loop (no task per publish); made at the first publish.
+    answers: Option<Box<publish::Answers>>,
 }
 
 impl Conn {
@@ -104,7 +116,7 @@ impl Conn {
             Conn {
                 id,
                 outbox,
-                subs: HashMap::new(),
+                subs: Subs::default(),
                 publish_permits: OnceCell::new(),
                 limiter,
                 client_id: client_id.map(Arc::from),
@@ -118,6 +130,8 @@ impl Conn {
                 catchups: OnceCell::new(),
                 hook_headers: None,
                 name: None,
+                anonymous: OnceCell::new(),
+                answers: None,
                 ctx,
             },
             rx,

@@ -1,10 +1,14 @@
 //! `publish`: the connection's own limits (size, rate, in-flight permits),
 //! then the node's publish pipeline ([`herald_hub::publish`]). Publishes
-//! are started in the order the client sent them and answered from a task
-//! each, through the outbound queue.
+//! are started in the order the client sent them; their answers are
+//! polled by the connection's loop ([`next_answer`]) and go out through
+//! the outbound queue.
 
 use std::sync::Arc;
 use std::time::Instant;
+
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use herald_hub::publish::refused;
 use herald_hub::{Outbound, PublishOutcome, PublishRequest};
@@ -104,13 +108,24 @@ impl Conn {
             Err(e) => return self.reply(nack(id, &name, codes::INTERNAL, e.to_string(), None)),
         };
         // Bounded in-flight publishes per connection: waiting here stops
-        // reading from this client, which is the backpressure it gets.
-        let Ok(permit) = self.publish_permits().acquire_owned().await else {
-            return;
+        // reading from this client, which is the backpressure it gets. The
+        // answers are what frees permits, so they are polled meanwhile.
+        let permits = self.publish_permits();
+        let permit = loop {
+            tokio::select! {
+                biased;
+                p = permits.clone().acquire_owned() => match p {
+                    Ok(p) => break p,
+                    Err(_) => return,
+                },
+                answer = next_answer(&mut self.answers) => self.reply(answer),
+            }
         };
         let publisher = match &self.identity {
             Some(who) => who.sub.clone(),
-            None => format!("conn:{}", self.id),
+            None => (self.anonymous)
+                .get_or_init(|| Arc::from(format!("conn:{}", self.id)))
+                .clone(),
         };
         let answer = self.ctx.publisher.start(
             PublishRequest {
@@ -126,12 +141,35 @@ impl Conn {
             },
             permit,
         );
-        let outbox = self.outbox.clone();
         let channel = channel.as_str().to_owned();
-        tokio::spawn(async move {
-            let reply = answer_frame(id, channel, answer.await);
-            let _ = outbox.try_push(reply);
-        });
+        self.answers
+            .get_or_insert_with(Default::default)
+            .push(Box::pin(
+                async move { answer_frame(id, channel, answer.await) },
+            ));
+    }
+}
+
+/// Publishes in flight on a connection: each resolves to its answer.
+pub(super) type Answers = FuturesUnordered<BoxFuture<'static, Outbound>>;
+
+/// The next answer of a publish in flight; never, while there is none.
+pub(super) async fn next_answer(answers: &mut Option<Box<Answers>>) -> Outbound {
+    match answers {
+        Some(a) if !a.is_empty() => match a.next().await {
+            Some(answer) => answer,
+            None => std::future::pending().await,
+        },
+        _ => std::future::pending().await,
+    }
+}
+
+/// A connection ends with publishes in flight: they still settle (their
+/// dedup claims and permits), in a task of their own; nobody hears the
+/// answers.
+pub(super) fn settle_orphans(answers: Option<Box<Answers>>) {
+    if let Some(mut a) = answers.filter(|a| !a.is_empty()) {
+        tokio::spawn(async move { while a.next().await.is_some() {} });
     }
 }
 

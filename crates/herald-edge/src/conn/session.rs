@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use herald_hub::Outbound;
+use herald_hub::{Outbound, Text};
 use herald_proto::{codes, Position, Since};
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug_span, Instrument};
@@ -66,7 +66,7 @@ impl Transport {
 /// A frame for the reader: its text, and for a message its channel and
 /// `seq` (the reader keeps positions for SSE event ids).
 pub struct Out {
-    pub text: Arc<str>,
+    pub text: Text,
     pub message: Option<(Arc<str>, i64)>,
     /// Its bytes' place in the pipe, given back when the reader drops it.
     _held: Option<OwnedSemaphorePermit>,
@@ -251,7 +251,7 @@ struct HttpSink {
 }
 
 impl HttpSink {
-    async fn put(&mut self, text: Arc<str>, message: Option<(Arc<str>, i64)>) -> bool {
+    async fn put(&mut self, text: Text, message: Option<(Arc<str>, i64)>) -> bool {
         let n = text.len().clamp(1, READER_BYTES) as u32;
         let Ok(held) = self.bytes.clone().acquire_many_owned(n).await else {
             return false;
@@ -270,7 +270,7 @@ impl Sink for HttpSink {
         let (text, message) = match item {
             Outbound::Message(d) => (d.text.clone(), Some((d.channel.clone(), d.seq))),
             Outbound::Event(e) => (e.text.clone(), None),
-            Outbound::Frame(s) => (Arc::from(s), None),
+            Outbound::Frame(s) => (Text::from(s), None),
             Outbound::Command(_) => return true,
         };
         self.put(text, message).await
@@ -294,7 +294,7 @@ impl Sink for HttpSink {
     async fn finish(&mut self, close: Option<&Close>) {
         if let Some((code, reason)) = close {
             let frame = serde_json::json!({ "type": "close", "code": code, "reason": reason });
-            self.put(Arc::from(frame.to_string()), None).await;
+            self.put(Text::from(frame.to_string()), None).await;
         }
     }
 }
@@ -387,7 +387,7 @@ mod tests {
 
     fn out(text: &str, message: Option<(&str, i64)>) -> Out {
         Out {
-            text: Arc::from(text),
+            text: Text::from(text),
             message: message.map(|(c, s)| (Arc::from(c), s)),
             _held: None,
         }

@@ -405,7 +405,7 @@ impl Conn {
         let id = self.identity.as_ref();
         Member {
             conn: member_conn(&self.ctx, self.id),
-            user: id.map(|i| i.sub.clone()),
+            user: id.map(|i| i.sub.to_string()),
             client: self
                 .client_id
                 .as_deref()

@@ -120,7 +120,13 @@ struct WsSink {
 
 impl Sink for WsSink {
     async fn feed(&mut self, item: Outbound) -> bool {
-        self.sink.feed(Message::text(item.text())).await.is_ok()
+        let text = match item {
+            Outbound::Message(d) => shared(&d.text),
+            Outbound::Event(e) => shared(&e.text),
+            Outbound::Frame(s) => Utf8Bytes::from(s),
+            Outbound::Command(_) => return true,
+        };
+        self.sink.feed(Message::Text(text)).await.is_ok()
     }
 
     async fn flush(&mut self) -> bool {
@@ -149,4 +155,11 @@ impl Sink for WsSink {
         }
         let _ = self.sink.close().await;
     }
+}
+
+/// A shared frame as tungstenite's text: the buffer itself, not a copy per
+/// subscriber.
+fn shared(text: &herald_hub::Text) -> Utf8Bytes {
+    // SAFETY: a `Text` is valid UTF-8 by construction.
+    unsafe { Utf8Bytes::from_bytes_unchecked(text.bytes()) }
 }

@@ -8,7 +8,7 @@
 //! every subscriber of the partition is cut rather than carried on with a
 //! silent gap.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use herald_log::{Record, RecordSink};
 use tracing::{debug, warn};
@@ -87,7 +87,10 @@ impl Hub {
             }
         }
         drop(st);
-        metrics::counter!("herald_hub_deliveries_total").increment(delivered);
+        static DELIVERIES: OnceLock<metrics::Counter> = OnceLock::new();
+        DELIVERIES
+            .get_or_init(|| metrics::counter!("herald_hub_deliveries_total"))
+            .increment(delivered);
         if d.replayed {
             metrics::counter!("herald_hub_replayed_records_total").increment(1);
         }

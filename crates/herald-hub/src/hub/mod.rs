@@ -185,7 +185,7 @@ impl Hub {
         };
         let event = Arc::new(crate::outbox::Event {
             channel: Arc::from(channel),
-            text: Arc::from(text),
+            text: crate::Text::from(text),
         });
         let st = part.lock();
         st.subs.get(channel).map_or((0, 0), |list| {

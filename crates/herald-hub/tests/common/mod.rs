@@ -49,7 +49,7 @@ impl MemLog {
             partition: 0,
             offset,
             key: Some(channel.as_bytes().to_vec()),
-            value: Some(env.to_json().into_bytes()),
+            value: Some(env.to_json()),
             timestamp_ms: Some(offset * 10),
         };
         recs.push(r.clone());
