@@ -53,6 +53,10 @@ enum Cmd {
     /// --hold-secs; prints `open K of N` and holds them until killed, so a
     /// script can read the server's memory. Exits 1 if any closed.
     Idle(cmd::idle::IdleArgs),
+    /// P8's publisher: --count publishes to one channel, --gap-ms apart,
+    /// each stamped with its send time; prints `published ID` for each
+    /// once all are acked (the `idle --watch-fanouts` processes time them).
+    Fanout(cmd::idle::FanoutArgs),
     /// A latency-distribution chart (SVG) of every run in a comparison's
     /// JSON (baselines in one colour, herald in another).
     Plot(cmd::plot::PlotArgs),
@@ -88,6 +92,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::VsSocketio(a) => cmd::compare::vs_socketio(a).await,
         Cmd::VsCentrifugo(a) => cmd::compare::vs_centrifugo(a).await,
         Cmd::Idle(a) => cmd::idle::idle(a).await,
+        Cmd::Fanout(a) => cmd::idle::fanout(a).await,
         Cmd::Plot(a) => cmd::plot::plot(a).await,
         Cmd::Sweep(a) => cmd::sweep::sweep(a).await,
         Cmd::Storm(a) => cmd::storm::storm(a).await,

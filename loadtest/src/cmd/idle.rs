@@ -1,4 +1,6 @@
-//! `idle`: P3, memory per idle subscribed connection.
+//! `idle`: P3, memory per idle subscribed connection; with `fanout`, P8
+//! (loadtest/p8.sh): the same connections split over processes, one message
+//! fanned out to all of them.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -29,8 +31,52 @@ pub struct IdleArgs {
     pub hold_secs: u64,
     #[arg(long)]
     pub source_ips: Option<String>,
+    /// Channel names are `{prefix}0` .. (default: a fresh prefix per run;
+    /// P8's processes share one).
+    #[arg(long)]
+    pub channel_prefix: Option<String>,
+    /// After the idle time, print `fanout ID received N p50_ms X last_ms Y`
+    /// for every message all N connections received (P8).
+    #[arg(long)]
+    pub watch_fanouts: bool,
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+/// P8's publisher: `count` publishes to one channel, `gap_ms` apart, each
+/// stamped with its send time; prints `published ID` for each once all are
+/// acked.
+#[derive(Args)]
+pub struct FanoutArgs {
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+    pub url: String,
+    #[arg(long, default_value = "herald")]
+    pub proto: String,
+    #[arg(long)]
+    pub channel: String,
+    #[arg(long, default_value_t = 10)]
+    pub count: usize,
+    #[arg(long, default_value_t = 2000)]
+    pub gap_ms: u64,
+    #[arg(long)]
+    pub source_ip: Option<std::net::IpAddr>,
+}
+
+/// `fanout`.
+pub async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
+    let channels = vec![args.channel; args.count];
+    let ids = herald_loadtest::idle::publish_each(
+        &args.url,
+        args.source_ip,
+        gen::Proto::parse(&args.proto)?,
+        &channels,
+        Duration::from_millis(args.gap_ms),
+    )
+    .await?;
+    for id in ids {
+        println!("published {id}");
+    }
+    Ok(())
 }
 
 /// `idle`.
@@ -42,6 +88,8 @@ pub async fn idle(args: IdleArgs) -> anyhow::Result<()> {
         channels,
         hold_secs,
         source_ips: ips,
+        channel_prefix,
+        watch_fanouts,
         json,
     } = args;
     let (r, held) = herald_loadtest::idle::run(herald_loadtest::idle::IdleConfig {
@@ -51,15 +99,16 @@ pub async fn idle(args: IdleArgs) -> anyhow::Result<()> {
         channels,
         hold: Duration::from_secs(hold_secs),
         source_ips: source_ips(&ips)?,
-        channel_prefix: GenConfig::default().channel_prefix,
+        channel_prefix: channel_prefix.unwrap_or(GenConfig::default().channel_prefix),
+        watch_fanouts,
     })
     .await?;
     if let Some(p) = json {
         std::fs::write(&p, serde_json::to_string_pretty(&r)?)?;
     }
     println!(
-        "open {} of {} after {} s idle (subscribed {}, received {})",
-        r.open, r.connections, r.hold_secs, r.subscribed, r.received
+        "open {} of {} after {} s idle (subscribed {} in {:.1} s, received {})",
+        r.open, r.connections, r.hold_secs, r.subscribed, r.subscribe_secs, r.received
     );
     if r.open < r.connections as u64 {
         held.release().await;
