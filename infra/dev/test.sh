@@ -3,7 +3,8 @@
 # Maven Central if needed (first time ~35 s, cached in ~/.cache/herald), the
 # Python client of the analytics recipes (a virtualenv there too) and
 # Debian's HAProxy (the load-balancer test), Chromium and the TypeScript
-# client's npm packages (the browser tests) and Helm (built with go
+# client's npm packages (the browser tests), the Python client's test
+# dependencies, and Helm (built with go
 # install, the chart's render check), starts a
 # single broker on 127.0.0.1:9092 and a three-broker cluster (RF 3,
 # min.insync.replicas=2) on 127.0.0.1:29092-29094, each with fresh data,
@@ -60,7 +61,8 @@ trap cleanup EXIT
 # Debian's HAProxy (the load-balancer test) and promtool (the alert rules'
 # check), Helm built from the Go module proxy (the chart's render check),
 # Chromium and the TypeScript client (npm ci, built) for the browser tests,
-# and the analytics recipes' Python client (a virtualenv in the cache). Each
+# and a virtualenv in the cache (the analytics recipes' confluent-kafka, the
+# Python client's test dependencies). Each
 # script prints what it installed on stdout.
 installs="$(mktemp -d)"
 (
@@ -126,6 +128,11 @@ cluster_pid=$!
 
 echo "test: the TypeScript client's unit tests"
 (cd clients/typescript && node --test test/) || status=1
+echo "test: the Python client (installed with pip, mypy strict, pytest against a node on the broker)"
+"$HERALD_PYTHON" -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall ./clients/python &&
+    (cd clients/python && "$HERALD_PYTHON" -m mypy &&
+        HERALD_BIN="$CARGO_TARGET_DIR/debug/herald" "$HERALD_PYTHON" -m pytest -q -p no:cacheprovider tests/) ||
+    status=1
 while IFS=$'\t' read -r dir name bin; do
     case "$dir:$name" in
         */crates/herald:cluster | */crates/herald:chaos | */crates/herald:faults) continue ;;

@@ -1,0 +1,208 @@
+"""The Python client against a real herald node on the real broker: every
+test counts what was acked and what was delivered ("all of it, once")."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+
+from herald_client import ApiError, Client, HeraldError, Message, ServerApi
+
+from conftest import API_KEY, Herald
+
+
+async def take(sub: Any, n: int, timeout: float = 20.0) -> list[Message]:
+    return [await sub.get(timeout) for _ in range(n)]
+
+
+async def test_publishes_are_delivered_once_in_order_with_their_acked_seqs(herald: Herald) -> None:
+    ch = herald.channel()
+    sub_client, pub_client = Client(herald.url), Client(herald.url)
+    await sub_client.connect()
+    await pub_client.connect()
+    sub = sub_client.subscribe(ch)
+    await wait_subscribed(sub_client, ch)
+    acked = [await pub_client.publish(ch, {"n": i}) for i in range(30)]
+    got = await take(sub, 30)
+    assert [m.data["n"] for m in got] == list(range(30))
+    assert [m.seq for m in got] == [a.seq for a in acked]
+    assert not any(a.duplicate for a in acked)
+    with pytest.raises(asyncio.TimeoutError):
+        await sub.get(0.5)  # nothing twice
+    await sub_client.close()
+    await pub_client.close()
+
+
+async def test_a_dropped_connection_resumes_with_nothing_lost_or_repeated(herald: Herald) -> None:
+    ch = herald.channel()
+    # A fixed one-second reconnect delay: the publishes below land while
+    # the client is away.
+    c = Client(herald.url, backoff_initial=1.0, random=lambda: 1.0)
+    await c.connect()
+    sub = c.subscribe(ch)
+    await wait_subscribed(c, ch)
+    async with ServerApi(herald.http, API_KEY) as api:
+        first = [await api.publish(ch, {"n": i}) for i in range(5)]
+        assert [m.seq for m in await take(sub, 5)] == [a["seq"] for a in first]
+        closed = asyncio.Event()
+        c.on("closed", lambda _: closed.set())
+        c.drop_connection()
+        await asyncio.wait_for(closed.wait(), 5)
+        assert c.state != "connected"
+        during = [await api.publish(ch, {"n": 5 + i}) for i in range(10)]
+    got = await take(sub, 10)
+    assert [m.seq for m in got] == [a["seq"] for a in during]
+    assert [m.data["n"] for m in got] == list(range(5, 15))
+    with pytest.raises(asyncio.TimeoutError):
+        await sub.get(0.5)
+    await c.close()
+
+
+async def test_a_publish_made_while_away_is_sent_on_reconnect_and_stored_once(herald: Herald) -> None:
+    ch = herald.channel()
+    c = Client(herald.url, backoff_initial=0.5, random=lambda: 1.0)
+    await c.connect()
+    closed = asyncio.Event()
+    c.on("closed", lambda _: closed.set())
+    c.drop_connection()
+    await asyncio.wait_for(closed.wait(), 5)
+    pid = str(uuid.uuid4())
+    r = await asyncio.wait_for(c.publish(ch, {"away": True}, id=pid), 20)
+    again = await c.publish(ch, {"away": True}, id=pid)
+    assert (again.seq, again.duplicate) == (r.seq, True)
+    page = await c.history(ch, since_seq=-1)
+    assert [m["id"] for m in page["messages"]] == [pid]
+    assert page["messages"][0]["seq"] == r.seq
+    await c.close()
+
+
+async def test_a_durable_cursor_resumes_on_a_new_client_after_what_was_processed(herald: Herald) -> None:
+    ch = herald.channel()
+    client_id = f"py-{uuid.uuid4().hex}"
+    async with ServerApi(herald.http, API_KEY) as api:
+        c = Client(herald.url, client_id=client_id, ack_interval=0.05)
+        await c.connect()
+        sub = c.subscribe(ch, durable=True)
+        await wait_subscribed(c, ch)
+        first = [await api.publish(ch, {"n": i}) for i in range(5)]
+        got = await take(sub, 5)
+        assert [m.seq for m in got] == [a["seq"] for a in first]
+        await asyncio.sleep(0.3)  # the batched ack is sent
+        await c.close()
+        await asyncio.sleep(0.5)  # and the node's cursor flush (100 ms here)
+        later = [await api.publish(ch, {"n": 5 + i}) for i in range(5)]
+    # A new client (no local positions) with the same id: from the cursor.
+    c2 = Client(herald.url, client_id=client_id)
+    await c2.connect()
+    sub2 = c2.subscribe(ch, durable=True)
+    got2 = await take(sub2, 5)
+    assert [m.seq for m in got2] == [a["seq"] for a in later]
+    with pytest.raises(asyncio.TimeoutError):
+        await sub2.get(0.5)
+    await c2.close()
+
+
+async def test_history_presence_and_refusals(herald: Herald) -> None:
+    ch = herald.channel()
+    c = Client(herald.url, name="ada")
+    await c.connect()
+    c.subscribe(ch)
+    await wait_subscribed(c, ch)
+    seqs = [(await c.publish(ch, i)).seq for i in range(3)]
+    page = await c.history(ch, since_seq=-1, limit=2)
+    assert [m["seq"] for m in page["messages"]] == seqs[:2]
+    assert page["done"] is False
+    rest = await c.history(ch, since_seq=page["next"])
+    assert [m["seq"] for m in rest["messages"]] == seqs[2:]
+    members: list[dict[str, Any]] = []
+    for _ in range(100):  # the member goes through Kafka's presence topic
+        members = await c.presence(ch)
+        if members:
+            break
+        await asyncio.sleep(0.1)
+    assert [m.get("name") for m in members] == ["ada"]
+    assert (await c.presence_stats(ch))["clients"] == 1
+    with pytest.raises(HeraldError) as e:
+        await c.publish("nowhere:x", 1)
+    assert e.value.code == "unknown_namespace"
+    with pytest.raises(HeraldError) as e:
+        await c.history("user:someone-else")
+    assert e.value.code == "unauthorized"
+    await c.close()
+
+
+async def test_a_refreshed_token_keeps_the_connection_past_the_first_tokens_expiry(herald: Herald) -> None:
+    issued = []
+
+    async def get_token() -> str:
+        issued.append(1)
+        return herald.token("py-refresh", ttl_secs=3)
+
+    c = Client(herald.url, get_token=get_token, refresh_before=2.0)
+    closes: list[Any] = []
+    c.on("closed", closes.append)
+    await c.connect()
+    ch = herald.channel()
+    sub = c.subscribe(ch)
+    await wait_subscribed(c, ch)
+    await asyncio.sleep(4.5)  # past the first token's exp (leeway 0 here)
+    assert closes == [] and c.state == "connected"
+    assert len(issued) >= 2
+    async with ServerApi(herald.http, API_KEY) as api:
+        r = await api.publish(ch, {"dm": 1})
+    m = await sub.get(10)
+    assert m.seq == r["seq"]
+    await c.close()
+
+
+async def test_a_backend_disconnect_without_reconnect_closes_the_client(herald: Herald) -> None:
+    c = Client(herald.url, token=herald.token("py-cut"))
+    told: list[Any] = []
+    c.on("disconnect", told.append)
+    await c.connect()
+    async with ServerApi(herald.http, API_KEY) as api:
+        r = await api.disconnect("py-cut", reason="bye", reconnect=False)
+    assert r["connections"] == 1
+    for _ in range(100):
+        if c.state == "closed":
+            break
+        await asyncio.sleep(0.05)
+    assert c.state == "closed"
+    assert told and told[0]["reason"] == "bye"
+
+
+async def test_the_server_api(herald: Herald) -> None:
+    ch = herald.channel()
+    async with ServerApi(herald.http, API_KEY) as api:
+        pid = str(uuid.uuid4())
+        a = await api.publish(ch, {"x": 1}, id=pid)
+        b = await api.publish(ch, {"x": 1}, id=pid, retry=True)
+        assert (b["seq"], b["duplicate"]) == (a["seq"], True)
+        pos = await api.position(ch)
+        assert pos["position"]["seq"] == a["seq"]
+        page = await api.history(ch, since_seq=-1)
+        assert [m["id"] for m in page["messages"]] == [pid]
+        other = herald.channel()
+        bc = await api.broadcast([ch, other], {"all": True})
+        assert bc["acked"] == 2 and bc["failed"] == 0
+        nodes = await api.nodes()
+        assert len(nodes["nodes"]) == 1
+        with pytest.raises(ApiError) as e:
+            await api.publish("bad channel", 1)
+        assert (e.value.status, e.value.code) == (400, "bad_channel")
+    async with ServerApi(herald.http, "wrong-key") as bad:
+        with pytest.raises(ApiError) as e:
+            await bad.nodes()
+        assert e.value.status == 401
+
+
+async def wait_subscribed(c: Client, channel: str) -> None:
+    done = asyncio.Event()
+    off = c.on("subscribed", lambda f: done.set() if f.get("channel") == channel else None)
+    try:
+        await asyncio.wait_for(done.wait(), 20)
+    finally:
+        off()
