@@ -189,7 +189,14 @@ pub async fn run(cfg: IdleConfig) -> anyhow::Result<(IdleReport, Held)> {
     let subscribe_secs = started.elapsed().as_secs_f64();
     eprintln!("idle: {n} connections subscribed in {subscribe_secs:.1} s; one message per channel");
     let publisher = source_for(&cfg.source_ips, cfg.connections);
-    publish_each(&cfg.url, publisher, cfg.proto, &channels, Duration::from_micros(1500)).await?;
+    publish_each(
+        &cfg.url,
+        publisher,
+        cfg.proto,
+        &channels,
+        Duration::from_micros(1500),
+    )
+    .await?;
     wait_for(
         &received,
         n,
