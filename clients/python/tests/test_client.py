@@ -174,6 +174,22 @@ async def test_a_backend_disconnect_without_reconnect_closes_the_client(herald: 
     assert told and told[0]["reason"] == "bye"
 
 
+async def test_a_revoked_token_closes_the_client_for_good(herald: Herald) -> None:
+    c = Client(herald.url, token=herald.token("py-revoked"))
+    closes: list[Any] = []
+    c.on("closed", closes.append)
+    await c.connect()
+    async with ServerApi(herald.http, API_KEY) as api:
+        r = await api.revoke(user="py-revoked")
+    assert r["revoked"] == "user"
+    for _ in range(100):
+        if c.state == "closed":
+            break
+        await asyncio.sleep(0.05)
+    assert c.state == "closed"
+    assert [x["code"] for x in closes] == [4011]
+
+
 async def test_the_server_api(herald: Herald) -> None:
     ch = herald.channel()
     async with ServerApi(herald.http, API_KEY) as api:

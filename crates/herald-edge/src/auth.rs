@@ -162,6 +162,9 @@ pub struct Auth {
     audience: Option<String>,
     leeway: Duration,
     api_key: Option<Vec<u8>>,
+    /// Revoked tokens and users' cutoffs, kept current from the
+    /// revocations topic ([`crate::revocations`]).
+    revoked: Arc<crate::revocations::Revocations>,
 }
 
 /// An authenticated connection's identity, from a verified token.
@@ -174,15 +177,28 @@ pub struct Identity {
     /// The token's `info` claim (raw JSON, at most [`MAX_INFO_BYTES`]),
     /// shown to others in presence.
     pub info: Option<Arc<str>>,
+    /// The token's `jti` (what `POST /api/revoke {jti}` names).
+    pub jti: Option<Arc<str>>,
+    /// When the token was issued (`iat`, s since the Unix epoch; 0 when it
+    /// has none, so a user's revocation cutoff covers it). A connect
+    /// hook's identity counts as issued when the hook answered.
+    pub iat: u64,
 }
 
 /// Largest `info` claim kept for presence; a larger one is left out.
 pub const MAX_INFO_BYTES: usize = 4096;
 
+/// Longest `jti` accepted (a token with a longer one is refused).
+pub const MAX_JTI_BYTES: usize = 256;
+
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
     exp: u64,
+    #[serde(default)]
+    iat: Option<u64>,
+    #[serde(default)]
+    jti: Option<String>,
     #[serde(default)]
     channels: BTreeMap<String, Vec<String>>,
     #[serde(default)]
@@ -216,6 +232,8 @@ pub fn identity_from_hook(raw: &serde_json::value::RawValue) -> Result<Identity,
     identity(Claims {
         sub: c.sub,
         exp: c.exp.unwrap_or(never),
+        iat: Some(crate::revocations::now_secs()),
+        jti: None,
         channels: c.channels,
         info: c.info,
     })
@@ -291,7 +309,13 @@ impl Auth {
             audience: cfg.audience.clone(),
             leeway: cfg.leeway,
             api_key: cfg.api_key.as_ref().map(|k| k.as_bytes().to_vec()),
+            revoked: Default::default(),
         })
+    }
+
+    /// The revocations every verification checks.
+    pub fn revocations(&self) -> &Arc<crate::revocations::Revocations> {
+        &self.revoked
     }
 
     /// How long past `exp` a token is still accepted (clock skew).
@@ -390,7 +414,14 @@ impl Auth {
         let mut last = bad("bad signature");
         for k in candidates {
             match jsonwebtoken::decode::<Claims>(token, &k.key, &validation) {
-                Ok(data) => return identity(data.claims).map_err(Checked::Refused),
+                Ok(data) => {
+                    let id = identity(data.claims).map_err(Checked::Refused)?;
+                    if self.revoked.covers(&id) {
+                        metrics::counter!("herald_auth_revoked_total").increment(1);
+                        return Err(Checked::Refused(bad("token revoked")));
+                    }
+                    return Ok(id);
+                }
                 Err(e) => {
                     use jsonwebtoken::errors::ErrorKind as K;
                     last = match e.kind() {
@@ -500,12 +531,32 @@ fn identity(c: Claims) -> Result<Identity, AuthError> {
         .info
         .filter(|i| i.get().len() <= MAX_INFO_BYTES && i.get() != "null")
         .map(|i| Arc::from(i.get()));
+    if c.jti.as_ref().is_some_and(|j| j.len() > MAX_JTI_BYTES) {
+        return Err(AuthError::Token(format!(
+            "`jti` is at most {MAX_JTI_BYTES} bytes"
+        )));
+    }
     Ok(Identity {
         sub: c.sub.into(),
         exp: c.exp,
         grants,
         info,
+        jti: c.jti.map(Arc::from),
+        iat: c.iat.unwrap_or(0),
     })
+}
+
+/// An identity for tests of what reads one.
+#[cfg(test)]
+pub(crate) fn test_identity(sub: &str, jti: Option<&str>, iat: u64) -> Identity {
+    Identity {
+        sub: sub.into(),
+        exp: u64::MAX,
+        grants: vec![],
+        info: None,
+        jti: jti.map(Arc::from),
+        iat,
+    }
 }
 
 fn truncate(s: &str) -> &str {
@@ -826,12 +877,16 @@ mod tests {
             exp: 0,
             grants: vec![],
             info: None,
+            jti: None,
+            iat: 0,
         };
         let bob = Identity {
             sub: "bob".into(),
             exp: 0,
             grants: vec![("user:*".into(), Capability::History.bit())],
             info: None,
+            jti: None,
+            iat: 0,
         };
         let s = Capability::Subscribe;
         assert!(permits(AccessRule::Owner, Some(&alice), &ch, s));

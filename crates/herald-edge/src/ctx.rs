@@ -198,6 +198,17 @@ impl Users {
                 .count()
         })
     }
+
+    /// Queues `command` on every listed connection; returns how many took
+    /// it.
+    pub fn tell_all(&self, command: ConnCommand) -> usize {
+        let by_sub = self.by_sub.lock().unwrap_or_else(|p| p.into_inner());
+        by_sub
+            .values()
+            .flatten()
+            .filter(|(_, outbox)| outbox.try_push(Outbound::Command(command.clone())))
+            .count()
+    }
 }
 
 /// How much of the node's read capacity each kind of optional read may take

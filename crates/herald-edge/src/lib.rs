@@ -56,6 +56,7 @@ pub mod http;
 pub mod http_client;
 pub mod jwks;
 pub mod presence;
+pub mod revocations;
 pub mod server;
 
 pub use auth::{AccessRule, Auth, AuthConfig, AuthError, Capability, Identity};

@@ -203,14 +203,20 @@ impl Edge {
             .collect();
         let presence = Presence::new(presence_topic.clone(), join_leave);
         let hooks = crate::hooks::Hooks::new(cfg.hooks.clone());
+        let revocations_topic = log.config().revocations_topic();
+        log.ensure_internal_topic(&revocations_topic, 1, &[("cleanup.policy", "compact")])
+            .await
+            .step(|| format!("readying the revocations topic {revocations_topic}"))?;
         let (control_tx, control_rx) = tokio::sync::mpsc::unbounded_channel();
         let (presence_tx, presence_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (revocations_tx, revocations_rx) = tokio::sync::mpsc::unbounded_channel();
         log.start_tail(Arc::new(Router {
             hub: hub.clone(),
-            control_topic,
-            control: control_tx,
-            presence_topic,
-            presence: presence_tx,
+            internal: vec![
+                (control_topic, control_tx),
+                (presence_topic, presence_tx),
+                (revocations_topic.clone(), revocations_tx),
+            ],
         }))?;
         let listener = listen(cfg.listen).map_err(|source| EdgeError::Bind {
             addr: cfg.listen,
@@ -271,16 +277,24 @@ impl Edge {
             admin,
             metrics,
         }
-        .join_cluster(control_rx, presence_partitions, presence_rx)
+        .join_cluster(Internal {
+            control: control_rx,
+            presence_partitions,
+            presence: presence_rx,
+            revocations_topic,
+            revocations: revocations_rx,
+        })
         .await
     }
 
-    async fn join_cluster(
-        self,
-        control: tokio::sync::mpsc::UnboundedReceiver<herald_log::Record>,
-        presence_partitions: i32,
-        presence: tokio::sync::mpsc::UnboundedReceiver<herald_log::Record>,
-    ) -> Result<Edge, EdgeError> {
+    async fn join_cluster(self, topics: Internal) -> Result<Edge, EdgeError> {
+        let Internal {
+            control,
+            presence_partitions,
+            presence,
+            revocations_topic,
+            revocations,
+        } = topics;
         let address = self
             .listener
             .local_addr()
@@ -292,6 +306,14 @@ impl Edge {
         Presence::start(self.ctx.clone(), presence_partitions, presence)
             .await
             .step(|| format!("reading the presence topic {}", self.ctx.presence.topic()))?;
+        crate::revocations::start(
+            self.ctx.clone(),
+            revocations_topic.clone(),
+            revocations,
+            REVOCATIONS_READ_WITHIN,
+        )
+        .await
+        .step(|| format!("reading the revocations topic {revocations_topic}"))?;
         Ok(self)
     }
 
@@ -412,24 +434,38 @@ pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     sock.listen(4096)
 }
 
-/// The tail's records: the control topic's to the cluster task, the rest to
-/// the hub.
+/// How long a starting node may take to read the revocations written
+/// before it started (it serves no one until it has).
+const REVOCATIONS_READ_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
+
+type Records = tokio::sync::mpsc::UnboundedReceiver<herald_log::Record>;
+
+/// What the tail routes to the tasks of herald's internal topics.
+struct Internal {
+    control: Records,
+    presence_partitions: i32,
+    presence: Records,
+    revocations_topic: String,
+    revocations: Records,
+}
+
+/// The tail's records: each internal topic's (control, presence,
+/// revocations) to its task, every other record to the hub.
 struct Router {
     hub: Arc<Hub>,
-    control_topic: String,
-    control: tokio::sync::mpsc::UnboundedSender<herald_log::Record>,
-    presence_topic: String,
-    presence: tokio::sync::mpsc::UnboundedSender<herald_log::Record>,
+    internal: Vec<(
+        String,
+        tokio::sync::mpsc::UnboundedSender<herald_log::Record>,
+    )>,
 }
 
 impl herald_log::RecordSink for Router {
     fn on_record(&self, record: herald_log::Record) {
-        if *record.topic == *self.control_topic {
-            let _ = self.control.send(record);
-        } else if *record.topic == *self.presence_topic {
-            let _ = self.presence.send(record);
-        } else {
-            self.hub.on_record(record);
+        match self.internal.iter().find(|(t, _)| **t == *record.topic) {
+            Some((_, task)) => {
+                let _ = task.send(record);
+            }
+            None => self.hub.on_record(record),
         }
     }
 }

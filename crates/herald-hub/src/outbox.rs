@@ -40,6 +40,9 @@ pub enum ConnCommand {
     },
     /// End the subscription to a channel (the client hears `unsubscribed`).
     Unsubscribe(String),
+    /// A revocation may cover this connection's token: close it (4011) if
+    /// it does.
+    CheckRevoked,
 }
 
 /// A presence event for the subscribers of one channel.

@@ -72,4 +72,10 @@ impl LogConfig {
     pub fn presence_topic(&self) -> String {
         format!("{}presence", self.topic_prefix)
     }
+
+    /// The compacted topic of token revocations (one partition, read by
+    /// every node from its start).
+    pub fn revocations_topic(&self) -> String {
+        format!("{}revocations", self.topic_prefix)
+    }
 }

@@ -65,3 +65,6 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code: the application's backend disconnected the connection
 /// (`POST /api/disconnect`, unless it chose another code in 4000-4999).
 pub const CLOSE_DISCONNECTED: u16 = 4010;
+/// Close code: the connection's token was revoked (`POST /api/revoke`); the
+/// same token is refused at connect, a new one may be accepted.
+pub const CLOSE_TOKEN_REVOKED: u16 = 4011;

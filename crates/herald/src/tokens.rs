@@ -80,6 +80,8 @@ pub fn gentoken(a: GentokenArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow
         "sub": a.sub,
         "iat": now(),
         "exp": now() + a.ttl_secs,
+        // Names the token for `POST /api/revoke {jti}`.
+        "jti": uuid::Uuid::new_v4().to_string(),
     });
     if !channels.is_empty() {
         claims["channels"] = serde_json::to_value(&channels)?;

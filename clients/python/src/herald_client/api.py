@@ -79,6 +79,24 @@ class ServerApi:
                 body[k] = v
         return await self._call("POST", "/api/disconnect", json=body)
 
+    async def revoke(
+        self,
+        *,
+        jti: str | None = None,
+        user: str | None = None,
+        before: int | None = None,
+        until: int | None = None,
+    ) -> dict[str, Any]:
+        """Revokes one token (`jti`, kept until `until`: its `exp`) or every
+        token of `user` issued at or before `before` (default now); every
+        node closes the covered connections (4011) and refuses the tokens."""
+        body = {
+            k: v
+            for k, v in (("jti", jti), ("user", user), ("before", before), ("until", until))
+            if v is not None
+        }
+        return await self._call("POST", "/api/revoke", json=body)
+
     async def unsubscribe(self, user: str, channel: str) -> dict[str, Any]:
         return await self._call("POST", "/api/unsubscribe", json={"user": user, "channel": channel})
 

@@ -27,6 +27,8 @@ Listener = Callable[[Any], None]
 # Nacks a publish is re-sent after (with the same id): not confirmed yet.
 _RETRYABLE = {"unavailable", "rate_limited", "shutting_down"}
 _END = object()
+# The server closed the connection because its token was revoked.
+CLOSE_TOKEN_REVOKED = 4011
 
 
 def token_expiry(token: str) -> int | None:
@@ -263,6 +265,10 @@ class Client:
             attempt = 0
             code, reason = await self._serve(ws)
             self._emit("closed", {"code": code, "reason": reason})
+            if code == CLOSE_TOKEN_REVOKED and self._get_token is None:
+                # The same token would be refused: closed for good.
+                self._spawn(self.close())
+                break
             if self._stopped:
                 break
             await self._wait_reconnect(attempt)

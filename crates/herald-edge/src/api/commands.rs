@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use super::{api_err, resolve, ApiError, ApiResult};
 use crate::cluster::{Command, CommandOutcome};
 use crate::ctx::Ctx;
+use crate::revocations::{Revocation, RevokeBody};
 
 /// Where a cluster command got: the nodes that applied it and those that
 /// did not answer within `cluster.command_timeout_ms`.
@@ -94,6 +95,46 @@ pub(super) async fn disconnect(ctx: Arc<Ctx>, body: bytes::Bytes) -> ApiResult {
     Ok(
         json!({ "user": req.user, "connections": connections_total(&out), "nodes": nodes_summary(&out) }),
     )
+}
+
+/// `POST /api/revoke`: written to the revocations topic; answered once
+/// Kafka has it. Every node applies it when it reads it (its tail's fetch
+/// wait, ~100 ms) and closes the connections it covers.
+pub(super) async fn revoke(ctx: Arc<Ctx>, body: bytes::Bytes) -> ApiResult {
+    let req: RevokeBody = serde_json::from_slice(&body)
+        .map_err(|e| api_err(codes::BAD_FRAME, format!("bad revoke body: {e}")))?;
+    let revocation = req.revocation().map_err(|m| api_err(codes::BAD_FRAME, m))?;
+    let topic = ctx.log.config().revocations_topic();
+    let written = ctx
+        .log
+        .append_record(
+            &topic,
+            0,
+            revocation.key().as_bytes(),
+            &revocation.to_json(),
+            &[],
+        )
+        .map_err(|e| {
+            api_err(
+                codes::UNAVAILABLE,
+                format!("could not write the revocation: {e}"),
+            )
+        })?;
+    written.await.map_err(|e| {
+        api_err(
+            codes::UNAVAILABLE,
+            format!("Kafka did not confirm the revocation: {e}"),
+        )
+    })?;
+    metrics::counter!("herald_revocations_written_total").increment(1);
+    Ok(match revocation {
+        Revocation::Jti { jti, user, until } => {
+            json!({ "revoked": "jti", "jti": jti, "user": user, "until": until })
+        }
+        Revocation::User { user, before } => {
+            json!({ "revoked": "user", "user": user, "before": before })
+        }
+    })
 }
 
 /// The body of `POST /api/unsubscribe`.

@@ -112,6 +112,9 @@ const ROUTES: &[Route] = &[
     route("disconnect", Method::POST, &["disconnect"], |c, r| {
         Box::pin(commands::disconnect(c, r.body))
     }),
+    route("revoke", Method::POST, &["revoke"], |c, r| {
+        Box::pin(commands::revoke(c, r.body))
+    }),
     route("unsubscribe", Method::POST, &["unsubscribe"], |c, r| {
         Box::pin(commands::unsubscribe(c, r.body))
     }),

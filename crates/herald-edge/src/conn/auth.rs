@@ -8,6 +8,13 @@ use crate::auth::{authorize, Capability};
 use crate::ctx::Refusal;
 
 impl Conn {
+    /// True when a revocation covers this connection's token.
+    pub(super) fn is_revoked(&self) -> bool {
+        self.identity
+            .as_ref()
+            .is_some_and(|id| self.ctx.auth.revocations().covers(id))
+    }
+
     /// The channel and its topic, when the name is valid, the namespace
     /// configured, and the namespace's rule lets this connection use `cap`.
     pub(super) fn resolve(

@@ -209,6 +209,13 @@ pub(crate) async fn drive<S: Source, W: Sink>(start: Box<Start<S, W>>) {
                             break;
                         }
                         ConnCommand::Unsubscribe(channel) => conn.server_unsubscribe(channel),
+                        ConnCommand::CheckRevoked => {
+                            if conn.is_revoked() {
+                                metrics::counter!("herald_revoked_connections_total").increment(1);
+                                close = Some((codes::CLOSE_TOKEN_REVOKED, Cow::Borrowed("token revoked")));
+                                break;
+                            }
+                        }
                     }
                 }
                 if close.is_some() {

@@ -22,7 +22,7 @@ const SECRET: &str = "admin-test-secret-0123456789-abcdefghij";
 const API_KEY: &str = "admin-test-api-key-0123456789";
 
 /// The test configuration with `extra` namespaces appended.
-fn config_with(prefix: &str, extra: &str) -> PathBuf {
+pub(crate) fn config_with(prefix: &str, extra: &str) -> PathBuf {
     let path = config_file(
         prefix,
         &format!(
@@ -48,7 +48,7 @@ history = "authenticated"
     path
 }
 
-fn nodes(prefix: &str, n: usize) -> Vec<Server> {
+pub(crate) fn nodes(prefix: &str, n: usize) -> Vec<Server> {
     nodes_with(prefix, n, "")
 }
 
@@ -65,7 +65,7 @@ fn token(sub: &str) -> String {
 }
 
 /// A token for `sub` with `claims` added (say, `info`).
-fn token_with(sub: &str, claims: Value) -> String {
+pub(crate) fn token_with(sub: &str, claims: Value) -> String {
     let exp = now_ms() / 1000 + 3600;
     let mut body = json!({ "sub": sub, "exp": exp });
     if let (Some(b), Some(extra)) = (body.as_object_mut(), claims.as_object()) {
@@ -85,7 +85,7 @@ async fn user(s: &Server, sub: &str) -> Connection {
         .expect("connect with a token")
 }
 
-async fn api(s: &Server, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+pub(crate) async fn api(s: &Server, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
     let body = body.map(|b| b.to_string());
     let (status, text) = http(
         &s.http,
@@ -100,7 +100,7 @@ async fn api(s: &Server, method: &str, path: &str, body: Option<Value>) -> (u16,
 }
 
 /// Checks `v` against a schema of docs/openapi.json.
-fn conforms(schema: &str, v: &Value) {
+pub(crate) fn conforms(schema: &str, v: &Value) {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/openapi.json");
     let mut doc: Value =
         serde_json::from_str(&std::fs::read_to_string(path).expect("openapi.json")).expect("json");
@@ -127,7 +127,7 @@ async fn self_id(s: &Server) -> String {
 }
 
 /// Waits until `s` lists exactly `want` live nodes.
-async fn wait_nodes(s: &Server, want: usize) -> Vec<String> {
+pub(crate) async fn wait_nodes(s: &Server, want: usize) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let ids = node_ids(s).await;
@@ -144,7 +144,11 @@ async fn wait_nodes(s: &Server, want: usize) -> Vec<String> {
 }
 
 /// Reads frames until one matches; panics on close or after 10 s.
-async fn expect_frame(c: &mut Connection, what: &str, pick: impl Fn(&Frame) -> bool) -> Frame {
+pub(crate) async fn expect_frame(
+    c: &mut Connection,
+    what: &str,
+    pick: impl Fn(&Frame) -> bool,
+) -> Frame {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -157,7 +161,7 @@ async fn expect_frame(c: &mut Connection, what: &str, pick: impl Fn(&Frame) -> b
 }
 
 /// Reads until the connection is closed; returns its close code.
-async fn expect_close(c: &mut Connection) -> (Option<u16>, Vec<Frame>) {
+pub(crate) async fn expect_close(c: &mut Connection) -> (Option<u16>, Vec<Frame>) {
     let mut frames = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

@@ -30,5 +30,6 @@ mod offsets;
 mod raw_topic;
 mod replay;
 mod retention;
+mod revocation;
 mod security;
 mod wire_schema;

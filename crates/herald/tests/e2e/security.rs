@@ -136,7 +136,7 @@ async fn connect_with(server: &Server, token: &str) -> Connection {
 }
 
 /// The status of a WebSocket upgrade request for `path`.
-async fn upgrade_status(base: &str, path: &str) -> u16 {
+pub(crate) async fn upgrade_status(base: &str, path: &str) -> u16 {
     http(
         base,
         "GET",
