@@ -74,7 +74,8 @@ impl NamespaceConfig {
 }
 
 /// Names herald uses for its own topics (`{prefix}meta`, `{prefix}cursors`).
-pub const RESERVED_NAMESPACES: [&str; 4] = ["meta", "cursors", "control", "presence"];
+pub const RESERVED_NAMESPACES: [&str; 5] =
+    ["meta", "cursors", "control", "presence", "revocations"];
 
 impl std::str::FromStr for NamespaceConfig {
     type Err = String;
