@@ -297,6 +297,14 @@ pub(crate) async fn admit(
             None => {}
         }
     }
+    if let Some(id) = &identity {
+        if crate::ctx::user_at_limit(ctx, &id.sub) {
+            return Err(status(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many connections of this user",
+            ));
+        }
+    }
     Ok(Admitted {
         client_id,
         name,

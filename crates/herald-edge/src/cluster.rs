@@ -46,6 +46,10 @@ pub struct NodeInfo {
     pub ts: i64,
     pub connections: u64,
     pub subscriptions: u64,
+    /// Users holding many connections here (`limits.max_connections_per_user`
+    /// is on): user → connections on this node.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub users: BTreeMap<String, u32>,
 }
 
 /// An admin command every node applies.
@@ -158,7 +162,27 @@ impl Cluster {
             ts: now_ms(),
             connections: ctx.conns.live() as u64,
             subscriptions: ctx.hub.subscription_count() as u64,
+            users: match ctx.cfg.limits.max_connections_per_user {
+                0 => BTreeMap::new(),
+                limit => ctx.users.heavy(
+                    crate::ctx::heavy_threshold(limit),
+                    crate::ctx::HEAVY_USERS_MAX,
+                ),
+            },
         }
+    }
+
+    /// `user`'s connections on the other live nodes, as their last
+    /// heartbeats named them.
+    pub fn remote_user_connections(&self, user: &str) -> u64 {
+        let horizon = now_ms() - 3 * self.heartbeat.as_millis() as i64;
+        let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        nodes
+            .iter()
+            .filter(|(id, (_, seen))| **id != self.node && *seen >= horizon)
+            .filter_map(|(_, (n, _))| n.users.get(user))
+            .map(|n| u64::from(*n))
+            .sum()
     }
 
     async fn write(&self, ctx: &Ctx, record: &ControlRecord) -> Result<(), LogError> {

@@ -153,6 +153,11 @@ pub struct Limits {
     /// Open WebSocket connections per client IP. Default 10,000; more are
     /// refused with HTTP 429.
     pub max_connections_per_ip: usize,
+    /// Connections of one user (a token's or hook's `sub`) across the
+    /// cluster, approximately ([`crate::ctx::Users`]): more are refused
+    /// with HTTP 429 at connect, `rate_limited` on `auth`. 0 = no limit
+    /// (the default: what a user may hold depends on the application).
+    pub max_connections_per_user: usize,
     /// Subscriptions per connection. Default 256.
     pub max_subscriptions: usize,
     /// Publishes of one connection waiting for Kafka at once. Default 256.
@@ -193,6 +198,7 @@ impl Default for Limits {
             publish_burst: 2000,
             max_connections: 100_000,
             max_connections_per_ip: 10_000,
+            max_connections_per_user: 0,
             max_subscriptions: 256,
             max_inflight_publishes: 256,
             auth_per_minute: 10,

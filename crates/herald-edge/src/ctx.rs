@@ -165,6 +165,35 @@ pub struct Users {
     by_sub: std::sync::Mutex<HashMap<String, Vec<(u64, Outbox)>>>,
 }
 
+/// How many connections a user must hold on a node before the node's
+/// heartbeat names them, for `limit`: a quarter of it (at least 1). So a
+/// user spread thin over N other nodes may exceed the limit by up to
+/// N × (limit/4 - 1), plus what opens within one heartbeat interval.
+pub fn heavy_threshold(limit: usize) -> usize {
+    (limit / 4).max(1)
+}
+
+/// Most users a heartbeat names (the most connected first).
+pub const HEAVY_USERS_MAX: usize = 10_000;
+
+/// True when `sub` already holds `limits.max_connections_per_user`
+/// connections: its connections here, plus those the other live nodes'
+/// last heartbeats named. One check for every way a connection gets a user
+/// (a token or hook at connect, an `auth` frame).
+pub fn user_at_limit(ctx: &Ctx, sub: &str) -> bool {
+    let limit = ctx.cfg.limits.max_connections_per_user;
+    if limit == 0 {
+        return false;
+    }
+    let n = ctx.users.count(sub) as u64 + ctx.cluster.remote_user_connections(sub);
+    let full = n >= limit as u64;
+    if full {
+        metrics::counter!("herald_edge_connections_refused_total", "reason" => "max_connections_per_user")
+            .increment(1);
+    }
+    full
+}
+
 impl Users {
     pub fn add(&self, sub: &str, conn: u64, outbox: &Outbox) {
         self.by_sub
@@ -197,6 +226,29 @@ impl Users {
                 })
                 .count()
         })
+    }
+
+    /// `sub`'s connections on this node.
+    pub fn count(&self, sub: &str) -> usize {
+        let by_sub = self.by_sub.lock().unwrap_or_else(|p| p.into_inner());
+        by_sub.get(sub).map_or(0, Vec::len)
+    }
+
+    /// The users with at least `min` connections here, at most `cap` of
+    /// them (the most connected first): what a heartbeat tells the other
+    /// nodes for their per-user limit.
+    pub fn heavy(&self, min: usize, cap: usize) -> std::collections::BTreeMap<String, u32> {
+        let by_sub = self.by_sub.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<(&String, usize)> = by_sub
+            .iter()
+            .map(|(s, l)| (s, l.len()))
+            .filter(|(_, n)| *n >= min)
+            .collect();
+        v.sort_unstable_by_key(|(_, n)| std::cmp::Reverse(*n));
+        v.into_iter()
+            .take(cap)
+            .map(|(s, n)| (s.clone(), n as u32))
+            .collect()
     }
 
     /// Queues `command` on every listed connection; returns how many took

@@ -140,6 +140,9 @@ struct ServeArgs {
     /// limits.max_connections_per_ip
     #[arg(long)]
     max_connections_per_ip: Option<usize>,
+    /// limits.max_connections_per_user (0: no limit)
+    #[arg(long)]
+    max_connections_per_user: Option<usize>,
     /// limits.max_subscriptions
     #[arg(long)]
     max_subscriptions: Option<usize>,
@@ -222,6 +225,7 @@ impl ServeArgs {
         set!(self.publish_burst => s.limits.publish_burst);
         set!(self.max_connections => s.limits.max_connections);
         set!(self.max_connections_per_ip => s.limits.max_connections_per_ip);
+        set!(self.max_connections_per_user => s.limits.max_connections_per_user);
         set!(self.max_subscriptions => s.limits.max_subscriptions);
         set!(self.heartbeat_secs => s.server.heartbeat_secs);
         set!(self.idle_timeout_secs => s.server.idle_timeout_secs);

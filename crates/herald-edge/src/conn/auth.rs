@@ -84,8 +84,18 @@ impl Conn {
             sub: id.sub.to_string(),
             expires_at: id.exp,
         };
-        self.client_id = Some(id.sub.clone());
         let first = self.identity.is_none();
+        if first && crate::ctx::user_at_limit(&self.ctx, &id.sub) {
+            return self.reply(error_frame(
+                codes::RATE_LIMITED,
+                format!(
+                    "`{}` holds limits.max_connections_per_user ({}) connections already",
+                    id.sub, self.ctx.cfg.limits.max_connections_per_user
+                ),
+                None,
+            ));
+        }
+        self.client_id = Some(id.sub.clone());
         if first {
             self.ctx.users.add(&id.sub, self.id, &self.outbox);
         }

@@ -2,7 +2,8 @@
 //! `POST /api/revoke` by `jti` and by user closes the covered connections on
 //! every node within a second (close 4011), leaves the others open, and the
 //! revoked tokens are refused at connect (401) and in `auth`, also by a node
-//! started after the revocation.
+//! started after the revocation; and the per-user connection limit counts
+//! a user's connections on every node.
 
 use crate::common;
 
@@ -166,6 +167,63 @@ async fn a_users_cutoff_ends_their_older_tokens_everywhere_and_admits_newer_ones
     let newer = token_with("bob", json!({ "iat": before + 1 }));
     let mut c = connect(&ns[0], &newer).await;
     c.ping().await.expect("a newer token connects");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_user_limit_counts_the_users_connections_on_every_node() {
+    let prefix = unique_prefix("user-limit");
+    let cfg = crate::admin::config_with(&prefix, "");
+    let cfg = cfg.to_str().expect("path");
+    let args = ["--config", cfg, "--max-connections-per-user", "2"];
+    let ns = [Server::start(&prefix, &args), Server::start(&prefix, &args)];
+    for n in &ns {
+        wait_nodes(n, 2).await;
+    }
+    let alice = token_with("alice", json!({}));
+    let on_a = connect(&ns[0], &alice).await;
+    let _on_b = connect(&ns[1], &alice).await;
+    // Node 0 learns of node 1's connection from its next heartbeat (every
+    // 300 ms here): a third connection is refused though node 0 holds one.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        Connection::connect(&format!("{}?token={alice}", ns[0].url))
+            .await
+            .is_err(),
+        "a third connection of alice got in"
+    );
+    assert_eq!(
+        upgrade_status(&ns[0].http, &format!("/ws?token={alice}")).await,
+        429
+    );
+    // The same through an `auth` frame on an anonymous connection.
+    let mut anon = Connection::connect(&ns[0].url).await.expect("connect");
+    anon.send_text(json!({ "type": "auth", "token": alice }).to_string())
+        .await
+        .expect("send auth");
+    let e = expect_frame(&mut anon, "the auth refusal", |f| {
+        matches!(f, Frame::Error { .. })
+    })
+    .await;
+    assert!(
+        matches!(e, Frame::Error { ref code, .. } if code == "rate_limited"),
+        "{e:?}"
+    );
+    // Another user is not counted with alice, and a closed connection frees
+    // its place.
+    connect(&ns[0], &token_with("bob", json!({}))).await;
+    drop(on_a);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let c = Connection::connect(&format!("{}?token={alice}", ns[0].url)).await;
+        if c.is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "alice's freed place never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
