@@ -24,7 +24,7 @@ async def test_publishes_are_delivered_once_in_order_with_their_acked_seqs(heral
     await sub_client.connect()
     await pub_client.connect()
     sub = sub_client.subscribe(ch)
-    await wait_subscribed(sub_client, ch)
+    await sub.ready(20)
     acked = [await pub_client.publish(ch, {"n": i}) for i in range(30)]
     got = await take(sub, 30)
     assert [m.data["n"] for m in got] == list(range(30))
@@ -43,7 +43,7 @@ async def test_a_dropped_connection_resumes_with_nothing_lost_or_repeated(herald
     c = Client(herald.url, backoff_initial=1.0, random=lambda: 1.0)
     await c.connect()
     sub = c.subscribe(ch)
-    await wait_subscribed(c, ch)
+    await sub.ready(20)
     async with ServerApi(herald.http, API_KEY) as api:
         first = [await api.publish(ch, {"n": i}) for i in range(5)]
         assert [m.seq for m in await take(sub, 5)] == [a["seq"] for a in first]
@@ -86,7 +86,7 @@ async def test_a_durable_cursor_resumes_on_a_new_client_after_what_was_processed
         c = Client(herald.url, client_id=client_id, ack_interval=0.05)
         await c.connect()
         sub = c.subscribe(ch, durable=True)
-        await wait_subscribed(c, ch)
+        await sub.ready(20)
         first = [await api.publish(ch, {"n": i}) for i in range(5)]
         got = await take(sub, 5)
         assert [m.seq for m in got] == [a["seq"] for a in first]
@@ -109,8 +109,7 @@ async def test_history_presence_and_refusals(herald: Herald) -> None:
     ch = herald.channel()
     c = Client(herald.url, name="ada")
     await c.connect()
-    c.subscribe(ch)
-    await wait_subscribed(c, ch)
+    await c.subscribe(ch).ready(20)
     seqs = [(await c.publish(ch, i)).seq for i in range(3)]
     page = await c.history(ch, since_seq=-1, limit=2)
     assert [m["seq"] for m in page["messages"]] == seqs[:2]
@@ -131,6 +130,9 @@ async def test_history_presence_and_refusals(herald: Herald) -> None:
     with pytest.raises(HeraldError) as e:
         await c.history("user:someone-else")
     assert e.value.code == "unauthorized"
+    with pytest.raises(HeraldError) as e:
+        await c.subscribe("user:someone-else").ready(20)
+    assert e.value.code == "unauthorized"
     await c.close()
 
 
@@ -147,7 +149,7 @@ async def test_a_refreshed_token_keeps_the_connection_past_the_first_tokens_expi
     await c.connect()
     ch = herald.channel()
     sub = c.subscribe(ch)
-    await wait_subscribed(c, ch)
+    await sub.ready(20)
     await asyncio.sleep(4.5)  # past the first token's exp (leeway 0 here)
     assert closes == [] and c.state == "connected"
     assert len(issued) >= 2
@@ -213,12 +215,3 @@ async def test_the_server_api(herald: Herald) -> None:
         with pytest.raises(ApiError) as e:
             await bad.nodes()
         assert e.value.status == 401
-
-
-async def wait_subscribed(c: Client, channel: str) -> None:
-    done = asyncio.Event()
-    off = c.on("subscribed", lambda f: done.set() if f.get("channel") == channel else None)
-    try:
-        await asyncio.wait_for(done.wait(), 20)
-    finally:
-        off()

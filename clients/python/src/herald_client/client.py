@@ -60,6 +60,17 @@ class Subscription:
         self.durable = durable
         self._client = client
         self._queue: asyncio.Queue[Any] = asyncio.Queue(size)
+        self._ready = asyncio.Event()
+        self._refused: HeraldError | None = None
+
+    async def ready(self, timeout: float | None = None) -> None:
+        """Returns once the server confirmed the subscription (`subscribed`):
+        from then on every message published to the channel is delivered.
+        Raises the server's refusal (`HeraldError`), or
+        asyncio.TimeoutError after `timeout` seconds."""
+        await asyncio.wait_for(self._ready.wait(), timeout)
+        if self._refused is not None:
+            raise self._refused
 
     def __aiter__(self) -> AsyncIterator[Message]:
         return self
@@ -378,6 +389,10 @@ class Client:
                     await sub._queue.put(m)
         elif kind == "subscribed":
             if self._st.on_subscribed(f):
+                sub = self._subs.get(str(f.get("channel")))
+                if sub is not None:
+                    sub._refused = None
+                    sub._ready.set()
                 self._emit("subscribed", f)
         elif kind == "unsubscribed":
             ch = f.get("channel")
@@ -406,6 +421,11 @@ class Client:
                 ch = f.get("channel")
                 if isinstance(ch, str):
                     self._st.resuming.discard(ch)
+                    sub = self._subs.get(ch)
+                    if sub is not None and not sub._ready.is_set():
+                        # A refused subscribe: `ready()` raises it.
+                        sub._refused = HeraldError(str(f.get("code", "")), str(f.get("reason", "")))
+                        sub._ready.set()
                 self._emit("error", f)
         elif kind in ("join", "leave", "authenticated"):
             self._emit(kind, f)
