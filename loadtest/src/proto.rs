@@ -244,8 +244,22 @@ fn decode_sio(text: &str) -> Option<Incoming> {
         f.channel = p.channel;
         f.id = p.id;
         f.t = p.data.map(|d| d.t);
+        // The recovery offset: its order is the delivery order the
+        // verifier checks (Socket.IO's acks carry no position).
+        f.seq = parts
+            .get(2)
+            .and_then(|o| serde_json::from_str::<&str>(o.get()).ok())
+            .and_then(stream_id_order);
     }
     Some(f)
+}
+
+/// A Redis stream id `MS-SEQ` (the Socket.IO Redis Streams adapter's
+/// recovery offset) as one number in the stream's order: MS × 2^20 + SEQ.
+fn stream_id_order(id: &str) -> Option<i64> {
+    let (ms, seq) = id.split_once('-')?;
+    let (ms, seq): (i64, i64) = (ms.parse().ok()?, seq.parse().ok()?);
+    Some(ms.checked_mul(1 << 20)? + seq.min((1 << 20) - 1))
 }
 
 fn decode_centrifugo(line: &str) -> Option<Incoming> {
@@ -305,6 +319,16 @@ mod tests {
         assert_eq!(d.channel.as_deref(), Some("chat:a"));
         assert_eq!(d.id, Some(id));
         assert_eq!(d.t, Some(7));
+        assert_eq!(d.seq, Some(1795 << 20));
+        let later = msg.replace("1795-0", "1795-3");
+        assert_eq!(
+            one(Proto::SocketIo, &later).unwrap().seq,
+            Some((1795 << 20) + 3)
+        );
+        let next_ms = msg.replace("1795-0", "1796-0");
+        assert!(
+            one(Proto::SocketIo, &next_ms).unwrap().seq > one(Proto::SocketIo, &later).unwrap().seq
+        );
         let sub = one(Proto::SocketIo, r#"42["subscribed","chat:a","1-0"]"#).unwrap();
         assert_eq!(
             (sub.kind.as_str(), sub.channel.as_deref()),
