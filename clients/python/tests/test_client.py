@@ -168,11 +168,7 @@ async def test_a_backend_disconnect_without_reconnect_closes_the_client(herald: 
     async with ServerApi(herald.http, API_KEY) as api:
         r = await api.disconnect("py-cut", reason="bye", reconnect=False)
     assert r["connections"] == 1
-    for _ in range(100):
-        if c.state == "closed":
-            break
-        await asyncio.sleep(0.05)
-    assert c.state == "closed"
+    await closed_within(c, 5)
     assert told and told[0]["reason"] == "bye"
 
 
@@ -184,11 +180,7 @@ async def test_a_revoked_token_closes_the_client_for_good(herald: Herald) -> Non
     async with ServerApi(herald.http, API_KEY) as api:
         r = await api.revoke(user="py-revoked")
     assert r["revoked"] == "user"
-    for _ in range(100):
-        if c.state == "closed":
-            break
-        await asyncio.sleep(0.05)
-    assert c.state == "closed"
+    await closed_within(c, 5)
     assert [x["code"] for x in closes] == [4011]
 
 
@@ -215,3 +207,12 @@ async def test_the_server_api(herald: Herald) -> None:
         with pytest.raises(ApiError) as e:
             await bad.nodes()
         assert e.value.status == 401
+
+
+async def closed_within(c: Client, seconds: float) -> None:
+    """Waits until the client closed for good."""
+    for _ in range(int(seconds / 0.05)):
+        if c.state == "closed":
+            return
+        await asyncio.sleep(0.05)
+    assert c.state == "closed"

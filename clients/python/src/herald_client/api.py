@@ -36,22 +36,12 @@ class ServerApi:
         """Appends once Kafka confirmed: `{channel, id, seq, duplicate}`. With
         the same `id` again (after a lost answer, `retry=True`, any node) the
         original `seq` comes back with `duplicate: true`."""
-        body: dict[str, Any] = {"channel": channel, "data": data}
-        if id is not None:
-            body["id"] = id
-        if retry:
-            body["retry"] = True
-        return await self._call("POST", "/api/publish", json=body)
+        return await self._call("POST", "/api/publish", json=_append({"channel": channel}, data, id, retry))
 
     async def broadcast(
         self, channels: list[str], data: Any, id: str | None = None, retry: bool = False
     ) -> dict[str, Any]:
-        body: dict[str, Any] = {"channels": channels, "data": data}
-        if id is not None:
-            body["id"] = id
-        if retry:
-            body["retry"] = True
-        return await self._call("POST", "/api/broadcast", json=body)
+        return await self._call("POST", "/api/broadcast", json=_append({"channels": channels}, data, id, retry))
 
     async def history(self, channel: str, **query: Any) -> dict[str, Any]:
         params = {"channel": channel, **{k: _param(v) for k, v in query.items() if v is not None}}
@@ -120,6 +110,16 @@ class ServerApi:
         if not isinstance(body, dict):
             raise ApiError(r.status_code, "bad_answer", "the answer is not a JSON object")
         return body
+
+
+def _append(body: dict[str, Any], data: Any, id: str | None, retry: bool) -> dict[str, Any]:
+    """An append's body: `data`, and `id` and `retry` when given."""
+    body["data"] = data
+    if id is not None:
+        body["id"] = id
+    if retry:
+        body["retry"] = True
+    return body
 
 
 def _param(v: Any) -> str:

@@ -29,6 +29,23 @@ async fn connect(s: &Server, token: &str) -> Connection {
     c
 }
 
+/// The `error` (code, reason) an `auth` frame with `token` gets on a fresh
+/// anonymous connection.
+async fn auth_refusal(s: &Server, token: &str) -> (String, String) {
+    let mut anon = Connection::connect(&s.url).await.expect("connect");
+    anon.send_text(json!({ "type": "auth", "token": token }).to_string())
+        .await
+        .expect("send auth");
+    match expect_frame(&mut anon, "the auth refusal", |f| {
+        matches!(f, Frame::Error { .. })
+    })
+    .await
+    {
+        Frame::Error { code, reason, .. } => (code, reason),
+        other => panic!("not an error: {other:?}"),
+    }
+}
+
 /// Closes of `conns`, each with when it arrived after `from`.
 async fn closes(conns: Vec<Connection>, from: Instant) -> Vec<(Option<u16>, Duration)> {
     let mut out = Vec::new();
@@ -93,20 +110,9 @@ async fn a_revoked_jti_is_cut_off_on_every_node_within_a_second() {
             401
         );
     }
-    let mut anon = Connection::connect(&ns[1].url).await.expect("connect");
-    anon.send_text(json!({ "type": "auth", "token": revoked }).to_string())
-        .await
-        .expect("send auth");
-    let e = expect_frame(&mut anon, "the auth error", |f| {
-        matches!(f, Frame::Error { .. })
-    })
-    .await;
-    let Frame::Error { code, reason, .. } = e else {
-        unreachable!()
-    };
     assert_eq!(
-        (code.as_str(), reason.as_str()),
-        ("bad_token", "token revoked")
+        auth_refusal(&ns[1], &revoked).await,
+        ("bad_token".to_owned(), "token revoked".to_owned())
     );
     // A node started after the revocation read it before serving.
     let late = Server::start(
@@ -196,18 +202,7 @@ async fn the_per_user_limit_counts_the_users_connections_on_every_node() {
         429
     );
     // The same through an `auth` frame on an anonymous connection.
-    let mut anon = Connection::connect(&ns[0].url).await.expect("connect");
-    anon.send_text(json!({ "type": "auth", "token": alice }).to_string())
-        .await
-        .expect("send auth");
-    let e = expect_frame(&mut anon, "the auth refusal", |f| {
-        matches!(f, Frame::Error { .. })
-    })
-    .await;
-    assert!(
-        matches!(e, Frame::Error { ref code, .. } if code == "rate_limited"),
-        "{e:?}"
-    );
+    assert_eq!(auth_refusal(&ns[0], &alice).await.0, "rate_limited");
     // Another user is not counted with alice, and a closed connection frees
     // its place.
     connect(&ns[0], &token_with("bob", json!({}))).await;
