@@ -2,7 +2,10 @@
 # Starts the Centrifugo peer for the benchmarks: builds Centrifugo
 # $CENTRIFUGO_VERSION from the Go module proxy into the cache if missing
 # (`go install`), runs an ephemeral Debian redis-server on $REDIS_PORT as its
-# engine (PUB/SUB and the channels' history streams), and Centrifugo with
+# engine (PUB/SUB and the channels' history streams) with its append-only
+# file fsynced every second (`CF_REDIS_AOF=0`: no persistence), the nearest
+# to herald's durability a single Redis has (a herald ack is a Kafka write
+# with acks=all; the broker itself does not fsync per write), and Centrifugo with
 # history and recovery on for the `chat` namespace, anonymous clients allowed
 # to subscribe and publish, every other limit at its default. Prints the
 # WebSocket URL on the last line; the PIDs to stop are written to
@@ -23,7 +26,13 @@ if ! command -v redis-server >/dev/null; then
     echo "centrifugo: installing redis-server (apt)" >&2
     apt-get update -qq >&2 && apt-get install -y -qq redis-server >&2
 fi
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
+if [[ "${CF_REDIS_AOF:-1}" == 1 ]]; then
+    rm -rf "$OUT/cf-redis-data" && mkdir -p "$OUT/cf-redis-data"
+    persistence=(--appendonly yes --appendfsync everysec --dir "$OUT/cf-redis-data")
+else
+    persistence=(--appendonly no)
+fi
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" "${persistence[@]}" --daemonize no \
     > "$OUT/cf-redis.log" 2>&1 &
 echo $! > "$OUT/centrifugo.pids"
 for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
