@@ -32,6 +32,9 @@ export * from "./types.js";
 
 type Listener<T> = (v: T) => void;
 
+/** Close code: the connection's token was revoked (`POST /api/revoke`). */
+export const CLOSE_TOKEN_REVOKED = 4011;
+
 /** Decodes a JWT's `exp` (seconds), or null. */
 export function tokenExpiry(token: string): number | null {
   const part = token.split(".")[1];
@@ -294,6 +297,12 @@ export class HeraldClient {
     this.clearTimer("refreshTimer");
     this.st.onConnectionLost();
     this.emit("closed", { code, reason });
+    if (code === CLOSE_TOKEN_REVOKED && !this.opts.getToken) {
+      // The token was revoked: the same one would be refused, so this is
+      // the end (with getToken, the reconnect asks for a new one).
+      this.close();
+      return;
+    }
     if (this.stopped) {
       this.setState("closed");
       return;

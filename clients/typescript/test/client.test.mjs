@@ -293,6 +293,30 @@ test("a disconnect frame without reconnect closes for good", async () => {
   assert.equal(s.made.length, 1);
 });
 
+test("a revoked token (close 4011) closes for good, unless getToken can give a new one", async () => {
+  const s = scripted();
+  const c = client(s);
+  c.connect();
+  await tick();
+  s.made[0].open();
+  s.made[0].fail(4011, true);
+  await tick(20);
+  assert.equal(c.state, "closed");
+  assert.equal(s.made.length, 1);
+
+  const s2 = scripted();
+  let asked = 0;
+  const c2 = client(s2, { getToken: async () => `t${++asked}` });
+  c2.connect();
+  await tick();
+  s2.made[0].open();
+  s2.made[0].fail(4011, true);
+  await tick(20);
+  assert.equal(s2.made.length, 2, "reconnected with a new token");
+  assert.equal(asked, 2);
+  c2.close();
+});
+
 test("options given as undefined keep their defaults", async () => {
   const s = scripted();
   const c = client(s, { transports: undefined, openTimeoutMs: undefined });
