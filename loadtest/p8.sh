@@ -5,7 +5,9 @@
 # `herald-loadtest idle` processes, each from its own source addresses
 # (127.0.P.1-8 for part P), one after the other. After HOLD seconds idle
 # (herald pings every 20 s) the server's RSS gives the memory per
-# connection; then `herald-loadtest fanout` publishes FANOUTS messages, GAP_MS
+# connection: the whole delta / N, and the marginal figure (the RSS added by
+# parts 2..PARTS over their connections, the first part having idled HOLD
+# seconds too); then `herald-loadtest fanout` publishes FANOUTS messages, GAP_MS
 # apart, and every idle process reports when the last of its connections
 # had each one. Time to the last connection = the largest of those, per
 # message; the median over the messages is the run's figure.
@@ -65,7 +67,7 @@ run() {
             ;;
     esac
     sleep 1
-    local prefix="chat:$tag-" before parts=() sub_secs=0
+    local prefix="chat:$tag-" before mid parts=() sub_secs=0
     before=$(rss "$srv")
     local start=$SECONDS
     for p in $(seq 1 "$PARTS"); do
@@ -85,6 +87,13 @@ run() {
             cat "$OUT/$tag-$p.err"; exit 1
         fi
         sub_secs=$(awk -v s="$sub_secs" -v l="$line" 'BEGIN {match(l, /in [0-9.]+ s/); print s + substr(l, RSTART + 3, RLENGTH - 5)}')
+        if (( p == 1 )); then
+            # The first part idle too: the RSS from here to the end is the
+            # memory of the other parts' connections alone (P3's marginal
+            # figure), without the node's one-time costs.
+            sleep "$HOLD"
+            mid=$(rss "$srv")
+        fi
     done
     local open_secs=$(( SECONDS - start ))
     sleep "$HOLD"
@@ -123,7 +132,8 @@ run() {
     echo "server=$server round=$round connections=$N parts=$PARTS" \
         "time_to_last_ms=$LAST_MS (range $(printf '%s\n' "${lasts[@]}" | sort -g | sed -n '1p;$p' | paste -sd-))" \
         "p50_arrival_ms=$p50" \
-        "bytes_per_connection=$(( (idle_rss - before) * 1024 / N )) rss_before_kib=$before rss_idle_kib=$idle_rss rss_after_kib=$after" \
+        "bytes_per_connection=$(( (idle_rss - before) * 1024 / N ))" \
+        "marginal_bytes_per_connection=$(( (idle_rss - mid) * 1024 / (N - per) )) rss_before_kib=$before rss_first_part_kib=$mid rss_idle_kib=$idle_rss rss_after_kib=$after" \
         "opened_per_sec=$(awk -v n="$N" -v s="$sub_secs" 'BEGIN {printf "%.0f", n / s}') open_secs=$open_secs" \
         "server_cpu_ms_per_fanout=$(awk -v a=$(( c2 - c1 )) -v b=$(( c1 - c0 )) -v hz="$HZ" -v f="$FANOUTS" 'BEGIN {printf "%.1f", (a - b) * 1000 / hz / f}')" \
         "clients_cpu_ms_per_fanout=$(awk -v a=$(( g2 - g1 )) -v hz="$HZ" -v f="$FANOUTS" 'BEGIN {printf "%.1f", a * 1000 / hz / f}')" \
