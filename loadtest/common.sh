@@ -6,8 +6,15 @@
 #   ensure_broker                 # start infra/dev/broker.sh unless running
 #   some_server & KILL+=("$!")    # stopped at exit
 #   start_node DIR NAME BIN FLAGS  # a herald node on a free port: PID, NODE_URL
+#   rss PID; ticks PID...          # memory (KiB) and CPU (clock ticks) of processes
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${HERALD_CACHE:-$HOME/.cache/herald}/target}"
 KILL=()
+# rss PID: its resident memory, KiB.
+rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+# ticks PID...: their CPU time (user + system), clock ticks (getconf CLK_TCK
+# per second; fields 14 and 15 of /proc/PID/stat: herald's process names
+# have no spaces).
+ticks() { local t=0 p; for p in "$@"; do t=$(( t + $(awk '{print $14 + $15}' "/proc/$p/stat") )); done; echo "$t"; }
 stop_broker=""
 stop_started() {
     if ((${#KILL[@]})); then kill "${KILL[@]}" 2>/dev/null || true; fi

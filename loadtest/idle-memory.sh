@@ -32,7 +32,6 @@ ulimit -n $(( N * 2 + 1000 )) 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/nu
     echo "idle-memory: could not raise the fd limit to $(( N * 2 + 1000 ))"
 cargo build --release -q -p herald -p herald-loadtest
 BIN="$CARGO_TARGET_DIR/release"
-rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 for server in $SERVERS; do
     case $server in
         herald)

@@ -41,9 +41,6 @@ per=$(( N / PARTS ))
 N=$(( per * PARTS ))
 cargo build --release -q -p herald -p herald-loadtest
 BIN="$CARGO_TARGET_DIR/release"
-rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
-# utime + stime in clock ticks (fields 14 and 15; the names have no spaces).
-ticks() { local t=0 p; for p in "$@"; do t=$(( t + $(awk '{print $14 + $15}' "/proc/$p/stat") )); done; echo "$t"; }
 HZ=$(getconf CLK_TCK)
 median() { sort -g | awk '{v[NR]=$1} END {if (NR) print (NR % 2 ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2)}'; }
 

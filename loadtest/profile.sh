@@ -30,18 +30,17 @@ start_node "$OUT" herald "$BIN/herald" --kafka-brokers "$BROKERS" --topic-prefix
 srv=$PID
 METRICS="$(echo "${NODE_URL%/ws}" | sed 's#ws://#http://#')/metrics"
 metric() { curl -s "$METRICS" | awk -v m="$1" '$1 == m {print $2}'; }
-cpu_ticks() { awk '{print $14+$15}' "/proc/$srv/stat"; }
 # run NAME LOAD...: one scenario; sets ALLOCS, ACKS, DELIVERED, TICKS (deltas).
 run() {
     local name=$1 a0 k0 t0 d
     shift
     sleep 0.2
-    a0=$(metric herald_allocations); k0=$(metric herald_publish_acks_total); t0=$(cpu_ticks)
+    a0=$(metric herald_allocations); k0=$(metric herald_publish_acks_total); t0=$(ticks "$srv")
     "$BIN/herald-loadtest" ws --url "$NODE_URL" --size 100 --duration-secs "$DUR" "$@" \
         --json "$OUT/$name.json" > "$OUT/$name.txt" 2>&1 || { cat "$OUT/$name.txt"; exit 1; }
     sleep 0.2
     ALLOCS=$(($(metric herald_allocations) - a0)); ACKS=$(($(metric herald_publish_acks_total) - ${k0:-0}))
-    TICKS=$(($(cpu_ticks) - t0))
+    TICKS=$(($(ticks "$srv") - t0))
     DELIVERED=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["reports"][0]["delivered"])' "$OUT/$name.json")
     d=$(grep -E '^publishes' "$OUT/$name.txt")
     echo "$name: $d; $DELIVERED delivered"

@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use herald_proto::{codes, Channel};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -224,15 +224,11 @@ pub fn identity_from_hook(raw: &serde_json::value::RawValue) -> Result<Identity,
     let c: HookClaims = serde_json::from_str(raw.get())
         .map_err(|e| AuthError::Token(format!("the connect hook's identity: {e}")))?;
     // Ten years stand for "never" (the expiry timer caps itself).
-    let never = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-        + 10 * 365 * 86_400;
+    let now = crate::revocations::now_secs();
     identity(Claims {
         sub: c.sub,
-        exp: c.exp.unwrap_or(never),
-        iat: Some(crate::revocations::now_secs()),
+        exp: c.exp.unwrap_or(now + 10 * 365 * 86_400),
+        iat: Some(now),
         jti: None,
         channels: c.channels,
         info: c.info,
@@ -600,10 +596,7 @@ impl Identity {
     /// Time left until `exp`, at most [`MAX_EXPIRY_TIMER`]: an `exp` near
     /// the end of time must not overflow the timer (`Instant + Duration`).
     pub fn expires_in(&self) -> Duration {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = crate::revocations::now_secs();
         Duration::from_secs(self.exp.saturating_sub(now)).min(MAX_EXPIRY_TIMER)
     }
 }
@@ -696,10 +689,7 @@ mod tests {
     }
 
     fn now() -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
+        crate::revocations::now_secs()
     }
 
     fn token(claims: serde_json::Value, secret: &[u8]) -> String {

@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use herald_hub::ConnCommand;
 use herald_log::{LogError, Record};
@@ -33,10 +33,7 @@ use crate::ctx::Ctx;
 
 /// Seconds since the Unix epoch.
 pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    (herald_proto::envelope::now_ms() / 1000).max(0) as u64
 }
 
 /// One revocation, as written to the topic.
