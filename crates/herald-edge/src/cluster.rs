@@ -439,6 +439,24 @@ pub(crate) async fn watermarks_when_ready(
     }
 }
 
+/// Follows every partition of one of herald's compacted topics from its
+/// start (compaction keeps it small), and returns, per partition, the offset
+/// from which records were written after this call: those make events, the
+/// ones before only rebuild the view (presence, channel occupancy).
+pub(crate) async fn follow_from_start(
+    log: &dyn herald_log::Log,
+    topic: &str,
+    partitions: i32,
+) -> Result<std::collections::HashMap<i32, i64>, LogError> {
+    let mut live_from = std::collections::HashMap::new();
+    for part in 0..partitions {
+        let wm = watermarks_when_ready(log, topic, part).await?;
+        live_from.insert(part, wm.high);
+        log.follow(topic, part, wm.low)?;
+    }
+    Ok(live_from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -248,6 +248,8 @@ pub struct EdgeConfig {
     pub command_timeout: Duration,
     /// Calls to the application on connect, subscribe and publish.
     pub hooks: crate::hooks::HooksConfig,
+    /// Outbound webhooks.
+    pub webhooks: crate::webhooks::WebhooksConfig,
     /// On shutdown, how long in-flight publishes and connections get to finish.
     /// Default 10 s.
     pub shutdown_grace: Duration,
@@ -314,6 +316,7 @@ impl Default for EdgeConfig {
                 timeout: Duration::from_secs(1),
                 ..Default::default()
             },
+            webhooks: Default::default(),
             shutdown_grace: Duration::from_secs(10),
             drain_delay: Duration::from_secs(1),
             reconnect_jitter: Duration::from_secs(2),

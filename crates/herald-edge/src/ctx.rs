@@ -45,6 +45,10 @@ pub struct Ctx {
     pub presence: crate::presence::Presence,
     /// Calls to the application's backend.
     pub hooks: crate::hooks::Hooks,
+    /// Webhook events this node writes.
+    pub events: crate::webhooks::Events,
+    /// Channel occupancy across the cluster (webhooks).
+    pub occupancy: crate::webhooks::occupancy::Occupancy,
     /// Connections over HTTP (SSE, long-poll), by session id.
     pub sessions: crate::conn::session::Sessions,
     /// Wrong API keys per client address.

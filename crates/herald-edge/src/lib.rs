@@ -58,6 +58,7 @@ pub mod jwks;
 pub mod presence;
 pub mod revocations;
 pub mod server;
+pub mod webhooks;
 
 pub use auth::{AccessRule, Auth, AuthConfig, AuthError, Capability, Identity};
 pub use config::{EdgeConfig, Limits, NamespaceConfig};

@@ -188,14 +188,8 @@ impl Presence {
     ) -> Result<(), LogError> {
         let p = &ctx.presence;
         p.partitions.store(partitions, Ordering::Relaxed);
-        for part in 0..partitions {
-            let wm = crate::cluster::watermarks_when_ready(&*ctx.log, &p.topic, part).await?;
-            p.live_from
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(part, wm.high);
-            ctx.log.follow(&p.topic, part, wm.low)?;
-        }
+        let live_from = crate::cluster::follow_from_start(&*ctx.log, &p.topic, partitions).await?;
+        *p.live_from.lock().unwrap_or_else(|e| e.into_inner()) = live_from;
         {
             let ctx = ctx.clone();
             tokio::spawn(async move {

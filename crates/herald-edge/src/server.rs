@@ -207,15 +207,23 @@ impl Edge {
         log.ensure_internal_topic(&revocations_topic, 1, &[("cleanup.policy", "compact")])
             .await
             .step(|| format!("readying the revocations topic {revocations_topic}"))?;
+        let webhooks = crate::webhooks::prepare(&*log, &cfg.webhooks)
+            .await
+            .map_err(|(topic, source)| EdgeError::Step {
+                step: format!("readying the webhook topic {topic}"),
+                source,
+            })?;
         let (control_tx, control_rx) = tokio::sync::mpsc::unbounded_channel();
         let (presence_tx, presence_rx) = tokio::sync::mpsc::unbounded_channel();
         let (revocations_tx, revocations_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (occupancy_tx, occupancy_rx) = tokio::sync::mpsc::unbounded_channel();
         log.start_tail(Arc::new(Router {
             hub: hub.clone(),
             internal: vec![
                 (control_topic, control_tx),
                 (presence_topic, presence_tx),
                 (revocations_topic.clone(), revocations_tx),
+                (webhooks.occupancy.topic().to_owned(), occupancy_tx),
             ],
         }))?;
         let listener = listen(cfg.listen).map_err(|source| EdgeError::Bind {
@@ -270,6 +278,8 @@ impl Edge {
                 cluster,
                 presence,
                 hooks,
+                events: webhooks.events,
+                occupancy: webhooks.occupancy,
                 sessions: Default::default(),
                 api_failures: Default::default(),
             }),
@@ -283,6 +293,9 @@ impl Edge {
             presence: presence_rx,
             revocations_topic,
             revocations: revocations_rx,
+            occupancy_partitions: webhooks.occupancy_partitions,
+            occupancy: occupancy_rx,
+            dead_topic: webhooks.dead_topic,
         })
         .await
     }
@@ -294,6 +307,9 @@ impl Edge {
             presence,
             revocations_topic,
             revocations,
+            occupancy_partitions,
+            occupancy,
+            dead_topic,
         } = topics;
         let address = self
             .listener
@@ -314,6 +330,13 @@ impl Edge {
         )
         .await
         .step(|| format!("reading the revocations topic {revocations_topic}"))?;
+        if let Some(n) = occupancy_partitions {
+            let topic = self.ctx.occupancy.topic().to_owned();
+            crate::webhooks::occupancy::Occupancy::start(self.ctx.clone(), n, occupancy)
+                .await
+                .step(|| format!("reading the occupancy topic {topic}"))?;
+        }
+        crate::webhooks::deliver::start(&self.ctx, dead_topic);
         Ok(self)
     }
 
@@ -447,10 +470,13 @@ struct Internal {
     presence: Records,
     revocations_topic: String,
     revocations: Records,
+    occupancy_partitions: Option<i32>,
+    occupancy: Records,
+    dead_topic: String,
 }
 
 /// The tail's records: each internal topic's (control, presence,
-/// revocations) to its task, every other record to the hub.
+/// revocations, webhook occupancy) to its task, every other record to the hub.
 struct Router {
     hub: Arc<Hub>,
     internal: Vec<(

@@ -343,4 +343,29 @@ pub trait Log: LogWrite {
         let _ = topics;
         Box::pin(async { Ok(()) })
     }
+
+    /// A member of consumer group `group` reading `topics`
+    /// ([`kafka::GroupReader`]). Only Kafka has consumer groups.
+    fn group_reader(&self, group: &str, topics: &[String]) -> Result<Box<dyn GroupRead>, LogError> {
+        let _ = (group, topics);
+        Err(LogError::Unavailable(
+            "consumer groups need Kafka (not the in-memory log)".into(),
+        ))
+    }
+}
+
+/// One member of a consumer group: records in offset order per partition,
+/// handled in any order, committed up to the first not handled (at least
+/// once).
+pub trait GroupRead: Send + Sync + 'static {
+    /// The next record of the member's partitions.
+    fn next(&self) -> BoxFuture<'_, Result<Record, LogError>>;
+
+    /// `offset` of `partition` of `topic` is done with: the partition's
+    /// committed offset may move past it.
+    fn handled(&self, topic: &str, partition: i32, offset: i64);
+
+    /// Records of the member's partitions not handled yet (from the last
+    /// statistics, every 5 s; 0 before the first).
+    fn lag(&self) -> i64;
 }

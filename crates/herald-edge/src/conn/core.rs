@@ -115,6 +115,8 @@ pub(crate) async fn drive<S: Source, W: Sink>(start: Box<Start<S, W>>) {
     if let Some(i) = &conn.identity {
         ctx.users.add(&i.sub, conn.id, &conn.outbox);
     }
+    ctx.events
+        .connected(&ctx, conn.id, conn.identity.as_ref().map(|i| &*i.sub));
     conn.subscribe_personal();
     let mut shutdown = ctx.shutdown.signal();
     let mut heartbeat = tokio::time::interval(ctx.cfg.heartbeat);
@@ -294,6 +296,8 @@ pub(crate) async fn drive<S: Source, W: Sink>(start: Box<Start<S, W>>) {
     if let Some(i) = &conn.identity {
         ctx.users.remove(&i.sub, conn.id);
     }
+    ctx.events
+        .disconnected(&ctx, conn.id, conn.identity.as_ref().map(|i| &*i.sub));
     drop(conn);
     drop(rx);
     drop(sink);

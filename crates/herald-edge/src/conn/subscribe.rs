@@ -46,6 +46,9 @@ pub(super) struct SubFlags {
     /// For a namespace with presence: whether the member was recorded.
     /// Under a lock so that the join is written before the leave.
     presence: Mutex<PresenceState>,
+    /// Counted in the channel's occupancy (webhooks) from the subscribe
+    /// on, before the client hears `subscribed`; uncounted once.
+    occupying: AtomicBool,
 }
 
 #[derive(Default, Clone, Copy, PartialEq)]
@@ -60,12 +63,22 @@ enum PresenceState {
 }
 
 impl SubFlags {
+    /// Takes the subscription out of its channel's occupancy (once).
+    fn stop_occupying(&self, ctx: &crate::ctx::Ctx, channel: &str) {
+        if self.occupying.swap(false, Ordering::AcqRel) {
+            crate::webhooks::occupancy::left(ctx, channel);
+        }
+    }
+
     /// After a successful subscribe: records the member unless the
     /// subscription already ended.
     fn join(&self, ctx: &crate::ctx::Ctx, channel: &str, member: Member) {
         let mut st = self.presence.lock().unwrap_or_else(|p| p.into_inner());
         if *st == PresenceState::Pending && !self.cancelled.load(Ordering::Acquire) {
-            ctx.presence.join(ctx, channel, member);
+            ctx.events.joined(ctx, channel, &member);
+            if records_presence(ctx, channel) {
+                ctx.presence.join(ctx, channel, member);
+            }
             *st = PresenceState::Joined;
         }
     }
@@ -77,9 +90,11 @@ impl Subscription {
     }
 
     /// Stops the subscribe task: before the hub is told to unsubscribe.
-    /// Writes the presence leave when the member had joined.
-    fn cancel(&self, ctx: &crate::ctx::Ctx, channel: &str, conn: u64) {
+    /// Writes the presence leave (and the webhook `leave`) when the member
+    /// had joined; `member` makes it.
+    fn cancel(&self, ctx: &crate::ctx::Ctx, channel: &str, member: impl FnOnce() -> Member) {
         self.flags.cancelled.store(true, Ordering::Release);
+        self.flags.stop_occupying(ctx, channel);
         // A stored permit when the task is not waiting yet: it stops at
         // its first wait.
         self.flags.stop.notify_one();
@@ -89,7 +104,11 @@ impl Subscription {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if *st == PresenceState::Joined {
-            ctx.presence.leave(ctx, channel, &member_conn(ctx, conn));
+            let member = member();
+            ctx.events.left(ctx, channel, &member);
+            if records_presence(ctx, channel) {
+                ctx.presence.leave(ctx, channel, &member.conn);
+            }
         }
         *st = PresenceState::Ended;
     }
@@ -152,7 +171,7 @@ impl Conn {
             // The client takes over its personal channel (say, to resume
             // it): the server's subscription ends without an answer.
             if let Some(sub) = self.subs.remove(&name) {
-                sub.cancel(&self.ctx, &name, self.id);
+                sub.cancel(&self.ctx, &name, || self.member());
                 self.ctx.hub.unsubscribe(&self.outbox, &sub.topic, &name);
             }
         }
@@ -199,11 +218,12 @@ impl Conn {
         };
         let ctx = self.ctx.clone();
         let ns = ctx.namespaces.get(channel.namespace());
-        let member = ns
-            .is_some_and(|n| n.records_presence())
-            .then(|| self.member());
-        // Each subscribe here writes a join and a leave to Kafka and sends
-        // them to every member: limited per connection.
+        let member = (ns.is_some_and(|n| n.records_presence())
+            || ctx.events.watches_subscriptions(channel.as_str()))
+        .then(|| self.member());
+        // Each subscribe here writes a join and a leave to Kafka (presence,
+        // webhook events) and sends them to every member: limited per
+        // connection.
         if member.is_some() && !self.within_churn_budget() {
             return self.reply(error_frame(
                 codes::RATE_LIMITED,
@@ -240,6 +260,9 @@ impl Conn {
         let catchups = since.is_some().then(|| self.catchups());
         let outbox = self.outbox.clone();
         let flags = Arc::new(SubFlags::default());
+        if crate::webhooks::occupancy::joined(&ctx, channel.as_str()) {
+            flags.occupying.store(true, Ordering::Release);
+        }
         let task_flags = flags.clone();
         let t = topic.clone();
         let conn = self.id;
@@ -250,6 +273,7 @@ impl Conn {
                     ctx.hooks.call(Hook::Subscribe, &body, &headers).await
                 {
                     // Nothing registered: forgotten like a failed subscribe.
+                    task_flags.stop_occupying(&ctx, channel.as_str());
                     task_flags.failed.store(true, Ordering::Release);
                     let _ = outbox.try_push(error_frame(code, reason, Some(channel.as_str())));
                     return;
@@ -308,6 +332,7 @@ impl Conn {
                     // The hub registered nothing: the connection forgets the
                     // subscription (flagged before the client hears of it,
                     // so its retry is not refused as already subscribed).
+                    task_flags.stop_occupying(&ctx, channel.as_str());
                     task_flags.failed.store(true, Ordering::Release);
                     let _ = outbox.try_push(error_frame(
                         codes::UNAVAILABLE,
@@ -340,7 +365,7 @@ impl Conn {
     pub(super) fn unsubscribe(&mut self, name: String) {
         match self.subs.remove(&name) {
             Some(sub) if !sub.failed() => {
-                sub.cancel(&self.ctx, &name, self.id);
+                sub.cancel(&self.ctx, &name, || self.member());
                 self.ctx.hub.unsubscribe(&self.outbox, &sub.topic, &name);
                 self.reply(Outbound::Frame(
                     ServerFrame::Unsubscribed { channel: name }.to_json(),
@@ -481,11 +506,18 @@ impl Conn {
 
     /// Ends every subscription (the connection is closing).
     pub(super) fn unsubscribe_all(&mut self) {
-        for (channel, sub) in self.subs.drain() {
-            sub.cancel(&self.ctx, &channel, self.id);
+        let subs = std::mem::take(&mut self.subs);
+        for (channel, sub) in subs {
+            sub.cancel(&self.ctx, &channel, || self.member());
             self.ctx.hub.unsubscribe(&self.outbox, &sub.topic, &channel);
         }
     }
+}
+
+/// Whether `channel`'s namespace records presence.
+fn records_presence(ctx: &crate::ctx::Ctx, channel: &str) -> bool {
+    let ns = channel.split(':').next().unwrap_or_default();
+    ctx.namespaces.get(ns).is_some_and(|n| n.records_presence())
 }
 
 /// A connection's name in presence: unique in the cluster.

@@ -2,7 +2,8 @@
 //! - [`admin`]: topic creation and checks, epochs, partition summaries;
 //! - [`producer`]: the idempotent `acks=all` producer;
 //! - [`ranges`]: watermark and time lookups and the pooled range readers;
-//! - [`tail`]: the partition tail that feeds live delivery.
+//! - [`tail`]: the partition tail that feeds live delivery;
+//! - [`group`]: a consumer-group member reading at least once (webhooks).
 //!
 //! This file holds the client itself, its librdkafka settings and the
 //! [`LogRead`] / [`LogWrite`] / [`Log`] implementations.
@@ -20,12 +21,14 @@ use tokio::sync::Semaphore;
 use crate::{BoxFuture, Log, LogConfig, LogError, LogRead, RangeBatch, RecordSink, Watermarks};
 
 mod admin;
+mod group;
 mod producer;
 mod ranges;
 mod stats;
 mod tail;
 
 pub use admin::{PartitionSummary, TopicInfo};
+pub use group::GroupReader;
 
 use producer::ProducerSlot;
 use ranges::{Reader, CONCURRENT_READS, RANGE_FETCH_WAIT_MS};
@@ -238,5 +241,13 @@ impl Log for Kafka {
 
     fn prepare_reads<'a>(&'a self, topics: &'a [String]) -> BoxFuture<'a, Result<(), LogError>> {
         Box::pin(self.prepare_readers(topics))
+    }
+
+    fn group_reader(
+        &self,
+        group: &str,
+        topics: &[String],
+    ) -> Result<Box<dyn crate::GroupRead>, LogError> {
+        Ok(Box::new(Kafka::group_reader(self, group, topics)?))
     }
 }

@@ -15,6 +15,9 @@
 
 mod load;
 mod validate;
+mod webhooks;
+
+pub use webhooks::WebhooksSettings;
 
 pub use load::{ConfigError, ConfigErrors};
 
@@ -36,6 +39,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub cluster: ClusterSettings,
     pub hooks: HooksSettings,
+    pub webhooks: WebhooksSettings,
     #[serde(rename = "namespace")]
     pub namespaces: Vec<Namespace>,
 }
@@ -236,6 +240,7 @@ impl Default for Settings {
             log: LogSettings::default(),
             cluster: ClusterSettings::default(),
             hooks: HooksSettings::default(),
+            webhooks: WebhooksSettings::default(),
             namespaces: vec![Namespace::default()],
         }
     }
@@ -385,6 +390,8 @@ impl Settings {
                     .collect(),
                 fail_open: self.hooks.fail_open,
             },
+            // Checked by `validate`.
+            webhooks: self.webhooks.config(&|k| std::env::var(k).ok()),
         }
     }
     /// Every scalar key path, for documentation checks.

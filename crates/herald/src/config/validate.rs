@@ -47,6 +47,9 @@ impl Settings {
                 ));
             }
         }
+        let namespaces: Vec<String> = self.namespaces.iter().map(|n| n.name.clone()).collect();
+        self.webhooks
+            .validate(&namespaces, &|k| std::env::var(k).ok(), &mut out);
         if !["text", "json"].contains(&self.log.format.as_str()) {
             out.push(err("log.format", "must be \"text\" or \"json\""));
         }

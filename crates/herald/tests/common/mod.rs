@@ -504,6 +504,89 @@ history = "anonymous"
 
 /// Writes `toml` as the configuration file of the test `name` (in the
 /// temporary directory); returns its path.
+/// A request an HTTP server of [`serve_http`] received.
+pub struct HttpRequest {
+    pub path: String,
+    /// Lower-cased names.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// What a [`serve_http`] handler answers: status, JSON body, and a delay
+/// before answering.
+pub type HttpHandler = dyn Fn(HttpRequest) -> (u16, String, Duration) + Send + Sync;
+
+/// A small HTTP/1.1 server on 127.0.0.1 (the "application" of hooks and
+/// webhooks): one request per connection, answered by `handler`. Returns
+/// its `http://` base URL.
+pub async fn serve_http(handler: std::sync::Arc<HttpHandler>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let head_end = loop {
+                    let Ok(n) = sock.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+                let mut lines = head.lines();
+                let path = lines
+                    .next()
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .unwrap_or_default()
+                    .to_owned();
+                let headers: Vec<(String, String)> = lines
+                    .filter_map(|l| l.split_once(':'))
+                    .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+                    .collect();
+                let len: usize = headers
+                    .iter()
+                    .find(|(k, _)| k == "content-length")
+                    .and_then(|(_, v)| v.parse().ok())
+                    .unwrap_or(0);
+                while buf.len() < head_end + len {
+                    let Ok(n) = sock.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let body = buf[head_end..head_end + len].to_vec();
+                let (status, text, delay) = handler(HttpRequest {
+                    path,
+                    headers,
+                    body,
+                });
+                tokio::time::sleep(delay).await;
+                let reply = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+                    text.len()
+                );
+                let _ = sock.write_all(reply.as_bytes()).await;
+                let _ = sock.shutdown().await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
 pub fn config_file(name: &str, toml: &str) -> std::path::PathBuf {
     let path = std::env::temp_dir().join(format!("herald-{name}.toml"));
     std::fs::write(&path, toml).expect("writing the config");

@@ -13,8 +13,6 @@ use std::time::Duration;
 use common::*;
 use herald_client::{ClientError, Connection, Published};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use uuid::Uuid;
 
 /// A call the application received: path, lower-cased headers, body.
@@ -74,75 +72,22 @@ fn decide(path: &str, body: &Value) -> (u16, Value, Duration) {
     }
 }
 
-/// Serves HTTP/1.1 requests, one per connection, recording each.
+/// The application: answers by [`decide`], recording each call.
 async fn application() -> (String, Arc<Mutex<Vec<Call>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
     let calls = Arc::new(Mutex::new(Vec::new()));
     let log = calls.clone();
-    tokio::spawn(async move {
-        while let Ok((mut sock, _)) = listener.accept().await {
-            let log = log.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                let head_end = loop {
-                    let Ok(n) = sock.read(&mut chunk).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break i + 4;
-                    }
-                };
-                let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-                let mut lines = head.lines();
-                let path = lines
-                    .next()
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .unwrap_or_default()
-                    .to_owned();
-                let headers: Vec<(String, String)> = lines
-                    .filter_map(|l| l.split_once(':'))
-                    .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-                    .collect();
-                let len: usize = headers
-                    .iter()
-                    .find(|(k, _)| k == "content-length")
-                    .and_then(|(_, v)| v.parse().ok())
-                    .unwrap_or(0);
-                while buf.len() < head_end + len {
-                    let Ok(n) = sock.read(&mut chunk).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                }
-                let body: Value =
-                    serde_json::from_slice(&buf[head_end..head_end + len]).unwrap_or(Value::Null);
-                let (status, answer, delay) = decide(&path, &body);
-                log.lock().expect("calls").push(Call {
-                    path,
-                    headers,
-                    body,
-                });
-                tokio::time::sleep(delay).await;
-                let text = answer.to_string();
-                let reply = format!(
-                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
-                    text.len()
-                );
-                let _ = sock.write_all(reply.as_bytes()).await;
-                let _ = sock.shutdown().await;
-            });
-        }
-    });
-    (format!("http://{addr}"), calls)
+    let url = serve_http(Arc::new(move |req: HttpRequest| {
+        let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+        let (status, answer, delay) = decide(&req.path, &body);
+        log.lock().expect("calls").push(Call {
+            path: req.path,
+            headers: req.headers,
+            body,
+        });
+        (status, answer.to_string(), delay)
+    }))
+    .await;
+    (url, calls)
 }
 
 fn config(prefix: &str, app: &str) -> String {

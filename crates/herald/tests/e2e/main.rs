@@ -32,4 +32,5 @@ mod replay;
 mod retention;
 mod revocation;
 mod security;
+mod webhooks;
 mod wire_schema;

@@ -1,0 +1,270 @@
+//! Channel occupancy across the cluster, for the `occupied` and `vacated`
+//! webhook events, through a compacted topic of herald's,
+//! `{prefix}webhooks.occupancy`.
+//!
+//! A node counts its own subscriptions per channel (of the channels some
+//! endpoint wants occupancy events of). When its count of a channel goes
+//! from 0 to 1 it writes a record keyed `[channel, node]`, and a tombstone
+//! when it goes back to 0. Every record of a channel goes to the partition
+//! the channel hashes to, and every node reads the whole topic, so every
+//! node sees the same sequence of "nodes holding the channel". The record
+//! that takes a channel from no node to one makes the `occupied` event, the
+//! one that takes it back to none makes `vacated`; the node that wrote that
+//! record writes the event, with an id made of the record's partition and
+//! offset (so a second writer would write the same id).
+//!
+//! A node that stops without writing its tombstones is reaped like its
+//! presence members: the live node with the lowest id tombstones its
+//! entries after three missed heartbeats, and writes the `vacated` events
+//! those tombstones make.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use herald_log::{LogError, Record};
+use herald_proto::partition::partition_for_key;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::EventKind;
+use crate::ctx::Ctx;
+
+/// One node's side of the occupancy topic.
+pub struct Occupancy {
+    topic: String,
+    partitions: AtomicI32,
+    /// channel → this node's subscriptions to it. Changed, and the record
+    /// written, under the lock: the records of a channel are written in the
+    /// order of its count's changes.
+    local: Mutex<HashMap<String, u32>>,
+    /// channel → the nodes holding it (from the topic).
+    view: Mutex<HashMap<String, HashSet<String>>>,
+    /// Per partition: records from this offset on make events.
+    live_from: Mutex<HashMap<i32, i64>>,
+    /// Keys this node tombstoned for a node that stopped: it writes the
+    /// `vacated` events they make.
+    reaped: Mutex<HashSet<(String, String)>>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Value {
+    node: String,
+}
+
+fn key(channel: &str, node: &str) -> Vec<u8> {
+    serde_json::to_vec(&[channel, node]).unwrap_or_default()
+}
+
+impl Occupancy {
+    pub fn new(topic: String) -> Occupancy {
+        Occupancy {
+            topic,
+            partitions: AtomicI32::new(super::EVENT_PARTITIONS),
+            local: Mutex::new(HashMap::new()),
+            view: Mutex::new(HashMap::new()),
+            live_from: Mutex::new(HashMap::new()),
+            reaped: Mutex::new(HashSet::new()),
+        }
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    fn partition(&self, channel: &str) -> i32 {
+        partition_for_key(channel.as_bytes(), self.partitions.load(Ordering::Relaxed))
+    }
+
+    /// Reads the whole topic, then follows it, and reaps the entries of
+    /// nodes that stopped.
+    pub async fn start(
+        ctx: Arc<Ctx>,
+        partitions: i32,
+        mut records: mpsc::UnboundedReceiver<Record>,
+    ) -> Result<(), LogError> {
+        let o = &ctx.occupancy;
+        o.partitions.store(partitions, Ordering::Relaxed);
+        let live_from = crate::cluster::follow_from_start(&*ctx.log, &o.topic, partitions).await?;
+        *o.live_from.lock().unwrap_or_else(|e| e.into_inner()) = live_from;
+        {
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                while let Some(r) = records.recv().await {
+                    ctx.occupancy.on_record(&ctx, r);
+                }
+            });
+        }
+        let weak = Arc::downgrade(&ctx);
+        let every = ctx.cfg.node_heartbeat.max(Duration::from_millis(100));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(ctx) = weak.upgrade() else { return };
+                if ctx.shutdown.is_draining() {
+                    return;
+                }
+                ctx.occupancy.reap(&ctx);
+            }
+        });
+        Ok(())
+    }
+
+    fn change(&self, ctx: &Ctx, channel: &str, up: bool) {
+        let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
+        let n = local.entry(channel.to_owned()).or_default();
+        let before = *n;
+        *n = if up {
+            n.saturating_add(1)
+        } else {
+            n.saturating_sub(1)
+        };
+        let after = *n;
+        if after == 0 {
+            local.remove(channel);
+        }
+        let k = key(channel, &ctx.cluster.node);
+        let p = self.partition(channel);
+        let r = match (before, after) {
+            (0, 1) => {
+                let v = serde_json::to_vec(&Value {
+                    node: ctx.cluster.node.clone(),
+                })
+                .unwrap_or_default();
+                ctx.log.append_record(&self.topic, p, &k, &v, &[])
+            }
+            (1, 0) => ctx.log.append_tombstone(&self.topic, p, &k),
+            _ => return,
+        };
+        watch(r);
+    }
+
+    fn on_record(&self, ctx: &Ctx, r: Record) {
+        let Some(k) = r.key.as_deref() else { return };
+        let Ok([channel, node]) = serde_json::from_slice::<[String; 2]>(k) else {
+            metrics::counter!("herald_webhook_event_errors_total", "type" => "occupancy")
+                .increment(1);
+            return;
+        };
+        let live = self
+            .live_from
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&r.partition)
+            .is_some_and(|from| r.offset >= *from);
+        let event = {
+            let mut view = self.view.lock().unwrap_or_else(|e| e.into_inner());
+            match r.value {
+                Some(_) => {
+                    let nodes = view.entry(channel.clone()).or_default();
+                    let first = nodes.is_empty();
+                    nodes.insert(node.clone());
+                    (first && node == ctx.cluster.node).then_some(EventKind::Occupied)
+                }
+                None => {
+                    let Some(nodes) = view.get_mut(&channel) else {
+                        return;
+                    };
+                    if !nodes.remove(&node) {
+                        return;
+                    }
+                    let last = nodes.is_empty();
+                    if last {
+                        view.remove(&channel);
+                    }
+                    let reaped_here = self
+                        .reaped
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&(channel.clone(), node.clone()));
+                    (last && (node == ctx.cluster.node || reaped_here))
+                        .then_some(EventKind::Vacated)
+                }
+            }
+        };
+        if let (Some(kind), true) = (event, live) {
+            let id = format!("{}-{}-{}", kind.as_str(), r.partition, r.offset);
+            ctx.events.occupancy_event(ctx, kind, &channel, id);
+        }
+    }
+
+    /// Tombstones the entries of nodes that stopped heartbeating; done by
+    /// the live node with the lowest id only.
+    fn reap(&self, ctx: &Ctx) {
+        let nodes = ctx.cluster.live_nodes();
+        if nodes.first().map(|n| n.id.as_str()) != Some(ctx.cluster.node.as_str()) {
+            return;
+        }
+        let live: HashSet<String> = nodes.into_iter().map(|n| n.id).collect();
+        let mut gone = Vec::new();
+        {
+            let view = self.view.lock().unwrap_or_else(|e| e.into_inner());
+            let mut reaped = self.reaped.lock().unwrap_or_else(|e| e.into_inner());
+            for (channel, holders) in view.iter() {
+                for node in holders {
+                    let k = (channel.clone(), node.clone());
+                    if !live.contains(node) && !reaped.contains(&k) {
+                        reaped.insert(k.clone());
+                        gone.push(k);
+                    }
+                }
+            }
+        }
+        if !gone.is_empty() {
+            debug!(
+                count = gone.len(),
+                "Reaping the channel occupancy of nodes that stopped"
+            );
+        }
+        for (channel, node) in gone {
+            watch(ctx.log.append_tombstone(
+                &self.topic,
+                self.partition(&channel),
+                &key(&channel, &node),
+            ));
+        }
+    }
+}
+
+/// A subscription to `channel` starts on this node: counted (true) when
+/// some endpoint wants the channel's occupancy. Counted before the client
+/// is told `subscribed`, so a channel a client knows it is subscribed to is
+/// occupied.
+pub(crate) fn joined(ctx: &Ctx, channel: &str) -> bool {
+    let counted = wanted(ctx, channel);
+    if counted {
+        ctx.occupancy.change(ctx, channel, true);
+    }
+    counted
+}
+
+/// A subscription [`joined`] counted ended (or failed).
+pub(crate) fn left(ctx: &Ctx, channel: &str) {
+    ctx.occupancy.change(ctx, channel, false);
+}
+
+fn wanted(ctx: &Ctx, channel: &str) -> bool {
+    ctx.events.wants(EventKind::Occupied, Some(channel))
+        || ctx.events.wants(EventKind::Vacated, Some(channel))
+}
+
+/// Counts a failed occupancy write.
+fn watch(r: Result<herald_log::PendingPublish, LogError>) {
+    let failed = |e: &LogError| {
+        metrics::counter!("herald_webhook_event_errors_total", "type" => "occupancy").increment(1);
+        warn!(%e, "An occupancy record could not be written");
+    };
+    match r {
+        Ok(pending) => {
+            tokio::spawn(async move {
+                if let Err(e) = pending.await {
+                    failed(&e);
+                }
+            });
+        }
+        Err(e) => failed(&e),
+    }
+}
