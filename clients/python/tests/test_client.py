@@ -61,6 +61,29 @@ async def test_a_dropped_connection_resumes_with_nothing_lost_or_repeated(herald
     await c.close()
 
 
+async def test_a_rewind_delivers_the_recent_messages_then_resumes_from_its_position(
+    herald: Herald,
+) -> None:
+    ch = herald.channel()
+    c = Client(herald.url, backoff_initial=1.0, random=lambda: 1.0)
+    async with ServerApi(herald.http, API_KEY) as api:
+        before = [await api.publish(ch, {"n": i}) for i in range(8)]
+        await c.connect()
+        sub = c.subscribe(ch, rewind=3)
+        await sub.ready(20)
+        assert [m.seq for m in await take(sub, 3)] == [a["seq"] for a in before[5:]]
+        # A reconnect resumes from the last message, not from a new rewind.
+        closed = asyncio.Event()
+        c.on("closed", lambda _: closed.set())
+        c.drop_connection()
+        await asyncio.wait_for(closed.wait(), 5)
+        during = [await api.publish(ch, {"n": 8 + i}) for i in range(2)]
+    assert [m.seq for m in await take(sub, 2)] == [a["seq"] for a in during]
+    with pytest.raises(asyncio.TimeoutError):
+        await sub.get(0.5)
+    await c.close()
+
+
 async def test_a_publish_made_while_away_is_sent_on_reconnect_and_stored_once(herald: Herald) -> None:
     ch = herald.channel()
     c = Client(herald.url, backoff_initial=0.5, random=lambda: 1.0)

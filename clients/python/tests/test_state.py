@@ -43,6 +43,17 @@ def test_a_durable_subscription_without_a_position_resumes_from_the_cursor() -> 
     assert st.subscribe_frame("c:d") == {"type": "subscribe", "channel": "c:d", "since": "cursor", "durable": True}
 
 
+def test_a_rewind_applies_until_the_channel_has_a_position() -> None:
+    st = ProtocolState()
+    st.subs["c:r"] = SubOptions(rewind=5)
+    assert st.subscribe_frame("c:r") == {"type": "subscribe", "channel": "c:r", "rewind": 5}
+    assert "c:r" in st.resuming
+    st.subs["c:t"] = SubOptions(rewind_ms=60_000)
+    assert st.subscribe_frame("c:t") == {"type": "subscribe", "channel": "c:t", "rewind_ms": 60_000}
+    st.positions["c:r"] = Position(9, "e1")
+    assert st.subscribe_frame("c:r") == {"type": "subscribe", "channel": "c:r", "since": {"seq": 9, "epoch": "e1"}}
+
+
 def test_an_unrecovered_subscribe_sets_the_live_position_only_for_an_unknown_epoch() -> None:
     st = ProtocolState()
     st.on_subscribed({"channel": "c:a", "recovered": False, "position": {"seq": 10, "epoch": "e1"}})

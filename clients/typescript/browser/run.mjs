@@ -75,7 +75,8 @@ async function openDemo(name, { channel = CH, query = "", blockWebSocket = false
 
 async function subscribed(page, channel = CH) {
   await page.waitForFunction(
-    (ch) => window.herald && window.herald.state === "connected" && window.herald.position(ch) !== undefined,
+    // (A rewind has no position of its own before its first message.)
+    (ch) => window.herald && window.herald.state === "connected" && window.heraldSubscribed?.has(ch),
     channel,
     { timeout: 20_000 },
   );
@@ -257,6 +258,20 @@ await scenario("long-polling carries the same protocol", async () => {
   const seq = (await publish(dave, ["from dave over poll"]))[0];
   assert.ok(seq >= 0);
   await dave.close();
+});
+
+await scenario("a first visit to a room shows its recent messages (rewind), then live ones", async () => {
+  const channel = `chat:rewind-${run}`;
+  const texts = ["earlier 1", "earlier 2", "earlier 3"];
+  await publish(alice, texts, channel);
+  const frank = await openDemo("frank", { channel });
+  await waitFor(frank, channel, texts.length);
+  await frank.waitForSelector("text=earlier 3");
+  await publish(alice, ["live"], channel);
+  await waitFor(frank, channel, texts.length + 1);
+  await new Promise((r) => setTimeout(r, 500));
+  exactlyOnce(await received(frank, channel), 0, [...texts, "live"]);
+  await frank.close();
 });
 
 await scenario("a token expiring mid-session is refreshed without a reconnect", async () => {

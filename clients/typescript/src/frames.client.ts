@@ -15,6 +15,10 @@ export type CSubscribe = {
   since?: CPosition | "cursor";
   /** Store this subscription's acks as a durable cursor (keyed by the connection's client id) so a later subscribe with since "cursor" resumes after them. */
   durable?: boolean;
+  /** Without since: deliver the channel's last N messages (at most the server's history limit, 1,000 by default), then live ones; the subscribed position is right before the oldest of them. */
+  rewind?: number;
+  /** Without since or rewind: deliver the channel's messages of the last this many milliseconds, then live ones. */
+  rewind_ms?: number;
 };
 
 export type CUnsubscribe = {

@@ -41,15 +41,19 @@ export class ProtocolState {
   }
 
   /** The `subscribe` for `channel`: from the last position processed, else
-   *  from the durable cursor when the subscription is durable. */
+   *  from the durable cursor when the subscription is durable, else with
+   *  its `rewind` (the channel's recent messages first). */
   subscribeFrame(channel: string): CSubscribe {
     const o = this.subs.get(channel) ?? {};
     const p = this.positions.get(channel);
     const frame: CSubscribe = { type: "subscribe", channel };
     if (p) frame.since = { seq: p.seq, epoch: p.epoch };
     else if (o.durable) frame.since = "cursor";
+    else if (o.rewind) frame.rewind = o.rewind;
+    else if (o.rewindMs) frame.rewind_ms = o.rewindMs;
     if (o.durable) frame.durable = true;
-    if (frame.since !== undefined) this.resuming.add(channel);
+    const replays = [frame.since, frame.rewind, frame.rewind_ms].some((x) => x !== undefined);
+    if (replays) this.resuming.add(channel);
     return frame;
   }
 

@@ -72,6 +72,12 @@ export interface Options {
 export interface SubscribeOptions {
   /** Store acks as a durable cursor; a first subscribe resumes from it. */
   durable?: boolean;
+  /** A first subscribe (no position yet, not durable) delivers the
+   *  channel's last `rewind` messages before live ones; reconnects resume
+   *  from the last position as always. */
+  rewind?: number;
+  /** As `rewind`, by age: the messages of the last `rewindMs` ms. */
+  rewindMs?: number;
 }
 
 export interface Subscribed {

@@ -68,6 +68,23 @@ test("messages at or below the last processed seq are dropped", async () => {
   c.close();
 });
 
+test("a rewind applies to the first subscribe; a reconnect resumes from the position", async () => {
+  const s = scripted();
+  const c = client(s);
+  c.subscribe("chat:r", { rewind: 3 });
+  c.connect();
+  await tick();
+  s.made[0].open();
+  assert.deepEqual(s.made[0].sent[0], { type: "subscribe", channel: "chat:r", rewind: 3 });
+  s.made[0].frame({ type: "subscribed", channel: "chat:r", position: { seq: 6, epoch: "e1" }, recovered: true });
+  s.made[0].frame(msg("chat:r", 7));
+  s.made[0].fail(1006, true);
+  await tick(20);
+  s.made[1].open();
+  assert.deepEqual(s.made[1].sent[0], { type: "subscribe", channel: "chat:r", since: { seq: 7, epoch: "e1" } });
+  c.close();
+});
+
 test("a reconnect resubscribes from the stored position and re-sends unanswered publishes once", async () => {
   const s = scripted();
   const c = client(s);

@@ -37,6 +37,8 @@ pub enum Start<'a> {
     After(&'a Position),
     /// After the server-side durable cursor of this connection's client id.
     Cursor,
+    /// The channel's last N messages, then live ones (`rewind`).
+    Rewind(u32),
 }
 
 /// A `history` request (at most one of the `since_*`/`before_seq` fields).
@@ -174,6 +176,8 @@ pub(crate) enum Request<'a> {
         since: Option<Value>,
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         durable: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rewind: Option<u32>,
     },
     History {
         id: &'a str,
@@ -403,11 +407,19 @@ mod tests {
                 channel: "chat:a",
                 since: Some(serde_json::json!({"seq": 3, "epoch": "e"})),
                 durable: true,
+                rewind: None,
             },
             Request::Subscribe {
                 channel: "chat:a",
                 since: Some(serde_json::json!("cursor")),
                 durable: false,
+                rewind: None,
+            },
+            Request::Subscribe {
+                channel: "chat:a",
+                since: None,
+                durable: false,
+                rewind: Some(2),
             },
             Request::History {
                 id: "1",

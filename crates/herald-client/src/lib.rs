@@ -227,14 +227,19 @@ impl Connection {
     ) -> Result<(Position, bool), ClientError> {
         let resume = !matches!(start, Start::Live);
         let since = match start {
-            Start::Live => None,
+            Start::Live | Start::Rewind(_) => None,
             Start::After(p) => Some(serde_json::json!({ "seq": p.seq, "epoch": p.epoch })),
             Start::Cursor => Some(Value::from("cursor")),
+        };
+        let rewind = match start {
+            Start::Rewind(n) => Some(n),
+            _ => None,
         };
         self.send(&Request::Subscribe {
             channel,
             since,
             durable,
+            rewind,
         })
         .await?;
         let (reply, before) = self

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream::{self, Stream};
-use herald_proto::{Position, Since};
+use herald_proto::{Position, Rewind, Since};
 use warp::http::{HeaderMap, StatusCode};
 use warp::{Filter, Reply};
 
@@ -67,7 +67,7 @@ struct Opening {
 
 /// Reads `channel=` (repeatable) and the positions to resume from: `since`
 /// or else the `Last-Event-ID` header. A channel without a position starts
-/// live.
+/// live, or with its recent messages (`rewind`, `rewind_ms`).
 /// A refusal is its HTTP answer.
 /// The session's opening from its query string, or the refusal to answer.
 fn opening(
@@ -106,13 +106,38 @@ fn opening_of(raw: &str, headers: &HeaderMap, ctx: &Ctx) -> Result<Opening, BadQ
         Some(text) => Positions::parse(&text).map_err(bad)?,
     };
     let cursor = single.get("durable").is_some_and(|v| v == "true");
+    // `rewind` / `rewind_ms`: for the channels without a position (a first
+    // connect rewinds; a reconnect with Last-Event-ID resumes).
+    let number = |k: &str| -> Result<Option<i64>, _> {
+        match single.get(k) {
+            None => Ok(None),
+            Some(v) => match v.parse::<i64>() {
+                Ok(n) if n >= 1 => Ok(Some(n)),
+                _ => Err(bad(format!("`{k}` must be a number, 1 or more"))),
+            },
+        }
+    };
+    let rewind = match (number("rewind")?, number("rewind_ms")?) {
+        (None, None) => None,
+        (Some(n), None) if n as usize <= ctx.cfg.history_max_limit => Some(Rewind::Last(n as u32)),
+        (Some(_), None) => {
+            return Err(bad(format!(
+                "`rewind` is at most {}",
+                ctx.cfg.history_max_limit
+            )))
+        }
+        (None, Some(ms)) => Some(Rewind::Age(ms)),
+        (Some(_), Some(_)) => {
+            return Err(bad("give at most one of `rewind` and `rewind_ms`".into()))
+        }
+    };
     let subscribe = channels
         .into_iter()
         .map(|c| {
             let since = match positions.remove(&c) {
                 Some(p) => Some(Since::Position(p)),
                 None if cursor => Some(Since::Cursor),
-                None => None,
+                None => rewind.map(Since::Rewind),
             };
             (c, since)
         })

@@ -37,6 +37,18 @@ pub enum Since {
     /// After the durable cursor the server stored for this client and
     /// channel (`"since": "cursor"`); live when there is none.
     Cursor,
+    /// The channel's recent messages first, then live ones (`rewind`,
+    /// `rewind_ms`): for a client that knows no position.
+    Rewind(Rewind),
+}
+
+/// How far back a `rewind` subscription starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rewind {
+    /// The channel's last N messages (`"rewind": N`, N ≥ 1).
+    Last(u32),
+    /// Its messages of the last this many milliseconds (`"rewind_ms"`).
+    Age(i64),
 }
 
 /// Which messages a `history` request asks for.
@@ -153,6 +165,10 @@ struct SubscribeBody {
     since: Option<SinceBody>,
     #[serde(default)]
     durable: bool,
+    #[serde(default)]
+    rewind: Option<u32>,
+    #[serde(default)]
+    rewind_ms: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -287,6 +303,33 @@ pub fn decode_client(text: &str) -> Result<ClientFrame, DecodeError> {
                     return Err(bad(
                         codes::BAD_FRAME,
                         "`since` must be a position {seq, epoch} or \"cursor\"".into(),
+                    ))
+                }
+            };
+            let rewind = match (b.rewind, b.rewind_ms) {
+                (None, None) => None,
+                (Some(n), None) if n >= 1 => Some(Rewind::Last(n)),
+                (None, Some(ms)) if ms >= 1 => Some(Rewind::Age(ms)),
+                (Some(_), Some(_)) => {
+                    return Err(bad(
+                        codes::BAD_FRAME,
+                        "give at most one of `rewind` and `rewind_ms`".into(),
+                    ))
+                }
+                _ => {
+                    return Err(bad(
+                        codes::BAD_FRAME,
+                        "`rewind` and `rewind_ms` must be 1 or more".into(),
+                    ))
+                }
+            };
+            let since = match (since, rewind) {
+                (s, None) => s,
+                (None, Some(r)) => Some(Since::Rewind(r)),
+                (Some(_), Some(_)) => {
+                    return Err(bad(
+                        codes::BAD_FRAME,
+                        "`rewind` is for a client without a position: give `since` or `rewind`, not both".into(),
                     ))
                 }
             };
@@ -634,6 +677,25 @@ mod tests {
                 ..
             }
         ));
+        for (text, want) in [
+            (
+                r#"{"type":"subscribe","channel":"chat:a","rewind":20}"#,
+                Rewind::Last(20),
+            ),
+            (
+                r#"{"type":"subscribe","channel":"chat:a","rewind_ms":60000}"#,
+                Rewind::Age(60_000),
+            ),
+        ] {
+            match decode_client(text).unwrap() {
+                ClientFrame::Subscribe {
+                    since: Some(Since::Rewind(r)),
+                    durable: false,
+                    ..
+                } => assert_eq!(r, want),
+                other => panic!("{other:?}"),
+            }
+        }
         let f = decode_client(
             r#"{"type":"subscribe","channel":"chat:a","since":{"seq":7,"epoch":"e1"}}"#,
         )
@@ -747,6 +809,10 @@ mod tests {
             r#"{"type":"ack","channel":"chat:a","seq":-1}"#,
             r#"{"type":"ack","channel":"chat:a","seq":1e400}"#,
             r#"{"type":"subscribe","channel":"chat:a","since":"latest"}"#,
+            r#"{"type":"subscribe","channel":"chat:a","rewind":0}"#,
+            r#"{"type":"subscribe","channel":"chat:a","rewind_ms":-5}"#,
+            r#"{"type":"subscribe","channel":"chat:a","rewind":5,"rewind_ms":5}"#,
+            r#"{"type":"subscribe","channel":"chat:a","rewind":5,"since":"cursor"}"#,
             r#"{"type":"history","channel":"chat:a","since_seq":1,"since_time":2}"#,
             r#"{"type":"history","channel":"chat:a","since_seq":-2}"#,
             r#"{"type":"history","channel":"chat:a","before_seq":-1}"#,

@@ -32,6 +32,6 @@ pub mod partition;
 pub use channel::{Channel, ChannelError};
 pub use envelope::Envelope;
 pub use frame::{
-    ClientFrame, DecodeError, HistoryFrom, HistoryRequest, Member, Position, Replayed, ServerFrame,
-    Since,
+    ClientFrame, DecodeError, HistoryFrom, HistoryRequest, Member, Position, Replayed, Rewind,
+    ServerFrame, Since,
 };

@@ -32,6 +32,10 @@ class PendingRequest:
 @dataclass
 class SubOptions:
     durable: bool = False
+    # A first subscribe (no position, not durable): the channel's last
+    # `rewind` messages, or those of the last `rewind_ms`, before live ones.
+    rewind: int | None = None
+    rewind_ms: int | None = None
 
 
 @dataclass
@@ -49,7 +53,8 @@ class ProtocolState:
 
     def subscribe_frame(self, channel: str) -> Frame:
         """The `subscribe` for `channel`: from the last position processed,
-        else from the durable cursor when the subscription is durable."""
+        else from the durable cursor when the subscription is durable, else
+        with its rewind."""
         o = self.subs.get(channel, SubOptions())
         p = self.positions.get(channel)
         frame: Frame = {"type": "subscribe", "channel": channel}
@@ -57,9 +62,13 @@ class ProtocolState:
             frame["since"] = {"seq": p.seq, "epoch": p.epoch}
         elif o.durable:
             frame["since"] = "cursor"
+        elif o.rewind is not None:
+            frame["rewind"] = o.rewind
+        elif o.rewind_ms is not None:
+            frame["rewind_ms"] = o.rewind_ms
         if o.durable:
             frame["durable"] = True
-        if "since" in frame:
+        if any(k in frame for k in ("since", "rewind", "rewind_ms")):
             self.resuming.add(channel)
         return frame
 

@@ -191,14 +191,23 @@ class Client:
         """The last processed position of `channel`."""
         return self._st.positions.get(channel)
 
-    def subscribe(self, channel: str, *, durable: bool = False) -> Subscription:
+    def subscribe(
+        self,
+        channel: str,
+        *,
+        durable: bool = False,
+        rewind: int | None = None,
+        rewind_ms: int | None = None,
+    ) -> Subscription:
         """Subscribes (now, and on every reconnect from the last position);
-        `durable` stores the acks as the server-side cursor."""
+        `durable` stores the acks as the server-side cursor. A first
+        subscribe without a position delivers the channel's last `rewind`
+        messages (or those of the last `rewind_ms` ms) before live ones."""
         if channel in self._subs:
             return self._subs[channel]
         sub = Subscription(self, channel, durable, self._queue_size)
         self._subs[channel] = sub
-        self._st.subs[channel] = SubOptions(durable)
+        self._st.subs[channel] = SubOptions(durable, rewind, rewind_ms)
         if self.state == "connected":
             self._send(self._st.subscribe_frame(channel))
         return sub

@@ -111,3 +111,53 @@ fn history_error(req: &HistoryRequest, code: &'static str, reason: impl Into<Str
         .to_json(),
     )
 }
+
+/// Where a `rewind` subscription resumes from: right before the oldest of
+/// the channel's last N messages (as a `history` page finds them, within its
+/// byte and scan limits), or before the first record of the age window.
+/// With nothing to rewind, the partition's end when asked: live from then,
+/// nothing published meanwhile missed.
+pub(super) async fn rewind_position(
+    ctx: &crate::ctx::Ctx,
+    topic: &str,
+    channel: &str,
+    rewind: herald_proto::Rewind,
+) -> Result<herald_proto::Position, herald_hub::HubError> {
+    use herald_proto::{HistoryFrom, Position, Rewind};
+    let partition = ctx.hub.partition_of(topic, channel)?;
+    let epoch = ctx.hub.epoch(topic)?.to_string();
+    let end = ctx.log.watermarks(topic, partition).await?.high;
+    let from = match rewind {
+        Rewind::Last(n) => {
+            let limits = HistoryLimits {
+                limit: n as usize,
+                max_bytes: ctx
+                    .cfg
+                    .history_max_bytes
+                    .min(ctx.cfg.limits.queue_bytes / 2)
+                    .max(1),
+                max_scan: ctx.cfg.history_max_scan,
+            };
+            let _node = ctx.reads.history.acquire().await;
+            let page = ctx
+                .hub
+                .history(
+                    topic,
+                    channel,
+                    HistoryFrom::Latest { before_seq: None },
+                    limits,
+                )
+                .await?;
+            page.messages.first().map(|d| d.seq)
+        }
+        Rewind::Age(ms) => {
+            let at = herald_proto::envelope::now_ms().saturating_sub(ms);
+            ctx.log.offset_for_time(topic, partition, at).await?
+        }
+    };
+    metrics::counter!("herald_edge_rewinds_total").increment(1);
+    Ok(Position {
+        seq: from.unwrap_or(end).min(end) - 1,
+        epoch,
+    })
+}

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use herald_hub::{HubError, Outbound};
-use herald_proto::{codes, Member, Position, ServerFrame, Since};
+use herald_proto::{codes, Member, Position, Rewind, ServerFrame, Since};
 use tokio::sync::Notify;
 use tracing::debug;
 
@@ -211,6 +211,16 @@ impl Conn {
                 ))
             }
         };
+        if let Some(Since::Rewind(Rewind::Last(n))) = since {
+            let max = self.ctx.cfg.history_max_limit;
+            if n as usize > max {
+                return self.reply(error_frame(
+                    codes::BAD_FRAME,
+                    format!("`rewind` is at most {max}"),
+                    Some(&name),
+                ));
+            }
+        }
         // A resume may re-ack its own position; beyond it, only what it gets.
         let ackable = match &since {
             Some(Since::Position(p)) => p.seq.max(-1),
@@ -260,7 +270,8 @@ impl Conn {
         let catchups = since.is_some().then(|| self.catchups());
         let outbox = self.outbox.clone();
         let flags = Arc::new(SubFlags::default());
-        if crate::webhooks::occupancy::joined(&ctx, channel.as_str()) {
+        let occupancy = crate::webhooks::occupancy::joined(&ctx, channel.as_str());
+        if occupancy.is_some() {
             flags.occupying.store(true, Ordering::Release);
         }
         let task_flags = flags.clone();
@@ -278,6 +289,12 @@ impl Conn {
                     let _ = outbox.try_push(error_frame(code, reason, Some(channel.as_str())));
                     return;
                 }
+            }
+            // The channel's occupancy record (webhooks) is in Kafka before
+            // the client hears `subscribed`.
+            if let Some(mut stored) = occupancy {
+                let within = ctx.log.config().publish_timeout;
+                let _ = tokio::time::timeout(within, stored.wait_for(|s| *s)).await;
             }
             // A resume reads the log until it is live: a few per connection
             // at once (a subscription from now reads nothing).
@@ -300,6 +317,11 @@ impl Conn {
                     })
                 })
                 .map_err(HubError::from),
+                (Some(Since::Rewind(r)), _) => {
+                    super::history::rewind_position(&ctx, &t, channel.as_str(), r)
+                        .await
+                        .map(Some)
+                }
                 (_, _) => Ok(None),
             };
             let res = match since {

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use herald_log::{LogError, Record};
 use herald_proto::partition::partition_for_key;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
 use super::EventKind;
@@ -38,7 +38,7 @@ pub struct Occupancy {
     /// channel → this node's subscriptions to it. Changed, and the record
     /// written, under the lock: the records of a channel are written in the
     /// order of its count's changes.
-    local: Mutex<HashMap<String, u32>>,
+    local: Mutex<HashMap<String, Local>>,
     /// channel → the nodes holding it (from the topic).
     view: Mutex<HashMap<String, HashSet<String>>>,
     /// Per partition: records from this offset on make events.
@@ -46,6 +46,13 @@ pub struct Occupancy {
     /// Keys this node tombstoned for a node that stopped: it writes the
     /// `vacated` events they make.
     reaped: Mutex<HashSet<(String, String)>>,
+}
+
+/// This node's subscriptions to a channel, and whether Kafka has the
+/// record saying it holds the channel.
+struct Local {
+    count: u32,
+    stored: watch::Receiver<bool>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -113,33 +120,55 @@ impl Occupancy {
         Ok(())
     }
 
-    fn change(&self, ctx: &Ctx, channel: &str, up: bool) {
+    /// One more subscription to `channel`: the record when it is the
+    /// first; returns what says when Kafka has it.
+    fn up(&self, ctx: &Ctx, channel: &str) -> watch::Receiver<bool> {
         let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
-        let n = local.entry(channel.to_owned()).or_default();
-        let before = *n;
-        *n = if up {
-            n.saturating_add(1)
-        } else {
-            n.saturating_sub(1)
-        };
-        let after = *n;
-        if after == 0 {
-            local.remove(channel);
+        if let Some(l) = local.get_mut(channel) {
+            l.count = l.count.saturating_add(1);
+            return l.stored.clone();
         }
-        let k = key(channel, &ctx.cluster.node);
-        let p = self.partition(channel);
-        let r = match (before, after) {
-            (0, 1) => {
-                let v = serde_json::to_vec(&Value {
-                    node: ctx.cluster.node.clone(),
-                })
-                .unwrap_or_default();
-                ctx.log.append_record(&self.topic, p, &k, &v, &[])
-            }
-            (1, 0) => ctx.log.append_tombstone(&self.topic, p, &k),
-            _ => return,
+        let (tx, rx) = watch::channel(false);
+        local.insert(
+            channel.to_owned(),
+            Local {
+                count: 1,
+                stored: rx.clone(),
+            },
+        );
+        let v = serde_json::to_vec(&Value {
+            node: ctx.cluster.node.clone(),
+        })
+        .unwrap_or_default();
+        let r = ctx.log.append_record(
+            &self.topic,
+            self.partition(channel),
+            &key(channel, &ctx.cluster.node),
+            &v,
+            &[],
+        );
+        track(r, Some(tx));
+        rx
+    }
+
+    /// One subscription to `channel` fewer: the tombstone when it was the
+    /// last.
+    fn down(&self, ctx: &Ctx, channel: &str) {
+        let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(l) = local.get_mut(channel) else {
+            return;
         };
-        watch(r);
+        l.count -= 1;
+        if l.count > 0 {
+            return;
+        }
+        local.remove(channel);
+        let k = key(channel, &ctx.cluster.node);
+        track(
+            ctx.log
+                .append_tombstone(&self.topic, self.partition(channel), &k),
+            None,
+        );
     }
 
     fn on_record(&self, ctx: &Ctx, r: Record) {
@@ -220,30 +249,31 @@ impl Occupancy {
             );
         }
         for (channel, node) in gone {
-            watch(ctx.log.append_tombstone(
-                &self.topic,
-                self.partition(&channel),
-                &key(&channel, &node),
-            ));
+            let k = key(&channel, &node);
+            track(
+                ctx.log
+                    .append_tombstone(&self.topic, self.partition(&channel), &k),
+                None,
+            );
         }
     }
 }
 
-/// A subscription to `channel` starts on this node: counted (true) when
-/// some endpoint wants the channel's occupancy. Counted before the client
-/// is told `subscribed`, so a channel a client knows it is subscribed to is
-/// occupied.
-pub(crate) fn joined(ctx: &Ctx, channel: &str) -> bool {
-    let counted = wanted(ctx, channel);
-    if counted {
-        ctx.occupancy.change(ctx, channel, true);
-    }
-    counted
+/// A subscription to `channel` starts on this node: counted when some
+/// endpoint wants the channel's occupancy. Then the subscription waits
+/// until the returned receiver says Kafka has this node's record for the
+/// channel (at most the publish timeout) before the client is told
+/// `subscribed`: a subscription a client knows of is in the cluster's
+/// sequence before anything the client does next (say, another client's
+/// unsubscribe on another node), so a handoff between nodes makes no
+/// `vacated` / `occupied` pair.
+pub(crate) fn joined(ctx: &Ctx, channel: &str) -> Option<watch::Receiver<bool>> {
+    wanted(ctx, channel).then(|| ctx.occupancy.up(ctx, channel))
 }
 
 /// A subscription [`joined`] counted ended (or failed).
 pub(crate) fn left(ctx: &Ctx, channel: &str) {
-    ctx.occupancy.change(ctx, channel, false);
+    ctx.occupancy.down(ctx, channel);
 }
 
 fn wanted(ctx: &Ctx, channel: &str) -> bool {
@@ -251,8 +281,9 @@ fn wanted(ctx: &Ctx, channel: &str) -> bool {
         || ctx.events.wants(EventKind::Vacated, Some(channel))
 }
 
-/// Counts a failed occupancy write.
-fn watch(r: Result<herald_log::PendingPublish, LogError>) {
+/// Counts a failed occupancy write; `stored` is told when it is done
+/// (stored or failed: a subscription does not wait for a broken write).
+fn track(r: Result<herald_log::PendingPublish, LogError>, stored: Option<watch::Sender<bool>>) {
     let failed = |e: &LogError| {
         metrics::counter!("herald_webhook_event_errors_total", "type" => "occupancy").increment(1);
         warn!(%e, "An occupancy record could not be written");
@@ -262,6 +293,9 @@ fn watch(r: Result<herald_log::PendingPublish, LogError>) {
             tokio::spawn(async move {
                 if let Err(e) = pending.await {
                     failed(&e);
+                }
+                if let Some(tx) = stored {
+                    let _ = tx.send(true);
                 }
             });
         }

@@ -396,3 +396,59 @@ async fn an_abandoned_poll_session_ends_after_the_idle_timeout() {
     .await;
     assert_eq!(st, 404);
 }
+
+/// A long-poll session opened with `rewind` gets the channel's last N
+/// messages; bad `rewind` values are refused with 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_session_opened_with_rewind_gets_the_recent_messages() {
+    let s = Server::start(&unique_prefix("poll-rewind"), &["--publish-rate", "0"]);
+    let ch = "chat:poll-rewind";
+    let mut ws = s.connect().await;
+    let mut acked = Vec::new();
+    for n in 0..5 {
+        acked.push(publish_ok(&mut ws, ch, json!({ "n": n })).await.1);
+    }
+    let (st, body) = http(
+        &s.http,
+        "GET",
+        &format!("/poll?channel={ch}&rewind=2&wait_ms=2000"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    let session = v["session"].as_str().expect("session").to_owned();
+    let mut frames: Vec<Value> = v["frames"].as_array().cloned().unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seqs(&frames).get(ch).map_or(0, Vec::len) < 2 {
+        assert!(Instant::now() < deadline, "{frames:?}");
+        let (_, body) = http(
+            &s.http,
+            "GET",
+            &format!("/poll?session={session}&wait_ms=2000"),
+            &[],
+            None,
+        )
+        .await;
+        let v: Value = serde_json::from_str(&body).expect("json");
+        frames.extend(v["frames"].as_array().cloned().unwrap_or_default());
+    }
+    assert_eq!(seqs(&frames)[ch], acked[3..].to_vec());
+    for bad in [
+        "rewind=0",
+        "rewind=x",
+        "rewind=5000",
+        "rewind=2&rewind_ms=5",
+    ] {
+        let (st, body) = http(
+            &s.http,
+            "GET",
+            &format!("/poll?channel={ch}&{bad}"),
+            &[],
+            None,
+        )
+        .await;
+        assert_eq!(st, 400, "{bad}: {body}");
+    }
+}

@@ -6,7 +6,7 @@ use crate::common;
 use std::time::Duration;
 
 use common::*;
-use herald_client::{ClientError, HistoryQuery};
+use herald_client::{ClientError, HistoryQuery, Start};
 use serde_json::json;
 
 fn q() -> HistoryQuery {
@@ -228,4 +228,89 @@ async fn history_bounds_and_bad_requests() {
     }
     // And the connection still works.
     c.ping().await.unwrap();
+}
+
+/// `subscribe` with `rewind` (the last N messages) and `rewind_ms` (an age
+/// window), for a client that knows no position: the recent messages of the
+/// channel in order, then live ones, each once; nothing published while it
+/// subscribes is missed; the channel's neighbours in the partition never
+/// show; bad values are refused.
+#[tokio::test]
+async fn rewind_delivers_recent_messages_then_live_ones_once() {
+    let prefix = unique_prefix("rewind");
+    let server = Server::start(&prefix, &["--publish-rate", "0"]);
+    let mut p = server.connect().await;
+    let mut mine = Vec::new();
+    for i in 0..12 {
+        let (_, seq) = publish_ok(&mut p, "chat:r", json!({ "i": i })).await;
+        mine.push(seq);
+        publish_ok(&mut p, "chat:r-other", json!({ "other": i })).await;
+    }
+    let seqs = |ms: &[herald_client::Msg]| ms.iter().map(|m| m.seq).collect::<Vec<_>>();
+
+    // The last 3, then a live one.
+    let mut c = server.connect().await;
+    let (_, recovered) = c
+        .subscribe_from("chat:r", Start::Rewind(3), false)
+        .await
+        .expect("rewind");
+    assert!(recovered, "a rewind is an exact resume");
+    let got = read_messages(&mut c, 3, Duration::from_secs(10)).await;
+    assert_eq!(seqs(&got), mine[9..].to_vec());
+    let (_, live) = publish_ok(&mut p, "chat:r", json!({ "i": "live" })).await;
+    let got = read_messages(&mut c, 1, Duration::from_secs(10)).await;
+    assert_eq!(seqs(&got), vec![live]);
+    assert_no_message(&mut c, Duration::from_millis(500)).await;
+    mine.push(live);
+
+    // More than there are: all of them.
+    let mut all = server.connect().await;
+    all.subscribe_from("chat:r", Start::Rewind(500), false)
+        .await
+        .expect("rewind 500");
+    let got = read_messages(&mut all, mine.len(), Duration::from_secs(10)).await;
+    assert_eq!(seqs(&got), mine);
+    assert_no_message(&mut all, Duration::from_millis(300)).await;
+
+    // An empty channel: nothing, then the next message.
+    let mut empty = server.connect().await;
+    empty
+        .subscribe_from("chat:r-empty", Start::Rewind(5), false)
+        .await
+        .expect("rewind on an empty channel");
+    assert_no_message(&mut empty, Duration::from_millis(300)).await;
+    let (_, first) = publish_ok(&mut p, "chat:r-empty", json!({ "first": true })).await;
+    let got = read_messages(&mut empty, 1, Duration::from_secs(10)).await;
+    assert_eq!(seqs(&got), vec![first]);
+
+    // By age: everything of the last minute.
+    let mut aged = server.connect().await;
+    aged.send_text(
+        json!({ "type": "subscribe", "channel": "chat:r", "rewind_ms": 60_000 }).to_string(),
+    )
+    .await
+    .expect("send");
+    let got = read_messages(&mut aged, mine.len(), Duration::from_secs(10)).await;
+    assert_eq!(seqs(&got), mine);
+
+    // Refused: over the history limit, zero, and with `since`.
+    let mut bad = server.connect().await;
+    let err = bad
+        .subscribe_from("chat:r", Start::Rewind(5_000), false)
+        .await
+        .expect_err("rewind over the limit");
+    assert!(
+        matches!(&err, ClientError::Server { code, reason } if code == "bad_frame" && reason.contains("at most 1000")),
+        "{err:?}"
+    );
+    for frame in [
+        json!({ "type": "subscribe", "channel": "chat:r", "rewind": 0 }),
+        json!({ "type": "subscribe", "channel": "chat:r", "rewind": 2, "since": "cursor" }),
+    ] {
+        bad.send_text(frame.to_string()).await.expect("send");
+        match bad.next_frame_within(Duration::from_secs(5)).await {
+            Ok(herald_client::Frame::Error { code, .. }) => assert_eq!(code, "bad_frame"),
+            other => panic!("{frame}: {other:?}"),
+        }
+    }
 }
