@@ -593,8 +593,9 @@ async fn presence_is_the_same_everywhere_and_expires_with_its_node() {
         (status, v["clients"].clone(), v["users"].clone()),
         (200, json!(5), json!(4))
     );
+    // (A watcher's own join may still arrive late under load: skipped.)
     for w in [&mut w0, &mut w2] {
-        assert_eq!(events(w, ch, 1).await[0].0, "join");
+        assert_eq!(events_but(w, ch, 1, &["w0", "w2"]).await[0].0, "join");
     }
 
     // Refusals: presence off in `chat`, a bad channel, no channel.
@@ -629,8 +630,8 @@ async fn presence_is_the_same_everywhere_and_expires_with_its_node() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let hidden = started.elapsed();
-    let l0 = events(&mut w0, ch, 2).await;
-    let l2 = events(&mut w2, ch, 2).await;
+    let l0 = events_but(&mut w0, ch, 2, &["w0", "w2"]).await;
+    let l2 = events_but(&mut w2, ch, 2, &["w0", "w2"]).await;
     eprintln!(
         "a killed node's members hidden after {hidden:?}, leaves after {:?}",
         started.elapsed()
