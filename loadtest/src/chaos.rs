@@ -21,14 +21,14 @@
 //! timing of everything else is the machine's.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+
+use crate::nodes::{cluster, free_port, namespaces_file, Node};
 use herald_client::resilient::{Publisher, Stats, Subscriber};
 use herald_proto::Envelope;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -57,6 +57,8 @@ pub struct ChaosConfig {
     /// Extra `herald serve` arguments (replication settings, say).
     pub herald_args: Vec<String>,
     pub topic_prefix: String,
+    /// A soak instead of faults ([`crate::soak`]).
+    pub soak: Option<crate::soak::SoakConfig>,
 }
 
 /// One fault the nemesis can inject.
@@ -93,6 +95,9 @@ pub struct ChaosReport {
     pub duplicates_dropped_by_clients: u64,
     /// What the checker found wrong; empty when the run holds.
     pub problems: Vec<String>,
+    /// A soak's samples, and its (history pages, presence churns).
+    pub samples: Vec<crate::soak::Sample>,
+    pub browsed: (u64, u64),
 }
 
 impl ChaosReport {
@@ -153,128 +158,6 @@ impl Rng {
     }
 }
 
-/// A herald node the run starts, kills and restarts on a fixed port.
-struct Node {
-    port: u16,
-    args: Vec<String>,
-    bin: PathBuf,
-    child: Option<Child>,
-}
-
-impl Node {
-    fn url(&self) -> String {
-        format!("ws://127.0.0.1:{}/ws", self.port)
-    }
-
-    /// Starts the node and waits until it listens. A node that exits while
-    /// starting (say, a freshly started cluster still loading past herald's
-    /// request timeout) is started again, up to three times, as a process
-    /// supervisor would; every start shares one 90 s deadline.
-    fn start(&mut self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        for attempt in 1..=3 {
-            match self.start_once(deadline)? {
-                true => return Ok(()),
-                false if attempt < 3 && Instant::now() < deadline => {
-                    eprintln!(
-                        "chaos: herald on port {} exited while starting (attempt {attempt}); starting it again",
-                        self.port
-                    );
-                    std::thread::sleep(Duration::from_secs(2));
-                }
-                false => break,
-            }
-        }
-        self.kill();
-        bail!("herald on port {} did not start within 90 s", self.port);
-    }
-
-    /// One start: `Ok(true)` listening, `Ok(false)` exited or out of time.
-    fn start_once(&mut self, deadline: Instant) -> anyhow::Result<bool> {
-        let mut child = Command::new(&self.bin)
-            .arg("serve")
-            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
-            .args(&self.args)
-            .env(
-                "HERALD_LOG",
-                std::env::var("HERALD_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("starting {}", self.bin.display()))?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.starts_with("herald listening on ") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        self.child = Some(child);
-        // Disconnected: stdout closed, the process is gone.
-        let left = deadline.saturating_duration_since(Instant::now());
-        if rx.recv_timeout(left).is_ok() {
-            return Ok(true);
-        }
-        self.kill();
-        Ok(false)
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn cluster(script: &PathBuf, args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new(script)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {}", script.display()))?;
-    if !out.status.success() {
-        bail!(
-            "{} {args:?}: {}{}",
-            script.display(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
-}
-
 /// What the clients did.
 #[derive(Default)]
 struct History {
@@ -291,8 +174,8 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosReport> {
         cfg.brokers.clone(),
         "--topic-prefix".to_owned(),
         cfg.topic_prefix.clone(),
-        "--namespaces".to_owned(),
-        "chat=4:anonymous".to_owned(),
+        "--config".to_owned(),
+        namespaces_file(&cfg.topic_prefix)?,
         "--drain-delay-ms".to_owned(),
         "100".to_owned(),
         "--reconnect-jitter-ms".to_owned(),
@@ -329,20 +212,29 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosReport> {
 
     // Subscribers first, from the start of every channel.
     let mut sub_tasks = Vec::new();
+    let latencies: crate::soak::Latencies = Arc::default();
     for i in 0..cfg.subscribers.max(1) {
         let mut sub = Subscriber::new(rotate(&urls, i), channels.clone());
         sub.connect().await.context("subscriber connects")?;
         let (stop, cuts, delivered) = (stop.clone(), cuts.clone(), delivered.clone());
+        // A soak's first subscriber is never cut: its latencies are the p99.
+        let steady = (cfg.soak.is_some() && i == 0).then(|| latencies.clone());
         sub_tasks.push(tokio::spawn(async move {
             let mut seen_cuts = 0;
             loop {
                 let c = cuts.load(Ordering::SeqCst);
-                if c != seen_cuts {
+                if c != seen_cuts && steady.is_none() {
                     seen_cuts = c;
                     sub.abort();
                 }
                 match sub.next_within(Duration::from_millis(100)).await {
-                    Some(m) => delivered.lock().unwrap_or_else(|p| p.into_inner())[i].push(m),
+                    Some(m) => {
+                        if let Some(l) = &steady {
+                            let ms = crate::soak::now_ms() - m.ts as f64;
+                            lock(l).push(ms);
+                        }
+                        delivered.lock().unwrap_or_else(|p| p.into_inner())[i].push(m)
+                    }
                     None if stop.load(Ordering::SeqCst) => break,
                     None => {}
                 }
@@ -387,7 +279,39 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosReport> {
     let mut faults = Vec::new();
     let nemesis_end = Instant::now() + cfg.duration;
     let nodes = Arc::new(Mutex::new(nodes));
-    while Instant::now() < nemesis_end {
+    // Sampling and browsing end with the load, before the settling.
+    let soak_done = Arc::new(AtomicBool::new(false));
+    let soaking = cfg.soak.clone().map(|soak| {
+        let listed = nodes.clone();
+        let pids = move || {
+            lock(&listed)
+                .iter()
+                .filter_map(|n| Some((n.child.as_ref()?.id(), format!("127.0.0.1:{}", n.port))))
+                .collect()
+        };
+        let sampler = tokio::spawn(crate::soak::sample(
+            soak.sample_every,
+            began,
+            pids,
+            latencies.clone(),
+            soak_done.clone(),
+        ));
+        let browser = tokio::spawn(crate::soak::browse(
+            urls.clone(),
+            channels.clone(),
+            soak_done.clone(),
+        ));
+        (soak, sampler, browser)
+    });
+    if let Some((soak, ..)) = &soaking {
+        // No faults: the subscribers but the first resume every cut_every.
+        while Instant::now() < nemesis_end {
+            tokio::time::sleep(soak.cut_every.min(nemesis_end - Instant::now())).await;
+            cuts.fetch_add(1, Ordering::SeqCst);
+        }
+        soak_done.store(true, Ordering::SeqCst);
+    }
+    while soaking.is_none() && Instant::now() < nemesis_end {
         tokio::time::sleep(rng.millis(1_000, 4_000)).await;
         if Instant::now() >= nemesis_end {
             break;
@@ -475,6 +399,14 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosReport> {
     for t in sub_tasks {
         sub_stats.push(t.await.unwrap_or_default());
     }
+    let (samples, browsed, warmup) = match soaking {
+        Some((soak, sampler, browser)) => (
+            sampler.await.unwrap_or_default(),
+            browser.await.unwrap_or_default(),
+            soak.warmup,
+        ),
+        None => (Vec::new(), (0, 0), 0.0),
+    };
     drop(nodes);
     let log = read_log(&cfg.brokers, &topic)?;
 
@@ -488,6 +420,11 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosReport> {
     report.subscriber_reconnects = sub_stats.iter().map(|s| s.connects.saturating_sub(1)).sum();
     report.not_recovered = sub_stats.iter().map(|s| s.not_recovered).sum();
     report.duplicates_dropped_by_clients = sub_stats.iter().map(|s| s.duplicates_dropped).sum();
+    if !samples.is_empty() {
+        report.problems.extend(crate::soak::judge(&samples, warmup));
+        report.samples = samples;
+        report.browsed = browsed;
+    }
     Ok(report)
 }
 

@@ -17,6 +17,9 @@
 //! - [`resume`]: P4, catching up N messages through herald against reading
 //!   them straight from Kafka.
 //! - [`storm`]: P5, the reconnect storm after an edge is killed.
+//! - [`soak`]: the chaos checker's load without faults for a long time,
+//!   with resumes, history and presence churn, sampling memory, file
+//!   descriptors, tasks and p99 for growth.
 //! - [`verify`]: the verifier (every acked message to every subscriber of its
 //!   channel, exactly once).
 //! - [`plot`]: SVG charts: latency distributions, load curves.
@@ -26,10 +29,12 @@ pub mod chaos;
 pub mod gen;
 pub mod idle;
 pub mod kafkafloor;
+mod nodes;
 pub mod plot;
 pub mod proto;
 pub mod report;
 pub mod resume;
+pub mod soak;
 pub mod storm;
 pub mod verify;
 pub mod wsfloor;

@@ -28,6 +28,11 @@ enum Cmd {
     /// connections, then checks every operation against the topic. Exits 1
     /// when the check finds a problem; the seed replays the schedule.
     Chaos(cmd::chaos::ChaosArgs),
+    /// The soak: steady mixed load without faults for a long time (resumes,
+    /// history, presence churn), sampling each node's memory, file
+    /// descriptors and tasks and the delivery p99; exits 1 when anything was
+    /// lost or a measure kept growing after warm-up.
+    Soak(cmd::chaos::SoakArgs),
     /// Run librdkafka's in-process mock Kafka cluster until killed; prints
     /// its bootstrap address.
     MockBroker(cmd::servers::MockBrokerArgs),
@@ -85,6 +90,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Ws(a) => cmd::runs::ws(a).await,
         Cmd::KafkaFloor(a) => cmd::runs::kafka_floor(a).await,
         Cmd::Chaos(a) => cmd::chaos::chaos(a).await,
+        Cmd::Soak(a) => cmd::chaos::soak(a).await,
         Cmd::MockBroker(a) => cmd::servers::mock_broker(a).await,
         Cmd::WsFloorServer(a) => cmd::servers::ws_floor_server(a).await,
         Cmd::VsKafka(a) => cmd::compare::vs_kafka(a).await,

@@ -191,6 +191,11 @@ fn metrics_route(
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
     warp::path("metrics").and(warp::path::end()).map(move || {
         herald_hub::outbox::report_queued_bytes();
+        metrics::gauge!("herald_runtime_tasks").set(
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks() as f64,
+        );
         warp::reply::with_header(
             metrics.render(),
             "content-type",
