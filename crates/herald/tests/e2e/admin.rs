@@ -350,11 +350,24 @@ async fn a_node_that_does_not_answer_is_named() {
     wait_nodes(&ns[0], 2).await;
     let paused = self_id(&ns[1]).await;
     let pid = ns[1].pid().to_string();
-    let _ = Command::new("kill").args(["-STOP", &pid]).status();
-    let (status, v) = api(&ns[0], "GET", "/api/channels", None).await;
-    let _ = Command::new("kill").args(["-CONT", &pid]).status();
+    // On a loaded machine node 0 may have missed three of node 1's
+    // heartbeats just then (it is then not live, so not waited for, nor
+    // missing): asked again, up to three times.
+    let mut attempt = 0;
+    let (status, v) = loop {
+        attempt += 1;
+        wait_nodes(&ns[0], 2).await;
+        let _ = Command::new("kill").args(["-STOP", &pid]).status();
+        let (status, v) = api(&ns[0], "GET", "/api/channels", None).await;
+        let _ = Command::new("kill").args(["-CONT", &pid]).status();
+        if v["nodes"]["missing"] == json!([paused]) || attempt == 3 {
+            break (status, v);
+        }
+        eprintln!("node 1 was not live when asked ({v}); again");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
     assert_eq!(status, 200, "{v}");
-    assert_eq!(v["nodes"]["missing"], json!([paused]));
+    assert_eq!(v["nodes"]["missing"], json!([paused]), "{v}");
     assert_eq!(v["nodes"]["complete"], false);
     assert_eq!(v["nodes"]["applied"], json!([self_id(&ns[0]).await]));
 }
