@@ -457,6 +457,40 @@ pub(crate) async fn follow_from_start(
     Ok(live_from)
 }
 
+/// Runs a view of one of herald's compacted topics (presence, channel
+/// occupancy): `on_record` gets its records in order, and `reap` runs every
+/// node heartbeat (at least 100 ms) until the node drains, to tombstone the
+/// entries of nodes that stopped.
+pub(crate) fn run_view(
+    ctx: &Arc<Ctx>,
+    mut records: tokio::sync::mpsc::UnboundedReceiver<herald_log::Record>,
+    on_record: fn(&Ctx, herald_log::Record),
+    reap: fn(&Ctx),
+) {
+    {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            while let Some(r) = records.recv().await {
+                on_record(&ctx, r);
+            }
+        });
+    }
+    let weak = Arc::downgrade(ctx);
+    let every = ctx.cfg.node_heartbeat.max(Duration::from_millis(100));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(ctx) = weak.upgrade() else { return };
+            if ctx.shutdown.is_draining() {
+                return;
+            }
+            reap(&ctx);
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -184,34 +184,18 @@ impl Presence {
     pub async fn start(
         ctx: Arc<Ctx>,
         partitions: i32,
-        mut records: mpsc::UnboundedReceiver<Record>,
+        records: mpsc::UnboundedReceiver<Record>,
     ) -> Result<(), LogError> {
         let p = &ctx.presence;
         p.partitions.store(partitions, Ordering::Relaxed);
         let live_from = crate::cluster::follow_from_start(&*ctx.log, &p.topic, partitions).await?;
         *p.live_from.lock().unwrap_or_else(|e| e.into_inner()) = live_from;
-        {
-            let ctx = ctx.clone();
-            tokio::spawn(async move {
-                while let Some(r) = records.recv().await {
-                    ctx.presence.on_record(&ctx, r);
-                }
-            });
-        }
-        let weak = Arc::downgrade(&ctx);
-        let every = ctx.cfg.node_heartbeat.max(Duration::from_millis(100));
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(ctx) = weak.upgrade() else { return };
-                if ctx.shutdown.is_draining() {
-                    return;
-                }
-                ctx.presence.reap(&ctx);
-            }
-        });
+        crate::cluster::run_view(
+            &ctx,
+            records,
+            |ctx, r| ctx.presence.on_record(ctx, r),
+            |ctx| ctx.presence.reap(ctx),
+        );
         Ok(())
     }
 

@@ -64,11 +64,7 @@ pub async fn chaos(a: ChaosArgs) -> anyhow::Result<()> {
         duration: Duration::from_secs(a.secs),
         seed,
         pace: Duration::from_millis(a.pace_ms),
-        herald_args: a
-            .herald_args
-            .into_iter()
-            .filter(|x| !x.is_empty())
-            .collect(),
+        herald_args: nonempty(a.herald_args),
         topic_prefix: format!("chaos-{seed}."),
         soak: None,
     })
@@ -133,11 +129,7 @@ pub async fn soak(a: SoakArgs) -> anyhow::Result<()> {
         duration: Duration::from_secs(a.secs),
         seed: 0,
         pace: Duration::from_millis(a.pace_ms),
-        herald_args: a
-            .herald_args
-            .into_iter()
-            .filter(|x| !x.is_empty())
-            .collect(),
+        herald_args: nonempty(a.herald_args),
         topic_prefix: format!("soak-{started}."),
         soak: Some(herald_loadtest::soak::SoakConfig {
             sample_every: Duration::from_secs(a.sample_secs.max(1)),
@@ -166,4 +158,10 @@ pub async fn soak(a: SoakArgs) -> anyhow::Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// `--herald-args` split on spaces, without the empty pieces of doubled
+/// spaces.
+fn nonempty(args: Vec<String>) -> Vec<String> {
+    args.into_iter().filter(|x| !x.is_empty()).collect()
 }

@@ -38,15 +38,7 @@ impl Conn {
         let conn = self.id;
         let task = tokio::spawn(async move {
             let started = Instant::now();
-            let limits = HistoryLimits {
-                limit,
-                max_bytes: ctx
-                    .cfg
-                    .history_max_bytes
-                    .min(ctx.cfg.limits.queue_bytes / 2)
-                    .max(1),
-                max_scan: ctx.cfg.history_max_scan,
-            };
+            let limits = page_limits(&ctx, limit);
             // The node's share for history (see `ReadBudget`).
             let Ok(_node) = ctx.reads.history.acquire().await else {
                 return;
@@ -112,6 +104,20 @@ fn history_error(req: &HistoryRequest, code: &'static str, reason: impl Into<Str
     )
 }
 
+/// A history page's limits on this node: `limit` messages, the node's byte
+/// bound (at most half a connection's queue) and scan bound.
+fn page_limits(ctx: &crate::ctx::Ctx, limit: usize) -> HistoryLimits {
+    HistoryLimits {
+        limit,
+        max_bytes: ctx
+            .cfg
+            .history_max_bytes
+            .min(ctx.cfg.limits.queue_bytes / 2)
+            .max(1),
+        max_scan: ctx.cfg.history_max_scan,
+    }
+}
+
 /// Where a `rewind` subscription resumes from: right before the oldest of
 /// the channel's last N messages (as a `history` page finds them, within its
 /// byte and scan limits), or before the first record of the age window.
@@ -129,15 +135,7 @@ pub(super) async fn rewind_position(
     let end = ctx.log.watermarks(topic, partition).await?.high;
     let from = match rewind {
         Rewind::Last(n) => {
-            let limits = HistoryLimits {
-                limit: n as usize,
-                max_bytes: ctx
-                    .cfg
-                    .history_max_bytes
-                    .min(ctx.cfg.limits.queue_bytes / 2)
-                    .max(1),
-                max_scan: ctx.cfg.history_max_scan,
-            };
+            let limits = page_limits(ctx, n as usize);
             let _node = ctx.reads.history.acquire().await;
             let page = ctx
                 .hub

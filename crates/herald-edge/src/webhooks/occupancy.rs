@@ -21,7 +21,6 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use herald_log::{LogError, Record};
 use herald_proto::partition::partition_for_key;
@@ -89,34 +88,18 @@ impl Occupancy {
     pub async fn start(
         ctx: Arc<Ctx>,
         partitions: i32,
-        mut records: mpsc::UnboundedReceiver<Record>,
+        records: mpsc::UnboundedReceiver<Record>,
     ) -> Result<(), LogError> {
         let o = &ctx.occupancy;
         o.partitions.store(partitions, Ordering::Relaxed);
         let live_from = crate::cluster::follow_from_start(&*ctx.log, &o.topic, partitions).await?;
         *o.live_from.lock().unwrap_or_else(|e| e.into_inner()) = live_from;
-        {
-            let ctx = ctx.clone();
-            tokio::spawn(async move {
-                while let Some(r) = records.recv().await {
-                    ctx.occupancy.on_record(&ctx, r);
-                }
-            });
-        }
-        let weak = Arc::downgrade(&ctx);
-        let every = ctx.cfg.node_heartbeat.max(Duration::from_millis(100));
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(ctx) = weak.upgrade() else { return };
-                if ctx.shutdown.is_draining() {
-                    return;
-                }
-                ctx.occupancy.reap(&ctx);
-            }
-        });
+        crate::cluster::run_view(
+            &ctx,
+            records,
+            |ctx, r| ctx.occupancy.on_record(ctx, r),
+            |ctx| ctx.occupancy.reap(ctx),
+        );
         Ok(())
     }
 
