@@ -53,7 +53,7 @@ cleanup() {
     for b in cluster broker; do
         if [[ ${started[$b]} == 1 ]]; then infra/dev/$b.sh stop || true; fi
     done
-    rm -rf "$brokers_log" "${cluster_log:-}" "${installs:-}" "${artifacts:-}" "${tests:-}"
+    rm -rf "$brokers_log" "${cluster_log:-}" "${installs:-}" "${artifacts:-}" "${tests:-}" "${failed:-}"
 }
 trap cleanup EXIT
 
@@ -110,9 +110,33 @@ CHROMIUM="$(cat "$installs/chromium")"
 HERALD_PYTHON="$(cat "$installs/python")"
 export HERALD_PROMTOOL HERALD_HELM CHROMIUM HERALD_PYTHON
 
-status=0
-# run DIR BINARY [ARGS...]: one test binary, from DIR as cargo would.
-run() { (cd "$1" && "${@:2}"); }
+# What failed, a line each, printed last: CI shows the end of the output.
+failed="$(mktemp)"
+# run NAME LIMIT DIR BINARY [ARGS...]: one test binary, from DIR as cargo
+# would, for at most LIMIT (a hang fails the run instead of stalling it);
+# its failed tests (or its timeout) are noted in $failed.
+run() {
+    local name=$1 limit=$2 dir=$3 out st=0
+    out="$(mktemp)"
+    (cd "$dir" && timeout --kill-after=30s "$limit" "${@:4}") 2>&1 | tee "$out" || st=$?
+    if [[ $st != 0 ]]; then
+        if [[ $st == 124 || $st == 137 ]]; then
+            echo "$name: timed out after $limit; the last test started, and those running long:" >>"$failed"
+            # libtest prints "test NAME ... " when a test starts (one at a
+            # time) and names the tests running for over a minute.
+            { grep -aoE '^test [^ ]+ \.\.\. ' "$out" | tail -1
+              grep -aoE 'test [^ ]+ has been running for over 60 seconds' "$out"
+            } | sed 's/^/    /' >>"$failed" || true
+        else
+            echo "$name: exit $st" >>"$failed"
+        fi
+        # The failed tests and their panics (the message is the next line).
+        grep -aE -A1 "^test .* FAILED$|panicked at" "$out" | grep -av '^--$' |
+            head -30 | cut -c1-400 | sed 's/^/    /' >>"$failed" || true
+    fi
+    rm -f "$out"
+    return $st
+}
 
 # The cluster's fault suites (they stop, kill and pause its brokers) run one
 # test at a time, beside the rest, which use the single broker and brokers
@@ -120,18 +144,20 @@ run() { (cd "$1" && "${@:2}"); }
 cluster_log="$(mktemp)"
 (
     st=0
-    run crates/herald timeout 20m "$(binary cluster)" --test-threads=1 || st=1
-    run crates/herald timeout 10m "$(binary chaos)" --test-threads=1 || st=1
+    run cluster 20m crates/herald "$(binary cluster)" --test-threads=1 || st=1
+    run chaos 10m crates/herald "$(binary chaos)" --test-threads=1 || st=1
     exit $st
 ) >"$cluster_log" 2>&1 &
 cluster_pid=$!
 
+status=0
 echo "test: the TypeScript client's unit tests"
-(cd clients/typescript && node --test test/) || status=1
+run typescript 5m clients/typescript node --test test/ || status=1
 echo "test: the Python client (installed with pip, mypy strict, pytest against a node on the broker)"
 "$HERALD_PYTHON" -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall ./clients/python &&
-    (cd clients/python && "$HERALD_PYTHON" -m mypy &&
-        HERALD_BIN="$CARGO_TARGET_DIR/debug/herald" "$HERALD_PYTHON" -m pytest -q -p no:cacheprovider tests/) ||
+    run mypy 5m clients/python "$HERALD_PYTHON" -m mypy &&
+    HERALD_BIN="$CARGO_TARGET_DIR/debug/herald" run pytest 10m clients/python \
+        "$HERALD_PYTHON" -m pytest -q -p no:cacheprovider tests/ ||
     status=1
 while IFS=$'\t' read -r dir name bin; do
     case "$dir:$name" in
@@ -142,14 +168,21 @@ while IFS=$'\t' read -r dir name bin; do
         *) args=() ;;
     esac
     echo "test: $name (${dir#"$ROOT"/})"
-    run "$dir" "$bin" ${args[@]+"${args[@]}"} || status=1
+    run "$name" 15m "$dir" "$bin" ${args[@]+"${args[@]}"} || status=1
 done <"$tests"
 # The single-broker fault suite kills nodes and restarts its own brokers:
 # one test at a time, after the parallel ones.
 echo "test: faults"
-run crates/herald "$(binary faults)" --test-threads=1 || status=1
+run faults 15m crates/herald "$(binary faults)" --test-threads=1 || status=1
 
 echo "test: the cluster's fault suites (cluster, chaos)"
 wait "$cluster_pid" || status=1
 cat "$cluster_log"
+if [[ -s $failed ]]; then
+    echo "test: FAILED"
+    cat "$failed"
+    status=1
+else
+    echo "test: every test passed"
+fi
 exit $status
