@@ -614,6 +614,7 @@ mod tests {
             ts: 0,
             data: json!(null),
             replayed: None,
+            tags: None,
         }
     }
 

@@ -2,7 +2,8 @@
 // Schemas in schemas/ (the one description of the wire), so the client's
 // frame types cannot drift from them. Covers the schema keywords those files
 // use: $ref, type, const, enum, oneOf, properties, required, items,
-// description (validation-only keywords such as pattern carry no type).
+// additionalProperties (a map's values), description (validation-only
+// keywords such as pattern carry no type).
 //
 //   node scripts/gen-frames.mjs           write the files
 //   node scripts/gen-frames.mjs --check   exit 1 when they are out of date
@@ -42,13 +43,17 @@ function typeOf(s, prefix) {
     case "object":
       return objectOf(s, prefix, "");
     case undefined:
-      return "unknown";
+      // A branch of an object's oneOf: its properties say the rest.
+      return s.properties ? objectOf(s, prefix, "") : "unknown";
     default:
       throw new Error(`unsupported schema type ${JSON.stringify(s.type)}`);
   }
 }
 
 function objectOf(s, prefix, indent) {
+  if (!s.properties && typeof s.additionalProperties === "object") {
+    return `Record<string, ${typeOf(s.additionalProperties, prefix)}>`;
+  }
   const required = new Set(s.required ?? []);
   const props = Object.entries(s.properties ?? {});
   const lines = props.map(

@@ -19,6 +19,8 @@ export type CSubscribe = {
   rewind?: number;
   /** Without since or rewind: deliver the channel's messages of the last this many milliseconds, then live ones. */
   rewind_ms?: number;
+  /** Deliver only the messages whose tags pass this filter; the others are passed over (the subscription's position moves past them, so a resume does not deliver them either). */
+  filter?: CFilter;
 };
 
 export type CUnsubscribe = {
@@ -35,6 +37,7 @@ export type CPublish = {
   data: unknown;
   /** True when re-sending a publish whose answer was lost (e.g. the connection died). The server then looks for the id in the channel's recent log before appending, so the retry is safe on any node. */
   retry?: boolean;
+  tags?: CTags;
 };
 
 export type CAck = {
@@ -92,6 +95,30 @@ export type CPresenceStats = {
   /** Echoed in the reply. */
   id?: string;
   channel: CChannel;
+};
+
+/** Tags of the message: at most 16, keys of 1 to 64 bytes, string values of at most 256 bytes. Subscriptions filter on them (docs/protocol.md, "Tags and filters"). Absent when the publish had none. */
+export type CTags = Record<string, string>;
+
+/** A filter over a message's tags: exactly one operator per object. eq/ne/in/exists compare the tag named by key (a missing tag equals nothing); and/or/not combine filters. At most 8 levels and 64 expressions (each in value counts). */
+export type CFilter = {
+  key: string;
+  eq: string;
+} | {
+  key: string;
+  ne: string;
+} | {
+  key: string;
+  in: Array<string>;
+} | {
+  key: string;
+  exists: boolean;
+} | {
+  and: Array<CFilter>;
+} | {
+  or: Array<CFilter>;
+} | {
+  not: CFilter;
 };
 
 /** Every client frame is a JSON text frame with a type. Unknown fields are refused with error code bad_frame. */

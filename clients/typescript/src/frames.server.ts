@@ -35,6 +35,7 @@ export type SMessage = {
   ts: number;
   data: unknown;
   replayed?: SReplayed;
+  tags?: STags;
 };
 
 export type SPublishAck = {
@@ -173,6 +174,9 @@ export type SClose = {
   code: number;
   reason: string;
 };
+
+/** Tags of the message: at most 16, keys of 1 to 64 bytes, string values of at most 256 bytes. Subscriptions filter on them (docs/protocol.md, "Tags and filters"). Absent when the publish had none. */
+export type STags = Record<string, string>;
 
 /** Every server frame is a JSON text frame with a type. Clients must ignore unknown fields and unknown frame types. */
 export type ServerFrame =

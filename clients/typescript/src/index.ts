@@ -9,7 +9,7 @@
 // (the public types), frames.*.ts (the frames, generated from schemas/),
 // this file (the connection's life and the public API).
 
-import type { CHistory, ClientFrame, CPresence, CPresenceStats } from "./frames.client.js";
+import type { CHistory, ClientFrame, CPresence, CPresenceStats, CPublish } from "./frames.client.js";
 import type { ServerFrame } from "./frames.server.js";
 import { ProtocolState, type PendingPublish } from "./protocol.js";
 import { defaultTransportFactory, type Frame, type Transport, type TransportName } from "./transport.js";
@@ -21,12 +21,13 @@ import {
   type Member,
   type Options,
   type Position,
+  type PublishOptions,
   type State,
   type SubscribeOptions,
 } from "./types.js";
 
 export type { Frame, Transport, TransportFactory, TransportName } from "./transport.js";
-export type { ClientFrame } from "./frames.client.js";
+export type { ClientFrame, CFilter as Filter, CTags as Tags } from "./frames.client.js";
 export type { ServerFrame } from "./frames.server.js";
 export * from "./types.js";
 
@@ -182,11 +183,20 @@ export class HeraldClient {
   /**
    * Publishes `data`; resolves with the `seq` once Kafka has it. Survives
    * reconnects: an unanswered publish is re-sent with the same id and
-   * `retry: true`, so it is appended once.
+   * `retry: true`, so it is appended once. The third argument is the id,
+   * or `{ id, tags }`.
    */
-  publish(channel: string, data: unknown, id: string = uuid()): Promise<{ seq: number; duplicate: boolean }> {
+  publish(
+    channel: string,
+    data: unknown,
+    idOrOptions: string | PublishOptions = {},
+  ): Promise<{ seq: number; duplicate: boolean }> {
+    const o = typeof idOrOptions === "string" ? { id: idOrOptions } : idOrOptions;
+    const id = o.id ?? uuid();
+    const frame: CPublish = { type: "publish", channel, id, data };
+    if (o.tags && Object.keys(o.tags).length > 0) frame.tags = o.tags;
     return new Promise((resolve, reject) => {
-      const p: PendingPublish = { frame: { type: "publish", channel, id, data }, resolve, reject, sent: false };
+      const p: PendingPublish = { frame, resolve, reject, sent: false };
       this.st.publishes.set(id, p);
       if (this._state === "connected") this.sendPublish(p);
     });

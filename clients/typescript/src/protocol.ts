@@ -52,6 +52,7 @@ export class ProtocolState {
     else if (o.rewind) frame.rewind = o.rewind;
     else if (o.rewindMs) frame.rewind_ms = o.rewindMs;
     if (o.durable) frame.durable = true;
+    if (o.filter) frame.filter = o.filter;
     const replays = [frame.since, frame.rewind, frame.rewind_ms].some((x) => x !== undefined);
     if (replays) this.resuming.add(channel);
     return frame;

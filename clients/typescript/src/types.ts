@@ -2,7 +2,7 @@
 // schemas/ (frames.server.ts, frames.client.ts); these name what the
 // application sees.
 
-import type { CHistory } from "./frames.client.js";
+import type { CFilter, CHistory, CTags } from "./frames.client.js";
 import type { SHistory, SMember, SMessage, SPosition } from "./frames.server.js";
 import type { TransportFactory, TransportName } from "./transport.js";
 
@@ -78,6 +78,17 @@ export interface SubscribeOptions {
   rewind?: number;
   /** As `rewind`, by age: the messages of the last `rewindMs` ms. */
   rewindMs?: number;
+  /** Only the messages whose tags pass this filter are delivered, e.g.
+   *  `{ key: "kind", in: ["goal", "card"] }` (docs/protocol.md, "Tags and
+   *  filters"); the others are passed over, on reconnects too. */
+  filter?: CFilter;
+}
+
+export interface PublishOptions {
+  /** The message id (a UUID); one is made when not given. */
+  id?: string;
+  /** The message's tags, which subscriptions' filters read. */
+  tags?: CTags;
 }
 
 export interface Subscribed {

@@ -85,6 +85,32 @@ test("a rewind applies to the first subscribe; a reconnect resumes from the posi
   c.close();
 });
 
+test("a filter goes with every subscribe of the channel; a publish carries its tags", async () => {
+  const s = scripted();
+  const c = client(s);
+  const filter = { or: [{ key: "kind", eq: "goal" }, { not: { key: "team", exists: true } }] };
+  c.subscribe("chat:f", { filter, rewind: 2 });
+  c.connect();
+  await tick();
+  s.made[0].open();
+  assert.deepEqual(s.made[0].sent[0], { type: "subscribe", channel: "chat:f", rewind: 2, filter });
+  s.made[0].frame({ type: "subscribed", channel: "chat:f", position: { seq: 6, epoch: "e1" }, recovered: true });
+  s.made[0].frame(msg("chat:f", 9));
+  const id = "22222222-2222-4222-8222-222222222222";
+  const p = c.publish("chat:f", { t: 1 }, { id, tags: { kind: "goal" } });
+  assert.deepEqual(s.made[0].sent.at(-1), { type: "publish", channel: "chat:f", id, data: { t: 1 }, tags: { kind: "goal" } });
+  c.publish("chat:f", 2, { tags: {} }).catch(() => {}); // rejected by the close below
+  assert.equal(s.made[0].sent.at(-1).tags, undefined, "empty tags are not sent");
+  s.made[0].fail(1006, true);
+  await tick(20);
+  s.made[1].open();
+  assert.deepEqual(s.made[1].sent[0], { type: "subscribe", channel: "chat:f", since: { seq: 9, epoch: "e1" }, filter });
+  assert.deepEqual(s.made[1].sent[1], { type: "publish", channel: "chat:f", id, data: { t: 1 }, tags: { kind: "goal" }, retry: true });
+  s.made[1].frame({ type: "publish_ack", id, channel: "chat:f", seq: 10 });
+  assert.deepEqual(await p, { seq: 10, duplicate: false });
+  c.close();
+});
+
 test("a reconnect resubscribes from the stored position and re-sends unanswered publishes once", async () => {
   const s = scripted();
   const c = client(s);

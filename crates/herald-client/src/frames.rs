@@ -12,7 +12,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 pub use herald_proto::frame::{Member, Replayed};
-pub use herald_proto::Position;
+pub use herald_proto::{Position, Tags};
 
 /// A delivered message.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -26,6 +26,9 @@ pub struct Msg {
     /// Set on messages an operator re-delivered with `herald replay --live`.
     #[serde(default)]
     pub replayed: Option<Replayed>,
+    /// The publish's tags, when it had any.
+    #[serde(default)]
+    pub tags: Option<Tags>,
 }
 
 /// Where a subscription starts.
@@ -178,6 +181,8 @@ pub(crate) enum Request<'a> {
         durable: bool,
         #[serde(skip_serializing_if = "Option::is_none")]
         rewind: Option<u32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        filter: Option<&'a Value>,
     },
     History {
         id: &'a str,
@@ -200,6 +205,8 @@ pub(crate) enum Request<'a> {
         data: &'a Value,
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         retry: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        tags: Option<&'a Tags>,
     },
     Ack {
         channel: &'a str,
@@ -251,6 +258,7 @@ mod tests {
             id,
             ts: 1,
             data: raw(r#"{"t":"hi"}"#),
+            tags: Some(Tags::from([("k".into(), "v".into())])),
             replayed: Some(Replayed {
                 topic: "t".into(),
                 partition: 0,
@@ -397,6 +405,9 @@ mod tests {
     #[test]
     fn every_request_is_a_frame_the_server_decodes() {
         let data = serde_json::json!({"t": "hi"});
+        let filter =
+            serde_json::json!({"or": [{"key": "k", "eq": "a"}, {"key": "j", "exists": false}]});
+        let tags = Tags::from([("k".to_string(), "a".to_string())]);
         let query = HistoryQuery {
             since_seq: Some(3),
             limit: Some(10),
@@ -408,18 +419,21 @@ mod tests {
                 since: Some(serde_json::json!({"seq": 3, "epoch": "e"})),
                 durable: true,
                 rewind: None,
+                filter: None,
             },
             Request::Subscribe {
                 channel: "chat:a",
                 since: Some(serde_json::json!("cursor")),
                 durable: false,
                 rewind: None,
+                filter: Some(&filter),
             },
             Request::Subscribe {
                 channel: "chat:a",
                 since: None,
                 durable: false,
                 rewind: Some(2),
+                filter: None,
             },
             Request::History {
                 id: "1",
@@ -434,6 +448,7 @@ mod tests {
                 id: Uuid::new_v4(),
                 data: &data,
                 retry: true,
+                tags: Some(&tags),
             },
             Request::Ack {
                 channel: "chat:a",

@@ -34,7 +34,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use uuid::Uuid;
 
-pub use herald_proto::Position;
+pub use herald_proto::{Position, Tags};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -225,6 +225,19 @@ impl Connection {
         start: Start<'_>,
         durable: bool,
     ) -> Result<(Position, bool), ClientError> {
+        self.subscribe_filtered(channel, start, durable, None).await
+    }
+
+    /// [`Connection::subscribe_from`] with a `filter` over the messages'
+    /// tags (its JSON form, docs/protocol.md "Tags and filters"): only the
+    /// messages that pass it are delivered.
+    pub async fn subscribe_filtered(
+        &mut self,
+        channel: &str,
+        start: Start<'_>,
+        durable: bool,
+        filter: Option<&Value>,
+    ) -> Result<(Position, bool), ClientError> {
         let resume = !matches!(start, Start::Live);
         let since = match start {
             Start::Live | Start::Rewind(_) => None,
@@ -240,6 +253,7 @@ impl Connection {
             since,
             durable,
             rewind,
+            filter,
         })
         .await?;
         let (reply, before) = self
@@ -340,7 +354,19 @@ impl Connection {
         id: Uuid,
         data: &Value,
     ) -> Result<(), ClientError> {
-        self.send_publish_as(channel, id, data, false).await
+        self.send_publish_as(channel, id, data, false, None).await
+    }
+
+    /// Sends a publish carrying `tags` without waiting for its answer.
+    pub async fn send_publish_tagged(
+        &mut self,
+        channel: &str,
+        id: Uuid,
+        data: &Value,
+        tags: &Tags,
+    ) -> Result<(), ClientError> {
+        self.send_publish_as(channel, id, data, false, Some(tags))
+            .await
     }
 
     /// Re-sends a publish whose answer was lost: the server looks for `id`
@@ -351,7 +377,7 @@ impl Connection {
         id: Uuid,
         data: &Value,
     ) -> Result<(), ClientError> {
-        self.send_publish_as(channel, id, data, true).await
+        self.send_publish_as(channel, id, data, true, None).await
     }
 
     async fn send_publish_as(
@@ -360,12 +386,14 @@ impl Connection {
         id: Uuid,
         data: &Value,
         retry: bool,
+        tags: Option<&Tags>,
     ) -> Result<(), ClientError> {
         self.send(&Request::Publish {
             channel,
             id,
             data,
             retry,
+            tags,
         })
         .await
     }
@@ -537,6 +565,7 @@ mod tests {
             ts: 0,
             data: Value::Null,
             replayed: None,
+            tags: None,
         }
     }
 

@@ -33,6 +33,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream::{self, Stream};
+use herald_proto::filter::{Filter as TagFilter, FilterBody};
 use herald_proto::{Position, Rewind, Since};
 use warp::http::{HeaderMap, StatusCode};
 use warp::{Filter, Reply};
@@ -63,6 +64,8 @@ struct Opening {
     /// Single-valued parameters (`token`, `client_id`, `session`, ...).
     single: HashMap<String, String>,
     subscribe: Vec<(String, Option<Since>)>,
+    /// `filter` (JSON, as a `subscribe` frame's): for every channel.
+    filter: Option<TagFilter>,
 }
 
 /// Reads `channel=` (repeatable) and the positions to resume from: `since`
@@ -131,6 +134,15 @@ fn opening_of(raw: &str, headers: &HeaderMap, ctx: &Ctx) -> Result<Opening, BadQ
             return Err(bad("give at most one of `rewind` and `rewind_ms`".into()))
         }
     };
+    let filter = match single.get("filter") {
+        None => None,
+        Some(text) => Some(
+            serde_json::from_str::<FilterBody>(text)
+                .map_err(|e| e.to_string())
+                .and_then(TagFilter::from_body)
+                .map_err(|e| bad(format!("bad `filter`: {e}")))?,
+        ),
+    };
     let subscribe = channels
         .into_iter()
         .map(|c| {
@@ -142,7 +154,11 @@ fn opening_of(raw: &str, headers: &HeaderMap, ctx: &Ctx) -> Result<Opening, BadQ
             (c, since)
         })
         .collect();
-    Ok(Opening { single, subscribe })
+    Ok(Opening {
+        single,
+        subscribe,
+        filter,
+    })
 }
 
 async fn sse(
@@ -163,7 +179,7 @@ async fn sse(
             _ => None,
         })
         .collect();
-    let handle = session::start(ctx.clone(), admitted, o.subscribe, Transport::Sse);
+    let handle = session::start(ctx.clone(), admitted, o.subscribe, o.filter, Transport::Sse);
     let Some(rx) = handle.out.lock().await.take() else {
         return refusal(StatusCode::CONFLICT, "bad_frame", "session already read");
     };
@@ -251,7 +267,7 @@ async fn poll(
             };
             // The opening poll answers at once: the client learns its
             // session id without waiting for a first frame.
-            let h = session::start(ctx.clone(), admitted, o.subscribe, Transport::Poll);
+            let h = session::start(ctx.clone(), admitted, o.subscribe, o.filter, Transport::Poll);
             (h, Duration::ZERO)
         }
     };

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use herald_log::Record;
 use herald_proto::envelope::EnvelopeRef;
+use herald_proto::{Filter, Tags};
 use tracing::debug;
 
 use crate::Text;
@@ -18,6 +19,39 @@ pub struct Delivery {
     pub text: Text,
     /// Re-delivered by `herald replay --live`.
     pub replayed: bool,
+    /// The publish's tags, which subscriptions' filters read (`None` for
+    /// most messages: no allocation).
+    pub tags: Option<Box<Tags>>,
+}
+
+/// What one subscription takes of its partition's messages: those of its
+/// channel that pass its filter.
+#[derive(Clone, Debug)]
+pub struct Interest {
+    pub channel: Arc<str>,
+    pub filter: Option<Arc<Filter>>,
+}
+
+impl Interest {
+    /// Every message of `channel`.
+    pub fn channel(channel: &str) -> Self {
+        Interest {
+            channel: Arc::from(channel),
+            filter: None,
+        }
+    }
+
+    /// Whether `d` (a message of this channel's partition) is for it.
+    pub fn wants(&self, d: &Delivery) -> bool {
+        *d.channel == *self.channel && self.passes(d)
+    }
+
+    /// Whether `d` (a message of this channel) passes the filter.
+    pub fn passes(&self, d: &Delivery) -> bool {
+        self.filter
+            .as_ref()
+            .is_none_or(|f| f.matches(d.tags.as_deref()))
+    }
 }
 
 impl Delivery {
@@ -31,6 +65,7 @@ impl Delivery {
                 seq: r.offset,
                 text: Text::from(env.message_json(r.offset, epoch)),
                 replayed: env.replayed.is_some(),
+                tags: env.tags.map(Box::new),
             }),
             Err(e) => {
                 metrics::counter!("herald_hub_malformed_records_total").increment(1);

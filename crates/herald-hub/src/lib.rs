@@ -38,7 +38,7 @@ pub mod publish;
 pub mod text;
 
 pub use dedup::{Claim, Dedup, DedupOutcome};
-pub use delivery::Delivery;
+pub use delivery::{Delivery, Interest};
 pub use hub::{HistoryLimits, HistoryPage};
 pub use hub::{Hub, HubConfig, SubscribeOutcome};
 pub use outbox::{ConnCommand, Event, Outbound, Outbox, OutboxReceiver, OverflowWatch};

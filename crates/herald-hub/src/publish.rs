@@ -64,6 +64,8 @@ pub struct PublishRequest {
     pub retry: bool,
     /// Set by `herald replay --live`: where the original record is.
     pub replayed: Option<Replayed>,
+    /// The message's tags (checked against their bounds by the caller).
+    pub tags: Option<herald_proto::Tags>,
     /// When the caller took the publish in (the latency histogram's start).
     pub started: Instant,
 }
@@ -115,6 +117,7 @@ impl Publisher {
         let this = self.clone();
         let mut env = Envelope::new(req.id, req.channel, req.publisher, req.data);
         env.replayed = req.replayed;
+        env.tags = req.tags;
         let job = Job {
             topic: req.topic,
             partition: req.partition,

@@ -302,7 +302,14 @@ async fn a_cancelled_subscribe_registers_nothing() {
     let (tx, mut rx) = Outbox::new(1, 100, 1 << 20);
     let cancelled = AtomicBool::new(true);
     let res = h
-        .subscribe_until(&tx, TOPIC, "chat:a", None, false, &cancelled)
+        .subscribe_until(
+            &tx,
+            TOPIC,
+            &herald_hub::Interest::channel("chat:a"),
+            None,
+            false,
+            &cancelled,
+        )
         .await;
     assert!(matches!(res, Err(HubError::Closed)), "{:?}", res.err());
     h.on_record(log.append("chat:a", 1));

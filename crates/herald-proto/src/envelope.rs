@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
+use crate::filter::Tags;
 use crate::frame::{MessageFrame, Replayed};
 
 /// The envelope version this code writes.
@@ -45,6 +46,10 @@ pub struct Envelope {
     /// record is. Absent on ordinary publishes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replayed: Option<Replayed>,
+    /// The publish's tags (string values), which subscriptions filter on.
+    /// Absent when it had none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Tags>,
 }
 
 /// Why a record could not be read as an envelope.
@@ -110,6 +115,7 @@ impl Envelope {
             content_type: Cow::Borrowed(CONTENT_TYPE_JSON),
             data,
             replayed: None,
+            tags: None,
         }
     }
 
@@ -135,7 +141,11 @@ impl Envelope {
 
     /// The record value, written into one buffer sized for it.
     pub fn to_json(&self) -> Vec<u8> {
-        let fixed = 160 + self.channel.len() + self.publisher.as_ref().map_or(0, |p| p.len());
+        let tags = self.tags.as_ref().map_or(0, |t| {
+            t.iter().map(|(k, v)| k.len() + v.len() + 6).sum::<usize>() + 10
+        });
+        let fixed =
+            160 + tags + self.channel.len() + self.publisher.as_ref().map_or(0, |p| p.len());
         let mut out = Vec::with_capacity(fixed + self.data.get().len());
         // Writing to a Vec fails only for a map with non-string keys,
         // which an envelope has none of.
@@ -160,6 +170,7 @@ impl Envelope {
             ts: self.ts,
             data: self.data,
             replayed: self.replayed,
+            tags: self.tags,
         }
     }
 }
@@ -199,6 +210,9 @@ pub struct EnvelopeRef<'a> {
     pub data: &'a RawValue,
     #[serde(default)]
     pub replayed: Option<Replayed>,
+    /// Owned: parsed only when the record has tags.
+    #[serde(default)]
+    pub tags: Option<Tags>,
 }
 
 /// The `message` frame written from borrowed parts: the same text as
@@ -214,6 +228,8 @@ struct MessageOut<'a> {
     data: &'a RawValue,
     #[serde(skip_serializing_if = "Option::is_none")]
     replayed: Option<&'a Replayed>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tags: Option<&'a Tags>,
 }
 
 impl<'a> EnvelopeRef<'a> {
@@ -234,6 +250,7 @@ impl<'a> EnvelopeRef<'a> {
             ts: self.ts,
             data: self.data,
             replayed: self.replayed.as_ref(),
+            tags: self.tags.as_ref(),
         };
         let mut buf = Vec::with_capacity(self.data.get().len() + self.channel.len() + 160);
         match serde_json::to_writer(&mut buf, &out) {
@@ -272,6 +289,7 @@ mod tests {
                 publisher.map(Arc::from),
                 RawValue::from_string(data.into()).expect("json"),
             );
+            env.tags = publisher.map(|p| Tags::from([("by".to_string(), p.to_string())]));
             env.replayed = replayed;
             let value = env.to_json();
             let owned = Envelope::decode(&value, Some(channel.as_bytes())).expect("owned decode");

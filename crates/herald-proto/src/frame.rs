@@ -19,6 +19,7 @@ pub use crate::member::Member;
 use uuid::Uuid;
 
 use crate::codes;
+use crate::filter::{check_tags, Filter, FilterBody, Tags};
 
 /// A position in a channel: the `seq` (Kafka offset) of the last message seen
 /// and the `epoch` of the topic incarnation it came from.
@@ -88,6 +89,8 @@ pub enum ClientFrame {
         since: Option<Since>,
         /// Store this subscription's acks as a durable cursor.
         durable: bool,
+        /// Only the messages whose tags pass (`crate::filter`).
+        filter: Option<Filter>,
     },
     Unsubscribe {
         channel: String,
@@ -101,6 +104,8 @@ pub enum ClientFrame {
         /// looks for `id` in the channel's recent log before appending, so a
         /// retry on another node does not append a second copy.
         retry: bool,
+        /// The message's tags (`crate::filter`), bounded.
+        tags: Option<Tags>,
     },
     Ack {
         channel: String,
@@ -169,6 +174,8 @@ struct SubscribeBody {
     rewind: Option<u32>,
     #[serde(default)]
     rewind_ms: Option<i64>,
+    #[serde(default)]
+    filter: Option<FilterBody>,
 }
 
 #[derive(Deserialize)]
@@ -226,6 +233,8 @@ struct PublishBody {
     data: Box<RawValue>,
     #[serde(default)]
     retry: bool,
+    #[serde(default)]
+    tags: Option<Tags>,
 }
 
 #[derive(Deserialize)]
@@ -333,10 +342,15 @@ pub fn decode_client(text: &str) -> Result<ClientFrame, DecodeError> {
                     ))
                 }
             };
+            let filter = match b.filter {
+                None => None,
+                Some(f) => Some(Filter::from_body(f).map_err(|e| bad(codes::BAD_FRAME, e))?),
+            };
             Ok(ClientFrame::Subscribe {
                 channel: b.channel,
                 durable: b.durable || since == Some(Since::Cursor),
                 since,
+                filter,
             })
         }
         "unsubscribe" => {
@@ -351,11 +365,15 @@ pub fn decode_client(text: &str) -> Result<ClientFrame, DecodeError> {
                     format!("`data` is nested deeper than {MAX_DATA_DEPTH} levels"),
                 ));
             }
+            if let Some(tags) = &b.tags {
+                check_tags(tags).map_err(|e| bad(codes::BAD_FRAME, e))?;
+            }
             Ok(ClientFrame::Publish {
                 channel: b.channel,
                 id: b.id,
                 data: b.data,
                 retry: b.retry,
+                tags: b.tags.filter(|t| !t.is_empty()),
             })
         }
         "ack" => {
@@ -630,6 +648,9 @@ pub struct MessageFrame {
     /// `herald replay --live`: where the original is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replayed: Option<Replayed>,
+    /// The publish's tags, when it had any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Tags>,
 }
 
 /// The original of a replayed message.
@@ -665,6 +686,45 @@ impl ServerFrame {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tags_and_filters_decode_and_bad_ones_are_bad_frames() {
+        match decode_client(
+            r#"{"type":"subscribe","channel":"chat:a","filter":{"key":"k","in":["a","b"]}}"#,
+        )
+        .unwrap()
+        {
+            ClientFrame::Subscribe {
+                filter: Some(f), ..
+            } => assert_eq!(f, Filter::In("k".into(), vec!["a".into(), "b".into()])),
+            other => panic!("{other:?}"),
+        }
+        let id = Uuid::new_v4();
+        match decode_client(&format!(
+            r#"{{"type":"publish","channel":"chat:a","id":"{id}","data":1,"tags":{{"k":"a"}}}}"#
+        ))
+        .unwrap()
+        {
+            ClientFrame::Publish { tags: Some(t), .. } => {
+                assert_eq!(t.get("k").map(String::as_str), Some("a"))
+            }
+            other => panic!("{other:?}"),
+        }
+        for text in [
+            r#"{"type":"subscribe","channel":"chat:a","filter":{"key":"k"}}"#.to_string(),
+            r#"{"type":"subscribe","channel":"chat:a","filter":"k=a"}"#.to_string(),
+            format!(
+                r#"{{"type":"publish","channel":"chat:a","id":"{id}","data":1,"tags":{{"k":1}}}}"#
+            ),
+            format!(
+                r#"{{"type":"publish","channel":"chat:a","id":"{id}","data":1,"tags":{{"":"a"}}}}"#
+            ),
+        ] {
+            let e = decode_client(&text).unwrap_err();
+            assert_eq!(e.code, codes::BAD_FRAME, "{text}");
+            assert_eq!(e.channel.as_deref(), Some("chat:a"), "{text}");
+        }
+    }
 
     #[test]
     fn decodes_every_client_frame() {

@@ -10,6 +10,7 @@
 //!   frames show it.
 //! - [`envelope`]: the JSON value of every Kafka record herald writes (the
 //!   analytics contract, versioned; schema in `schemas/envelope.v1.json`).
+//! - [`filter`]: a message's `tags` and a subscription's `filter` over them.
 //! - [`channel`]: channel names (`namespace:name`) and their validation.
 //! - [`partition`]: Kafka's default partitioner (murmur2 of the key), so herald
 //!   places a channel exactly where a Java or librdkafka `murmur2` producer would.
@@ -25,12 +26,14 @@
 pub mod channel;
 pub mod codes;
 pub mod envelope;
+pub mod filter;
 pub mod frame;
 pub mod member;
 pub mod partition;
 
 pub use channel::{Channel, ChannelError};
 pub use envelope::Envelope;
+pub use filter::{Filter, Tags};
 pub use frame::{
     ClientFrame, DecodeError, HistoryFrom, HistoryRequest, Member, Position, Replayed, Rewind,
     ServerFrame, Since,

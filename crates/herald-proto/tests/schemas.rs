@@ -56,6 +56,7 @@ fn server_frames_validate() {
             ts: 1,
             data: raw(r#"{"a":[1,null]}"#),
             replayed: None,
+            tags: Some(herald_proto::Tags::from([("kind".into(), "goal".into())])),
         }),
         ServerFrame::Message(MessageFrame {
             channel: "chat:a".into(),
@@ -64,6 +65,7 @@ fn server_frames_validate() {
             id,
             ts: 1,
             data: raw("7"),
+            tags: None,
             replayed: Some(herald_proto::Replayed {
                 topic: "herald.chat".into(),
                 partition: 3,
@@ -83,6 +85,7 @@ fn server_frames_validate() {
                 ts: 1,
                 data: raw("[]"),
                 replayed: None,
+                tags: None,
             })
             .to_json())],
             next: 4,
@@ -175,6 +178,10 @@ fn client_frames_validate_and_decode() {
         r#"{"type":"auth","token":"a.b.c"}"#,
         r#"{"type":"refresh","token":"a.b.c"}"#,
         r#"{"type":"ping"}"#,
+        r#"{"type":"publish","channel":"chat:a","id":"6f1d6a55-0d6a-4b5e-9f57-2b8d7c1f0a11","data":1,"tags":{"kind":"goal","team":""}}"#,
+        r#"{"type":"subscribe","channel":"chat:a","filter":{"key":"kind","eq":"goal"}}"#,
+        r#"{"type":"subscribe","channel":"chat:a","filter":{"or":[{"key":"k","in":["a","b"]},{"not":{"key":"t","exists":true}}]}}"#,
+        r#"{"type":"subscribe","channel":"chat:a","filter":{"and":[{"key":"k","ne":"a"}]}}"#,
     ];
     for f in frames {
         assert_valid(&v, f);
@@ -182,6 +189,17 @@ fn client_frames_validate_and_decode() {
     }
     let bad: Value = serde_json::from_str(r#"{"type":"ping","x":1}"#).unwrap();
     assert!(!v.is_valid(&bad));
+    // What the decoder refuses, the schema refuses too.
+    for f in [
+        r#"{"type":"subscribe","channel":"chat:a","filter":{"key":"k"}}"#,
+        r#"{"type":"subscribe","channel":"chat:a","filter":{"key":"k","eq":"a","ne":"b"}}"#,
+        r#"{"type":"subscribe","channel":"chat:a","filter":{"and":[]}}"#,
+        r#"{"type":"publish","channel":"chat:a","id":"6f1d6a55-0d6a-4b5e-9f57-2b8d7c1f0a11","data":1,"tags":{"k":1}}"#,
+    ] {
+        let bad: Value = serde_json::from_str(f).unwrap();
+        assert!(!v.is_valid(&bad), "{f}");
+        assert!(herald_proto::frame::decode_client(f).is_err(), "{f}");
+    }
 }
 
 #[test]
@@ -196,6 +214,7 @@ fn envelope_validates() {
         content_type: envelope::CONTENT_TYPE_JSON.into(),
         data: raw(r#"{"text":"hello"}"#),
         replayed: None,
+        tags: Some(herald_proto::Tags::from([("room".into(), "a".into())])),
     };
     let json = String::from_utf8(env.to_json()).unwrap();
     assert_valid(&v, &json);

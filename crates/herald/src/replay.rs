@@ -430,6 +430,7 @@ fn write_one(
                     data: orig.data,
                     publisher: Some("herald-replay".into()),
                     retry: false,
+                    tags: orig.tags,
                     replayed: Some(Replayed {
                         topic: r.topic.to_string(),
                         partition: r.partition,

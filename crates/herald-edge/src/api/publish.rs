@@ -7,7 +7,9 @@ use std::time::Instant;
 use herald_hub::publish::refused;
 use herald_hub::{PublishOutcome, PublishRequest};
 use herald_proto::codes;
+use herald_proto::filter::check_tags;
 use herald_proto::frame::{json_depth, MAX_DATA_DEPTH};
+use herald_proto::Tags;
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
@@ -26,6 +28,8 @@ struct PublishBody {
     data: Box<RawValue>,
     #[serde(default)]
     retry: bool,
+    #[serde(default)]
+    tags: Option<Tags>,
 }
 
 /// A refusal before the pipeline, counted like the pipeline's nacks.
@@ -39,24 +43,12 @@ pub(super) async fn publish(ctx: Arc<Ctx>, body: bytes::Bytes) -> ApiResult {
     let req: PublishBody = serde_json::from_slice(&body)
         .map_err(|e| api_err(codes::BAD_FRAME, format!("bad publish body: {e}")))?;
     let id = req.id.unwrap_or_else(Uuid::new_v4);
-    publish_one(&ctx, &req.channel, id, req.data, req.retry, started).await
+    publish_one(&ctx, req, id, started).await
 }
 
-/// One publish through the pipeline; the answer is the channel's result.
-async fn publish_one(
-    ctx: &Arc<Ctx>,
-    name: &str,
-    id: Uuid,
-    data: Box<RawValue>,
-    retry: bool,
-    started: Instant,
-) -> ApiResult {
-    let req = PublishBody {
-        channel: name.to_owned(),
-        id: Some(id),
-        data,
-        retry,
-    };
+/// One publish through the pipeline (`req.id` is `id`); the answer is the
+/// channel's result.
+async fn publish_one(ctx: &Arc<Ctx>, req: PublishBody, id: Uuid, started: Instant) -> ApiResult {
     let (channel, topic) = resolve(ctx, &req.channel)?;
     let max = ctx
         .namespaces
@@ -74,6 +66,9 @@ async fn publish_one(
             codes::BAD_FRAME,
             format!("`data` is nested deeper than {MAX_DATA_DEPTH} levels"),
         ));
+    }
+    if let Some(tags) = &req.tags {
+        check_tags(tags).map_err(|e| refuse(codes::BAD_FRAME, e))?;
     }
     if ctx.shutdown.is_draining() {
         return Err(refuse(
@@ -95,6 +90,7 @@ async fn publish_one(
             publisher: Some("api".into()),
             retry: req.retry,
             replayed: None,
+            tags: req.tags.filter(|t| !t.is_empty()),
             started,
         },
         (),
@@ -127,6 +123,8 @@ struct BroadcastBody {
     data: Box<RawValue>,
     #[serde(default)]
     retry: bool,
+    #[serde(default)]
+    tags: Option<Tags>,
 }
 
 /// One payload to many channels: each appended and acked on its own (in
@@ -156,9 +154,16 @@ pub(super) async fn broadcast(ctx: Arc<Ctx>, body: bytes::Bytes) -> ApiResult {
                 Some(base) => Uuid::new_v5(&base, name.as_bytes()),
                 None => Uuid::new_v4(),
             };
-            let (ctx, name, data, retry) = (ctx.clone(), name.clone(), req.data.clone(), req.retry);
+            let one = PublishBody {
+                channel: name.clone(),
+                id: Some(id),
+                data: req.data.clone(),
+                retry: req.retry,
+                tags: req.tags.clone(),
+            };
+            let (ctx, name) = (ctx.clone(), name.clone());
             tokio::spawn(async move {
-                let r = publish_one(&ctx, &name, id, data, retry, started).await;
+                let r = publish_one(&ctx, one, id, started).await;
                 (name, id, r)
             })
         })

@@ -215,7 +215,8 @@ impl Conn {
                 channel,
                 since,
                 durable,
-            } => self.subscribe(channel, since, durable),
+                filter,
+            } => self.subscribe(channel, since, durable, filter),
             ClientFrame::Unsubscribe { channel } => self.unsubscribe(channel),
             ClientFrame::Ack { channel, seq } => self.ack(channel, seq),
             ClientFrame::Presence { id, channel, stats } => self.presence(id, channel, stats),
@@ -232,7 +233,8 @@ impl Conn {
                 id,
                 data,
                 retry,
-            } => Box::pin(self.publish(channel, id, data, retry)).await,
+                tags,
+            } => Box::pin(self.publish(channel, id, data, retry, tags)).await,
         }
     }
 }

@@ -12,7 +12,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use herald_hub::publish::refused;
 use herald_hub::{Outbound, PublishOutcome, PublishRequest};
-use herald_proto::{codes, ServerFrame};
+use herald_proto::{codes, ServerFrame, Tags};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
@@ -27,6 +27,7 @@ impl Conn {
         id: Uuid,
         data: Box<RawValue>,
         retry: bool,
+        tags: Option<Tags>,
     ) {
         let started = Instant::now();
         let (channel, topic) = match self.resolve(&name, Capability::Publish) {
@@ -137,6 +138,7 @@ impl Conn {
                 publisher: Some(publisher),
                 retry,
                 replayed: None,
+                tags,
                 started,
             },
             permit,

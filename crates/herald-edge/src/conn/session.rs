@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use herald_hub::{Outbound, Text};
-use herald_proto::{codes, Position, Since};
+use herald_proto::{codes, Filter, Position, Since};
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug_span, Instrument};
 use uuid::Uuid;
@@ -168,11 +168,12 @@ impl Drop for PollGuard {
 }
 
 /// Starts a session for an admitted client, subscribed to `subscribe`
-/// (channel and where to resume), and registers it.
+/// (channel and where to resume; each with `filter`), and registers it.
 pub(crate) fn start(
     ctx: Arc<Ctx>,
     admitted: Admitted,
     subscribe: Vec<(String, Option<Since>)>,
+    filter: Option<Filter>,
     transport: Transport,
 ) -> Arc<Handle> {
     let id = ctx.conns.next_id.fetch_add(1, Ordering::Relaxed);
@@ -193,7 +194,7 @@ pub(crate) fn start(
     let ((mut conn, rx), slot) = Conn::admitted(id, ctx.clone(), admitted);
     for (channel, since) in subscribe {
         let durable = since == Some(Since::Cursor);
-        conn.subscribe(channel, since, durable);
+        conn.subscribe(channel, since, durable, filter.clone());
     }
     let kind = transport.as_str();
     metrics::gauge!("herald_edge_http_sessions", "transport" => kind).increment(1.0);

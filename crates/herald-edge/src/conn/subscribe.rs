@@ -3,8 +3,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use herald_hub::{HubError, Outbound};
-use herald_proto::{codes, Member, Position, Rewind, ServerFrame, Since};
+use herald_hub::{HubError, Interest, Outbound};
+use herald_proto::{codes, Filter, Member, Position, Rewind, ServerFrame, Since};
 use tokio::sync::Notify;
 use tracing::debug;
 
@@ -127,8 +127,16 @@ impl Subscription {
 }
 
 impl Conn {
-    pub(super) fn subscribe(&mut self, name: String, since: Option<Since>, durable: bool) {
-        self.subscribe_as(name, since, durable, false);
+    /// A client's subscribe: messages of `name` after `since` that pass
+    /// `filter`.
+    pub(super) fn subscribe(
+        &mut self,
+        name: String,
+        since: Option<Since>,
+        durable: bool,
+        filter: Option<Filter>,
+    ) {
+        self.subscribe_as(name, since, durable, false, filter);
     }
 
     /// Subscribes the connection to its personal channel in every namespace
@@ -147,7 +155,7 @@ impl Conn {
         for name in names {
             if !self.subs.contains_key(&name) {
                 metrics::counter!("herald_edge_personal_subscriptions_total").increment(1);
-                self.subscribe_as(name, None, false, true);
+                self.subscribe_as(name, None, false, true, None);
             }
         }
     }
@@ -155,7 +163,14 @@ impl Conn {
     /// `auto`: the server's own subscription to the personal channel, made
     /// without the namespace's subscribe rule; the client may replace it by
     /// subscribing itself (to resume with `since`), under the rule.
-    fn subscribe_as(&mut self, name: String, since: Option<Since>, durable: bool, auto: bool) {
+    fn subscribe_as(
+        &mut self,
+        name: String,
+        since: Option<Since>,
+        durable: bool,
+        auto: bool,
+        filter: Option<Filter>,
+    ) {
         let cap = Capability::Subscribe;
         let resolved = if auto {
             self.ctx.resolve(&name).map(|(c, _, t)| (c, t.to_owned()))
@@ -267,6 +282,10 @@ impl Conn {
             (body, headers)
         });
         let ctx = self.ctx.clone();
+        let want = Interest {
+            channel: Arc::from(channel.as_str()),
+            filter: filter.map(Arc::new),
+        };
         let catchups = since.is_some().then(|| self.catchups());
         let outbox = self.outbox.clone();
         let flags = Arc::new(SubFlags::default());
@@ -330,7 +349,7 @@ impl Conn {
                         .subscribe_until(
                             &outbox,
                             &t,
-                            channel.as_str(),
+                            &want,
                             since.as_ref(),
                             auto,
                             &task_flags.cancelled,

@@ -71,6 +71,14 @@ impl Hub {
                 if d.seq <= sub.last_seq {
                     return true;
                 }
+                if sub
+                    .filter
+                    .as_ref()
+                    .is_some_and(|f| !f.matches(d.tags.as_deref()))
+                {
+                    sub.last_seq = d.seq;
+                    return true;
+                }
                 if sub.outbox.try_push(Outbound::Message(d.clone())) {
                     sub.last_seq = d.seq;
                     delivered += 1;

@@ -14,11 +14,14 @@ use super::{Hub, HubConfig};
 use crate::delivery::Delivery;
 use crate::outbox::Outbox;
 use crate::HubError;
+use herald_proto::Filter;
 
 pub(super) struct Sub {
     pub(super) outbox: Outbox,
-    /// Last seq handed to this subscriber on this channel.
+    /// Last seq handed to this subscriber on this channel (or passed over
+    /// by its filter).
     pub(super) last_seq: i64,
+    pub(super) filter: Option<Arc<Filter>>,
 }
 
 pub(super) struct PartState {

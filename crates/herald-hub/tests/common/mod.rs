@@ -32,6 +32,11 @@ pub struct MemLog {
 
 impl MemLog {
     pub fn append(&self, channel: &str, n: i64) -> Record {
+        self.append_tagged(channel, n, None)
+    }
+
+    /// [`MemLog::append`] of a message with `tags`.
+    pub fn append_tagged(&self, channel: &str, n: i64, tags: Option<herald_proto::Tags>) -> Record {
         let mut recs = self.records.lock().unwrap();
         let offset = recs.len() as i64;
         let env = Envelope {
@@ -43,6 +48,7 @@ impl MemLog {
             content_type: envelope::CONTENT_TYPE_JSON.into(),
             data: RawValue::from_string(n.to_string()).unwrap(),
             replayed: None,
+            tags,
         };
         let r = Record {
             topic: Arc::from(TOPIC),

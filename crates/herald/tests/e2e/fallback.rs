@@ -452,3 +452,46 @@ async fn a_poll_session_opened_with_rewind_gets_the_recent_messages() {
         assert_eq!(st, 400, "{bad}: {body}");
     }
 }
+
+/// `filter=` in the query: every channel of the session gets only the
+/// messages whose tags pass it, in order, once; a bad filter is a 400.
+#[tokio::test]
+async fn an_sse_session_with_a_filter_gets_only_what_passes() {
+    let s = Server::start(&unique_prefix("sse-filter"), &["--publish-rate", "0"]);
+    let filter = json!({ "key": "kind", "in": ["goal"] }).to_string();
+    let encoded: String = filter.bytes().map(|b| format!("%{b:02X}")).collect();
+    let (status, mut sse) = Sse::open(
+        &s.http,
+        &format!("channel=chat:fa&channel=chat:fb&filter={encoded}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    sse.until(2, is("subscribed")).await;
+    let mut p = s.connect().await;
+    let mut want: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for i in 0..12 {
+        let ch = if i % 2 == 0 { "chat:fa" } else { "chat:fb" };
+        let kind = if i % 3 == 0 { "goal" } else { "card" };
+        let id = Uuid::new_v4();
+        let tags = BTreeMap::from([("kind".to_string(), kind.to_string())]);
+        p.send_publish_tagged(ch, id, &json!({ "i": i }), &tags)
+            .await
+            .unwrap();
+        match p.publish_result(id).await.unwrap() {
+            herald_client::Published::Ack { seq, .. } if kind == "goal" => {
+                want.entry(ch.to_string()).or_default().push(seq)
+            }
+            herald_client::Published::Ack { .. } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    let frames = sse.until(4, is("message")).await;
+    assert_eq!(seqs(&frames), want);
+    assert!(frames
+        .iter()
+        .filter(|f| f["type"] == "message")
+        .all(|f| f["tags"]["kind"] == "goal"));
+    let (status, _) = Sse::open(&s.http, "channel=chat:fa&filter=%7B%7D", None).await;
+    assert_eq!(status, 400);
+}

@@ -19,6 +19,7 @@ mod deploy;
 mod docs;
 mod epochs;
 mod fallback;
+mod filters;
 mod following;
 mod helm;
 mod history;

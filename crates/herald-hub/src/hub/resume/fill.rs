@@ -9,6 +9,7 @@
 use super::super::fill::FillPhase;
 use super::super::partition::Partition;
 use super::super::Hub;
+use crate::delivery::Interest;
 use crate::outbox::{Outbound, Outbox};
 use crate::HubError;
 
@@ -23,7 +24,7 @@ impl Hub {
         &self,
         part: &Partition,
         outbox: &Outbox,
-        channel: &str,
+        want: &Interest,
         mut s: i64,
     ) -> Result<(i64, u64), HubError> {
         let mut n = 0u64;
@@ -46,7 +47,7 @@ impl Hub {
                     return Ok((s, n));
                 }
                 for d in &piece.items {
-                    if d.seq > s && *d.channel == *channel {
+                    if d.seq > s && want.wants(d) {
                         if !outbox.push(Outbound::Message(d.clone())).await {
                             return Err(HubError::Closed);
                         }

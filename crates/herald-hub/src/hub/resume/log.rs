@@ -15,7 +15,7 @@ use tracing::warn;
 
 use super::super::partition::Partition;
 use super::super::Hub;
-use crate::delivery::Delivery;
+use crate::delivery::{Delivery, Interest};
 use crate::outbox::{Outbound, Outbox};
 use crate::HubError;
 
@@ -25,7 +25,7 @@ impl Hub {
         &self,
         outbox: &Outbox,
         part: &Partition,
-        channel: &str,
+        want: &Interest,
         from: i64,
         upto: i64,
     ) -> Result<u64, HubError> {
@@ -54,10 +54,10 @@ impl Hub {
             }
             let mut n = 0u64;
             for r in &batch.records {
-                if r.key.as_deref() != Some(channel.as_bytes()) {
+                if r.key.as_deref() != Some(want.channel.as_bytes()) {
                     continue;
                 }
-                if let Some(d) = Delivery::from_record(r, &part.epoch) {
+                if let Some(d) = Delivery::from_record(r, &part.epoch).filter(|d| want.passes(d)) {
                     if !outbox.push(Outbound::Message(Arc::new(d))).await {
                         return Err(HubError::Closed);
                     }

@@ -27,7 +27,7 @@ use herald_proto::{Position, ServerFrame};
 use super::fill::FillPhase;
 use super::partition::{Partition, Sub};
 use super::Hub;
-use crate::delivery::Delivery;
+use crate::delivery::{Delivery, Interest};
 use crate::outbox::{Outbound, Outbox};
 use crate::HubError;
 
@@ -64,8 +64,15 @@ impl Hub {
         since: Option<&Position>,
     ) -> Result<SubscribeOutcome, HubError> {
         let never = AtomicBool::new(false);
-        self.subscribe_until(outbox, topic, channel, since, false, &never)
-            .await
+        self.subscribe_until(
+            outbox,
+            topic,
+            &Interest::channel(channel),
+            since,
+            false,
+            &never,
+        )
+        .await
     }
 
     /// [`Hub::subscribe`] that registers nothing once `cancelled` is set:
@@ -73,17 +80,20 @@ impl Hub {
     /// caller that sets it and then calls [`Hub::unsubscribe`] leaves no
     /// registration behind, however the two race (`Closed` is returned).
     /// `auto` marks the reply as the server's own subscription (a personal
-    /// channel): only ever live.
+    /// channel): only ever live. `want` names the channel and the filter
+    /// its messages must pass (the others advance the subscription's
+    /// position without being queued).
     pub async fn subscribe_until(
         &self,
         outbox: &Outbox,
         topic: &str,
-        channel: &str,
+        want: &Interest,
         since: Option<&Position>,
         auto: bool,
         cancelled: &AtomicBool,
     ) -> Result<SubscribeOutcome, HubError> {
         let began = Instant::now();
+        let channel = &*want.channel;
         let partition = self.partition_of(topic, channel)?;
         let entered = self.started(topic, partition).await?;
         let start = match since {
@@ -93,7 +103,7 @@ impl Hub {
             _ => None,
         };
         let Some(s) = start else {
-            return subscribe_live(&entered, outbox, channel, since.is_some(), auto, cancelled);
+            return subscribe_live(&entered, outbox, want, since.is_some(), auto, cancelled);
         };
         let position = Position {
             seq: entered.lock().next_offset - 1,
@@ -109,7 +119,7 @@ impl Hub {
             return Err(HubError::Closed);
         }
         let (caught_up, from_log) = self
-            .catch_up(&entered.0, outbox, channel, s, cancelled)
+            .catch_up(&entered.0, outbox, want, s, cancelled)
             .await?;
         metrics::counter!("herald_hub_resume_total", "outcome" => "recovered").increment(1);
         // Until live: every missed message is in the connection's queue.
@@ -129,11 +139,10 @@ impl Hub {
         &self,
         part: &Arc<Partition>,
         outbox: &Outbox,
-        channel: &str,
+        want: &Interest,
         mut s: i64,
         cancelled: &AtomicBool,
     ) -> Result<(u64, bool), HubError> {
-        let chan: Arc<str> = Arc::from(channel);
         let mut caught_up = 0u64;
         let mut from_log = false;
         loop {
@@ -145,13 +154,14 @@ impl Hub {
                 }
                 let upto = st.next_offset;
                 if s + 1 >= upto {
-                    st.subs.entry(chan.clone()).or_default().push(Sub {
+                    st.subs.entry(want.channel.clone()).or_default().push(Sub {
                         outbox: outbox.clone(),
                         last_seq: s,
+                        filter: want.filter.clone(),
                     });
                     Step::Live
                 } else if st.recent_from <= s + 1 {
-                    ring::from_ring(&mut st, outbox, &chan, s, &mut caught_up)?
+                    ring::from_ring(&mut st, outbox, want, s, &mut caught_up)?
                 } else if !part.feed.is_done() {
                     Step::FillRing
                 } else {
@@ -176,7 +186,7 @@ impl Hub {
                 Step::FillRing => {
                     // Fed as the fill reads, then what is left from the ring.
                     self.start_fill(part);
-                    let (to, n) = self.stream_fill(part, outbox, channel, s).await?;
+                    let (to, n) = self.stream_fill(part, outbox, want, s).await?;
                     part.feed
                         .wait(|st| (st.phase == FillPhase::Done).then_some(()))
                         .await;
@@ -188,7 +198,7 @@ impl Hub {
                 Step::FromLog(upto) => {
                     from_log = true;
                     caught_up += self
-                        .catch_up_from_log(outbox, part, channel, s + 1, upto)
+                        .catch_up_from_log(outbox, part, want, s + 1, upto)
                         .await?;
                     s = upto - 1;
                 }
@@ -242,7 +252,7 @@ impl Hub {
 fn subscribe_live(
     part: &Partition,
     outbox: &Outbox,
-    channel: &str,
+    want: &Interest,
     asked_to_resume: bool,
     auto: bool,
     cancelled: &AtomicBool,
@@ -256,7 +266,7 @@ fn subscribe_live(
         epoch: part.epoch.to_string(),
     };
     let reply = ServerFrame::Subscribed {
-        channel: channel.to_owned(),
+        channel: want.channel.to_string(),
         position: position.clone(),
         recovered: false,
         auto,
@@ -264,9 +274,10 @@ fn subscribe_live(
     if !outbox.try_push(Outbound::Frame(reply.to_json())) {
         return Err(HubError::SlowConsumer);
     }
-    st.subs.entry(Arc::from(channel)).or_default().push(Sub {
+    st.subs.entry(want.channel.clone()).or_default().push(Sub {
         outbox: outbox.clone(),
         last_seq: position.seq,
+        filter: want.filter.clone(),
     });
     drop(st);
     if asked_to_resume {

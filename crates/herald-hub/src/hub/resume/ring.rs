@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use super::super::partition::{PartState, Sub};
 use super::Step;
-use crate::delivery::Delivery;
+use crate::delivery::{Delivery, Interest};
 use crate::outbox::{Outbound, Outbox};
 use crate::HubError;
 
@@ -20,7 +20,7 @@ use crate::HubError;
 pub(super) fn from_ring(
     st: &mut PartState,
     outbox: &Outbox,
-    chan: &Arc<str>,
+    want: &Interest,
     s: i64,
     caught_up: &mut u64,
 ) -> Result<Step, HubError> {
@@ -28,7 +28,7 @@ pub(super) fn from_ring(
     let pending: Vec<Arc<Delivery>> = st
         .recent
         .iter()
-        .filter(|d| d.seq > s && d.channel == *chan)
+        .filter(|d| d.seq > s && want.wants(d))
         .cloned()
         .collect();
     let bytes: usize = pending.iter().map(|d| d.text.len()).sum();
@@ -42,9 +42,10 @@ pub(super) fn from_ring(
             return Err(HubError::SlowConsumer);
         }
     }
-    st.subs.entry(chan.clone()).or_default().push(Sub {
+    st.subs.entry(want.channel.clone()).or_default().push(Sub {
         outbox: outbox.clone(),
         last_seq: upto - 1,
+        filter: want.filter.clone(),
     });
     *caught_up += n;
     metrics::counter!("herald_hub_catchup_messages_total", "source" => "cache").increment(n);
