@@ -86,3 +86,17 @@ def test_token_expiry_reads_exp_and_tolerates_junk() -> None:
     assert token_expiry(f"h.{claims}.s") == 123
     assert token_expiry("not-a-jwt") is None
     assert token_expiry("a.%%%.b") is None
+
+
+def test_a_filter_goes_with_every_subscribe_of_the_channel() -> None:
+    st = ProtocolState()
+    f = {"not": {"key": "kind", "eq": "chat"}}
+    st.subs["c:f"] = SubOptions(rewind=2, filter=f)
+    assert st.subscribe_frame("c:f") == {"type": "subscribe", "channel": "c:f", "rewind": 2, "filter": f}
+    st.positions["c:f"] = Position(7, "e")
+    assert st.subscribe_frame("c:f") == {
+        "type": "subscribe",
+        "channel": "c:f",
+        "since": {"seq": 7, "epoch": "e"},
+        "filter": f,
+    }

@@ -36,6 +36,9 @@ class SubOptions:
     # `rewind` messages, or those of the last `rewind_ms`, before live ones.
     rewind: int | None = None
     rewind_ms: int | None = None
+    # Only the messages whose tags pass it (docs/protocol.md, "Tags and
+    # filters"), on every (re)subscribe.
+    filter: dict[str, Any] | None = None
 
 
 @dataclass
@@ -68,6 +71,8 @@ class ProtocolState:
             frame["rewind_ms"] = o.rewind_ms
         if o.durable:
             frame["durable"] = True
+        if o.filter is not None:
+            frame["filter"] = o.filter
         if any(k in frame for k in ("since", "rewind", "rewind_ms")):
             self.resuming.add(channel)
         return frame

@@ -31,17 +31,29 @@ class ServerApi:
         await self._http.aclose()
 
     async def publish(
-        self, channel: str, data: Any, id: str | None = None, retry: bool = False
+        self,
+        channel: str,
+        data: Any,
+        id: str | None = None,
+        retry: bool = False,
+        tags: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """Appends once Kafka confirmed: `{channel, id, seq, duplicate}`. With
         the same `id` again (after a lost answer, `retry=True`, any node) the
         original `seq` comes back with `duplicate: true`."""
-        return await self._call("POST", "/api/publish", json=_append({"channel": channel}, data, id, retry))
+        body = _append({"channel": channel}, data, id, retry, tags)
+        return await self._call("POST", "/api/publish", json=body)
 
     async def broadcast(
-        self, channels: list[str], data: Any, id: str | None = None, retry: bool = False
+        self,
+        channels: list[str],
+        data: Any,
+        id: str | None = None,
+        retry: bool = False,
+        tags: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        return await self._call("POST", "/api/broadcast", json=_append({"channels": channels}, data, id, retry))
+        body = _append({"channels": channels}, data, id, retry, tags)
+        return await self._call("POST", "/api/broadcast", json=body)
 
     async def history(self, channel: str, **query: Any) -> dict[str, Any]:
         params = {"channel": channel, **{k: _param(v) for k, v in query.items() if v is not None}}
@@ -112,13 +124,17 @@ class ServerApi:
         return body
 
 
-def _append(body: dict[str, Any], data: Any, id: str | None, retry: bool) -> dict[str, Any]:
-    """An append's body: `data`, and `id` and `retry` when given."""
+def _append(
+    body: dict[str, Any], data: Any, id: str | None, retry: bool, tags: dict[str, str] | None
+) -> dict[str, Any]:
+    """An append's body: `data`, and `id`, `retry` and `tags` when given."""
     body["data"] = data
     if id is not None:
         body["id"] = id
     if retry:
         body["retry"] = True
+    if tags:
+        body["tags"] = tags
     return body
 
 

@@ -198,16 +198,19 @@ class Client:
         durable: bool = False,
         rewind: int | None = None,
         rewind_ms: int | None = None,
+        filter: dict[str, Any] | None = None,
     ) -> Subscription:
         """Subscribes (now, and on every reconnect from the last position);
         `durable` stores the acks as the server-side cursor. A first
         subscribe without a position delivers the channel's last `rewind`
-        messages (or those of the last `rewind_ms` ms) before live ones."""
+        messages (or those of the last `rewind_ms` ms) before live ones.
+        `filter` (e.g. ``{"key": "kind", "in": ["goal"]}``) delivers only
+        the messages whose tags pass it."""
         if channel in self._subs:
             return self._subs[channel]
         sub = Subscription(self, channel, durable, self._queue_size)
         self._subs[channel] = sub
-        self._st.subs[channel] = SubOptions(durable, rewind, rewind_ms)
+        self._st.subs[channel] = SubOptions(durable, rewind, rewind_ms, filter)
         if self.state == "connected":
             self._send(self._st.subscribe_frame(channel))
         return sub
@@ -221,13 +224,19 @@ class Client:
         if self.state == "connected":
             self._send({"type": "unsubscribe", "channel": channel})
 
-    async def publish(self, channel: str, data: Any, id: str | None = None) -> PublishResult:
-        """Publishes `data`; returns its `seq` once Kafka has it. Survives
-        reconnects: an unanswered publish is re-sent with the same id and
-        `retry: true`, so it is appended once."""
+    async def publish(
+        self, channel: str, data: Any, id: str | None = None, tags: dict[str, str] | None = None
+    ) -> PublishResult:
+        """Publishes `data` (with `tags`, which subscriptions' filters
+        read); returns its `seq` once Kafka has it. Survives reconnects: an
+        unanswered publish is re-sent with the same id and `retry: true`,
+        so it is appended once."""
         pid = id or str(uuid.uuid4())
         fut: asyncio.Future[tuple[int, bool]] = asyncio.get_running_loop().create_future()
-        p = PendingPublish({"type": "publish", "channel": channel, "id": pid, "data": data}, fut)
+        frame: dict[str, Any] = {"type": "publish", "channel": channel, "id": pid, "data": data}
+        if tags:
+            frame["tags"] = tags
+        p = PendingPublish(frame, fut)
         self._st.publishes[pid] = p
         if self.state == "connected":
             p.sent = True
@@ -390,7 +399,16 @@ class Client:
         kind = f.get("type")
         if kind == "message":
             if self._st.accept(f):
-                m = Message(f["channel"], f["seq"], f["epoch"], str(f.get("id", "")), int(f.get("ts", 0)), f.get("data"))
+                tags = f.get("tags")
+                m = Message(
+                    f["channel"],
+                    f["seq"],
+                    f["epoch"],
+                    str(f.get("id", "")),
+                    int(f.get("ts", 0)),
+                    f.get("data"),
+                    dict(tags) if isinstance(tags, dict) else {},
+                )
                 self._emit("message", m)
                 sub = self._subs.get(m.channel)
                 if sub is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -25,6 +25,8 @@ class Message:
     id: str
     ts: int
     data: Any
+    # The publish's tags (empty when it had none).
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
