@@ -71,6 +71,7 @@ publish = "anonymous"
 history = "anonymous"
 presence = "anonymous"
 join_leave = true
+ephemeral = true
 [[namespace]]
 name = "user"
 partitions = 2

@@ -123,6 +123,39 @@ async def test_a_filtered_subscription_gets_only_tagged_matches_across_a_reconne
     await c.close()
 
 
+async def test_ephemeral_messages_reach_subscribers_as_events_and_are_not_kept(herald: Herald) -> None:
+    ch = herald.channel()
+    sender = Client(herald.url)
+    receiver = Client(herald.url)
+    assert sender.send_ephemeral(ch, {"typing": True}) is False, "not connected: not sent"
+    await sender.connect()
+    await receiver.connect()
+    got: asyncio.Queue[dict[str, object]] = asyncio.Queue()
+    receiver.on("ephemeral", got.put_nowait)
+    sub = receiver.subscribe(ch)
+    await sub.ready(20)
+    errors: list[dict[str, object]] = []
+    sender.on("error", errors.append)
+    for i in range(5):
+        assert sender.send_ephemeral(ch, {"typing": i}, tags={"who": "ann"})
+    frames = [await asyncio.wait_for(got.get(), 10) for _ in range(5)]
+    assert [f["data"] for f in frames] == [{"typing": i} for i in range(5)]
+    assert all("seq" not in f and f["tags"] == {"who": "ann"} for f in frames)
+    # Nothing durable: no message, no history.
+    with pytest.raises(asyncio.TimeoutError):
+        await sub.get(0.5)
+    page = await sender.history(ch, since_seq=-1)
+    assert page["messages"] == []
+    # A refused one (here: nobody may publish there) is an `error` event.
+    sender.send_ephemeral("user:nobody", {"x": 1})
+    deadline = asyncio.get_running_loop().time() + 10
+    while not errors and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    assert errors and errors[0]["type"] == "publish_nack", errors
+    await sender.close()
+    await receiver.close()
+
+
 async def test_a_publish_made_while_away_is_sent_on_reconnect_and_stored_once(herald: Herald) -> None:
     ch = herald.channel()
     c = Client(herald.url, backoff_initial=0.5, random=lambda: 1.0)

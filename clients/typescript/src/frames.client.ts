@@ -38,6 +38,8 @@ export type CPublish = {
   /** True when re-sending a publish whose answer was lost (e.g. the connection died). The server then looks for the id in the channel's recent log before appending, so the retry is safe on any node. */
   retry?: boolean;
   tags?: CTags;
+  /** Fan the message out without keeping it (namespaces with ephemeral = true): no seq, no history, no resume, no dedup; answered only with publish_nack when refused. Not with retry. */
+  ephemeral?: boolean;
 };
 
 export type CAck = {

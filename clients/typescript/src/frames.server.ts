@@ -178,11 +178,22 @@ export type SClose = {
 /** Tags of the message: at most 16, keys of 1 to 64 bytes, string values of at most 256 bytes. Subscriptions filter on them (docs/protocol.md, "Tags and filters"). Absent when the publish had none. */
 export type STags = Record<string, string>;
 
+/** An ephemeral message (published with ephemeral: true): fanned out to the channel's subscribers on every node, with no seq and no epoch; not in history, never delivered again on a resume, dropped for a subscriber whose queue is full. */
+export type SEphemeral = {
+  type: "ephemeral";
+  channel: SChannel;
+  id: SUuid;
+  ts: number;
+  data: unknown;
+  tags?: STags;
+};
+
 /** Every server frame is a JSON text frame with a type. Clients must ignore unknown fields and unknown frame types. */
 export type ServerFrame =
   | SSubscribed
   | SUnsubscribed
   | SMessage
+  | SEphemeral
   | SPublishAck
   | SPublishNack
   | SError

@@ -202,6 +202,22 @@ export class HeraldClient {
     });
   }
 
+  /**
+   * Sends an ephemeral message (a typing indicator, a cursor): fanned out
+   * to the channel's subscribers on every node, but not kept, with no
+   * `seq`, and not re-sent after a reconnect (namespaces with `ephemeral =
+   * true`; docs/protocol.md, "Ephemeral messages"). Subscribers get it as
+   * an `ephemeral` event; a refusal comes back as an `error` event. Returns
+   * false when not connected (nothing was sent).
+   */
+  sendEphemeral(channel: string, data: unknown, options: Omit<PublishOptions, "id"> = {}): boolean {
+    if (this._state !== "connected" || !this.transport) return false;
+    const frame: CPublish = { type: "publish", channel, id: uuid(), data, ephemeral: true };
+    if (options.tags && Object.keys(options.tags).length > 0) frame.tags = options.tags;
+    this.transport.send(frame);
+    return true;
+  }
+
   /** Marks everything up to `seq` processed (durable subscriptions). */
   ack(channel: string, seq: number): void {
     this.st.ack(channel, seq);
@@ -409,9 +425,20 @@ export class HeraldClient {
         p.resolve({ seq: f.seq, duplicate: f.duplicate === true });
         return;
       }
+      case "ephemeral": {
+        // Only for channels subscribed now; no position, nothing to ack.
+        if (!this.st.subs.has(f.channel)) return;
+        const { type: _, ...m } = f;
+        this.emit("ephemeral", m);
+        return;
+      }
       case "publish_nack": {
         const p = this.st.publishes.get(f.id);
-        if (!p) return;
+        if (!p) {
+          // An ephemeral message (nothing pending): the refusal is an error.
+          this.emit("error", { code: f.code, reason: f.reason ?? "", channel: f.channel });
+          return;
+        }
         if (f.code === "unavailable" || f.code === "rate_limited" || f.code === "shutting_down") {
           // Not confirmed: re-send with the same id, so it lands once.
           p.frame.retry = true;

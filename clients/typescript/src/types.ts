@@ -3,7 +3,7 @@
 // application sees.
 
 import type { CFilter, CHistory, CTags } from "./frames.client.js";
-import type { SHistory, SMember, SMessage, SPosition } from "./frames.server.js";
+import type { SEphemeral, SHistory, SMember, SMessage, SPosition } from "./frames.server.js";
 import type { TransportFactory, TransportName } from "./transport.js";
 
 export type State = "disconnected" | "connecting" | "connected" | "closed";
@@ -104,6 +104,8 @@ export type Events = {
   state: State;
   transport: TransportName;
   message: Message;
+  /** An ephemeral message of a subscribed channel: no `seq`, not kept. */
+  ephemeral: Omit<SEphemeral, "type">;
   subscribed: Subscribed;
   unsubscribed: { channel: string };
   join: { channel: string; member: Member };

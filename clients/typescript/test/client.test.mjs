@@ -111,6 +111,36 @@ test("a filter goes with every subscribe of the channel; a publish carries its t
   c.close();
 });
 
+test("an ephemeral message is sent once, never re-sent; received ones are events without a position", async () => {
+  const s = scripted();
+  const c = client(s);
+  const got = [];
+  const errors = [];
+  c.on("ephemeral", (m) => got.push(m));
+  c.on("error", (e) => errors.push(e));
+  assert.equal(c.sendEphemeral("chat:e", { typing: true }), false, "not connected: not sent");
+  c.subscribe("chat:e");
+  c.connect();
+  await tick();
+  s.made[0].open();
+  assert.equal(c.sendEphemeral("chat:e", { typing: true }, { tags: { kind: "typing" } }), true);
+  const sent = s.made[0].sent.at(-1);
+  assert.equal(sent.ephemeral, true);
+  assert.deepEqual(sent.tags, { kind: "typing" });
+  s.made[0].frame({ type: "subscribed", channel: "chat:e", position: { seq: 3, epoch: "e1" }, recovered: false });
+  s.made[0].frame({ type: "ephemeral", channel: "chat:e", id: "x", ts: 1, data: { typing: "bob" } });
+  s.made[0].frame({ type: "ephemeral", channel: "chat:other", id: "y", ts: 1, data: {} });
+  assert.deepEqual(got, [{ channel: "chat:e", id: "x", ts: 1, data: { typing: "bob" } }]);
+  assert.equal(c.position("chat:e").seq, 3, "an ephemeral message moves no position");
+  s.made[0].frame({ type: "publish_nack", id: sent.id, channel: "chat:e", code: "bad_frame", reason: "off" });
+  assert.deepEqual(errors, [{ code: "bad_frame", reason: "off", channel: "chat:e" }]);
+  s.made[0].fail(1006, true);
+  await tick(20);
+  s.made[1].open();
+  assert.equal(s.made[1].sent.filter((f) => f.type === "publish").length, 0, "not re-sent");
+  c.close();
+});
+
 test("a reconnect resubscribes from the stored position and re-sends unanswered publishes once", async () => {
   const s = scripted();
   const c = client(s);

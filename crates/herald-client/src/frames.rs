@@ -158,9 +158,22 @@ pub enum Frame {
         channel: String,
         member: Member,
     },
+    /// An ephemeral message: no position, never again on a resume.
+    Ephemeral(Ephemeral),
     /// A frame type this client does not know (servers may add some).
     #[serde(other)]
     Unknown,
+}
+
+/// An `ephemeral` frame's message.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct Ephemeral {
+    pub channel: String,
+    pub id: Uuid,
+    pub ts: i64,
+    pub data: Value,
+    #[serde(default)]
+    pub tags: Option<Tags>,
 }
 
 /// The outcome of a publish.
@@ -207,6 +220,8 @@ pub(crate) enum Request<'a> {
         retry: bool,
         #[serde(skip_serializing_if = "Option::is_none")]
         tags: Option<&'a Tags>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        ephemeral: bool,
     },
     Ack {
         channel: &'a str,
@@ -449,6 +464,15 @@ mod tests {
                 data: &data,
                 retry: true,
                 tags: Some(&tags),
+                ephemeral: false,
+            },
+            Request::Publish {
+                channel: "chat:a",
+                id: Uuid::new_v4(),
+                data: &data,
+                retry: false,
+                tags: None,
+                ephemeral: true,
             },
             Request::Ack {
                 channel: "chat:a",

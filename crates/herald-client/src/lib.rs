@@ -22,7 +22,9 @@ mod frames;
 pub mod resilient;
 
 use frames::Request;
-pub use frames::{Frame, HistoryPage, HistoryQuery, Member, Msg, Published, Replayed, Start};
+pub use frames::{
+    Ephemeral, Frame, HistoryPage, HistoryQuery, Member, Msg, Published, Replayed, Start,
+};
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -394,6 +396,28 @@ impl Connection {
             data,
             retry,
             tags,
+            ephemeral: false,
+        })
+        .await
+    }
+
+    /// Sends an ephemeral message (docs/protocol.md, "Ephemeral
+    /// messages"): fanned out, not kept; answered only with a
+    /// `publish_nack` when refused.
+    pub async fn send_ephemeral(
+        &mut self,
+        channel: &str,
+        id: Uuid,
+        data: &Value,
+        tags: Option<&Tags>,
+    ) -> Result<(), ClientError> {
+        self.send(&Request::Publish {
+            channel,
+            id,
+            data,
+            retry: false,
+            tags,
+            ephemeral: true,
         })
         .await
     }

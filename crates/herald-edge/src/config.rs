@@ -36,6 +36,9 @@ pub struct NamespaceConfig {
     pub join_leave: bool,
     /// Every authenticated connection is subscribed to `name:{sub}`.
     pub personal: bool,
+    /// Publishes may be ephemeral: fanned out through the namespace's
+    /// ephemeral topic, not kept, not resumable.
+    pub ephemeral: bool,
 }
 
 impl NamespaceConfig {
@@ -64,6 +67,7 @@ impl NamespaceConfig {
             presence: AccessRule::Nobody,
             join_leave: false,
             personal: false,
+            ephemeral: false,
         }
     }
 

@@ -124,6 +124,7 @@ impl Edge {
             hub.spawn_retirement(grace);
         }
         let mut topics = HashMap::new();
+        let mut ephemeral = Vec::new();
         for ns in &cfg.namespaces {
             let topic = log.config().topic_for(&ns.name);
             let retention = ns.retention_ms.map(|r| r.to_string());
@@ -151,6 +152,23 @@ impl Edge {
                 "Namespace ready"
             );
             hub.register_topic(&info.name, &info.epoch, info.partitions);
+            if ns.ephemeral {
+                let eph = log.config().ephemeral_topic_for(&ns.name);
+                let n = log
+                    .ensure_internal_topic(&eph, ns.partitions, EPHEMERAL_TOPIC_CONFIG)
+                    .await
+                    .step(|| format!("readying topic {eph} (namespace {})", ns.name))?;
+                if n != ns.partitions {
+                    return Err(EdgeError::Config(format!(
+                        "namespace `{}`: its ephemeral topic {eph} has {n} partitions, the namespace {}; \
+                         delete {eph} (it holds nothing kept) and start again",
+                        ns.name, ns.partitions
+                    )));
+                }
+                hub.register_ephemeral(&info.name, &eph)
+                    .map_err(|e| EdgeError::Config(e.to_string()))?;
+                ephemeral.push((eph, Arc::<str>::from(info.name.as_str())));
+            }
             topics.insert(ns.name.clone(), info.name);
         }
         // In the background: a start never waits for it (a partition
@@ -219,6 +237,7 @@ impl Edge {
         let (occupancy_tx, occupancy_rx) = tokio::sync::mpsc::unbounded_channel();
         log.start_tail(Arc::new(Router {
             hub: hub.clone(),
+            ephemeral,
             internal: vec![
                 (control_topic, control_tx),
                 (presence_topic, presence_tx),
@@ -479,6 +498,8 @@ struct Internal {
 /// revocations, webhook occupancy) to its task, every other record to the hub.
 struct Router {
     hub: Arc<Hub>,
+    /// (ephemeral topic, its namespace's topic).
+    ephemeral: Vec<(String, Arc<str>)>,
     internal: Vec<(
         String,
         tokio::sync::mpsc::UnboundedSender<herald_log::Record>,
@@ -487,11 +508,20 @@ struct Router {
 
 impl herald_log::RecordSink for Router {
     fn on_record(&self, record: herald_log::Record) {
-        match self.internal.iter().find(|(t, _)| **t == *record.topic) {
-            Some((_, task)) => {
-                let _ = task.send(record);
-            }
-            None => self.hub.on_record(record),
+        if let Some((_, task)) = self.internal.iter().find(|(t, _)| **t == *record.topic) {
+            let _ = task.send(record);
+        } else if let Some((_, ns)) = self.ephemeral.iter().find(|(t, _)| **t == *record.topic) {
+            self.hub.on_ephemeral(ns, &record);
+        } else {
+            self.hub.on_record(record);
         }
     }
 }
+
+/// A namespace's ephemeral topic: kept a minute (a segment rolls each
+/// minute, so retention can delete it), nothing compacted.
+const EPHEMERAL_TOPIC_CONFIG: &[(&str, &str)] = &[
+    ("retention.ms", "60000"),
+    ("segment.ms", "60000"),
+    ("cleanup.policy", "delete"),
+];

@@ -788,3 +788,47 @@ async fn history_reads_end_with_their_connection() {
     let after = node.log.reads() - at_close;
     assert!(after <= 1, "{after} reads for a closed connection");
 }
+
+/// An ephemeral publish on the in-memory log: an `ephemeral` frame (no
+/// `seq`) for the channel's subscribers, a record in the ephemeral topic
+/// only, no answer; a namespace without the option refuses it.
+#[tokio::test]
+async fn an_ephemeral_message_reaches_subscribers_and_is_kept_nowhere() {
+    let (mut edge, log) = config();
+    let mut live = herald_edge::NamespaceConfig::new("live", 1);
+    live.subscribe = herald_edge::AccessRule::Anonymous;
+    live.publish = herald_edge::AccessRule::Anonymous;
+    live.ephemeral = true;
+    edge.namespaces.push(live);
+    let node = Node::start_with(edge, log).await;
+    let mut sub = node.connect().await;
+    let subscribed = sub.subscribe("live:e", None).await;
+    assert_eq!(subscribed["type"], "subscribed", "{subscribed}");
+    let mut p = node.connect().await;
+    let id = Uuid::new_v4();
+    p.send(json!({"type": "publish", "channel": "live:e", "id": id, "data": {"typing": true}, "ephemeral": true, "tags": {"k": "v"}}))
+        .await;
+    let got = sub.next_of("ephemeral").await;
+    assert_eq!(got["id"], id.to_string());
+    assert_eq!(got["data"], json!({"typing": true}));
+    assert_eq!(got["tags"], json!({"k": "v"}));
+    assert!(got.get("seq").is_none(), "{got}");
+    assert!(
+        node.stored("herald.live", "live:e").is_empty(),
+        "not in the namespace's topic"
+    );
+    assert_eq!(node.stored("herald.live.ephemeral", "live:e").len(), 1);
+    assert_eq!(
+        p.next_within(Duration::from_millis(200)).await,
+        None,
+        "no answer"
+    );
+    // `chat` does not take them.
+    let id = Uuid::new_v4();
+    p.send(json!({"type": "publish", "channel": "chat:x", "id": id, "data": 1, "ephemeral": true}))
+        .await;
+    let refused = p.next_of_publish(id).await;
+    assert_eq!(refused["type"], "publish_nack", "{refused}");
+    assert_eq!(refused["code"], "bad_frame", "{refused}");
+    assert!(node.stored(CHAT, "chat:x").is_empty());
+}

@@ -19,9 +19,9 @@ pub enum Outbound {
     Message(Arc<Delivery>),
     /// Any other server frame, already serialised.
     Frame(String),
-    /// A presence event (`join`, `leave`) of a channel: serialised once and
-    /// shared by every member; offered, never a reason to cut
-    /// ([`Outbox::offer`]).
+    /// A presence event (`join`, `leave`) or an ephemeral message of a
+    /// channel: serialised once and shared by every subscriber; offered,
+    /// never a reason to cut ([`Outbox::offer`]).
     Event(Arc<Event>),
     /// An instruction to the connection itself (never written as is),
     /// queued behind what was queued before it.
@@ -45,11 +45,15 @@ pub enum ConnCommand {
     CheckRevoked,
 }
 
-/// A presence event for the subscribers of one channel.
+/// A presence event or an ephemeral message for the subscribers of one
+/// channel.
 #[derive(Debug)]
 pub struct Event {
     pub channel: Arc<str>,
     pub text: Text,
+    /// A `join` / `leave` (shown only to subscribers the namespace's
+    /// `presence` rule lets see them), not an ephemeral message.
+    pub presence: bool,
 }
 
 impl Outbound {

@@ -52,6 +52,13 @@ impl LogConfig {
         format!("{}{}", self.topic_prefix, namespace)
     }
 
+    /// The topic of a namespace's ephemeral messages: as many partitions as
+    /// the namespace's, a short retention. Namespace names have no `.`, so
+    /// it cannot be another namespace's topic.
+    pub fn ephemeral_topic_for(&self, namespace: &str) -> String {
+        format!("{}{}.ephemeral", self.topic_prefix, namespace)
+    }
+
     /// The compacted topic holding topic epochs.
     pub fn meta_topic(&self) -> String {
         format!("{}meta", self.topic_prefix)

@@ -266,6 +266,20 @@ pub trait LogWrite: LogRead {
         key: &[u8],
     ) -> Result<PendingPublish, LogError>;
 
+    /// Enqueues an ephemeral message's record (the same format) on
+    /// `topic`, a topic nobody resumes from: fanned out by the tails that
+    /// follow it, its outcome not awaited. Kafka writes it with `acks=1`
+    /// and no idempotence; this default (the in-memory log) appends it
+    /// like any record.
+    fn append_ephemeral(
+        &self,
+        topic: &str,
+        partition: i32,
+        env: &Envelope,
+    ) -> Result<(), LogError> {
+        self.append(topic, partition, env).map(drop)
+    }
+
     /// Enqueues a herald record: the envelope's key, JSON value and headers
     /// (the one record format, [`herald_proto::envelope`]).
     fn append(

@@ -232,12 +232,41 @@ struct MessageOut<'a> {
     tags: Option<&'a Tags>,
 }
 
+/// The `ephemeral` frame: a message without a position.
+#[derive(Serialize)]
+#[serde(tag = "type", rename = "ephemeral")]
+struct EphemeralOut<'a> {
+    channel: &'a str,
+    id: Uuid,
+    ts: i64,
+    data: &'a RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tags: Option<&'a Tags>,
+}
+
 impl<'a> EnvelopeRef<'a> {
     /// [`Envelope::decode`] without copying.
     pub fn decode(value: &'a [u8], key: Option<&[u8]>) -> Result<Self, EnvelopeError> {
         let env: EnvelopeRef<'a> = serde_json::from_slice(value)?;
         check(env.v, &env.channel, key)?;
         Ok(env)
+    }
+
+    /// The `ephemeral` frame of this envelope (an ephemeral message has
+    /// no `seq`: its record's offset is in a topic nobody resumes from).
+    pub fn ephemeral_json(&self) -> String {
+        let out = EphemeralOut {
+            channel: &self.channel,
+            id: self.id,
+            ts: self.ts,
+            data: self.data,
+            tags: self.tags.as_ref(),
+        };
+        let mut buf = Vec::with_capacity(self.data.get().len() + self.channel.len() + 120);
+        match serde_json::to_writer(&mut buf, &out) {
+            Ok(()) => String::from_utf8(buf).unwrap_or_default(),
+            Err(e) => format!(r#"{{"type":"error","code":"internal","reason":"serialise: {e}"}}"#),
+        }
     }
 
     /// The `message` frame of this envelope at `seq` of `epoch`.

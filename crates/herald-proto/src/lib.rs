@@ -5,7 +5,8 @@
 //!
 //! # Layout
 //! - [`frame`]: the JSON text frames a WebSocket client and the server exchange,
-//!   and [`frame::decode_client`], the decoder for untrusted client input.
+//!   and [`frame::decode_client`], the decoder for untrusted client input;
+//!   the server's frames are in [`server_frame`] (re-exported there).
 //! - [`member`]: [`member::Member`], one subscribed connection as presence
 //!   frames show it.
 //! - [`envelope`]: the JSON value of every Kafka record herald writes (the
@@ -30,6 +31,7 @@ pub mod filter;
 pub mod frame;
 pub mod member;
 pub mod partition;
+pub mod server_frame;
 
 pub use channel::{Channel, ChannelError};
 pub use envelope::Envelope;

@@ -182,6 +182,7 @@ fn client_frames_validate_and_decode() {
         r#"{"type":"subscribe","channel":"chat:a","filter":{"key":"kind","eq":"goal"}}"#,
         r#"{"type":"subscribe","channel":"chat:a","filter":{"or":[{"key":"k","in":["a","b"]},{"not":{"key":"t","exists":true}}]}}"#,
         r#"{"type":"subscribe","channel":"chat:a","filter":{"and":[{"key":"k","ne":"a"}]}}"#,
+        r#"{"type":"publish","channel":"chat:a","id":"6f1d6a55-0d6a-4b5e-9f57-2b8d7c1f0a11","data":{"typing":true},"ephemeral":true}"#,
     ];
     for f in frames {
         assert_valid(&v, f);
@@ -218,6 +219,11 @@ fn envelope_validates() {
     };
     let json = String::from_utf8(env.to_json()).unwrap();
     assert_valid(&v, &json);
+    // The `ephemeral` frame written from it is a server frame.
+    let borrowed = herald_proto::envelope::EnvelopeRef::decode(json.as_bytes(), None).unwrap();
+    let frame = borrowed.ephemeral_json();
+    assert_valid(&schema("frames.server.json"), &frame);
+    assert!(!frame.contains("\"seq\""), "{frame}");
     let back = Envelope::decode(json.as_bytes(), Some(b"chat:lobby")).unwrap();
     assert_eq!(back.data.get(), r#"{"text":"hello"}"#);
     assert!(Envelope::decode(json.as_bytes(), Some(b"chat:other")).is_err());

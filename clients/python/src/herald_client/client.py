@@ -152,7 +152,9 @@ class Client:
     def on(self, event: str, fn: Listener) -> Callable[[], None]:
         """Calls `fn` for every `event`: state, subscribed, unsubscribed,
         message (every channel's, the server's personal ones included),
-        error, join, leave, authenticated, reconnect, disconnect, closed.
+        ephemeral (an `ephemeral` frame of a subscribed channel, as a dict:
+        no seq), error, join, leave, authenticated, reconnect, disconnect,
+        closed.
         Returns the function that removes it."""
         self._listeners.setdefault(event, []).append(fn)
         return lambda: self._listeners[event].remove(fn)
@@ -243,6 +245,21 @@ class Client:
             self._send(p.frame)
         seq, duplicate = await fut
         return PublishResult(seq, duplicate)
+
+    def send_ephemeral(self, channel: str, data: Any, tags: dict[str, str] | None = None) -> bool:
+        """Sends an ephemeral message (a typing indicator, a cursor): fanned
+        out to the channel's subscribers on every node, not kept, no `seq`,
+        not re-sent after a reconnect (namespaces with `ephemeral = true`).
+        Subscribers get an `ephemeral` event; a refusal comes back as an
+        `error` event. False when not connected (nothing was sent)."""
+        if self.state != "connected":
+            return False
+        frame: Frame = {"type": "publish", "channel": channel, "id": str(uuid.uuid4()), "data": data}
+        frame["ephemeral"] = True
+        if tags:
+            frame["tags"] = tags
+        self._send(frame)
+        return True
 
     def ack(self, channel: str, seq: int) -> None:
         """Marks everything up to `seq` processed (durable subscriptions);
@@ -435,6 +452,9 @@ class Client:
                 p.future.set_result((int(f["seq"]), f.get("duplicate") is True))
         elif kind == "publish_nack":
             self._on_nack(f)
+        elif kind == "ephemeral":
+            if f.get("channel") in self._st.subs:
+                self._emit("ephemeral", f)
         elif kind in ("history", "presence", "presence_stats", "error"):
             r = self._st.requests.pop(str(f.get("id")), None) if "id" in f else None
             if r is not None:
@@ -471,6 +491,8 @@ class Client:
         pid = str(f.get("id"))
         p = self._st.publishes.get(pid)
         if p is None:
+            # An ephemeral message (nothing pending): the refusal is an error.
+            self._emit("error", f)
             return
         code = str(f.get("code", ""))
         if code in _RETRYABLE:

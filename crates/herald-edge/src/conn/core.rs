@@ -32,7 +32,6 @@ use tracing::debug;
 use uuid::Uuid;
 
 use super::publish::{next_answer, settle_orphans, Answers};
-use super::subscribe::Subscription;
 use super::{error_frame, expiry_at, Conn, Subs};
 use crate::ctx::ConnSlot;
 
@@ -427,7 +426,8 @@ async fn until_expiry(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
 
 /// Remembers the last `seq` written on a subscription (its acks may not go
 /// beyond it); false for a presence event the subscription may not see
-/// (the namespace's `presence` rule refused this connection).
+/// (the namespace's `presence` rule refused this connection) and for an
+/// ephemeral message of a channel no longer subscribed.
 fn note_delivery(subs: &mut Subs, item: &Outbound) -> bool {
     match item {
         Outbound::Message(d) => {
@@ -438,7 +438,7 @@ fn note_delivery(subs: &mut Subs, item: &Outbound) -> bool {
         }
         Outbound::Event(e) => subs
             .get(&*e.channel)
-            .is_some_and(Subscription::sees_presence),
+            .is_some_and(|s| !e.presence || s.sees_presence()),
         _ => true,
     }
 }

@@ -234,7 +234,8 @@ impl Conn {
                 data,
                 retry,
                 tags,
-            } => Box::pin(self.publish(channel, id, data, retry, tags)).await,
+                ephemeral,
+            } => Box::pin(self.publish(channel, id, data, retry, tags, ephemeral)).await,
         }
     }
 }

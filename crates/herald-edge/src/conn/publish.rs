@@ -12,7 +12,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use herald_hub::publish::refused;
 use herald_hub::{Outbound, PublishOutcome, PublishRequest};
-use herald_proto::{codes, ServerFrame, Tags};
+use herald_proto::{codes, Envelope, ServerFrame, Tags};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
@@ -28,6 +28,7 @@ impl Conn {
         data: Box<RawValue>,
         retry: bool,
         tags: Option<Tags>,
+        ephemeral: bool,
     ) {
         let started = Instant::now();
         let (channel, topic) = match self.resolve(&name, Capability::Publish) {
@@ -35,6 +36,13 @@ impl Conn {
             Err((code, reason)) => return self.reply(nack(id, &name, code, reason, None)),
         };
         let ns = self.ctx.namespaces.get(channel.namespace());
+        if ephemeral && !ns.is_some_and(|n| n.ephemeral) {
+            let reason = format!(
+                "namespace `{}` does not take ephemeral messages (its `ephemeral` option is off)",
+                channel.namespace()
+            );
+            return self.reply(nack(id, &name, codes::BAD_FRAME, reason, None));
+        }
         let max_bytes = ns
             .and_then(|n| n.max_message_bytes)
             .unwrap_or(self.ctx.cfg.limits.max_message_bytes);
@@ -108,6 +116,28 @@ impl Conn {
             Ok(p) => p,
             Err(e) => return self.reply(nack(id, &name, codes::INTERNAL, e.to_string(), None)),
         };
+        if ephemeral {
+            // Fanned out through Kafka, not kept: no dedup, no permit, no
+            // answer unless refused.
+            let mut env = Envelope::new(id, name, Some(self.publisher_name()), data);
+            env.tags = tags;
+            let eph = self
+                .ctx
+                .log
+                .config()
+                .ephemeral_topic_for(channel.namespace());
+            let outcome = match self.ctx.log.append_ephemeral(&eph, partition, &env) {
+                Ok(()) => "sent",
+                Err(e) => {
+                    let reason = format!("the ephemeral message was not sent: {e}");
+                    self.reply(nack(id, &env.channel, codes::UNAVAILABLE, reason, None));
+                    "refused"
+                }
+            };
+            metrics::counter!("herald_ephemeral_publishes_total", "outcome" => outcome)
+                .increment(1);
+            return;
+        }
         // Bounded in-flight publishes per connection: waiting here stops
         // reading from this client, which is the backpressure it gets. The
         // answers are what frees permits, so they are polled meanwhile.
@@ -122,12 +152,7 @@ impl Conn {
                 answer = next_answer(&mut self.answers) => self.reply(answer),
             }
         };
-        let publisher = match &self.identity {
-            Some(who) => who.sub.clone(),
-            None => (self.anonymous)
-                .get_or_init(|| Arc::from(format!("conn:{}", self.id)))
-                .clone(),
-        };
+        let publisher = self.publisher_name();
         let answer = self.ctx.publisher.start(
             PublishRequest {
                 topic,
@@ -149,6 +174,19 @@ impl Conn {
             .push(Box::pin(
                 async move { answer_frame(id, channel, answer.await) },
             ));
+    }
+}
+
+impl Conn {
+    /// Who publishes, as the envelope says: the token's `sub`, or
+    /// `conn:{id}` on an anonymous connection.
+    fn publisher_name(&self) -> Arc<str> {
+        match &self.identity {
+            Some(who) => who.sub.clone(),
+            None => (self.anonymous)
+                .get_or_init(|| Arc::from(format!("conn:{}", self.id)))
+                .clone(),
+        }
     }
 }
 

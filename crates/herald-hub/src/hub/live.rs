@@ -11,6 +11,7 @@
 use std::sync::{Arc, OnceLock};
 
 use herald_log::{Record, RecordSink};
+use herald_proto::envelope::EnvelopeRef;
 use tracing::{debug, warn};
 
 use super::Hub;
@@ -104,6 +105,38 @@ impl Hub {
         }
         if dropped > 0 {
             metrics::gauge!("herald_hub_subscriptions").decrement(dropped as f64);
+        }
+    }
+}
+
+impl Hub {
+    /// An ephemeral message read from `topic`'s ephemeral topic: its
+    /// `ephemeral` frame, serialised once, is offered to the subscribers of
+    /// its channel whose filter passes it. No ring, no position: a full
+    /// queue misses it (never a reason to cut), a resume never sees it.
+    pub fn on_ephemeral(&self, topic: &str, r: &Record) {
+        let Some(value) = r.value.as_deref() else {
+            return;
+        };
+        let env = match EnvelopeRef::decode(value, r.key.as_deref()) {
+            Ok(env) => env,
+            Err(e) => {
+                metrics::counter!("herald_hub_malformed_records_total").increment(1);
+                debug!(topic = %r.topic, offset = r.offset, %e, "Skipping an ephemeral record that is not a herald envelope");
+                return;
+            }
+        };
+        let text = env.ephemeral_json();
+        let (sent, dropped) = self.offer_all(topic, r.partition, &env.channel, &text, false, |s| {
+            s.filter
+                .as_ref()
+                .is_none_or(|f| f.matches(env.tags.as_ref()))
+        });
+        static SENT: OnceLock<metrics::Counter> = OnceLock::new();
+        SENT.get_or_init(|| metrics::counter!("herald_hub_ephemeral_deliveries_total"))
+            .increment(sent as u64);
+        if dropped > 0 {
+            metrics::counter!("herald_hub_ephemeral_dropped_total").increment(dropped as u64);
         }
     }
 }

@@ -14,7 +14,8 @@
 //! - [`partition`]: a partition's state and life: started on first use from
 //!   the high watermark, its ring, retired when idle;
 //! - [`live`]: live dispatch of the tail's records (the ring, then every
-//!   subscriber of the channel);
+//!   subscriber of the channel), and of ephemeral messages (offered to the
+//!   channel's subscribers, no ring, no position);
 //! - [`fill`]: filling a cold partition's ring back from the log, once for
 //!   every resume that needs it;
 //! - [`history`]: [`Hub::history`], bounded pages of one channel's
@@ -97,8 +98,21 @@ impl Hub {
                 TopicMeta {
                     epoch: Arc::from(epoch),
                     partitions,
+                    ephemeral: None,
                 },
             );
+    }
+
+    /// Gives a registered topic (a namespace's) its ephemeral topic, with
+    /// the same partition count: each partition of it is followed with the
+    /// namespace's, and its records go to [`Hub::on_ephemeral`].
+    pub fn register_ephemeral(&self, topic: &str, ephemeral: &str) -> Result<(), HubError> {
+        let mut topics = self.topics.write().unwrap_or_else(|p| p.into_inner());
+        let meta = topics
+            .get_mut(topic)
+            .ok_or_else(|| HubError::UnknownTopic(topic.to_owned()))?;
+        meta.ephemeral = Some(Arc::from(ephemeral));
+        Ok(())
     }
 
     fn topic(&self, topic: &str) -> Result<TopicMeta, HubError> {
@@ -180,20 +194,40 @@ impl Hub {
         let Ok(partition) = self.partition_of(topic, channel) else {
             return (0, 0);
         };
+        self.offer_all(topic, partition, channel, text, true, |_| true)
+    }
+
+    /// [`Hub::notify`] to the subscribers of `channel` in `partition` for
+    /// whom `wants` holds; `presence`: a presence event, not an ephemeral
+    /// message.
+    fn offer_all(
+        &self,
+        topic: &str,
+        partition: i32,
+        channel: &str,
+        text: &str,
+        presence: bool,
+        wants: impl Fn(&partition::Sub) -> bool,
+    ) -> (usize, usize) {
         let Some(part) = self.known(topic, partition) else {
             return (0, 0);
         };
         let event = Arc::new(crate::outbox::Event {
             channel: Arc::from(channel),
             text: crate::Text::from(text),
+            presence,
         });
         let st = part.lock();
         st.subs.get(channel).map_or((0, 0), |list| {
-            let sent = list
-                .iter()
-                .filter(|s| s.outbox.offer(Outbound::Event(event.clone())))
-                .count();
-            (sent, list.len() - sent)
+            let (mut sent, mut dropped) = (0, 0);
+            for s in list.iter().filter(|s| wants(s)) {
+                if s.outbox.offer(Outbound::Event(event.clone())) {
+                    sent += 1;
+                } else {
+                    dropped += 1;
+                }
+            }
+            (sent, dropped)
         })
     }
 

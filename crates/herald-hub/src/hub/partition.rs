@@ -44,6 +44,9 @@ pub(super) struct Partition {
     pub(super) topic: Arc<str>,
     pub(super) partition: i32,
     pub(super) epoch: Arc<str>,
+    /// Its namespace's ephemeral topic: the same partition of it is
+    /// followed (from its end) for as long as this one is.
+    pub(super) ephemeral: Option<Arc<str>>,
     pub(super) started: OnceCell<()>,
     /// The ring's fill back from the log, once per start of the partition
     /// ([`Hub::start_fill`]), and what it has read so far for the resumes
@@ -109,6 +112,8 @@ impl PartState {
 pub(super) struct TopicMeta {
     pub(super) epoch: Arc<str>,
     pub(super) partitions: i32,
+    /// The topic of the namespace's ephemeral messages, when it has one.
+    pub(super) ephemeral: Option<Arc<str>>,
 }
 
 /// (topic, partition).
@@ -147,6 +152,7 @@ impl Hub {
                     topic: t,
                     partition,
                     epoch: meta.epoch,
+                    ephemeral: meta.ephemeral,
                     started: OnceCell::new(),
                     feed: FillFeed::default(),
                     state: Mutex::new(PartState {
@@ -179,6 +185,11 @@ impl Hub {
                     st.follow_from = wm.high;
                 }
                 self.log.follow(topic, partition, wm.high)?;
+                // Ephemeral messages from now on: none is ever resumed.
+                if let Some(eph) = &p.ephemeral {
+                    let end = self.log.watermarks(eph, partition).await?.high;
+                    self.log.follow(eph, partition, end)?;
+                }
                 Ok::<(), HubError>(())
             })
             .await?;
@@ -194,7 +205,7 @@ impl Hub {
     pub fn retire_idle(&self, grace: Duration) -> usize {
         let now = Instant::now();
         let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
-        let mut retired = Vec::new();
+        let mut retired: Vec<PartitionKey> = Vec::new();
         parts.retain(|key, part| {
             let mut st = part.lock();
             if !st.subs.is_empty() || st.entering > 0 {
@@ -210,6 +221,9 @@ impl Hub {
                 Some(_) => {
                     if part.started.get().is_some() {
                         retired.push(key.clone());
+                        if let Some(eph) = &part.ephemeral {
+                            retired.push((eph.clone(), part.partition));
+                        }
                     }
                     false
                 }

@@ -1,6 +1,7 @@
 //! [`Kafka`]: the one Kafka client a node needs, by component:
 //! - [`admin`]: topic creation and checks, epochs, partition summaries;
 //! - [`producer`]: the idempotent `acks=all` producer;
+//! - [`ephemeral`]: the `acks=1` producer of ephemeral messages;
 //! - [`ranges`]: watermark and time lookups and the pooled range readers;
 //! - [`tail`]: the partition tail that feeds live delivery;
 //! - [`group`]: a consumer-group member reading at least once (webhooks).
@@ -21,6 +22,7 @@ use tokio::sync::Semaphore;
 use crate::{BoxFuture, Log, LogConfig, LogError, LogRead, RangeBatch, RecordSink, Watermarks};
 
 mod admin;
+mod ephemeral;
 mod group;
 mod producer;
 mod ranges;
@@ -28,6 +30,7 @@ mod stats;
 mod tail;
 
 pub use admin::{PartitionSummary, TopicInfo};
+pub use ephemeral::EPHEMERAL_DELIVERY_TIMEOUT;
 pub use group::GroupReader;
 
 use producer::ProducerSlot;
@@ -48,6 +51,8 @@ pub struct Kafka {
     readers: Mutex<Vec<Reader>>,
     read_permits: Semaphore,
     tail: OnceLock<tail::Tail>,
+    /// Made by the first ephemeral append.
+    ephemeral: OnceLock<Arc<ephemeral::EphemeralProducer>>,
 }
 
 impl Kafka {
@@ -113,6 +118,7 @@ impl Kafka {
             readers: Mutex::new(Vec::new()),
             read_permits: Semaphore::new(CONCURRENT_READS),
             tail: OnceLock::new(),
+            ephemeral: OnceLock::new(),
         }))
     }
 

@@ -241,6 +241,22 @@ impl LogWrite for Kafka {
         self.append_value(topic, partition, key, None, &[])
     }
 
+    fn append_ephemeral(
+        &self,
+        topic: &str,
+        partition: i32,
+        env: &herald_proto::Envelope,
+    ) -> Result<(), LogError> {
+        let headers = env.headers();
+        self.send_ephemeral(
+            topic,
+            partition,
+            env.key(),
+            &env.to_json(),
+            &headers.pairs(),
+        )
+    }
+
     /// Waits up to `timeout` for every enqueued publish to be confirmed.
     fn flush(&self, timeout: Duration) -> Result<(), LogError> {
         self.producer

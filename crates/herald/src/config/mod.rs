@@ -181,6 +181,7 @@ pub struct Namespace {
     pub presence: String,
     pub join_leave: bool,
     pub personal: bool,
+    pub ephemeral: bool,
 }
 
 impl Default for Settings {
@@ -275,6 +276,7 @@ impl Default for Namespace {
             presence: "nobody".into(),
             join_leave: false,
             personal: false,
+            ephemeral: false,
         }
     }
 }
@@ -339,6 +341,7 @@ impl Settings {
                     presence: rule(&n.presence),
                     join_leave: n.join_leave,
                     personal: n.personal,
+                    ephemeral: n.ephemeral,
                 })
                 .collect(),
             limits: self.limits.clone(),

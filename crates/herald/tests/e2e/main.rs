@@ -17,6 +17,7 @@ mod core;
 mod cursors;
 mod deploy;
 mod docs;
+mod ephemeral;
 mod epochs;
 mod fallback;
 mod filters;
