@@ -274,6 +274,22 @@ await scenario("a first visit to a room shows its recent messages (rewind), then
   await frank.close();
 });
 
+await scenario("typing shows an indicator on the other page (ephemeral), and nothing is kept", async () => {
+  const before = (await received(bob)).length;
+  await alice.type("#text", "typing…");
+  await bob.waitForFunction(() => document.querySelector("#typing").textContent.includes("alice"), null, {
+    timeout: 10_000,
+  });
+  const eph = await bob.evaluate(() => window.heraldEphemeral.filter((m) => m.data?.name === "alice"));
+  assert.ok(eph.length >= 1, "an ephemeral frame arrived");
+  assert.equal(eph[0].seq, undefined, "it has no seq");
+  await alice.fill("#text", "");
+  // No message, no history: the indicator went through as ephemeral only.
+  assert.equal((await received(bob)).length, before);
+  const page = await alice.evaluate((ch) => window.herald.history(ch, { limit: 100 }), CH);
+  assert.ok(!page.messages.some((m) => m.data?.typing), "not in history");
+});
+
 await scenario("a token expiring mid-session is refreshed without a reconnect", async () => {
   assert.ok(SECRET, "HERALD_SECRET is required");
   let minted = 0;

@@ -45,6 +45,7 @@ leeway_secs = 0
 {OPEN_CHAT}
 presence = "anonymous"
 join_leave = true
+ephemeral = true
 
 [[namespace]]
 name = "room"
