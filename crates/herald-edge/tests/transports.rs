@@ -299,3 +299,49 @@ async fn shutdown_drains_every_transport() {
     }
     node.finished().await;
 }
+
+/// Replies go ahead of queued messages: a session nobody polls while 700
+/// messages arrive (256 wait in the session's pipe, the rest in its
+/// queue) answers a ping before the queued ones, and every message still
+/// comes once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pong_does_not_wait_behind_queued_messages() {
+    let node = Node::start().await;
+    let mut c = Conn::open(&node, Kind::Poll, "channel=chat:lane").await;
+    let first = c
+        .next_within(Duration::from_secs(5))
+        .await
+        .expect("subscribed");
+    assert_eq!(first["type"], "subscribed", "{first}");
+    let mut p = node.connect().await;
+    let ids: Vec<uuid::Uuid> = (0..700).map(|_| uuid::Uuid::new_v4()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        p.send(json!({"type": "publish", "channel": "chat:lane", "id": id, "data": i}))
+            .await;
+    }
+    for id in &ids {
+        assert_eq!(p.next_of_publish(*id).await["type"], "publish_ack");
+    }
+    c.send(json!({"type": "ping"})).await;
+    let mut frames = Vec::new();
+    while frames.len() < 701 {
+        match c.next_within(Duration::from_secs(5)).await {
+            Some(f) => frames.push(f),
+            None => panic!("after {} frames", frames.len()),
+        }
+    }
+    let pong = frames
+        .iter()
+        .position(|f| f["type"] == "pong")
+        .expect("a pong");
+    assert!(
+        pong <= 400,
+        "the pong came after {pong} messages: it waited behind the queue"
+    );
+    let data: Vec<i64> = frames
+        .iter()
+        .filter(|f| f["type"] == "message")
+        .map(|f| f["data"].as_i64().expect("data"))
+        .collect();
+    assert_eq!(data, (0..700).collect::<Vec<_>>());
+}

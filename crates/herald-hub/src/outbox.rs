@@ -99,10 +99,30 @@ struct Shared {
     overflow: Notify,
 }
 
+/// Two lanes, each of at most `max_messages` entries, under one byte bound:
+/// replies (`Outbound::Frame`: acks, pongs, errors, subscribe answers,
+/// history pages) are written before anything of the other lane, so they
+/// never wait behind up to a full queue of messages; messages, presence
+/// events, ephemeral messages and commands keep their order in theirs.
 struct Queue {
     items: VecDeque<Outbound>,
+    replies: VecDeque<Outbound>,
     /// The receiver is gone: nothing more is accepted.
     closed: bool,
+}
+
+impl Queue {
+    /// The lane `item` goes to.
+    fn lane(&mut self, item: &Outbound) -> &mut VecDeque<Outbound> {
+        match item {
+            Outbound::Frame(_) => &mut self.replies,
+            _ => &mut self.items,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.items.len() + self.replies.len()
+    }
 }
 
 /// A queue that drained after a burst gives its memory back once it held
@@ -167,13 +187,18 @@ impl Shared {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes the oldest item (the receiver's side).
+    /// Takes the oldest reply, else the oldest item (the receiver's side).
     fn pop(&self) -> Option<Outbound> {
         let item = {
             let mut q = self.lock();
-            let item = q.items.pop_front()?;
-            if q.items.is_empty() && q.items.capacity() > KEEP_CAPACITY {
-                q.items = VecDeque::new();
+            let lane = if q.replies.is_empty() {
+                &mut q.items
+            } else {
+                &mut q.replies
+            };
+            let item = lane.pop_front()?;
+            if lane.is_empty() && lane.capacity() > KEEP_CAPACITY {
+                *lane = VecDeque::new();
             }
             item
         };
@@ -197,6 +222,7 @@ impl Outbox {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 items: VecDeque::new(),
+                replies: VecDeque::new(),
                 closed: false,
             }),
             max_messages: max_messages.max(1),
@@ -221,7 +247,7 @@ impl Outbox {
         self.id
     }
 
-    /// Free message slots right now.
+    /// Free message slots right now (in the lane of messages).
     pub fn capacity(&self) -> usize {
         let q = self.shared.lock();
         self.shared.max_messages.saturating_sub(q.items.len())
@@ -256,13 +282,15 @@ impl Outbox {
             self.shared.bytes.fetch_sub(len, Ordering::AcqRel);
             return false;
         }
-        if q.items.len() >= self.shared.max_messages {
+        let max = self.shared.max_messages;
+        let lane = q.lane(&item);
+        if lane.len() >= max {
             drop(q);
             self.shared.bytes.fetch_sub(len, Ordering::AcqRel);
             self.overflow();
             return false;
         }
-        q.items.push_back(item);
+        lane.push_back(item);
         drop(q);
         queued_add(len);
         self.shared.readable.notify_one();
@@ -280,14 +308,14 @@ impl Outbox {
         let len = item.len();
         let mut q = self.shared.lock();
         let queued = self.shared.bytes.load(Ordering::Acquire);
-        if q.closed
-            || q.items.len() >= self.shared.max_messages
-            || queued + len > self.shared.max_bytes
+        let closed = q.closed;
+        let lane = q.lane(&item);
+        if closed || lane.len() >= self.shared.max_messages || queued + len > self.shared.max_bytes
         {
             return false;
         }
         self.shared.bytes.fetch_add(len, Ordering::AcqRel);
-        q.items.push_back(item);
+        lane.push_back(item);
         drop(q);
         queued_add(len);
         self.shared.readable.notify_one();
@@ -316,11 +344,13 @@ impl Outbox {
                 }
                 let queued = self.shared.bytes.load(Ordering::Acquire);
                 let room = queued == 0 || queued + len <= self.shared.max_bytes;
-                if q.items.len() < self.shared.max_messages && room {
+                let max = self.shared.max_messages;
+                let lane = q.lane(&item);
+                if lane.len() < max && room {
                     // Counted under the lock, so that pushes racing each
                     // other cannot all see the same room.
                     self.shared.bytes.fetch_add(len, Ordering::AcqRel);
-                    q.items.push_back(item);
+                    lane.push_back(item);
                     drop(q);
                     queued_add(len);
                     self.shared.readable.notify_one();
@@ -355,6 +385,9 @@ impl OutboxReceiver {
         let mut q = self.shared.lock();
         if q.items.is_empty() && q.items.capacity() > 0 {
             q.items = VecDeque::new();
+        }
+        if q.replies.is_empty() && q.replies.capacity() > 0 {
+            q.replies = VecDeque::new();
         }
     }
 
@@ -396,9 +429,14 @@ impl OutboxReceiver {
         self.shared.bytes.load(Ordering::Acquire)
     }
 
-    /// Messages queued now.
+    /// Whether a reply waits to be written.
+    pub fn has_replies(&self) -> bool {
+        !self.shared.lock().replies.is_empty()
+    }
+
+    /// Items queued now (both lanes).
     pub fn queued(&self) -> usize {
-        self.shared.lock().items.len()
+        self.shared.lock().len()
     }
 }
 
@@ -409,8 +447,9 @@ impl Drop for OutboxReceiver {
         let left: usize = {
             let mut q = self.shared.lock();
             q.closed = true;
-            let left = q.items.iter().map(Outbound::len).sum();
+            let left = q.items.iter().chain(&q.replies).map(Outbound::len).sum();
             q.items = VecDeque::new();
+            q.replies = VecDeque::new();
             left
         };
         self.shared.bytes.fetch_sub(
@@ -445,6 +484,37 @@ impl OverflowWatch {
 mod tests {
     use super::*;
 
+    fn event(text: &str) -> Outbound {
+        Outbound::Event(Arc::new(Event {
+            channel: Arc::from("c:a"),
+            text: crate::Text::from(text),
+            presence: false,
+        }))
+    }
+
+    #[tokio::test]
+    async fn a_reply_is_written_before_queued_messages_which_keep_their_order() {
+        let (tx, mut rx) = Outbox::new(1, 3, 1 << 20);
+        for t in ["m1", "m2", "m3"] {
+            assert!(tx.try_push(event(t)));
+        }
+        // The lane of messages is full; a reply still has room, and goes
+        // first.
+        assert!(tx.try_push(Outbound::Frame("pong".into())));
+        assert!(tx.try_push(Outbound::Frame("ack".into())));
+        let order: Vec<String> = std::iter::from_fn(|| rx.try_recv())
+            .map(|o| o.text().to_owned())
+            .collect();
+        assert_eq!(order, ["pong", "ack", "m1", "m2", "m3"]);
+        assert_eq!(rx.queued_bytes(), 0);
+        // Each lane has its own count bound, under the one byte bound.
+        for t in ["m4", "m5", "m6"] {
+            assert!(tx.try_push(event(t)));
+        }
+        assert!(!tx.try_push(event("m7")), "the message lane is full");
+        assert!(tx.is_overflowed());
+    }
+
     #[tokio::test]
     async fn overflow_by_count_marks_slow_consumer() {
         let (tx, mut rx) = Outbox::new(1, 2, 1 << 20);
@@ -464,8 +534,8 @@ mod tests {
     #[tokio::test]
     async fn an_empty_queue_gives_its_buffer_back_on_release() {
         let (tx, mut rx) = Outbox::new(1, 100, 1 << 20);
-        assert!(tx.try_push(Outbound::Frame("a".into())));
-        assert!(tx.try_push(Outbound::Frame("b".into())));
+        assert!(tx.try_push(event("a")));
+        assert!(tx.try_push(event("b")));
         rx.release_if_empty();
         assert!(tx.shared.lock().items.capacity() > 0, "not empty: kept");
         rx.recv().await.unwrap();
@@ -560,7 +630,7 @@ mod tests {
     async fn a_drained_burst_gives_its_memory_back() {
         let (tx, mut rx) = Outbox::new(1, 10_000, 1 << 20);
         for i in 0..1000 {
-            assert!(tx.try_push(Outbound::Frame(i.to_string())));
+            assert!(tx.try_push(event(&i.to_string())));
         }
         assert_eq!((rx.queued(), tx.capacity()), (1000, 9000));
         for i in 0..1000 {

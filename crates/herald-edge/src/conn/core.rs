@@ -164,6 +164,38 @@ pub(crate) async fn drive<S: Source, W: Sink>(start: Box<Start<S, W>>) {
                 break Some((codes::CLOSE_GOING_AWAY, "server shutting down".into()));
             }
             answer = next_answer(&mut conn.answers) => conn.reply(answer),
+            // Reading before writing while no reply waits: a client's
+            // frame (a ping, a publish) is handled between two write
+            // batches and its answer goes out in the reply lane, ahead of
+            // the messages still queued, instead of after all of them. A
+            // reply waiting is written first, so a client that sends
+            // without reading cannot pile its answers up here.
+            incoming = source.next(), if !rx.has_replies() => {
+                last_seen = Instant::now();
+                match incoming {
+                    Incoming::End(close) => {
+                        if close.is_some() {
+                            metrics::counter!("herald_edge_protocol_errors_total").increment(1);
+                        }
+                        break close;
+                    }
+                    Incoming::Alive => {}
+                    Incoming::Text(text) => {
+                        frames_in.increment(1);
+                        conn.on_text(text.as_ref()).await;
+                    }
+                    Incoming::Binary => {
+                        frames_in.increment(1);
+                        if conn.within_frame_budget(None) {
+                            conn.reply(error_frame(
+                                codes::BINARY_UNSUPPORTED,
+                                "binary frames are not supported; send JSON text frames",
+                                None,
+                            ));
+                        }
+                    }
+                }
+            }
             item = rx.recv() => {
                 let Some(item) = item else { break None };
                 // Whatever else is queued goes out with it: one flush (one
@@ -221,32 +253,6 @@ pub(crate) async fn drive<S: Source, W: Sink>(start: Box<Start<S, W>>) {
                 }
                 if close.is_some() {
                     break close;
-                }
-            }
-            incoming = source.next() => {
-                last_seen = Instant::now();
-                match incoming {
-                    Incoming::End(close) => {
-                        if close.is_some() {
-                            metrics::counter!("herald_edge_protocol_errors_total").increment(1);
-                        }
-                        break close;
-                    }
-                    Incoming::Alive => {}
-                    Incoming::Text(text) => {
-                        frames_in.increment(1);
-                        conn.on_text(text.as_ref()).await;
-                    }
-                    Incoming::Binary => {
-                        frames_in.increment(1);
-                        if conn.within_frame_budget(None) {
-                            conn.reply(error_frame(
-                                codes::BINARY_UNSUPPORTED,
-                                "binary frames are not supported; send JSON text frames",
-                                None,
-                            ));
-                        }
-                    }
                 }
             }
             _ = heartbeat.tick() => {
