@@ -4,6 +4,7 @@ test counts what was acked and what was delivered ("all of it, once")."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from typing import Any
 
@@ -311,3 +312,21 @@ async def closed_within(c: Client, seconds: float) -> None:
             return
         await asyncio.sleep(0.05)
     assert c.state == "closed"
+
+
+async def test_a_batch_frame_is_unpacked_in_order_and_batches_are_asked_for() -> None:
+    c = Client("ws://herald.test/ws?x=1", client_id="c1")
+    assert c._full_url() == "ws://herald.test/ws?x=1&client_id=c1&batch=true"
+    sub = c.subscribe("chat:b")
+    seen: list[Any] = []
+    c.on("message", lambda m: seen.append(m.seq))
+    c.on("join", lambda f: seen.append(f["type"]))
+
+    def msg(seq: int) -> dict[str, Any]:
+        return {"type": "message", "channel": "chat:b", "seq": seq, "epoch": "e", "id": "x", "ts": 0, "data": seq}
+
+    join = {"type": "join", "channel": "chat:b", "member": {"conn": "n/1"}}
+    await c._on_frame(json.dumps({"type": "batch", "frames": [msg(1), join, msg(2), msg(2)]}))
+    await c._on_frame(json.dumps(msg(3)))
+    assert seen == [1, "join", 2, 3], "in order, the repeated seq dropped"
+    assert [(await sub.get(1)).seq for _ in range(3)] == [1, 2, 3]

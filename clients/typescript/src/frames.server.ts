@@ -188,12 +188,19 @@ export type SEphemeral = {
   tags?: STags;
 };
 
+/** Several frames in one WebSocket frame, for a client that connected with ?batch=true: messages, ephemeral messages and join/leave events queued together, in the order they would have come one by one. Replies are never batched. */
+export type SBatch = {
+  type: "batch";
+  frames: Array<SMessage | SEphemeral | SJoin | SLeave>;
+};
+
 /** Every server frame is a JSON text frame with a type. Clients must ignore unknown fields and unknown frame types. */
 export type ServerFrame =
   | SSubscribed
   | SUnsubscribed
   | SMessage
   | SEphemeral
+  | SBatch
   | SPublishAck
   | SPublishNack
   | SError

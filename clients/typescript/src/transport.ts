@@ -44,8 +44,8 @@ export type TransportFactory = (
   handlers: TransportHandlers,
 ) => Transport;
 
-function query(params: ConnectParams): string {
-  const q = new URLSearchParams();
+function query(params: ConnectParams, extra: Record<string, string> = {}): string {
+  const q = new URLSearchParams(extra);
   if (params.token) q.set("token", params.token);
   if (params.clientId) q.set("client_id", params.clientId);
   if (params.name) q.set("name", params.name);
@@ -92,7 +92,8 @@ function parse(text: string): Frame | null {
 
 export function webSocketTransport(params: ConnectParams, handlers: TransportHandlers): Transport {
   const WS = (globalThis as { WebSocket?: typeof WebSocket }).WebSocket;
-  const url = params.url.replace(/^http/, "ws").replace(/\/$/, "") + "/ws" + query(params);
+  // `batch=true`: several messages may come in one `batch` frame.
+  const url = params.url.replace(/^http/, "ws").replace(/\/$/, "") + "/ws" + query(params, { batch: "true" });
   let ws: WebSocket | null = null;
   const g = guard(params, handlers, () => ws?.close());
   if (typeof WS !== "function") {
@@ -108,7 +109,12 @@ export function webSocketTransport(params: ConnectParams, handlers: TransportHan
   ws.onopen = () => g.opened();
   ws.onmessage = (ev) => {
     const f = typeof ev.data === "string" ? parse(ev.data) : null;
-    if (f && !g.isClosed()) handlers.frame(f);
+    if (!f || g.isClosed()) return;
+    if (f.type === "batch" && Array.isArray(f.frames)) {
+      for (const inner of f.frames as Frame[]) if (!g.isClosed()) handlers.frame(inner);
+    } else {
+      handlers.frame(f);
+    }
   };
   ws.onclose = (ev) => g.done(ev.code || 1006, ev.reason || "connection closed");
   ws.onerror = () => {

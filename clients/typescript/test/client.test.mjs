@@ -399,3 +399,33 @@ test("options given as undefined keep their defaults", async () => {
   assert.equal(s.made[0].params.openTimeoutMs, 5000);
   c.close();
 });
+
+test("the WebSocket transport asks for batches and hands their frames over one by one, in order", async () => {
+  const { webSocketTransport } = await import("../dist/transport.js");
+  const made = [];
+  globalThis.WebSocket = class {
+    constructor(url) {
+      this.url = url;
+      this.readyState = 1;
+      made.push(this);
+    }
+    send() {}
+    close() {}
+  };
+  try {
+    const frames = [];
+    const t = webSocketTransport(
+      { url: "http://herald.test", clientId: "c1", openTimeoutMs: 1000 },
+      { open() {}, frame: (f) => frames.push(f), close() {} },
+    );
+    const ws = made[0];
+    assert.match(ws.url, /^ws:\/\/herald\.test\/ws\?batch=true&client_id=c1$/);
+    ws.onopen();
+    ws.onmessage({ data: JSON.stringify({ type: "batch", frames: [msg("chat:a", 1), { type: "join", channel: "chat:a", member: { conn: "n/1" } }, msg("chat:a", 2)] }) });
+    ws.onmessage({ data: JSON.stringify(msg("chat:a", 3)) });
+    assert.deepEqual(frames.map((f) => f.seq ?? f.type), [1, "join", 2, 3]);
+    t.close();
+  } finally {
+    delete globalThis.WebSocket;
+  }
+});

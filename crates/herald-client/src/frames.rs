@@ -160,6 +160,11 @@ pub enum Frame {
     },
     /// An ephemeral message: no position, never again on a resume.
     Ephemeral(Ephemeral),
+    /// Several frames in one (the connection asked with `batch=true`);
+    /// [`crate::Connection`] hands them over one by one, never as this.
+    Batch {
+        frames: Vec<Frame>,
+    },
     /// A frame type this client does not know (servers may add some).
     #[serde(other)]
     Unknown,

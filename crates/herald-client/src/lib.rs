@@ -73,6 +73,8 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// One connection to a herald edge.
 pub struct Connection {
     ws: Ws,
+    /// The rest of the last `batch` frame read.
+    unpacked: VecDeque<Frame>,
     /// Frames read while waiting for a specific reply.
     pending: VecDeque<Frame>,
     /// How long a request waits for its reply.
@@ -80,8 +82,28 @@ pub struct Connection {
     closed: Option<Option<u16>>,
 }
 
+/// `url` with `batch=true` in its query, unless it has a `batch=` already.
+fn with_batches(url: &str) -> String {
+    let (base, fragment) = url
+        .split_once('#')
+        .map_or((url, None), |(b, f)| (b, Some(f)));
+    let query = base.split_once('?').map(|(_, q)| q).unwrap_or("");
+    if query.split('&').any(|kv| kv.starts_with("batch=")) {
+        return url.to_owned();
+    }
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let mut out = format!("{base}{sep}batch=true");
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    out
+}
+
 impl Connection {
-    /// Connects to `url`, e.g. `ws://127.0.0.1:8080/ws`.
+    /// Connects to `url`, e.g. `ws://127.0.0.1:8080/ws`. Unless the URL
+    /// says `batch=`, the connection asks for `batch` frames (several
+    /// messages in one WebSocket frame), unpacked here.
     pub async fn connect(url: &str) -> Result<Self, ClientError> {
         Self::connect_with_headers(url, &[]).await
     }
@@ -93,7 +115,8 @@ impl Connection {
     ) -> Result<Self, ClientError> {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
-        let mut req = url.into_client_request()?;
+        let url = with_batches(url);
+        let mut req = url.as_str().into_client_request()?;
         for (k, v) in headers {
             let (Ok(k), Ok(v)) = (HeaderName::try_from(*k), HeaderValue::try_from(*v)) else {
                 return Err(ClientError::BadFrame(format!("bad header {k}")));
@@ -103,6 +126,7 @@ impl Connection {
         let (ws, _resp) = tokio_tungstenite::connect_async(req).await?;
         Ok(Connection {
             ws,
+            unpacked: VecDeque::new(),
             pending: VecDeque::new(),
             timeout: Duration::from_secs(30),
             closed: None,
@@ -126,8 +150,21 @@ impl Connection {
         self.send_text(text).await
     }
 
-    /// Reads the next frame from the socket (not from `pending`).
+    /// Reads the next frame from the socket (not from `pending`), the
+    /// frames of a batch one by one.
     async fn read(&mut self) -> Result<Frame, ClientError> {
+        loop {
+            if let Some(f) = self.unpacked.pop_front() {
+                return Ok(f);
+            }
+            match self.read_one().await? {
+                Frame::Batch { frames } => self.unpacked.extend(frames),
+                f => return Ok(f),
+            }
+        }
+    }
+
+    async fn read_one(&mut self) -> Result<Frame, ClientError> {
         if let Some(code) = self.closed {
             return Err(ClientError::Closed(code));
         }
@@ -579,6 +616,20 @@ impl ChannelCursor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connection_asks_for_batches_unless_told() {
+        assert_eq!(with_batches("ws://h/ws"), "ws://h/ws?batch=true");
+        assert_eq!(with_batches("ws://h/ws?a=1"), "ws://h/ws?a=1&batch=true");
+        assert_eq!(
+            with_batches("ws://h/ws?batch=false"),
+            "ws://h/ws?batch=false"
+        );
+        assert_eq!(
+            with_batches("ws://h/ws?a=1#x"),
+            "ws://h/ws?a=1&batch=true#x"
+        );
+    }
 
     fn msg(seq: i64, epoch: &str) -> Msg {
         Msg {

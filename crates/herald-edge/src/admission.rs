@@ -139,6 +139,13 @@ pub(crate) async fn upgrade(
         Err(refusal) => return refusal,
     };
     let accept = derive_accept_key(key.as_bytes());
+    // `?batch=true`: the client reads `batch` frames (several messages in
+    // one WebSocket frame).
+    let batch = match query.get("batch").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return status(StatusCode::BAD_REQUEST, "batch must be true or false"),
+    };
     let config = WebSocketConfig::default()
         .read_buffer_size(ctx.cfg.limits.read_buffer_bytes)
         .max_message_size(Some(ctx.cfg.limits.max_frame_bytes))
@@ -149,6 +156,7 @@ pub(crate) async fn upgrade(
         ctx,
         remote,
         admitted,
+        batch,
     })));
     let reply = warp::reply::with_status(warp::reply(), StatusCode::SWITCHING_PROTOCOLS);
     let reply = warp::reply::with_header(reply, "connection", "upgrade");

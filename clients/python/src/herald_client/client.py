@@ -379,8 +379,8 @@ class Client:
             for k, v in (("token", self._token), ("client_id", self._client_id), ("name", self._name))
             if v is not None
         }
-        if not params:
-            return self._url
+        # Several messages may come in one `batch` frame (`_on_frame`).
+        params["batch"] = "true"
         u = urlsplit(self._url)
         query = "&".join(q for q in (u.query, urlencode(params)) if q)
         return urlunsplit((u.scheme, u.netloc, u.path, query, u.fragment))
@@ -413,6 +413,14 @@ class Client:
             return
         if not isinstance(f, dict):
             return
+        if f.get("type") == "batch" and isinstance(f.get("frames"), list):
+            for inner in f["frames"]:
+                if isinstance(inner, dict):
+                    await self._handle(inner)
+            return
+        await self._handle(f)
+
+    async def _handle(self, f: dict[str, Any]) -> None:
         kind = f.get("type")
         if kind == "message":
             if self._st.accept(f):

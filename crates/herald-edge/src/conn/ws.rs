@@ -33,6 +33,8 @@ pub(crate) struct Accepted {
     pub remote: Option<SocketAddr>,
     /// Who it is, its place under the limits, the headers hooks forward.
     pub admitted: Admitted,
+    /// The client asked for `batch` frames (`?batch=true`).
+    pub batch: bool,
 }
 
 /// Runs one connection to its end: the task spawned per connection.
@@ -54,6 +56,7 @@ async fn serve(id: u64, accepted: Box<Accepted>) {
         ctx,
         remote: _,
         admitted,
+        batch,
     } = *accepted;
     let upgraded = match on_upgrade.await {
         Ok(u) => u,
@@ -72,7 +75,11 @@ async fn serve(id: u64, accepted: Box<Accepted>) {
         conn,
         rx,
         source: WsSource(stream),
-        sink: WsSink { sink, idle_timeout },
+        sink: WsSink {
+            sink,
+            idle_timeout,
+            batch: batch.then(Batch::default),
+        },
         slot,
     }))
     .await;
@@ -116,6 +123,69 @@ impl Source for WsSource {
 struct WsSink {
     sink: SplitSink<WebSocket, Message>,
     idle_timeout: Duration,
+    /// For a client that reads `batch` frames: the messages of the write
+    /// batch under way.
+    batch: Option<Batch>,
+}
+
+/// The messages and events of one write batch, sent as one `batch` frame
+/// (`{"type":"batch","frames":[...]}`) when there are several, as they are
+/// when there is one. Replies are not batched: they end the batch before
+/// them, so the order on the wire is the order they were taken in.
+#[derive(Default)]
+struct Batch {
+    first: Option<Utf8Bytes>,
+    frames: String,
+    n: usize,
+}
+
+/// A batch frame is sent once it holds this many bytes.
+const BATCH_MAX_BYTES: usize = 256 * 1024;
+
+impl Batch {
+    /// Adds a frame; true when the batch is full (send it now).
+    fn add(&mut self, text: Utf8Bytes) -> bool {
+        match self.n {
+            0 => self.first = Some(text),
+            _ => {
+                if let Some(first) = self.first.take() {
+                    self.frames.reserve(first.len() + text.len() + 32);
+                    self.frames.push_str(r#"{"type":"batch","frames":["#);
+                    self.frames.push_str(&first);
+                }
+                self.frames.push(',');
+                self.frames.push_str(&text);
+            }
+        }
+        self.n += 1;
+        self.frames.len() >= BATCH_MAX_BYTES
+    }
+
+    /// The frame to send for what was added, if anything; empties it.
+    fn take(&mut self) -> Option<Utf8Bytes> {
+        let n = std::mem::take(&mut self.n);
+        if n == 1 {
+            return self.first.take();
+        }
+        if n == 0 {
+            return None;
+        }
+        let mut frames = std::mem::take(&mut self.frames);
+        frames.push_str("]}");
+        metrics::counter!("herald_edge_batch_frames_total").increment(1);
+        metrics::counter!("herald_edge_batched_messages_total").increment(n as u64);
+        Some(Utf8Bytes::from(frames))
+    }
+}
+
+impl WsSink {
+    /// Sends the batch under way, if any.
+    async fn send_batch(&mut self) -> bool {
+        match self.batch.as_mut().and_then(Batch::take) {
+            Some(text) => self.sink.feed(Message::Text(text)).await.is_ok(),
+            None => true,
+        }
+    }
 }
 
 impl Sink for WsSink {
@@ -123,14 +193,27 @@ impl Sink for WsSink {
         let text = match item {
             Outbound::Message(d) => shared(&d.text),
             Outbound::Event(e) => shared(&e.text),
-            Outbound::Frame(s) => Utf8Bytes::from(s),
+            Outbound::Frame(s) => {
+                // A reply ends the batch before it.
+                if !self.send_batch().await {
+                    return false;
+                }
+                return self
+                    .sink
+                    .feed(Message::Text(Utf8Bytes::from(s)))
+                    .await
+                    .is_ok();
+            }
             Outbound::Command(_) => return true,
         };
-        self.sink.feed(Message::Text(text)).await.is_ok()
+        match &mut self.batch {
+            Some(b) => !b.add(text) || self.send_batch().await,
+            None => self.sink.feed(Message::Text(text)).await.is_ok(),
+        }
     }
 
     async fn flush(&mut self) -> bool {
-        self.sink.flush().await.is_ok()
+        self.send_batch().await && self.sink.flush().await.is_ok()
     }
 
     async fn beat(&mut self, quiet: Duration) -> Beat {

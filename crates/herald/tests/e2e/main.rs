@@ -10,6 +10,7 @@ mod common;
 mod admin;
 mod analytics;
 mod balancer;
+mod batches;
 mod browser;
 mod config;
 mod conformance;
