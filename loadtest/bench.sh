@@ -5,7 +5,9 @@
 # builds release binaries; starts its own herald node (anonymous `chat`, no
 # publish rate limit) and stops it at the end. JSON results go to $OUT.
 #
-#   loadtest/bench.sh [p1|p2|p2x|p2io|p3|p4|p5|p6|p6k|p7|p7k|in1k|cf|cf-latency|cf-p2|cf-p7|all]   (default all)
+#   loadtest/bench.sh [p1|p2|p2x|p2io|p3|p4|p5|p6|p6k|p7|p7k|in1k|cf|cf-latency|cf-p2|cf-p7|wire|all]   (default all)
+#   (wire: bytes on the wire and server CPU per delivered message, herald's
+#    JSON frames, its batch frames and Centrifugo's JSON; not part of all)
 #   (p3: loadtest/idle-memory.sh, herald, the bare floor and Centrifugo;
 #    all: every row, then P1 again on the RF 3 cluster, CLUSTER=1 ... p1)
 #   (cf: all three against Centrifugo v6, loadtest/centrifugo/start.sh)
@@ -109,6 +111,7 @@ start_herald() {
 }
 start_herald herald
 URL=$NODE_URL
+HERALD_PID=$PID
 echo "bench: herald (release) at $URL, broker $BROKERS, fetch.wait.max.ms $FETCH_WAIT, results in $OUT"
 LT="$BIN/herald-loadtest"
 # plot NAME TITLE: the latency distributions of $OUT/NAME.json as $PLOTS/NAME.svg.
@@ -309,6 +312,37 @@ if [[ $WHAT == all || $WHAT == cf || $WHAT == cf-p7 ]]; then
         --channels "$P7_CHANNELS" --publishers "$P7_PUBLISHERS" --rate "$P7_RATE" --duration-secs 20 --size 100 \
         --drain-secs 30 --source-ips 127.0.0.1-127.0.0.8 --json "$OUT/cf-p7-$P7_SUBSCRIBERS-$P7_CHANNELS-$P7_PUBLISHERS.json"
     plot "cf-p7-$P7_SUBSCRIBERS-$P7_CHANNELS-$P7_PUBLISHERS" "P7 chat: $P7_SUBSCRIBERS subscribers on $P7_CHANNELS channels, herald vs Centrifugo"
+    end_row
+fi
+if [[ $WHAT == wire ]]; then
+    # One channel, $WIRE_SUBS subscribers, $WIRE_RATE msg/s for 10 s, a
+    # 100-byte and a 1,500-byte payload; the modes in turn, $PAIRS rounds,
+    # the order reversed every other round. Bytes are the subscribers' text
+    # frames with their WebSocket headers; CPU is the server process's
+    # (/proc/PID/stat) over the same span.
+    WIRE_SUBS="${WIRE_SUBS:-200}"
+    WIRE_RATE="${WIRE_RATE:-200}"
+    start_centrifugo
+    CF_PID="$(tail -1 "$OUT/centrifugo.pids")"
+    modes=(herald herald-batch centrifugo)
+    for size in 100 1500; do
+        for ((round = 0; round < PAIRS; round++)); do
+            order=("${modes[@]}")
+            if ((round % 2)); then order=(centrifugo herald-batch herald); fi
+            for mode in "${order[@]}"; do
+                case $mode in
+                    herald) args=(--url "$URL" --server-pid "$HERALD_PID") ;;
+                    herald-batch) args=(--url "$URL?batch=true" --server-pid "$HERALD_PID") ;;
+                    centrifugo) args=(--proto centrifugo --url "$CF_URL" --server-pid "$CF_PID") ;;
+                esac
+                echo "== wire: $mode, ${size}-byte payload, round $((round + 1))"
+                "$LT" ws "${args[@]}" --subscribers "$WIRE_SUBS" --channels 1 --publishers 1 \
+                    --rate "$WIRE_RATE" --duration-secs 10 --size "$size" --drain-secs 10 \
+                    --json "$OUT/wire-$mode-$size-$round.json" |
+                    grep -E "^(deliveries|wire|server CPU|lost|duplicated)"
+            done
+        done
+    done
     end_row
 fi
 if [[ $WHAT == all || $WHAT == sweep || $WHAT == sweep-cf ]]; then

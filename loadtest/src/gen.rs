@@ -58,6 +58,9 @@ pub struct GenConfig {
     /// Where the publishers connect, when not to `url` (another edge node
     /// of the same cluster: fan-out across nodes).
     pub publish_url: Option<String>,
+    /// The server's process, whose CPU time the run reports (the wire-cost
+    /// rows: CPU per delivery).
+    pub server_pid: Option<u32>,
 }
 
 impl Default for GenConfig {
@@ -77,6 +80,7 @@ impl Default for GenConfig {
             progress: true,
             proto: Proto::Herald,
             publish_url: None,
+            server_pid: None,
         }
     }
 }
@@ -162,10 +166,22 @@ struct SubResult {
     latency: Histogram<u64>,
 }
 
+/// The bytes a WebSocket text frame of `len` bytes takes from the server
+/// (unmasked): its header and its payload.
+pub fn ws_frame_bytes(len: usize) -> u64 {
+    let header = match len {
+        0..=125 => 2,
+        126..=65535 => 4,
+        _ => 10,
+    };
+    (header + len) as u64
+}
+
 async fn subscriber(
     mut ws: Ws,
     channels: Vec<String>,
     delivered: Arc<AtomicU64>,
+    wire: Arc<AtomicU64>,
     ready: Arc<AtomicU64>,
     mut stop: watch::Receiver<bool>,
     proto: Proto,
@@ -207,6 +223,7 @@ async fn subscriber(
             m = ws.next() => match m {
                 Some(Ok(Message::Text(t))) => {
                     let now = now_ns();
+                    wire.fetch_add(ws_frame_bytes(t.len()), Ordering::Relaxed);
                     frames.clear();
                     decode(proto, t.as_str(), &mut frames);
                     for f in frames.drain(..) {
@@ -442,6 +459,8 @@ pub async fn run(cfg: GenConfig) -> anyhow::Result<Report> {
     let mut subs = Vec::with_capacity(cfg.subscribers);
     let conn_limit = Arc::new(tokio::sync::Semaphore::new(256));
     let ready = Arc::new(AtomicU64::new(0));
+    // Bytes of the text frames the subscribers got once subscribed.
+    let wire = Arc::new(AtomicU64::new(0));
     let mut conns = Vec::with_capacity(cfg.subscribers);
     for i in 0..cfg.subscribers {
         let url = cfg.url.clone();
@@ -460,6 +479,7 @@ pub async fn run(cfg: GenConfig) -> anyhow::Result<Report> {
             ws,
             chs,
             delivered.clone(),
+            wire.clone(),
             ready.clone(),
             stop_rx.clone(),
             cfg.proto,
@@ -500,6 +520,7 @@ pub async fn run(cfg: GenConfig) -> anyhow::Result<Report> {
     }
     let started = Instant::now();
     let cpu_at_start = crate::report::process_cpu_secs();
+    let server_cpu_at_start = cfg.server_pid.and_then(crate::report::pid_cpu_secs);
     let mut progress = Progress::new(cfg.progress);
     let pubs_done = pubs;
     // Progress while the publishers run.
@@ -579,6 +600,10 @@ pub async fn run(cfg: GenConfig) -> anyhow::Result<Report> {
     );
     report.schedule_lag_ms = lag.as_secs_f64() * 1000.0;
     report.client_cpu_secs = crate::report::process_cpu_secs() - cpu_at_start;
+    report.wire_bytes = wire.load(Ordering::Relaxed);
+    if let (Some(pid), Some(at_start)) = (cfg.server_pid, server_cpu_at_start) {
+        report.server_cpu_secs = crate::report::pid_cpu_secs(pid).map(|now| now - at_start);
+    }
     Ok(report)
 }
 

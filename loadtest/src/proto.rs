@@ -128,6 +128,9 @@ struct HeraldFrame {
     code: Option<String>,
     #[serde(default)]
     seq: Option<i64>,
+    /// A `batch` frame's frames.
+    #[serde(default)]
+    frames: Option<Vec<HeraldFrame>>,
 }
 
 /// What the generator puts in every message's data.
@@ -192,16 +195,22 @@ struct CfError {
 pub fn decode(proto: Proto, text: &str, out: &mut Vec<Incoming>) {
     match proto {
         Proto::Herald => {
+            let herald = |f: HeraldFrame| Incoming {
+                kind: f.kind,
+                channel: f.channel,
+                id: f.id,
+                t: f.data.map(|d| d.t),
+                code: f.code,
+                seq: f.seq,
+                cmd: None,
+            };
             if let Ok(f) = serde_json::from_str::<HeraldFrame>(text) {
-                out.push(Incoming {
-                    kind: f.kind,
-                    channel: f.channel,
-                    id: f.id,
-                    t: f.data.map(|d| d.t),
-                    code: f.code,
-                    seq: f.seq,
-                    cmd: None,
-                });
+                if f.kind == "batch" {
+                    // `?batch=true`: several frames in one.
+                    out.extend(f.frames.into_iter().flatten().map(herald));
+                } else {
+                    out.push(herald(f));
+                }
             }
         }
         Proto::SocketIo => out.extend(decode_sio(text)),
@@ -303,6 +312,22 @@ mod tests {
         decode(proto, text, &mut v);
         assert!(v.len() <= 1, "{v:?}");
         v.pop()
+    }
+
+    #[test]
+    fn a_herald_batch_frame_decodes_to_its_frames_in_order() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let text = format!(
+            r#"{{"type":"batch","frames":[{{"type":"message","channel":"chat:a","seq":4,"epoch":"e","id":"{a}","ts":1,"data":{{"t":5,"pad":""}}}},{{"type":"message","channel":"chat:a","seq":5,"epoch":"e","id":"{b}","ts":1,"data":{{"t":6,"pad":""}}}}]}}"#
+        );
+        let mut v = Vec::new();
+        decode(Proto::Herald, &text, &mut v);
+        assert_eq!(
+            v.iter().map(|f| (f.id, f.seq, f.t)).collect::<Vec<_>>(),
+            [(Some(a), Some(4), Some(5)), (Some(b), Some(5), Some(6))]
+        );
+        assert_eq!(crate::gen::ws_frame_bytes(100), 102);
+        assert_eq!(crate::gen::ws_frame_bytes(1500), 1504);
     }
 
     #[test]

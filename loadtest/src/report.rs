@@ -78,6 +78,28 @@ pub struct Report {
     /// the Kafka floor, the floor's own process.
     #[serde(default)]
     pub client_cpu_secs: f64,
+    /// Bytes of the WebSocket text frames the subscribers received (headers
+    /// included, as the server writes them: unmasked), from subscribed to
+    /// the end of the drain.
+    #[serde(default)]
+    pub wire_bytes: u64,
+    /// CPU seconds the server's process used over the same span as
+    /// `client_cpu_secs`, when its PID was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_cpu_secs: Option<f64>,
+}
+
+/// CPU seconds (user + system) process `pid` has used so far, from
+/// `/proc/{pid}/stat` (Linux); `None` when it cannot be read.
+pub fn pid_cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command (which may hold spaces), from field 3.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (per_sec > 0).then(|| ticks / per_sec as f64)
 }
 
 /// CPU seconds (user + system) this process has used so far.
@@ -132,6 +154,8 @@ impl Report {
             channels,
             schedule_lag_ms: 0.0,
             client_cpu_secs: 0.0,
+            wire_bytes: 0,
+            server_cpu_secs: None,
         }
     }
 
@@ -194,6 +218,17 @@ impl Report {
             self.client_cpu_secs * 1e6 / (self.acked.max(1) as f64),
             self.client_cpu_secs * 1e6 / (self.delivered.max(1) as f64)
         );
+        println!(
+            "wire            {} bytes of text frames to subscribers ({:.1} per delivery)",
+            self.wire_bytes,
+            self.wire_bytes as f64 / self.delivered.max(1) as f64
+        );
+        if let Some(cpu) = self.server_cpu_secs {
+            println!(
+                "server CPU      {cpu:.2} s ({:.2} us per delivery)",
+                cpu * 1e6 / self.delivered.max(1) as f64
+            );
+        }
     }
 }
 

@@ -15,16 +15,26 @@ pub struct WsArgs {
     /// centrifugo.
     #[arg(long, default_value = "herald")]
     pub proto: String,
+    /// The server's PID: its CPU time over the run is reported (per
+    /// delivery), beside the bytes on the wire per delivery.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
     #[command(flatten)]
     pub load: Load,
 }
 
 /// `ws`.
 pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
-    let WsArgs { url, proto, load } = args;
+    let WsArgs {
+        url,
+        proto,
+        server_pid,
+        load,
+    } = args;
     let proto = gen::Proto::parse(&proto)?;
     let r = gen::run(GenConfig {
         proto,
+        server_pid,
         ..gen_cfg(&url, &load)?
     })
     .await?;
