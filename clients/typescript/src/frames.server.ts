@@ -194,6 +194,15 @@ export type SBatch = {
   frames: Array<SMessage | SEphemeral | SJoin | SLeave>;
 };
 
+/** In a namespace with conflate = true: the connection fell behind on the channel, and its messages with from_seq <= seq <= to_seq still queued (skipped of them; those of the range filtered away or delivered before were never queued) were dropped for the newest, which follows. The position of the last message received stays a valid resume point; history has what was skipped. */
+export type SConflated = {
+  type: "conflated";
+  channel: SChannel;
+  skipped: number;
+  from_seq: number;
+  to_seq: number;
+};
+
 /** Every server frame is a JSON text frame with a type. Clients must ignore unknown fields and unknown frame types. */
 export type ServerFrame =
   | SSubscribed
@@ -201,6 +210,7 @@ export type ServerFrame =
   | SMessage
   | SEphemeral
   | SBatch
+  | SConflated
   | SPublishAck
   | SPublishNack
   | SError

@@ -425,6 +425,13 @@ export class HeraldClient {
         p.resolve({ seq: f.seq, duplicate: f.duplicate === true });
         return;
       }
+      case "conflated": {
+        // Behind on a conflating channel: these were dropped for the
+        // newest, which follows (history has them).
+        const { type: _, ...c } = f;
+        this.emit("conflated", c);
+        return;
+      }
       case "ephemeral": {
         // Only for channels subscribed now; no position, nothing to ack.
         if (!this.st.subs.has(f.channel)) return;

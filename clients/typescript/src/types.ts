@@ -3,7 +3,7 @@
 // application sees.
 
 import type { CFilter, CHistory, CTags } from "./frames.client.js";
-import type { SEphemeral, SHistory, SMember, SMessage, SPosition } from "./frames.server.js";
+import type { SConflated, SEphemeral, SHistory, SMember, SMessage, SPosition } from "./frames.server.js";
 import type { TransportFactory, TransportName } from "./transport.js";
 
 export type State = "disconnected" | "connecting" | "connected" | "closed";
@@ -104,6 +104,9 @@ export type Events = {
   state: State;
   transport: TransportName;
   message: Message;
+  /** Behind on a conflating channel: the messages `from_seq`..`to_seq`
+   *  still queued were dropped for the newest, which follows. */
+  conflated: Omit<SConflated, "type">;
   /** An ephemeral message of a subscribed channel: no `seq`, not kept. */
   ephemeral: Omit<SEphemeral, "type">;
   subscribed: Subscribed;

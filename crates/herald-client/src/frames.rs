@@ -160,6 +160,15 @@ pub enum Frame {
     },
     /// An ephemeral message: no position, never again on a resume.
     Ephemeral(Ephemeral),
+    /// Behind on a conflating channel: its messages `from_seq..=to_seq`
+    /// still queued (`skipped` of them) were dropped for the newest, which
+    /// follows.
+    Conflated {
+        channel: String,
+        skipped: u64,
+        from_seq: i64,
+        to_seq: i64,
+    },
     /// Several frames in one (the connection asked with `batch=true`);
     /// [`crate::Connection`] hands them over one by one, never as this.
     Batch {
@@ -356,6 +365,12 @@ mod tests {
                 reason: "r".into(),
                 reconnect: false,
             },
+            ServerFrame::Conflated {
+                channel: "chat:a".into(),
+                skipped: 3,
+                from_seq: 4,
+                to_seq: 9,
+            },
         ]
     }
 
@@ -400,6 +415,12 @@ mod tests {
                 | (ServerFrame::Leave { .. }, Frame::Leave { member: m, .. }) => *m == member(),
                 (ServerFrame::Disconnect { .. }, Frame::Disconnect { reconnect, .. }) => !reconnect,
                 (
+                    ServerFrame::Conflated { .. },
+                    Frame::Conflated {
+                        skipped, to_seq, ..
+                    },
+                ) => *skipped == 3 && *to_seq == 9,
+                (
                     ServerFrame::Subscribed { .. }
                     | ServerFrame::Unsubscribed { .. }
                     | ServerFrame::Message(_)
@@ -414,7 +435,8 @@ mod tests {
                     | ServerFrame::PresenceStats { .. }
                     | ServerFrame::Join { .. }
                     | ServerFrame::Leave { .. }
-                    | ServerFrame::Disconnect { .. },
+                    | ServerFrame::Disconnect { .. }
+                    | ServerFrame::Conflated { .. },
                     _,
                 ) => false,
             };

@@ -39,6 +39,9 @@ pub struct NamespaceConfig {
     /// Publishes may be ephemeral: fanned out through the namespace's
     /// ephemeral topic, not kept, not resumable.
     pub ephemeral: bool,
+    /// A subscriber behind on a channel gets its newest message (and a
+    /// `conflated` notice) instead of being cut.
+    pub conflate: bool,
 }
 
 impl NamespaceConfig {
@@ -68,6 +71,7 @@ impl NamespaceConfig {
             join_leave: false,
             personal: false,
             ephemeral: false,
+            conflate: false,
         }
     }
 

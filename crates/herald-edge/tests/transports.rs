@@ -345,3 +345,70 @@ async fn a_pong_does_not_wait_behind_queued_messages() {
         .collect();
     assert_eq!(data, (0..700).collect::<Vec<_>>());
 }
+
+/// A conflating namespace (docs/protocol.md, "Conflation"): a session
+/// nobody polls while 600 messages arrive is not cut; it gets `conflated`
+/// notices for what it skipped and the newest message, in order, and
+/// every seq it got or was told it skipped accounts for all 600. The same
+/// in a plain namespace is cut (4008).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_behind_on_a_conflating_channel_gets_the_newest_not_a_cut() {
+    let (mut edge, log) = config();
+    edge.limits.queue_messages = 16;
+    let mut live = herald_edge::NamespaceConfig::new("live", 1);
+    live.subscribe = herald_edge::AccessRule::Anonymous;
+    live.publish = herald_edge::AccessRule::Anonymous;
+    live.conflate = true;
+    edge.namespaces.push(live);
+    let node = Node::start_with(edge, log).await;
+    for (channel, conflates) in [("live:price", true), ("chat:price", false)] {
+        let mut c = Conn::open(&node, Kind::Poll, &format!("channel={channel}")).await;
+        let first = c
+            .next_within(Duration::from_secs(5))
+            .await
+            .expect("subscribed");
+        assert_eq!(first["type"], "subscribed", "{first}");
+        let mut p = node.connect().await;
+        let ids: Vec<uuid::Uuid> = (0..600).map(|_| uuid::Uuid::new_v4()).collect();
+        for (i, id) in ids.iter().enumerate() {
+            p.send(json!({"type": "publish", "channel": channel, "id": id, "data": i}))
+                .await;
+        }
+        let mut seqs = Vec::new();
+        for id in &ids {
+            let ack = p.next_of_publish(*id).await;
+            seqs.push(ack["seq"].as_i64().expect("acked"));
+        }
+        let (frames, close) = c.until_close(Duration::from_millis(1500)).await;
+        if !conflates {
+            // Cut (4008): the close ends what it polls, or the session is
+            // gone by the time it polls; either way not everything came.
+            let messages = frames.iter().filter(|f| f["type"] == "message").count();
+            assert!(messages < 600, "not cut: {messages} messages");
+            if let Some(close) = close {
+                assert_eq!(close["code"], 4008, "{close}");
+            }
+            continue;
+        }
+        assert_eq!(close, None, "not cut");
+        let (mut got, mut skipped) = (Vec::new(), 0);
+        for f in &frames {
+            match f["type"].as_str() {
+                Some("message") => got.push(f["seq"].as_i64().expect("seq")),
+                Some("conflated") => {
+                    assert_eq!(f["channel"], channel);
+                    skipped += f["skipped"].as_i64().expect("skipped");
+                }
+                _ => {}
+            }
+        }
+        assert!(skipped > 0, "nothing was conflated: {frames:?}");
+        assert_eq!(got.last(), seqs.last(), "the newest arrived");
+        assert!(got.windows(2).all(|w| w[0] < w[1]), "in order: {got:?}");
+        assert_eq!(
+            got.len() as i64 + skipped,
+            600,
+            "each message delivered or skipped"
+        );
+    }
+}

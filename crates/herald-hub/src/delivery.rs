@@ -30,6 +30,9 @@ pub struct Delivery {
 pub struct Interest {
     pub channel: Arc<str>,
     pub filter: Option<Arc<Filter>>,
+    /// The channel conflates (docs/protocol.md, "Conflation"): a subscriber
+    /// behind on it gets the newest message instead of being cut.
+    pub conflate: bool,
 }
 
 impl Interest {
@@ -38,6 +41,7 @@ impl Interest {
         Interest {
             channel: Arc::from(channel),
             filter: None,
+            conflate: false,
         }
     }
 

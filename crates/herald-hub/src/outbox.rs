@@ -297,6 +297,80 @@ impl Outbox {
         true
     }
 
+    /// [`Outbox::try_push`] of a message of a conflating channel
+    /// (docs/protocol.md, "Conflation"): when there is no room, every
+    /// message of its channel still queued is dropped, a `conflated` reply
+    /// says which, and `d` takes their place, so the connection is not cut
+    /// for being behind on that channel. When that frees no room (nothing
+    /// of the channel was queued, or `d` is larger than what it freed), the
+    /// connection is cut as by `try_push`. Returns whether `d` was queued.
+    pub fn push_conflating(&self, d: Arc<Delivery>) -> bool {
+        if self.is_overflowed() {
+            return false;
+        }
+        let mut q = self.shared.lock();
+        if q.closed {
+            return false;
+        }
+        let bytes = self.shared.bytes.load(Ordering::Acquire);
+        if q.items.len() < self.shared.max_messages
+            && (bytes == 0 || bytes + d.text.len() <= self.shared.max_bytes)
+        {
+            let len = d.text.len();
+            self.shared.bytes.fetch_add(len, Ordering::AcqRel);
+            q.items.push_back(Outbound::Message(d));
+            drop(q);
+            queued_add(len);
+            self.shared.readable.notify_one();
+            return true;
+        }
+        let (mut skipped, mut freed, mut from, mut to) = (0usize, 0usize, i64::MAX, -1i64);
+        q.items.retain(|item| match item {
+            Outbound::Message(old) if old.channel == d.channel => {
+                skipped += 1;
+                freed += old.text.len();
+                from = from.min(old.seq);
+                to = to.max(old.seq);
+                false
+            }
+            _ => true,
+        });
+        let notice = herald_proto::ServerFrame::Conflated {
+            channel: d.channel.to_string(),
+            skipped: skipped as u64,
+            from_seq: from,
+            to_seq: to,
+        }
+        .to_json();
+        let len = d.text.len() + notice.len();
+        let queued = self
+            .shared
+            .bytes
+            .load(Ordering::Acquire)
+            .saturating_sub(freed);
+        let fits = skipped > 0
+            && q.replies.len() < self.shared.max_messages
+            && queued + len <= self.shared.max_bytes;
+        if !fits {
+            // What was dropped is dropped: the connection is cut anyway.
+            self.shared.bytes.fetch_sub(freed, Ordering::AcqRel);
+            drop(q);
+            queued_sub(freed);
+            self.overflow();
+            return false;
+        }
+        self.shared.bytes.fetch_add(len, Ordering::AcqRel);
+        self.shared.bytes.fetch_sub(freed, Ordering::AcqRel);
+        q.replies.push_back(Outbound::Frame(notice));
+        q.items.push_back(Outbound::Message(d));
+        drop(q);
+        queued_sub(freed);
+        queued_add(len);
+        metrics::counter!("herald_hub_conflated_messages_total").increment(skipped as u64);
+        self.shared.readable.notify_one();
+        true
+    }
+
     /// Queues when there is room (messages and bytes) and the connection
     /// is not being cut; otherwise drops `item` and returns false, leaving
     /// the connection alone. For what may be lost without breaking a
@@ -490,6 +564,49 @@ mod tests {
             text: crate::Text::from(text),
             presence: false,
         }))
+    }
+
+    fn message(channel: &str, seq: i64) -> Arc<Delivery> {
+        Arc::new(Delivery {
+            channel: Arc::from(channel),
+            seq,
+            text: crate::Text::from(format!(r#"{{"type":"message","seq":{seq}}}"#)),
+            replayed: false,
+            tags: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_conflating_channel_behind_gets_its_newest_message_not_a_cut() {
+        let (tx, mut rx) = Outbox::new(1, 4, 1 << 20);
+        assert!(tx.try_push(Outbound::Message(message("c:b", 0))));
+        for seq in 1..=3 {
+            assert!(tx.push_conflating(message("c:a", seq)));
+        }
+        // Full: the three of c:a make room for the newest and a notice.
+        assert!(tx.push_conflating(message("c:a", 4)));
+        assert!(tx.push_conflating(message("c:a", 5)));
+        assert!(!tx.is_overflowed());
+        let got: Vec<String> = std::iter::from_fn(|| rx.try_recv())
+            .map(|o| o.text().to_owned())
+            .collect();
+        assert_eq!(
+            got,
+            [
+                r#"{"type":"conflated","channel":"c:a","skipped":3,"from_seq":1,"to_seq":3}"#,
+                r#"{"type":"message","seq":0}"#,
+                r#"{"type":"message","seq":4}"#,
+                r#"{"type":"message","seq":5}"#,
+            ]
+        );
+        assert_eq!(rx.queued_bytes(), 0);
+        // A queue full of another channel's messages: nothing to conflate,
+        // the connection is cut.
+        for seq in 10..14 {
+            assert!(tx.try_push(Outbound::Message(message("c:b", seq))));
+        }
+        assert!(!tx.push_conflating(message("c:a", 20)));
+        assert!(tx.is_overflowed());
     }
 
     #[tokio::test]

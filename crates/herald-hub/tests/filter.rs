@@ -47,6 +47,7 @@ fn even() -> Interest {
     Interest {
         channel: Arc::from("chat:a"),
         filter: Some(Arc::new(Filter::Eq("n".into(), "even".into()))),
+        conflate: false,
     }
 }
 

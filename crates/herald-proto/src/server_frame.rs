@@ -125,6 +125,15 @@ pub enum ServerFrame {
         reason: String,
         reconnect: bool,
     },
+    /// Behind on a conflating channel: its messages `from_seq..=to_seq`
+    /// still queued (`skipped` of them) were dropped for the newest, which
+    /// follows.
+    Conflated {
+        channel: String,
+        skipped: u64,
+        from_seq: i64,
+        to_seq: i64,
+    },
 }
 
 /// One delivered message. The same serialised text goes to every subscriber.

@@ -48,6 +48,12 @@ fn server_frames_validate() {
         ServerFrame::Unsubscribed {
             channel: "chat:a".into(),
         },
+        ServerFrame::Conflated {
+            channel: "chat:a".into(),
+            skipped: 3,
+            from_seq: 4,
+            to_seq: 9,
+        },
         ServerFrame::Message(MessageFrame {
             channel: "chat:a".into(),
             seq: 4,

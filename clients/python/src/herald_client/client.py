@@ -153,7 +153,8 @@ class Client:
         """Calls `fn` for every `event`: state, subscribed, unsubscribed,
         message (every channel's, the server's personal ones included),
         ephemeral (an `ephemeral` frame of a subscribed channel, as a dict:
-        no seq), error, join, leave, authenticated, reconnect, disconnect,
+        no seq), conflated (messages dropped for the newest on a conflating
+        channel, as a dict), error, join, leave, authenticated, reconnect, disconnect,
         closed.
         Returns the function that removes it."""
         self._listeners.setdefault(event, []).append(fn)
@@ -460,6 +461,10 @@ class Client:
                 p.future.set_result((int(f["seq"]), f.get("duplicate") is True))
         elif kind == "publish_nack":
             self._on_nack(f)
+        elif kind == "conflated":
+            # Behind on a conflating channel: dropped for the newest, which
+            # follows (history has them).
+            self._emit("conflated", f)
         elif kind == "ephemeral":
             if f.get("channel") in self._st.subs:
                 self._emit("ephemeral", f)

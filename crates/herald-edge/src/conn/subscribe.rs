@@ -285,6 +285,7 @@ impl Conn {
         let want = Interest {
             channel: Arc::from(channel.as_str()),
             filter: filter.map(Arc::new),
+            conflate: ns.is_some_and(|n| n.conflate),
         };
         let catchups = since.is_some().then(|| self.catchups());
         let outbox = self.outbox.clone();

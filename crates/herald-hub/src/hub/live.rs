@@ -80,7 +80,12 @@ impl Hub {
                     sub.last_seq = d.seq;
                     return true;
                 }
-                if sub.outbox.try_push(Outbound::Message(d.clone())) {
+                let queued = if sub.conflate {
+                    sub.outbox.push_conflating(d.clone())
+                } else {
+                    sub.outbox.try_push(Outbound::Message(d.clone()))
+                };
+                if queued {
                     sub.last_seq = d.seq;
                     delivered += 1;
                     true

@@ -22,6 +22,8 @@ pub(super) struct Sub {
     /// by its filter).
     pub(super) last_seq: i64,
     pub(super) filter: Option<Arc<Filter>>,
+    /// Behind on the channel: conflated instead of cut.
+    pub(super) conflate: bool,
 }
 
 pub(super) struct PartState {

@@ -182,6 +182,7 @@ pub struct Namespace {
     pub join_leave: bool,
     pub personal: bool,
     pub ephemeral: bool,
+    pub conflate: bool,
 }
 
 impl Default for Settings {
@@ -277,6 +278,7 @@ impl Default for Namespace {
             join_leave: false,
             personal: false,
             ephemeral: false,
+            conflate: false,
         }
     }
 }
@@ -342,6 +344,7 @@ impl Settings {
                     join_leave: n.join_leave,
                     personal: n.personal,
                     ephemeral: n.ephemeral,
+                    conflate: n.conflate,
                 })
                 .collect(),
             limits: self.limits.clone(),

@@ -158,6 +158,7 @@ impl Hub {
                         outbox: outbox.clone(),
                         last_seq: s,
                         filter: want.filter.clone(),
+                        conflate: want.conflate,
                     });
                     Step::Live
                 } else if st.recent_from <= s + 1 {
@@ -278,6 +279,7 @@ fn subscribe_live(
         outbox: outbox.clone(),
         last_seq: position.seq,
         filter: want.filter.clone(),
+        conflate: want.conflate,
     });
     drop(st);
     if asked_to_resume {

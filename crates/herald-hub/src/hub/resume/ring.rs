@@ -46,6 +46,7 @@ pub(super) fn from_ring(
         outbox: outbox.clone(),
         last_seq: upto - 1,
         filter: want.filter.clone(),
+        conflate: want.conflate,
     });
     *caught_up += n;
     metrics::counter!("herald_hub_catchup_messages_total", "source" => "cache").increment(n);
