@@ -30,6 +30,7 @@ mod limits;
 mod loadtest_smoke;
 mod observability;
 mod offsets;
+mod partition;
 mod raw_topic;
 mod replay;
 mod retention;

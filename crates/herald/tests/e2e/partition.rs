@@ -1,0 +1,305 @@
+//! A client cut off from its node by a silent partition (issue 35's
+//! "clients from a node without closing their sockets"): the client lives
+//! in a network namespace of its own, joined to the host by a veth pair;
+//! taking the host's end down drops its packets with no reset. The node
+//! must notice by itself (heartbeat and idle timeout), free the
+//! connection, keep serving everyone else, and the client, once the link
+//! is back, must resume with nothing lost and nothing twice, its publish
+//! sent into the partition stored once. Needs root (`ip netns`), as the
+//! test suite has on this machine.
+
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+use uuid::Uuid;
+
+use crate::common::*;
+
+/// A network namespace and a veth pair to it: the host's end `host_ip`,
+/// the namespace's `ns_ip`. Removed on drop.
+struct NetNs {
+    name: String,
+    host_if: String,
+    host_ip: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("running ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl NetNs {
+    fn new() -> NetNs {
+        let tag = &Uuid::new_v4().simple().to_string()[..6];
+        // A /30 of 10.77.0.0/16 per test: unlikely to meet another's.
+        let n = u16::from_str_radix(&tag[..4], 16).unwrap_or(1) & 0x3fff;
+        let (a, b) = ((n >> 6) & 0xff, (n & 0x3f) << 2);
+        let (host_ip, ns_ip) = (
+            format!("10.77.{a}.{}", b + 1),
+            format!("10.77.{a}.{}", b + 2),
+        );
+        let ns = NetNs {
+            name: format!("hpart-{tag}"),
+            host_if: format!("hp{tag}a"),
+            host_ip,
+        };
+        let peer = format!("hp{tag}b");
+        ip(&["netns", "add", &ns.name]);
+        ip(&[
+            "link",
+            "add",
+            &ns.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+        ]);
+        ip(&["link", "set", &peer, "netns", &ns.name]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/30", ns.host_ip),
+            "dev",
+            &ns.host_if,
+        ]);
+        ip(&["link", "set", &ns.host_if, "up"]);
+        let inside = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", &ns.name, "ip"];
+            all.extend_from_slice(args);
+            ip(&all);
+        };
+        inside(&["addr", "add", &format!("{ns_ip}/30"), "dev", &peer]);
+        inside(&["link", "set", &peer, "up"]);
+        inside(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Drops every packet between the namespace and the host (the link
+    /// goes down; nobody is told).
+    fn cut(&self) {
+        ip(&["link", "set", &self.host_if, "down"]);
+    }
+
+    fn heal(&self) {
+        ip(&["link", "set", &self.host_if, "up"]);
+    }
+
+    /// A TCP connection to `addr` made from inside the namespace.
+    fn connect(&self, addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+        let path = format!("/var/run/netns/{}", self.name);
+        let stream = std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).expect("the namespace");
+            // SAFETY: setns on this thread only (it ends here); the socket
+            // made next belongs to the namespace for its whole life.
+            let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        })
+        .join()
+        .expect("the connecting thread")
+        .expect("connect from the namespace");
+        stream.set_nonblocking(true).expect("nonblocking");
+        tokio::net::TcpStream::from_std(stream).expect("tokio socket")
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// A WebSocket from inside the namespace to the node.
+async fn connect_inside(ns: &NetNs, port: u16) -> Ws {
+    let addr = format!("{}:{port}", ns.host_ip).parse().expect("address");
+    let tcp = ns.connect(addr);
+    let url = format!("ws://{}:{port}/ws", ns.host_ip);
+    tokio_tungstenite::client_async(url, tcp)
+        .await
+        .expect("WebSocket from the namespace")
+        .0
+}
+
+async fn send(ws: &mut Ws, f: Value) {
+    ws.send(Message::text(f.to_string())).await.expect("send");
+}
+
+/// Frames until `pick` took `n`, within `wait`.
+async fn take(ws: &mut Ws, n: usize, wait: Duration, pick: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + wait;
+    let mut out = Vec::new();
+    while out.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let m = tokio::time::timeout(left, ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("after {} of {n}", out.len()))
+            .expect("open")
+            .expect("a frame");
+        if let Message::Text(t) = m {
+            let f: Value = serde_json::from_str(t.as_str()).expect("json");
+            if pick(&f) {
+                out.push(f);
+            }
+        }
+    }
+    out
+}
+
+/// The node's open connections, as its metrics say.
+async fn connections(s: &Server) -> f64 {
+    gauge(
+        &http_get(&s.http, "/metrics").await.1,
+        "herald_edge_connections ",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_behind_a_silent_partition_is_freed_and_resumes_with_nothing_lost() {
+    let ns = NetNs::new();
+    let prefix = unique_prefix("partition");
+    let s = Server::start_env(
+        &prefix,
+        &["--listen", "0.0.0.0:0", "--publish-rate", "0"],
+        &[
+            ("HERALD_SERVER_HEARTBEAT_SECS", "1"),
+            ("HERALD_SERVER_IDLE_TIMEOUT_SECS", "3"),
+            ("HERALD_SERVER_WRITE_TIMEOUT_SECS", "2"),
+        ],
+    );
+    let port: u16 = s
+        .url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches("/ws").parse().ok())
+        .expect("port");
+    let ch = "chat:behind-the-wall";
+    let mut inside = connect_inside(&ns, port).await;
+    send(&mut inside, json!({ "type": "subscribe", "channel": ch })).await;
+    take(&mut inside, 1, Duration::from_secs(10), |f| {
+        f["type"] == "subscribed"
+    })
+    .await;
+    let mut p = s.connect().await;
+    let mut acked = Vec::new();
+    for i in 0..10 {
+        acked.push(publish_ok(&mut p, ch, json!({ "before": i })).await.1);
+    }
+    let got = take(&mut inside, 10, Duration::from_secs(10), |f| {
+        f["type"] == "message"
+    })
+    .await;
+    let last = got.last().expect("messages")["seq"].as_i64().expect("seq");
+    let epoch = got[0]["epoch"].as_str().expect("epoch").to_owned();
+    assert_eq!(connections(&s).await, 2.0);
+
+    // The wall goes up: the client's publish goes nowhere, the node keeps
+    // acking everyone else and frees the silent connection by itself.
+    ns.cut();
+    let cut_at = Instant::now();
+    let lost_id = Uuid::new_v4();
+    let _ = inside
+        .send(Message::text(
+            json!({ "type": "publish", "channel": ch, "id": lost_id, "data": { "inside": true } })
+                .to_string(),
+        ))
+        .await;
+    for i in 0..20 {
+        acked.push(publish_ok(&mut p, ch, json!({ "during": i })).await.1);
+    }
+    let freed_by = Instant::now() + Duration::from_secs(20);
+    while connections(&s).await > 1.0 {
+        assert!(
+            Instant::now() < freed_by,
+            "the node still holds the partitioned connection"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "partition: the node freed the silent connection {:.1} s after the cut",
+        cut_at.elapsed().as_secs_f64()
+    );
+
+    // The wall comes down: a new connection resumes from the last seq the
+    // client had, and re-sends its unanswered publish with `retry`.
+    ns.heal();
+    drop(inside);
+    let mut back = connect_inside(&ns, port).await;
+    send(
+        &mut back,
+        json!({ "type": "subscribe", "channel": ch, "since": { "seq": last, "epoch": epoch } }),
+    )
+    .await;
+    send(
+        &mut back,
+        json!({ "type": "publish", "channel": ch, "id": lost_id, "data": { "inside": true }, "retry": true }),
+    )
+    .await;
+    // Until the ack and the 21 messages (the 20 published during the
+    // partition and its own) came.
+    let (mut got, mut inside_seq, mut recovered) = (Vec::new(), None, None);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while inside_seq.is_none() || got.len() < 21 {
+        let f = take(
+            &mut back,
+            1,
+            deadline.saturating_duration_since(Instant::now()),
+            |_| true,
+        )
+        .await
+        .remove(0);
+        match f["type"].as_str() {
+            Some("subscribed") => recovered = Some(f["recovered"].clone()),
+            Some("publish_ack") => inside_seq = f["seq"].as_i64(),
+            Some("message") => got.push(f["seq"].as_i64().expect("seq")),
+            _ => {}
+        }
+    }
+    assert_eq!(recovered, Some(json!(true)));
+    let mut want: Vec<i64> = acked[10..].to_vec();
+    want.extend(inside_seq);
+    want.sort_unstable();
+    assert_eq!(
+        got, want,
+        "the 20 published during the partition and its own, once, in order"
+    );
+    let more = tokio::time::timeout(Duration::from_millis(500), back.next()).await;
+    assert!(
+        !matches!(&more, Ok(Some(Ok(Message::Text(t)))) if t.as_str().contains("\"message\"")),
+        "a message twice: {more:?}"
+    );
+    // The publish sent into the partition is stored once, whether or not
+    // it had reached the node before the wall went up.
+    let stored = read_topic(&format!("{prefix}chat"))
+        .iter()
+        .filter(|r| {
+            rdkafka::Message::headers(*r)
+                .and_then(|h| {
+                    rdkafka::message::Headers::iter(h)
+                        .find(|x| x.key == "herald-id")
+                        .and_then(|x| x.value)
+                })
+                .is_some_and(|v| v == lost_id.to_string().as_bytes())
+        })
+        .count();
+    assert_eq!(
+        stored, 1,
+        "the publish sent into the partition, stored once"
+    );
+}
