@@ -5,8 +5,10 @@
 #
 #   KAFKA_NODE_ID        node.id (1, 2, 3 ...)
 #   KAFKA_NODE_DIR       directory of this node: server.properties, data/, node.log, node.pid
-#   KAFKA_PORT           client port (PLAINTEXT on 127.0.0.1)
-#   KAFKA_CONTROLLER_PORT controller port on 127.0.0.1
+#   KAFKA_PORT           client port (PLAINTEXT on $KAFKA_HOST)
+#   KAFKA_CONTROLLER_PORT controller port on $KAFKA_HOST
+#   KAFKA_HOST           the address it listens on and advertises (default
+#                        127.0.0.1; a test's network namespace gives its own)
 #   KAFKA_VOTERS         controller.quorum.voters, e.g. 1@127.0.0.1:9093
 #   KAFKA_RF             replication factor of internal topics and the default (1 or 3)
 #   KAFKA_MIN_ISR        min.insync.replicas default
@@ -28,11 +30,12 @@ RF="${KAFKA_RF:-1}"
 MIN_ISR="${KAFKA_MIN_ISR:-1}"
 HEAP="${KAFKA_HEAP:-512m}"
 CLUSTER_ID="${KAFKA_CLUSTER_ID:-SGVyYWxkRGV2Q2x1c3Rlcg}"
+HOST="${KAFKA_HOST:-127.0.0.1}"
 DIR="$KAFKA_NODE_DIR"
 PIDFILE="$DIR/node.pid"
 LOG="$DIR/node.log"
 JAVA="${JAVA_HOME:+$JAVA_HOME/bin/}java"
-NAME="kafka node $KAFKA_NODE_ID (127.0.0.1:$KAFKA_PORT)"
+NAME="kafka node $KAFKA_NODE_ID ($HOST:$KAFKA_PORT)"
 
 say() { echo "$NAME: $*"; }
 
@@ -49,7 +52,7 @@ running_pid() {
     return 1
 }
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 
 write_config() {
     mkdir -p "$DIR/data"
@@ -58,8 +61,8 @@ write_config() {
 process.roles=broker,controller
 node.id=$KAFKA_NODE_ID
 controller.quorum.voters=$KAFKA_VOTERS
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+listeners=PLAINTEXT://$HOST:$KAFKA_PORT,CONTROLLER://$HOST:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://$HOST:$KAFKA_PORT
 controller.listener.names=CONTROLLER
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
@@ -107,7 +110,7 @@ launch() {
         return 0
     fi
     if port_open "$KAFKA_PORT"; then
-        say "something else listens on 127.0.0.1:$KAFKA_PORT; not starting a second broker"
+        say "something else listens on $HOST:$KAFKA_PORT; not starting a second broker"
         return 1
     fi
     write_config

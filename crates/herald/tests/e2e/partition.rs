@@ -5,8 +5,12 @@
 //! must notice by itself (heartbeat and idle timeout), free the
 //! connection, keep serving everyone else, and the client, once the link
 //! is back, must resume with nothing lost and nothing twice, its publish
-//! sent into the partition stored once. Needs root (`ip netns`), as the
-//! test suite has on this machine.
+//! sent into the partition stored once. And a node cut off from its broker
+//! (the broker in the namespace): publishes are refused `unavailable`
+//! within the publish timeout, never acked, `/readyz` turns it out of the
+//! balancer, its clients stay connected, and after the heal every publish
+//! retried is stored once and delivered once. Needs root (`ip netns`), as
+//! the test suite has on this machine.
 
 use std::os::fd::AsRawFd;
 use std::process::Command;
@@ -25,6 +29,7 @@ struct NetNs {
     name: String,
     host_if: String,
     host_ip: String,
+    ns_ip: String,
 }
 
 fn ip(args: &[&str]) {
@@ -51,6 +56,7 @@ impl NetNs {
             name: format!("hpart-{tag}"),
             host_if: format!("hp{tag}a"),
             host_ip,
+            ns_ip: ns_ip.clone(),
         };
         let peer = format!("hp{tag}b");
         ip(&["netns", "add", &ns.name]);
@@ -302,4 +308,178 @@ async fn a_client_behind_a_silent_partition_is_freed_and_resumes_with_nothing_lo
         stored, 1,
         "the publish sent into the partition, stored once"
     );
+}
+
+/// One Kafka node inside `ns` on its address (`infra/kafka/node.sh` with
+/// `KAFKA_HOST`), fresh data; stopped on drop.
+struct NsBroker<'a> {
+    ns: &'a NetNs,
+    dir: std::path::PathBuf,
+}
+
+impl<'a> NsBroker<'a> {
+    fn node_sh(&self, what: &str) -> std::process::Output {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../infra/kafka/node.sh");
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns.name, script, what])
+            .env("KAFKA_NODE_ID", "1")
+            .env("KAFKA_NODE_DIR", &self.dir)
+            .env("KAFKA_HOST", &self.ns.ns_ip)
+            .env("KAFKA_PORT", "9092")
+            .env("KAFKA_CONTROLLER_PORT", "9093")
+            .env("KAFKA_VOTERS", format!("1@{}:9093", self.ns.ns_ip))
+            .env("KAFKA_HEAP", "384m")
+            .output()
+            .expect("running node.sh")
+    }
+
+    fn start(ns: &'a NetNs) -> NsBroker<'a> {
+        let dir = std::env::temp_dir().join(format!("herald-{}-broker", ns.name));
+        let _ = std::fs::remove_dir_all(&dir);
+        let b = NsBroker { ns, dir };
+        let out = b.node_sh("start");
+        assert!(
+            out.status.success(),
+            "the broker in the namespace did not start: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        b
+    }
+
+    fn bootstrap(&self) -> String {
+        format!("{}:9092", self.ns.ns_ip)
+    }
+}
+
+impl Drop for NsBroker<'_> {
+    fn drop(&mut self) {
+        let _ = self.node_sh("kill");
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn ready(s: &Server) -> u16 {
+    http_get(&s.http, "/readyz").await.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_its_broker_refuses_publishes_keeps_its_clients_and_recovers() {
+    let ns = NetNs::new();
+    let broker = NsBroker::start(&ns);
+    let brokers = broker.bootstrap();
+    let prefix = unique_prefix("nobroker");
+    let s = Server::start_with(
+        &brokers,
+        &prefix,
+        &["--publish-timeout-ms", "3000", "--publish-rate", "0"],
+    );
+    let ch = "chat:cut-off";
+    let mut sub = s.connect().await;
+    sub.subscribe(ch, None).await.expect("subscribe");
+    let mut p = s.connect().await;
+    for i in 0..10 {
+        publish_ok(&mut p, ch, json!({ "before": i })).await;
+    }
+    assert_eq!(
+        read_messages(&mut sub, 10, Duration::from_secs(10))
+            .await
+            .len(),
+        10
+    );
+    assert_eq!(ready(&s).await, 200);
+
+    ns.cut();
+    let cut_at = Instant::now();
+    // Five publishes at once: each refused `unavailable` within the
+    // publish timeout, none acked.
+    let ids: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        p.send_publish(ch, *id, &json!({ "during": i }))
+            .await
+            .expect("send");
+    }
+    for id in &ids {
+        match p.publish_result(*id).await.expect("an answer") {
+            herald_client::Published::Nack { code, .. } => assert_eq!(code, "unavailable"),
+            herald_client::Published::Ack { seq, .. } => {
+                panic!("acked at {seq} with the broker unreachable")
+            }
+        }
+    }
+    let refused_after = cut_at.elapsed();
+    assert!(
+        refused_after < Duration::from_secs(8),
+        "refused after {refused_after:?}"
+    );
+    let unready_by = Instant::now() + Duration::from_secs(30);
+    while ready(&s).await != 503 {
+        assert!(
+            Instant::now() < unready_by,
+            "/readyz still 200 without a broker"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let unready_after = cut_at.elapsed();
+    // Its clients stay: the subscriber still answers.
+    sub.ping().await.expect("the subscriber is still connected");
+
+    ns.heal();
+    let healed_at = Instant::now();
+    let ready_by = Instant::now() + Duration::from_secs(90);
+    while ready(&s).await != 200 {
+        assert!(Instant::now() < ready_by, "/readyz not back after the heal");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let ready_after = healed_at.elapsed();
+    // Each refused publish, re-sent with `retry`, is acked once (with the
+    // seq of its first attempt if that was stored after all).
+    let mut want = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let seq = loop {
+            p.send_publish_retry(ch, *id, &json!({ "during": i }))
+                .await
+                .expect("send");
+            match p.publish_result(*id).await.expect("an answer") {
+                herald_client::Published::Ack { seq, .. } => break seq,
+                herald_client::Published::Nack { code, .. } => {
+                    assert_eq!(code, "unavailable");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        };
+        want.push(seq);
+    }
+    for i in 0..5 {
+        want.push(publish_ok(&mut p, ch, json!({ "after": i })).await.1);
+    }
+    want.sort_unstable();
+    want.dedup();
+    assert_eq!(want.len(), 10);
+    let got = read_messages(&mut sub, 10, Duration::from_secs(30)).await;
+    assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), want);
+    assert_no_message(&mut sub, Duration::from_millis(500)).await;
+    let records = read_topic_from(&brokers, &format!("{prefix}chat"));
+    for id in &ids {
+        let n = records
+            .iter()
+            .filter(|r| {
+                rdkafka::Message::headers(*r)
+                    .and_then(|h| {
+                        rdkafka::message::Headers::iter(h)
+                            .find(|x| x.key == "herald-id")
+                            .and_then(|x| x.value)
+                    })
+                    .is_some_and(|v| v == id.to_string().as_bytes())
+            })
+            .count();
+        assert_eq!(n, 1, "publish {id} stored once");
+    }
+    println!(
+        "partition from the broker: publishes refused within {:.1} s, /readyz 503 after {:.1} s, 200 again {:.1} s after the heal",
+        refused_after.as_secs_f64(),
+        unready_after.as_secs_f64(),
+        ready_after.as_secs_f64()
+    );
+    drop(s);
 }
