@@ -109,7 +109,18 @@ impl NetNs {
             // made next belongs to the namespace for its whole life.
             let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
             assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
-            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            // A link just brought up may refuse for a moment (no carrier
+            // yet): tried again for up to 10 s.
+            let until = Instant::now() + Duration::from_secs(10);
+            loop {
+                match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+                    Err(e) if Instant::now() < until => {
+                        eprintln!("connect from the namespace: {e}; again");
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    r => break r,
+                }
+            }
         })
         .join()
         .expect("the connecting thread")
@@ -128,6 +139,23 @@ impl Drop for NetNs {
             .args(["netns", "del", &self.name])
             .output();
     }
+}
+
+/// How many of `records` carry message id `id` (`herald-id` header).
+fn stored(records: &[rdkafka::message::OwnedMessage], id: Uuid) -> usize {
+    let id = id.to_string();
+    records
+        .iter()
+        .filter(|r| {
+            rdkafka::Message::headers(*r)
+                .and_then(|h| {
+                    rdkafka::message::Headers::iter(h)
+                        .find(|x| x.key == "herald-id")
+                        .and_then(|x| x.value)
+                })
+                .is_some_and(|v| v == id.as_bytes())
+        })
+        .count()
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
@@ -292,18 +320,7 @@ async fn a_client_behind_a_silent_partition_is_freed_and_resumes_with_nothing_lo
     );
     // The publish sent into the partition is stored once, whether or not
     // it had reached the node before the wall went up.
-    let stored = read_topic(&format!("{prefix}chat"))
-        .iter()
-        .filter(|r| {
-            rdkafka::Message::headers(*r)
-                .and_then(|h| {
-                    rdkafka::message::Headers::iter(h)
-                        .find(|x| x.key == "herald-id")
-                        .and_then(|x| x.value)
-                })
-                .is_some_and(|v| v == lost_id.to_string().as_bytes())
-        })
-        .count();
+    let stored = stored(&read_topic(&format!("{prefix}chat")), lost_id);
     assert_eq!(
         stored, 1,
         "the publish sent into the partition, stored once"
@@ -461,18 +478,7 @@ async fn a_node_cut_off_from_its_broker_refuses_publishes_keeps_its_clients_and_
     assert_no_message(&mut sub, Duration::from_millis(500)).await;
     let records = read_topic_from(&brokers, &format!("{prefix}chat"));
     for id in &ids {
-        let n = records
-            .iter()
-            .filter(|r| {
-                rdkafka::Message::headers(*r)
-                    .and_then(|h| {
-                        rdkafka::message::Headers::iter(h)
-                            .find(|x| x.key == "herald-id")
-                            .and_then(|x| x.value)
-                    })
-                    .is_some_and(|v| v == id.to_string().as_bytes())
-            })
-            .count();
+        let n = stored(&records, *id);
         assert_eq!(n, 1, "publish {id} stored once");
     }
     println!(
