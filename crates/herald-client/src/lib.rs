@@ -393,7 +393,8 @@ impl Connection {
         id: Uuid,
         data: &Value,
     ) -> Result<(), ClientError> {
-        self.send_publish_as(channel, id, data, false, None).await
+        self.send_publish_as(channel, id, data, false, None, false)
+            .await
     }
 
     /// Sends a publish carrying `tags` without waiting for its answer.
@@ -404,7 +405,7 @@ impl Connection {
         data: &Value,
         tags: &Tags,
     ) -> Result<(), ClientError> {
-        self.send_publish_as(channel, id, data, false, Some(tags))
+        self.send_publish_as(channel, id, data, false, Some(tags), false)
             .await
     }
 
@@ -416,7 +417,8 @@ impl Connection {
         id: Uuid,
         data: &Value,
     ) -> Result<(), ClientError> {
-        self.send_publish_as(channel, id, data, true, None).await
+        self.send_publish_as(channel, id, data, true, None, false)
+            .await
     }
 
     async fn send_publish_as(
@@ -426,6 +428,7 @@ impl Connection {
         data: &Value,
         retry: bool,
         tags: Option<&Tags>,
+        ephemeral: bool,
     ) -> Result<(), ClientError> {
         self.send(&Request::Publish {
             channel,
@@ -433,7 +436,7 @@ impl Connection {
             data,
             retry,
             tags,
-            ephemeral: false,
+            ephemeral,
         })
         .await
     }
@@ -448,15 +451,8 @@ impl Connection {
         data: &Value,
         tags: Option<&Tags>,
     ) -> Result<(), ClientError> {
-        self.send(&Request::Publish {
-            channel,
-            id,
-            data,
-            retry: false,
-            tags,
-            ephemeral: true,
-        })
-        .await
+        self.send_publish_as(channel, id, data, false, tags, true)
+            .await
     }
 
     /// Waits for the answer to the publish with `id`.

@@ -52,10 +52,15 @@ impl Interest {
 
     /// Whether `d` (a message of this channel) passes the filter.
     pub fn passes(&self, d: &Delivery) -> bool {
-        self.filter
-            .as_ref()
-            .is_none_or(|f| f.matches(d.tags.as_deref()))
+        passes(self.filter.as_deref(), d.tags.as_deref())
     }
+}
+
+/// Whether a message with `tags` passes a subscription's `filter` (none:
+/// every message does): the one test of resumes, live dispatch and
+/// ephemeral messages.
+pub(crate) fn passes(filter: Option<&Filter>, tags: Option<&Tags>) -> bool {
+    filter.is_none_or(|f| f.matches(tags))
 }
 
 impl Delivery {

@@ -15,7 +15,7 @@ use herald_proto::envelope::EnvelopeRef;
 use tracing::{debug, warn};
 
 use super::Hub;
-use crate::delivery::Delivery;
+use crate::delivery::{passes, Delivery};
 use crate::outbox::Outbound;
 
 impl Hub {
@@ -72,11 +72,7 @@ impl Hub {
                 if d.seq <= sub.last_seq {
                     return true;
                 }
-                if sub
-                    .filter
-                    .as_ref()
-                    .is_some_and(|f| !f.matches(d.tags.as_deref()))
-                {
+                if !passes(sub.filter.as_deref(), d.tags.as_deref()) {
                     sub.last_seq = d.seq;
                     return true;
                 }
@@ -133,9 +129,7 @@ impl Hub {
         };
         let text = env.ephemeral_json();
         let (sent, dropped) = self.offer_all(topic, r.partition, &env.channel, &text, false, |s| {
-            s.filter
-                .as_ref()
-                .is_none_or(|f| f.matches(env.tags.as_ref()))
+            passes(s.filter.as_deref(), env.tags.as_ref())
         });
         static SENT: OnceLock<metrics::Counter> = OnceLock::new();
         SENT.get_or_init(|| metrics::counter!("herald_hub_ephemeral_deliveries_total"))

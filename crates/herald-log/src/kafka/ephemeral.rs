@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::client::ClientContext;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 use tracing::debug;
 
@@ -82,18 +81,11 @@ impl Kafka {
         headers: &[(&str, &[u8])],
     ) -> Result<(), LogError> {
         let producer = self.ephemeral_producer()?;
-        let mut h = OwnedHeaders::new_with_capacity(headers.len());
-        for (k, v) in headers {
-            h = h.insert(Header {
-                key: k,
-                value: Some(*v),
-            });
-        }
         let rec = BaseRecord::<[u8], [u8]>::to(topic)
             .partition(partition)
             .key(key)
             .payload(value)
-            .headers(h);
+            .headers(super::producer::owned_headers(headers));
         producer.send(rec).map_err(|(e, _)| {
             metrics::counter!("herald_ephemeral_appends_total", "outcome" => "refused")
                 .increment(1);

@@ -172,17 +172,10 @@ impl Kafka {
         value: Option<&[u8]>,
         headers: &[(&str, &[u8])],
     ) -> Result<PendingPublish, KafkaError> {
-        let mut h = OwnedHeaders::new_with_capacity(headers.len());
-        for (k, v) in headers {
-            h = h.insert(Header {
-                key: k,
-                value: Some(*v),
-            });
-        }
         let rec = FutureRecord::<[u8], [u8]>::to(topic)
             .partition(partition)
             .key(key)
-            .headers(h);
+            .headers(owned_headers(headers));
         // No payload: a tombstone (null value), which compaction removes.
         let rec = match value {
             Some(v) => rec.payload(v),
@@ -193,6 +186,19 @@ impl Kafka {
             .map(PendingPublish::kafka)
             .map_err(|(e, _)| e)
     }
+}
+
+/// A record's headers as librdkafka takes them.
+pub(super) fn owned_headers(headers: &[(&str, &[u8])]) -> OwnedHeaders {
+    headers.iter().fold(
+        OwnedHeaders::new_with_capacity(headers.len()),
+        |h, (k, v)| {
+            h.insert(Header {
+                key: k,
+                value: Some(*v),
+            })
+        },
+    )
 }
 
 impl Kafka {

@@ -18,14 +18,8 @@ use crate::common::*;
 fn config(prefix: &str) -> String {
     let path = config_file(
         prefix,
-        r#"
-[[namespace]]
-name = "chat"
-partitions = 2
-subscribe = "anonymous"
-publish = "anonymous"
-history = "anonymous"
-ephemeral = true
+        &format!(
+            r#"{OPEN_CHAT}ephemeral = true
 
 [[namespace]]
 name = "room"
@@ -33,7 +27,8 @@ partitions = 2
 subscribe = "anonymous"
 publish = "anonymous"
 history = "anonymous"
-"#,
+"#
+        ),
     );
     path.to_str().expect("path").to_owned()
 }
